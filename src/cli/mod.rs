@@ -1,0 +1,425 @@
+//! The command line: flags (clap), dispatch, output, and coded errors.
+//!
+//! This is the only module that prints. Library errors reach it typed; it
+//! prints `error[CODE]: message` and `  hint: …` on stderr (and a JSON object
+//! with `--json`), and exits 1. Usage errors exit 2 (clap).
+
+mod demo;
+mod output;
+
+use std::io::{IsTerminal, Write};
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use composefs::fsverity::FsVerityHashValue;
+
+use crate::error::Coded;
+use crate::oci::{PullOptions, Source};
+use crate::store::{ImageName, LockMode, Store, StoreError};
+
+/// fukastor: a composefs-style image store with kernel mounts.
+#[derive(Debug, Parser)]
+#[command(name = "fukastor", version, about, max_term_width = 100)]
+pub struct Cli {
+    /// The store directory [default: /var/lib/fukastor for root, $XDG_DATA_HOME/fukastor otherwise].
+    #[arg(long, global = true, env = "FUKASTOR_STORE", value_name = "DIR")]
+    pub store: Option<PathBuf>,
+    /// Print machine-readable JSON (images, inspect, df, fsck, gc, pull).
+    #[arg(long, global = true, env = "FUKASTOR_JSON")]
+    pub json: bool,
+    /// Print less: no progress, only IDs.
+    #[arg(short, long, global = true, conflicts_with = "verbose")]
+    pub quiet: bool,
+    /// Print more (repeat for debug output).
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+    /// The command.
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// Import an image: oci:DIR[:TAG], oci-archive:FILE[:TAG], docker-archive:FILE[:NAME], dir:PATH.
+    Pull {
+        /// Where the image comes from.
+        source: String,
+        /// The name to give it [default: the source's own name].
+        name: Option<String>,
+        /// Worker threads [default: one per core].
+        #[arg(long, env = "FUKASTOR_THREADS", default_value_t = 0)]
+        threads: usize,
+    },
+    /// List images.
+    Images,
+    /// Show everything known of an image (JSON).
+    Inspect {
+        /// Name or ID prefix.
+        image: String,
+    },
+    /// Give an image another name.
+    Tag {
+        /// Name or ID prefix.
+        image: String,
+        /// The new name.
+        name: String,
+    },
+    /// Remove an image name (and the image, when it was its last name).
+    Rmi {
+        /// Names or ID prefixes.
+        #[arg(required = true)]
+        images: Vec<String>,
+    },
+    /// Print an image's composefs dumpfile.
+    Dump {
+        /// Name or ID prefix.
+        image: String,
+    },
+    /// Copy a file or directory out of an image, with its metadata.
+    Restore {
+        /// Name or ID prefix.
+        image: String,
+        /// The path inside the image.
+        path: String,
+        /// Where to put it (must not exist).
+        dest: PathBuf,
+    },
+    /// Write an image as an OCI layout: oci:DIR[:TAG].
+    Export {
+        /// Name or ID prefix.
+        image: String,
+        /// The destination.
+        dest: String,
+    },
+    /// Mount an image read-only.
+    Mount {
+        /// Name or ID prefix.
+        image: String,
+        /// An existing directory.
+        mountpoint: PathBuf,
+        /// Through the kernel: EROFS + overlayfs (the default).
+        #[arg(long)]
+        kernel: bool,
+    },
+    /// Unmount an image mounted by fukastor.
+    Umount {
+        /// The mountpoint.
+        mountpoint: PathBuf,
+    },
+    /// List fukastor's kernel mounts.
+    Mounts,
+    /// Show store usage and deduplication.
+    Df,
+    /// Check the store; --repair fixes what it can.
+    Fsck {
+        /// Restore lost names, drop broken names and corrupt objects.
+        #[arg(long)]
+        repair: bool,
+    },
+    /// Remove what no image name reaches.
+    Gc {
+        /// Only say what would be removed.
+        #[arg(long)]
+        dry_run: bool,
+    },
+    /// Build a small image from this host's binaries, import it, mount it, and show the figures.
+    Demo {
+        /// Keep the demo store in this directory instead of a temporary one.
+        #[arg(long)]
+        keep: Option<PathBuf>,
+    },
+}
+
+/// An error on its way to the user.
+#[derive(Debug)]
+pub struct CliError {
+    /// The stable code.
+    pub code: &'static str,
+    /// What went wrong.
+    pub message: String,
+    /// What to do.
+    pub hint: String,
+}
+
+impl<E: Coded> From<E> for CliError {
+    fn from(e: E) -> Self {
+        CliError {
+            code: e.code(),
+            message: e.to_string(),
+            hint: e.hint(),
+        }
+    }
+}
+
+/// Shorthand.
+pub type CliResult<T = ()> = Result<T, CliError>;
+
+/// Runs the command line; returns the exit status.
+pub fn main() -> i32 {
+    let cli = match Cli::try_parse() {
+        Ok(c) => c,
+        Err(e) => {
+            let _ = e.print();
+            return if e.use_stderr() { 2 } else { 0 };
+        }
+    };
+    let level = match (cli.quiet, cli.verbose) {
+        (true, _) => "error",
+        (_, 0) => "warn",
+        (_, 1) => "info",
+        _ => "debug",
+    };
+    let _ = tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("FUKASTOR_LOG")
+                .unwrap_or_else(|_| level.into()),
+        )
+        .with_writer(std::io::stderr)
+        .without_time()
+        .try_init();
+    match run(&cli) {
+        Ok(()) => 0,
+        Err(e) => {
+            if cli.json {
+                let j = serde_json::json!({"error": {"code": e.code, "message": e.message, "hint": e.hint}});
+                eprintln!("{j}");
+            }
+            eprintln!("error[{}]: {}", e.code, e.message);
+            eprintln!("  hint: {}", e.hint);
+            1
+        }
+    }
+}
+
+/// Where the store is.
+fn store_root(cli: &Cli) -> PathBuf {
+    cli.store.clone().unwrap_or_else(Store::default_root)
+}
+
+fn open(cli: &Cli, mode: LockMode) -> CliResult<Store> {
+    Ok(Store::open(&store_root(cli), mode)?)
+}
+
+fn run(cli: &Cli) -> CliResult {
+    let out = &mut std::io::stdout().lock();
+    match &cli.command {
+        Command::Pull {
+            source,
+            name,
+            threads,
+        } => {
+            let src = Source::parse(source)?;
+            let store = open(cli, LockMode::Shared)?;
+            let progress = !cli.quiet && !cli.json && std::io::stderr().is_terminal();
+            let opts = PullOptions::named(name.clone())
+                .progress(progress)
+                .threads(*threads);
+            let report = crate::oci::pull(&store, &src, source, &opts)?;
+            output::pull(out, cli, &report)
+        }
+        Command::Images => {
+            let store = open(cli, LockMode::Shared)?;
+            output::images(out, cli, &store)
+        }
+        Command::Inspect { image } => {
+            let store = open(cli, LockMode::Shared)?;
+            let (id, _) = store.resolve(image)?;
+            let record = store.record(&id)?;
+            let names: Vec<String> = store
+                .refs()?
+                .into_iter()
+                .filter(|(_, i)| *i == id)
+                .map(|(n, _)| n.to_string())
+                .collect();
+            let mut v = serde_json::to_value(&record).expect("serializes");
+            v["names"] = serde_json::json!(names);
+            v["erofs"] = serde_json::json!(store.root().join("images").join(id.to_hex()));
+            writeln!(
+                out,
+                "{}",
+                serde_json::to_string_pretty(&v).expect("serializes")
+            )
+            .map_err(io)
+        }
+        Command::Tag { image, name } => {
+            let store = open(cli, LockMode::Shared)?;
+            let name = ImageName::parse(name)?;
+            let (id, _) = store.resolve(image)?;
+            let mut record = store.record(&id)?;
+            if !record.names.contains(&name.to_string()) {
+                record.names.push(name.to_string());
+                store.write_record(&id, &record)?;
+            }
+            store.set_ref(&name, &id)?;
+            if !cli.quiet {
+                writeln!(out, "{name} -> {}", &id.to_hex()[..12]).map_err(io)?;
+            }
+            Ok(())
+        }
+        Command::Rmi { images } => {
+            let store = open(cli, LockMode::Shared)?;
+            for image in images {
+                rmi(&store, image, out, cli.quiet)?;
+            }
+            Ok(())
+        }
+        Command::Dump { image } => {
+            let store = open(cli, LockMode::Shared)?;
+            let (id, _) = store.resolve(image)?;
+            let tree = store.image_tree(&id)?;
+            crate::tree::write_dumpfile(out, &tree).map_err(io)
+        }
+        Command::Restore { image, path, dest } => {
+            let store = open(cli, LockMode::Shared)?;
+            let (id, _) = store.resolve(image)?;
+            let tree = store.image_tree(&id)?;
+            let rel = crate::tree::TreeBuilder::normalize(path.trim_start_matches('/').as_bytes())?;
+            let stats = crate::tree::restore(&store, &tree, &rel, dest)?;
+            if !cli.quiet {
+                writeln!(
+                    out,
+                    "restored {} paths, {} bytes to {}",
+                    stats.paths,
+                    stats.bytes,
+                    dest.display()
+                )
+                .map_err(io)?;
+                if stats.skipped_xattrs > 0 {
+                    writeln!(
+                        out,
+                        "({} xattrs could not be set at the destination)",
+                        stats.skipped_xattrs
+                    )
+                    .map_err(io)?;
+                }
+            }
+            Ok(())
+        }
+        Command::Export { image, dest } => {
+            let store = open(cli, LockMode::Shared)?;
+            let (id, _) = store.resolve(image)?;
+            let r = crate::oci::export(&store, &id, dest)?;
+            if cli.json {
+                writeln!(out, "{}", serde_json::to_string(&r).expect("serializes")).map_err(io)
+            } else if cli.quiet {
+                Ok(())
+            } else {
+                writeln!(
+                    out,
+                    "exported to {}:{} ({})",
+                    r.path.display(),
+                    r.tag,
+                    r.manifest_digest
+                )
+                .map_err(io)
+            }
+        }
+        Command::Mount {
+            image,
+            mountpoint,
+            kernel: _,
+        } => {
+            let store = open(cli, LockMode::Shared)?;
+            let (id, name) = store.resolve(image)?;
+            let label = name.map_or_else(|| id.to_hex()[..12].to_string(), |n| n.to_string());
+            crate::mount::mount_kernel(&store, &id, &label, mountpoint)?;
+            if !cli.quiet {
+                writeln!(
+                    out,
+                    "mounted {label} at {} (kernel: EROFS + overlayfs)",
+                    mountpoint.display()
+                )
+                .map_err(io)?;
+            }
+            Ok(())
+        }
+        Command::Umount { mountpoint } => {
+            crate::mount::umount(mountpoint)?;
+            Ok(())
+        }
+        Command::Mounts => output::mounts(out, cli),
+        Command::Df => {
+            let store = open(cli, LockMode::Shared)?;
+            output::df(out, cli, &store)
+        }
+        Command::Fsck { repair } => {
+            let mode = if *repair {
+                LockMode::Exclusive
+            } else {
+                LockMode::Shared
+            };
+            let store = open(cli, mode)?;
+            let report = store.fsck(*repair)?;
+            output::fsck(out, cli, &report)?;
+            if report.clean {
+                Ok(())
+            } else {
+                Err(CliError {
+                    code: "FK0500",
+                    message: format!(
+                        "the store has {} problems",
+                        report.problems.iter().filter(|p| !p.repaired).count()
+                    ),
+                    hint: "run `fukastor fsck --repair`".into(),
+                })
+            }
+        }
+        Command::Gc { dry_run } => {
+            let store = open(cli, LockMode::Exclusive)?;
+            let report = store.gc(*dry_run)?;
+            output::gc(out, cli, &report)
+        }
+        Command::Demo { keep } => demo::run(out, keep.as_deref()),
+    }
+}
+
+fn rmi(store: &Store, image: &str, out: &mut impl Write, quiet: bool) -> CliResult {
+    let (id, name) = store.resolve(image)?;
+    let names: Vec<ImageName> = match name {
+        Some(n) => vec![n],
+        None => store
+            .refs()?
+            .into_iter()
+            .filter(|(_, i)| *i == id)
+            .map(|(n, _)| n)
+            .collect(),
+    };
+    // Record first, then the ref: a crash in between leaves a named image
+    // whose record forgot the name, never a lost name that repair revives.
+    if let Ok(mut record) = store.record(&id) {
+        record
+            .names
+            .retain(|n| !names.iter().any(|m| m.as_str() == n));
+        store.write_record(&id, &record)?;
+    }
+    for n in &names {
+        store.remove_ref(n)?;
+        if !quiet {
+            writeln!(out, "untagged {n}").map_err(io)?;
+        }
+    }
+    if !store.refs()?.iter().any(|(_, i)| *i == id) {
+        store.forget_image(&id)?;
+        if !quiet {
+            writeln!(
+                out,
+                "removed {} (run `fukastor gc` to free its objects)",
+                &id.to_hex()[..12]
+            )
+            .map_err(io)?;
+        }
+    }
+    Ok(())
+}
+
+fn io(e: std::io::Error) -> CliError {
+    if e.kind() == std::io::ErrorKind::BrokenPipe {
+        // `fukastor dump | head`: not an error worth a code.
+        std::process::exit(0);
+    }
+    CliError::from(StoreError::Io {
+        context: "writing output".into(),
+        source: e,
+    })
+}

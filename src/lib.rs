@@ -1,0 +1,34 @@
+//! # fukastor: a composefs-style image and rootfs backend
+//!
+//! fukastor keeps container images in a content-addressed, deduplicated
+//! **store** and serves them as read-only root filesystems.
+//!
+//! The crate is laid out by the architecture (see `docs/design.md`):
+//!
+//! | module | owns |
+//! |---|---|
+//! | [`store`] | the store directory: objects, image records, refs, locks, fsck, gc |
+//! | [`tree`] | image trees (the `composefs` tree model): building from layers, dump, restore |
+//! | [`oci`] | image sources (`oci:`, `oci-archive:`, `docker-archive:`, `dir:`), layer import, export |
+//! | [`mount`] | serving trees through the kernel (EROFS + overlayfs) |
+//! | [`cli`] | the command line: flags, output, coded errors, `demo` |
+//!
+//! Every module has one error type. Each error knows its stable code and a
+//! hint ([`error::Coded`]); only the CLI turns them into text.
+
+pub mod cli;
+pub mod error;
+pub mod mount;
+pub mod oci;
+pub mod store;
+pub mod tree;
+
+/// Test hook for crash tests: when `FUKASTOR_FAILPOINT` equals `name`, the
+/// process kills itself with SIGKILL right here. Costs one environment look-up.
+#[doc(hidden)]
+pub fn failpoint(name: &str) {
+    if std::env::var_os("FUKASTOR_FAILPOINT").is_some_and(|v| v == name) {
+        let _ =
+            rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
+    }
+}

@@ -1,0 +1,181 @@
+//! Serving trees: the kernel path (EROFS + overlayfs), and mount bookkeeping.
+//!
+//! A kernel mount is the image's EROFS file mounted by the kernel (file-backed
+//! EROFS, no loop device on Linux 6.12+) as the overlayfs layer holding all
+//! metadata, with the store's `objects/` directory as a data-only lower layer
+//! that overlayfs follows through each file's `redirect` xattr. It is built
+//! with the new mount API (`fsopen`/`fsconfig`/`fsmount`/`move_mount`)
+//! through the `composefs` crate. This host has no fs-verity, so the mount is
+//! made without `verity=require`: file contents are trusted as stored (`fsck`
+//! re-checks them).
+//!
+//! Mounts are read-only and named `composefs:NAME@STORE` in the mount table,
+//! which is what `findmnt` shows as the source and how `umount` recognises
+//! its own mounts.
+
+use std::fs;
+use std::os::fd::{AsFd, OwnedFd};
+use std::path::{Path, PathBuf};
+
+use composefs::fsverity::FsVerityHashValue;
+use composefs::mount::{MountOptions, VerityRequirement, composefs_fsmount, mount_at};
+use rustix::fs::{CWD, Mode, OFlags};
+
+use crate::error::Coded;
+use crate::store::{ObjectId, Store, StoreError};
+
+/// What can go wrong mounting.
+#[derive(Debug, thiserror::Error)]
+pub enum MountError {
+    /// Not privileged.
+    #[error("mounting {0} through the kernel needs root (CAP_SYS_ADMIN)")]
+    NotPrivileged(String),
+    /// Bad mountpoint.
+    #[error("mountpoint {0}: {1}")]
+    Mountpoint(String, String),
+    /// The kernel said no.
+    #[error("the kernel refused the mount: {0}")]
+    Kernel(String),
+    /// Not ours.
+    #[error("{0} is not a fukastor mount")]
+    NotOurs(String),
+    /// Unmount failed.
+    #[error("cannot unmount {0}: {1}")]
+    Umount(String, String),
+    /// Store trouble.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Coded for MountError {
+    fn code(&self) -> &'static str {
+        match self {
+            MountError::NotPrivileged(_) => "FK0300",
+            MountError::Mountpoint(..) => "FK0301",
+            MountError::Kernel(_) => "FK0302",
+            MountError::NotOurs(_) => "FK0303",
+            MountError::Umount(..) => "FK0304",
+            MountError::Store(e) => e.code(),
+        }
+    }
+
+    fn hint(&self) -> String {
+        match self {
+            MountError::NotPrivileged(_) => "run as root (FUSE mounts for normal users are planned)".into(),
+            MountError::Mountpoint(..) => "create an empty directory and mount there".into(),
+            MountError::Kernel(_) => {
+                "the kernel needs file-backed EROFS and overlayfs with data-only lowers (Linux 6.12+); check `dmesg`".into()
+            }
+            MountError::NotOurs(_) => "list mounts with `findmnt -t overlay`".into(),
+            MountError::Umount(..) => "close files and shells using the mount, then try again".into(),
+            MountError::Store(e) => e.hint(),
+        }
+    }
+}
+
+/// One mount of ours, from the mount table.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct MountEntry {
+    /// Where it is mounted.
+    pub mountpoint: PathBuf,
+    /// The source as the mount table shows it.
+    pub source: String,
+    /// The filesystem type.
+    pub fstype: String,
+}
+
+/// Mounts image `id` read-only at `mountpoint` through the kernel.
+pub fn mount_kernel(
+    store: &Store,
+    id: &ObjectId,
+    label: &str,
+    mountpoint: &Path,
+) -> Result<(), MountError> {
+    let shown = mountpoint.display().to_string();
+    match fs::metadata(mountpoint) {
+        Ok(m) if m.is_dir() => {}
+        Ok(_) => return Err(MountError::Mountpoint(shown, "not a directory".into())),
+        Err(e) => return Err(MountError::Mountpoint(shown, e.to_string())),
+    }
+    if !rustix::process::geteuid().is_root() {
+        return Err(MountError::NotPrivileged(label.to_string()));
+    }
+    let image_path = store.root().join("images").join(id.to_hex());
+    let image: OwnedFd =
+        rustix::fs::open(&image_path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| StoreError::Damaged(format!("image {}: {e}", id.to_hex())))?;
+    let objects: OwnedFd = rustix::fs::open(
+        store.objects_dir(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::PATH,
+        Mode::empty(),
+    )
+    .map_err(|e| StoreError::Damaged(format!("objects directory: {e}")))?;
+    let name = format!("{label}@{}", store.root().display());
+    let mnt = composefs_fsmount(
+        image,
+        &name,
+        &[objects.as_fd()],
+        VerityRequirement::Disabled,
+        &MountOptions::default(),
+    )
+    .map_err(|e| match e.raw_os_error() {
+        Some(libc::EPERM) => MountError::NotPrivileged(label.to_string()),
+        _ => MountError::Kernel(e.to_string()),
+    })?;
+    mount_at(mnt.as_fd(), CWD, mountpoint).map_err(|e| MountError::Kernel(e.to_string()))
+}
+
+/// Our mounts, from `/proc/self/mountinfo`.
+pub fn list() -> Vec<MountEntry> {
+    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
+        return Vec::new();
+    };
+    info.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mountpoint = unescape(left.split(' ').nth(4)?);
+            let mut r = right.split(' ');
+            let fstype = r.next()?.to_string();
+            let source = unescape(r.next()?);
+            (source.starts_with("composefs:") && source.contains('@')).then(|| MountEntry {
+                mountpoint: PathBuf::from(mountpoint),
+                source,
+                fstype,
+            })
+        })
+        .collect()
+}
+
+/// Mount tables escape space, tab, newline and backslash as `\ooo`.
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        if b[i] == b'\\'
+            && i + 3 < b.len() + 0
+            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
+        {
+            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// Unmounts a fukastor mount.
+pub fn umount(mountpoint: &Path) -> Result<(), MountError> {
+    let shown = mountpoint.display().to_string();
+    let canonical = fs::canonicalize(mountpoint)
+        .map_err(|e| MountError::Mountpoint(shown.clone(), e.to_string()))?;
+    if !list().iter().any(|m| m.mountpoint == canonical) {
+        return Err(MountError::NotOurs(shown));
+    }
+    rustix::mount::unmount(&canonical, rustix::mount::UnmountFlags::empty()).map_err(|e| match e {
+        rustix::io::Errno::PERM => MountError::NotPrivileged(shown.clone()),
+        e => MountError::Umount(shown.clone(), e.to_string()),
+    })
+}

@@ -1,0 +1,507 @@
+//! Decoding layers into tree entries, on every core.
+//!
+//! One thread per layer (at most one per core at a time) reads the blob,
+//! hashes it (blob digest), decompresses it, hashes the tar (diff_id) and
+//! parses entries. File contents go to a pool of hashing workers, one per
+//! core, which compute the fs-verity digest and stage the object. Files of
+//! [`STREAM_THRESHOLD`] bytes or more are hashed and staged by the layer
+//! thread as they stream, so memory stays bounded: at most
+//! `2 × cores` jobs of less than that threshold are in flight.
+//!
+//! Digests are checked after the whole blob was read; a layer whose digest
+//! is wrong fails the import, and its staged objects are dropped with the
+//! staging directory.
+
+use std::io::{self, BufRead, BufReader, Read};
+use std::os::unix::ffi::OsStrExt;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::mpsc::{Receiver, SyncSender};
+use std::sync::{Arc, Mutex};
+
+use composefs::generic_tree::Stat;
+use composefs::tree::RegularFile;
+use sha2::{Digest, Sha256};
+
+use super::OciError;
+use crate::store::{ObjectId, Staging, StoreError};
+use crate::tree::{Entry, EntryKind, TreeBuilder};
+
+/// Files this large or larger are streamed by the layer thread.
+pub(crate) const STREAM_THRESHOLD: u64 = 4 << 20;
+
+/// Longest xattr value Linux accepts.
+const MAX_XATTR_VALUE: usize = 64 * 1024;
+
+/// Work for the hashing pool: a file's bytes and where its ID goes.
+pub(crate) struct Job {
+    pub data: Vec<u8>,
+    pub layer: usize,
+    pub entry: usize,
+}
+
+/// A result from the hashing pool.
+pub(crate) type JobResult = (usize, usize, Result<ObjectId, StoreError>);
+
+/// Runs hashing workers until the job channel closes.
+pub(crate) fn worker(
+    staging: &Staging<'_>,
+    jobs: &Mutex<Receiver<Job>>,
+    results: &Mutex<Vec<JobResult>>,
+) {
+    loop {
+        let job = match jobs.lock().expect("not poisoned").recv() {
+            Ok(j) => j,
+            Err(_) => return,
+        };
+        let r = staging.put(&job.data);
+        results
+            .lock()
+            .expect("not poisoned")
+            .push((job.layer, job.entry, r));
+    }
+}
+
+/// Shared state of a reader that hashes and counts what passes through.
+#[derive(Default)]
+struct HashState {
+    hasher: Sha256,
+    count: u64,
+    failed: bool,
+}
+
+/// A reader that hashes what passes through into a shared state, so the
+/// digest can be read after the reader was moved into a decoder.
+struct HashReader<R> {
+    inner: R,
+    state: Arc<Mutex<HashState>>,
+    progress: Option<indicatif::ProgressBar>,
+}
+
+impl<R: Read> Read for HashReader<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        match self.inner.read(buf) {
+            Ok(n) => {
+                let mut st = self.state.lock().expect("not poisoned");
+                st.hasher.update(&buf[..n]);
+                st.count += n as u64;
+                if let Some(p) = &self.progress {
+                    p.inc(n as u64);
+                }
+                Ok(n)
+            }
+            Err(e) => {
+                self.state.lock().expect("not poisoned").failed = true;
+                Err(e)
+            }
+        }
+    }
+}
+
+/// Marks the shared state when the decoder fails, to tell a corrupt
+/// compressed stream (FK0207) from a malformed tar (FK0215).
+struct DecoderGuard<R> {
+    inner: R,
+    failed: Arc<AtomicBool>,
+}
+
+impl<R: Read> Read for DecoderGuard<R> {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.inner
+            .read(buf)
+            .inspect_err(|_| self.failed.store(true, Ordering::Relaxed))
+    }
+}
+
+/// Everything needed to decode one layer.
+pub(crate) struct LayerInput {
+    pub index: usize,
+    pub label: String,
+    pub reader: Box<dyn Read + Send>,
+    pub digest: Option<String>,
+    pub diff_id: Option<String>,
+}
+
+/// Decodes one layer into entries. Regular files below the stream threshold
+/// get a placeholder `Inline` content and a job; the caller patches in the
+/// object IDs from the job results.
+pub(crate) fn decode(
+    input: LayerInput,
+    staging: &Staging<'_>,
+    jobs: &SyncSender<Job>,
+    abort: &AtomicBool,
+    progress: Option<indicatif::ProgressBar>,
+) -> Result<super::pull::Decoded, OciError> {
+    let LayerInput {
+        index,
+        label,
+        reader,
+        digest,
+        diff_id,
+    } = input;
+    let blob_state = Arc::new(Mutex::new(HashState::default()));
+    let raw = Arc::new(Mutex::new(reader));
+    let mut blob = BufReader::with_capacity(
+        256 << 10,
+        HashReader {
+            inner: SharedReader(raw.clone()),
+            state: blob_state.clone(),
+            progress,
+        },
+    );
+    let magic = blob
+        .fill_buf()
+        .map_err(|e| tar_err(&label, e))?
+        .get(..4)
+        .map(<[u8]>::to_vec)
+        .unwrap_or_default();
+    let decoder_failed = Arc::new(AtomicBool::new(false));
+    let decoder: Box<dyn Read + Send + '_> = if magic.starts_with(&[0x1f, 0x8b]) {
+        Box::new(flate2::bufread::MultiGzDecoder::new(blob))
+    } else if magic.starts_with(&[0x28, 0xb5, 0x2f, 0xfd]) {
+        Box::new(zstd::stream::read::Decoder::with_buffer(blob).map_err(|e| {
+            OciError::Compression {
+                layer: label.clone(),
+                why: e.to_string(),
+            }
+        })?)
+    } else {
+        Box::new(blob)
+    };
+    let tar_state = Arc::new(Mutex::new(HashState::default()));
+    let tar_reader = HashReader {
+        inner: DecoderGuard {
+            inner: decoder,
+            failed: decoder_failed.clone(),
+        },
+        state: tar_state.clone(),
+        progress: None,
+    };
+
+    let mut archive = tar::Archive::new(tar_reader);
+    let mut result = parse_entries(&mut archive, index, &label, staging, jobs, abort);
+    // Drain: the digests cover every byte, padding and trailing data included.
+    if result.is_ok() {
+        if let Err(e) = io::copy(&mut archive.into_inner(), &mut io::sink()) {
+            result = Err(tar_err(&label, e));
+        }
+    }
+    let digest_of = |st: &Arc<Mutex<HashState>>| {
+        format!(
+            "sha256:{}",
+            hex::encode(st.lock().expect("not poisoned").hasher.clone().finalize())
+        )
+    };
+    let blob_mismatch = |actual: String| {
+        digest
+            .as_ref()
+            .filter(|d| **d != actual)
+            .map(|expected| OciError::DigestMismatch {
+                what: format!("layer {label}"),
+                expected: expected.clone(),
+                actual,
+            })
+    };
+    match result {
+        Ok(entries) => {
+            let blob_digest = digest_of(&blob_state);
+            if let Some(e) = blob_mismatch(blob_digest.clone()) {
+                return Err(e);
+            }
+            let actual = digest_of(&tar_state);
+            if let Some(expected) = &diff_id {
+                if &actual != expected {
+                    return Err(OciError::DiffIdMismatch {
+                        layer: label,
+                        expected: expected.clone(),
+                        actual,
+                    });
+                }
+            }
+            let size = blob_state.lock().expect("not poisoned").count;
+            let tar_bytes = tar_state.lock().expect("not poisoned").count;
+            Ok(super::pull::Decoded {
+                entries,
+                digest: blob_digest,
+                diff_id: actual,
+                size,
+                tar_bytes,
+            })
+        }
+        Err(e) if abort.load(Ordering::Relaxed) => Err(e),
+        Err(e) => {
+            // A blob that does not match its digest is the root cause of
+            // whatever the decoder or the tar parser said: read the rest of
+            // the blob and check.
+            let mut rest = raw.lock().expect("not poisoned");
+            let mut buf = vec![0u8; 256 << 10];
+            let mut st = blob_state.lock().expect("not poisoned");
+            let drained = loop {
+                match rest.read(&mut buf) {
+                    Ok(0) => break !st.failed,
+                    Ok(n) => st.hasher.update(&buf[..n]),
+                    Err(_) => break false,
+                }
+            };
+            drop(st);
+            if drained {
+                if let Some(mismatch) = blob_mismatch(digest_of(&blob_state)) {
+                    return Err(mismatch);
+                }
+            }
+            match e {
+                OciError::Tar { why, .. } if decoder_failed.load(Ordering::Relaxed) => {
+                    Err(OciError::Compression { layer: label, why })
+                }
+                e => Err(e),
+            }
+        }
+    }
+}
+
+/// A reader shared between the decoding chain and the error path.
+struct SharedReader(Arc<Mutex<Box<dyn Read + Send>>>);
+
+impl Read for SharedReader {
+    fn read(&mut self, buf: &mut [u8]) -> io::Result<usize> {
+        self.0.lock().expect("not poisoned").read(buf)
+    }
+}
+
+fn tar_err(label: &str, e: io::Error) -> OciError {
+    OciError::Tar {
+        layer: label.to_string(),
+        why: e.to_string(),
+    }
+}
+
+fn parse_entries<R: Read>(
+    archive: &mut tar::Archive<R>,
+    layer: usize,
+    label: &str,
+    staging: &Staging<'_>,
+    jobs: &SyncSender<Job>,
+    abort: &AtomicBool,
+) -> Result<Vec<Entry>, OciError> {
+    let mut out = Vec::new();
+    let entries = archive.entries().map_err(|e| tar_err(label, e))?;
+    for entry in entries {
+        if abort.load(Ordering::Relaxed) {
+            return Err(OciError::Tar {
+                layer: label.into(),
+                why: "aborted".into(),
+            });
+        }
+        let mut entry = entry.map_err(|e| tar_err(label, e))?;
+        let raw_path = entry.path_bytes().into_owned();
+        let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        let kind = entry.header().entry_type();
+        if matches!(kind, tar::EntryType::XGlobalHeader) {
+            continue;
+        }
+        let path = TreeBuilder::normalize(&raw_path).map_err(|e| OciError::Layer {
+            layer: label.into(),
+            source: e,
+        })?;
+        let stat = stat_of(&mut entry, label, &shown)?;
+        let size = entry.size();
+        let kind = match kind {
+            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+                let content = read_file(
+                    &mut entry,
+                    size,
+                    label,
+                    &shown,
+                    staging,
+                    jobs,
+                    layer,
+                    out.len(),
+                )?;
+                EntryKind::File(content)
+            }
+            tar::EntryType::Directory => EntryKind::Directory,
+            tar::EntryType::Symlink => {
+                let target = entry.link_name_bytes().ok_or_else(|| OciError::Tar {
+                    layer: label.into(),
+                    why: format!("symlink {shown:?} has no target"),
+                })?;
+                if target.len() > 4095 {
+                    return Err(OciError::TooLarge {
+                        layer: label.into(),
+                        path: shown,
+                        what: "symlink target longer than 4095 bytes".into(),
+                    });
+                }
+                EntryKind::Symlink(Box::from(std::ffi::OsStr::from_bytes(&target)))
+            }
+            tar::EntryType::Link => {
+                let target = entry.link_name_bytes().ok_or_else(|| OciError::Tar {
+                    layer: label.into(),
+                    why: format!("hardlink {shown:?} has no target"),
+                })?;
+                let t = TreeBuilder::normalize(&target).map_err(|_| OciError::Layer {
+                    layer: label.into(),
+                    source: crate::tree::TreeError::LinkEscapes(
+                        shown.clone(),
+                        String::from_utf8_lossy(&target).into(),
+                    ),
+                })?;
+                EntryKind::HardLink(t)
+            }
+            tar::EntryType::Char | tar::EntryType::Block => {
+                let h = entry.header();
+                let major = h.device_major().ok().flatten().unwrap_or(0);
+                let minor = h.device_minor().ok().flatten().unwrap_or(0);
+                let dev = rustix::fs::makedev(major, minor);
+                if kind == tar::EntryType::Char {
+                    EntryKind::CharDevice(dev)
+                } else {
+                    EntryKind::BlockDevice(dev)
+                }
+            }
+            tar::EntryType::Fifo => EntryKind::Fifo,
+            other => {
+                return Err(OciError::EntryType {
+                    layer: label.into(),
+                    path: shown,
+                    kind: format!("{other:?}"),
+                });
+            }
+        };
+        out.push(Entry { path, stat, kind });
+    }
+    Ok(out)
+}
+
+#[allow(clippy::too_many_arguments)]
+fn read_file<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    size: u64,
+    label: &str,
+    shown: &str,
+    staging: &Staging<'_>,
+    jobs: &SyncSender<Job>,
+    layer: usize,
+    index: usize,
+) -> Result<RegularFile<ObjectId>, OciError> {
+    let short = |got: u64| OciError::Tar {
+        layer: label.into(),
+        why: format!("entry {shown:?} declares {size} bytes but the stream ends after {got}"),
+    };
+    if size <= composefs::INLINE_CONTENT_MAX_V0 as u64 {
+        let mut data = Vec::with_capacity(size as usize);
+        entry
+            .read_to_end(&mut data)
+            .map_err(|e| tar_err(label, e))?;
+        if (data.len() as u64) < size && entry.header().entry_type() != tar::EntryType::GNUSparse {
+            return Err(short(data.len() as u64));
+        }
+        if data.len() as u64 > composefs::INLINE_CONTENT_MAX_V0 as u64 {
+            return finish_large(data, label, staging, jobs, layer, index);
+        }
+        return Ok(RegularFile::Inline(data.into_boxed_slice()));
+    }
+    if size < STREAM_THRESHOLD {
+        let mut data = Vec::with_capacity(size as usize);
+        entry
+            .read_to_end(&mut data)
+            .map_err(|e| tar_err(label, e))?;
+        if (data.len() as u64) < size && entry.header().entry_type() != tar::EntryType::GNUSparse {
+            return Err(short(data.len() as u64));
+        }
+        return finish_large(data, label, staging, jobs, layer, index);
+    }
+    let mut w = staging.writer()?;
+    let n = io::copy(entry, &mut w).map_err(|e| tar_err(label, e))?;
+    if n < size && entry.header().entry_type() != tar::EntryType::GNUSparse {
+        return Err(short(n));
+    }
+    let id = w.finish()?;
+    Ok(RegularFile::External(id, n))
+}
+
+fn finish_large(
+    data: Vec<u8>,
+    label: &str,
+    staging: &Staging<'_>,
+    jobs: &SyncSender<Job>,
+    layer: usize,
+    index: usize,
+) -> Result<RegularFile<ObjectId>, OciError> {
+    let len = data.len() as u64;
+    if len <= composefs::INLINE_CONTENT_MAX_V0 as u64 {
+        return Ok(RegularFile::Inline(data.into_boxed_slice()));
+    }
+    match jobs.send(Job {
+        data,
+        layer,
+        entry: index,
+    }) {
+        // Placeholder: the pool's result replaces it (see `pull`).
+        Ok(()) => Ok(RegularFile::Sparse(len)),
+        Err(e) => {
+            let _ = label;
+            Ok(RegularFile::External(staging.put(&e.0.data)?, len))
+        }
+    }
+}
+
+/// Metadata from the header and PAX records (PAX wins: it carries large
+/// ids, nanosecond mtimes and xattrs).
+fn stat_of<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    label: &str,
+    shown: &str,
+) -> Result<Stat, OciError> {
+    let h = entry.header();
+    let bad = |what: &str| OciError::Tar {
+        layer: label.into(),
+        why: format!("entry {shown:?}: bad {what} field"),
+    };
+    let mut stat = Stat {
+        st_mode: h.mode().map_err(|_| bad("mode"))? & 0o7777,
+        st_uid: u32::try_from(h.uid().map_err(|_| bad("uid"))?).map_err(|_| bad("uid"))?,
+        st_gid: u32::try_from(h.gid().map_err(|_| bad("gid"))?).map_err(|_| bad("gid"))?,
+        st_mtim_sec: i64::try_from(h.mtime().map_err(|_| bad("mtime"))?)
+            .map_err(|_| bad("mtime"))?,
+        st_mtim_nsec: 0,
+        xattrs: Default::default(),
+    };
+    let Some(pax) = entry.pax_extensions().map_err(|e| tar_err(label, e))? else {
+        return Ok(stat);
+    };
+    for ext in pax {
+        let ext = ext.map_err(|e| tar_err(label, e))?;
+        let key = ext.key_bytes();
+        let value = ext.value_bytes();
+        if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
+            if name.is_empty() || name.len() > 255 || value.len() > MAX_XATTR_VALUE {
+                return Err(OciError::TooLarge {
+                    layer: label.into(),
+                    path: shown.into(),
+                    what: "xattr name or value beyond Linux limits".into(),
+                });
+            }
+            stat.xattrs.insert(
+                Box::from(std::ffi::OsStr::from_bytes(name)),
+                Box::from(value),
+            );
+            continue;
+        }
+        let text = std::str::from_utf8(value).unwrap_or_default();
+        match key {
+            b"uid" => stat.st_uid = text.parse().map_err(|_| bad("PAX uid"))?,
+            b"gid" => stat.st_gid = text.parse().map_err(|_| bad("PAX gid"))?,
+            b"mtime" => {
+                let (s, frac) = text.split_once('.').unwrap_or((text, ""));
+                stat.st_mtim_sec = s.parse().map_err(|_| bad("PAX mtime"))?;
+                let digits: String = frac.chars().take(9).collect();
+                if !digits.is_empty() {
+                    let n: u32 = digits.parse().map_err(|_| bad("PAX mtime"))?;
+                    stat.st_mtim_nsec = n * 10u32.pow(9 - digits.len() as u32);
+                }
+            }
+            _ => {}
+        }
+    }
+    Ok(stat)
+}

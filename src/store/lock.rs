@@ -1,0 +1,77 @@
+//! The store lock: `fukastor/lock`, taken with `flock`.
+//!
+//! Importers, taggers and readers take it shared, so any number run at once;
+//! `gc` and `fsck --repair` take it exclusive, so they never see an import
+//! half done. The kernel drops a `flock` when its holder dies, so a killed
+//! process never leaves the store locked.
+
+use std::fs;
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+use rustix::fs::{FlockOperation, flock};
+
+use super::{Result, StoreError, io_err};
+
+/// How the store is locked.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum LockMode {
+    /// Many holders: imports, reads, name changes.
+    Shared,
+    /// One holder: gc, fsck --repair.
+    Exclusive,
+}
+
+/// A held lock; released on drop.
+#[derive(Debug)]
+pub(crate) struct StoreLock {
+    _file: fs::File,
+}
+
+/// How long to wait for the lock before reporting the store busy. Settable
+/// with `FUKASTOR_LOCK_TIMEOUT` (seconds).
+fn timeout() -> Duration {
+    std::env::var("FUKASTOR_LOCK_TIMEOUT")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .map(Duration::from_secs)
+        .unwrap_or(Duration::from_secs(600))
+}
+
+impl StoreLock {
+    pub(crate) fn take(path: &Path, mode: LockMode) -> Result<StoreLock> {
+        let file = fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(path)
+            .map_err(io_err("opening the store lock"))?;
+        let op = match mode {
+            LockMode::Shared => FlockOperation::NonBlockingLockShared,
+            LockMode::Exclusive => FlockOperation::NonBlockingLockExclusive,
+        };
+        let start = Instant::now();
+        let limit = timeout();
+        let mut said = false;
+        loop {
+            match flock(&file, op) {
+                Ok(()) => return Ok(StoreLock { _file: file }),
+                Err(rustix::io::Errno::WOULDBLOCK) => {
+                    if start.elapsed() >= limit {
+                        return Err(StoreError::Busy(format!(
+                            "another process held the lock for {}s",
+                            limit.as_secs()
+                        )));
+                    }
+                    if !said {
+                        tracing::info!("waiting for the store lock");
+                        said = true;
+                    }
+                    std::thread::sleep(Duration::from_millis(50));
+                }
+                Err(e) => return Err(io_err("taking the store lock")(e.into())),
+            }
+        }
+    }
+}
