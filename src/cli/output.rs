@@ -98,7 +98,7 @@ pub(super) fn images(out: &mut impl Write, cli: &Cli, store: &Store) -> CliResul
             r["name"].as_str().unwrap_or_default(),
             &r["id"].as_str().unwrap_or_default()[..12],
             bytes(r["size"].as_u64().unwrap_or(0)),
-            r["files"],
+            r["files"].as_u64().unwrap_or(0),
             r["source"].as_str().unwrap_or_default()
         )
         .map_err(io)?;
