@@ -31,6 +31,10 @@ pub(crate) struct StoreLock {
 /// How long to wait for the lock before reporting the store busy. Settable
 /// with `FUKASTOR_LOCK_TIMEOUT` (seconds).
 fn timeout() -> Duration {
+    #[cfg(test)]
+    if let Some(t) = *TEST_TIMEOUT.lock().expect("not poisoned") {
+        return t;
+    }
     std::env::var("FUKASTOR_LOCK_TIMEOUT")
         .ok()
         .and_then(|s| s.parse().ok())
@@ -74,4 +78,12 @@ impl StoreLock {
             }
         }
     }
+}
+
+#[cfg(test)]
+static TEST_TIMEOUT: std::sync::Mutex<Option<Duration>> = std::sync::Mutex::new(None);
+
+#[cfg(test)]
+pub(crate) fn set_timeout_for_tests(t: Duration) {
+    *TEST_TIMEOUT.lock().expect("not poisoned") = Some(t);
 }

@@ -31,6 +31,8 @@ mod lock;
 mod names;
 mod objects;
 mod record;
+#[cfg(test)]
+mod tests;
 
 pub use fsck::{FsckReport, Problem};
 pub use gc::GcReport;

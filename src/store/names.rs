@@ -39,7 +39,7 @@ impl ImageName {
                 b.is_ascii_lowercase()
                     || b.is_ascii_digit()
                     || matches!(b, b'.' | b'_' | b'-')
-                    || (n == 0 && b.is_ascii_uppercase())
+                    || (n == 0 && repo.contains('/') && b.is_ascii_uppercase())
             });
             // A registry may carry a port: `host:5000/...`.
             let ok = ok
