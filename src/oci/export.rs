@@ -9,7 +9,7 @@
 //! compressed tar. The layout gets:
 //!
 //! - `blobs/sha256/<hex>`: that layer, the image config and the manifest;
-//! - `oci-layout` (`{"imageLayoutVersion":"1.0.0"}`) when it is missing;
+//! - `oci-layout` (`{"imageLayoutVersion":"1.0.0"}`) in a new layout;
 //! - `index.json`, with a manifest descriptor annotated
 //!   `org.opencontainers.image.ref.name = TAG` (and the image's platform).
 //!
@@ -71,11 +71,13 @@
 //!
 //! # Crash safety
 //!
-//! Blobs are written first (temporary file, `fsync`, rename), then the blob
-//! directory is synced, then `oci-layout`, and `index.json` last, through a
-//! temporary file and a rename: an interrupted export never leaves an
-//! `index.json` that names a missing blob. It may leave a `.fukastor-tmp-*`
-//! file in `DIR` and unreferenced blobs.
+//! A new layout gets its `oci-layout` file first. Blobs are written next
+//! (temporary file, `fsync`, rename), then the blob directory is synced, and
+//! `index.json` comes last, through a temporary file and a rename: an
+//! interrupted export never leaves an `index.json` that names a missing
+//! blob. It may leave a `.fukastor-tmp-*` file in `DIR` and unreferenced
+//! blobs; the directory stays a layout (an `oci-layout` without an
+//! `index.json` counts as a layout with no images), so exporting again works.
 //!
 //! # Errors
 //!
@@ -390,12 +392,18 @@ impl Layout {
         }
         let blobs = dir.join("blobs/sha256");
         fs::create_dir_all(&blobs).map_err(xerr(&blobs, "creating the blob directory"))?;
-        Ok(Layout {
+        let layout = Layout {
             dir: dir.to_path_buf(),
             blobs,
             index,
             _lock: lock,
-        })
+        };
+        if !is_layout {
+            // First, so that an interrupted export leaves a directory the
+            // next export recognizes as a (not yet indexed) layout.
+            layout.write_atomic(&dir.join("oci-layout"), OCI_LAYOUT)?;
+        }
+        Ok(layout)
     }
 
     fn blob_path(&self, digest: &str) -> PathBuf {
@@ -429,13 +437,9 @@ impl Layout {
         Ok(())
     }
 
-    /// Writes `oci-layout` if missing, then `index.json` with `entry` under
+    /// Writes `index.json` with `entry` under
     /// `tag` (replacing an entry with the same ref name).
     fn write_index(&self, tag: &str, entry: serde_json::Value) -> Result<(), OciError> {
-        let layout_path = self.dir.join("oci-layout");
-        if !layout_path.is_file() {
-            self.write_atomic(&layout_path, OCI_LAYOUT)?;
-        }
         let mut index = self.index.clone().unwrap_or_else(|| {
             serde_json::json!({
                 "schemaVersion": 2,
@@ -520,7 +524,7 @@ fn write_layer(store: &Store, tree: &Tree, layout: &Layout) -> Result<LayerBlob,
     let file = tmp.create()?;
     let sink: LayerSink = HashWriter::new(flate2::write::GzEncoder::new(
         HashWriter::new(BufWriter::with_capacity(COPY_BUF, file)),
-        flate2::Compression::default(),
+        flate2::Compression::fast(),
     ));
     let mut tar = TarOut {
         out: sink,

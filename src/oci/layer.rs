@@ -274,6 +274,76 @@ fn tar_err(label: &str, e: io::Error) -> OciError {
     }
 }
 
+/// Largest PAX header or GNU long name accepted.
+const MAX_EXTENSION: u64 = 1 << 20;
+
+/// What extension headers said about the next entry.
+#[derive(Default)]
+struct Pending {
+    pax: Vec<(Vec<u8>, Vec<u8>)>,
+    long_name: Option<Vec<u8>>,
+    long_link: Option<Vec<u8>>,
+}
+
+impl Pending {
+    fn pax(&self, key: &[u8]) -> Option<&[u8]> {
+        self.pax
+            .iter()
+            .rev()
+            .find(|(k, _)| k == key)
+            .map(|(_, v)| v.as_slice())
+    }
+}
+
+/// Parses PAX records: `LEN KEY=VALUE\n`, where LEN counts the whole
+/// record. Values may hold any byte, newlines included (the `tar` crate
+/// splits on newlines, which breaks binary xattrs, so we parse ourselves).
+fn parse_pax(mut data: &[u8]) -> Option<Vec<(Vec<u8>, Vec<u8>)>> {
+    let mut out = Vec::new();
+    while !data.is_empty() {
+        if data.iter().all(|&b| b == 0) {
+            break;
+        }
+        let sp = data.iter().position(|&b| b == b' ')?;
+        let len: usize = std::str::from_utf8(&data[..sp]).ok()?.parse().ok()?;
+        if len <= sp + 1 || len > data.len() || data[len - 1] != b'\n' {
+            return None;
+        }
+        let record = &data[sp + 1..len - 1];
+        let eq = record.iter().position(|&b| b == b'=')?;
+        out.push((record[..eq].to_vec(), record[eq + 1..].to_vec()));
+        data = &data[len..];
+    }
+    Some(out)
+}
+
+fn read_extension<R: Read>(
+    entry: &mut tar::Entry<'_, R>,
+    label: &str,
+) -> Result<Vec<u8>, OciError> {
+    if entry.size() > MAX_EXTENSION {
+        return Err(OciError::TooLarge {
+            layer: label.into(),
+            path: String::from_utf8_lossy(&entry.path_bytes()).into_owned(),
+            what: format!(
+                "extension header of {} bytes (limit {MAX_EXTENSION})",
+                entry.size()
+            ),
+        });
+    }
+    let mut data = Vec::with_capacity(entry.size() as usize);
+    entry
+        .read_to_end(&mut data)
+        .map_err(|e| tar_err(label, e))?;
+    if (data.len() as u64) < entry.size() {
+        return Err(OciError::Tar {
+            layer: label.into(),
+            why: "truncated extension header".into(),
+        });
+    }
+    Ok(data)
+}
+
 fn parse_entries<R: Read>(
     archive: &mut tar::Archive<R>,
     layer: usize,
@@ -283,7 +353,8 @@ fn parse_entries<R: Read>(
     abort: &AtomicBool,
 ) -> Result<Vec<Entry>, OciError> {
     let mut out = Vec::new();
-    let entries = archive.entries().map_err(|e| tar_err(label, e))?;
+    let entries = archive.entries().map_err(|e| tar_err(label, e))?.raw(true);
+    let mut pending = Pending::default();
     for entry in entries {
         if abort.load(Ordering::Relaxed) {
             return Err(OciError::Tar {
@@ -292,20 +363,76 @@ fn parse_entries<R: Read>(
             });
         }
         let mut entry = entry.map_err(|e| tar_err(label, e))?;
-        let raw_path = entry.path_bytes().into_owned();
-        let shown = String::from_utf8_lossy(&raw_path).into_owned();
         let kind = entry.header().entry_type();
-        if matches!(kind, tar::EntryType::XGlobalHeader) {
-            continue;
+        match kind {
+            tar::EntryType::XHeader => {
+                let data = read_extension(&mut entry, label)?;
+                pending.pax = parse_pax(&data).ok_or_else(|| OciError::Tar {
+                    layer: label.into(),
+                    why: "malformed PAX extended header".into(),
+                })?;
+                continue;
+            }
+            tar::EntryType::XGlobalHeader => {
+                read_extension(&mut entry, label)?;
+                continue;
+            }
+            tar::EntryType::GNULongName | tar::EntryType::GNULongLink => {
+                let mut data = read_extension(&mut entry, label)?;
+                while data.last() == Some(&0) {
+                    data.pop();
+                }
+                if kind == tar::EntryType::GNULongName {
+                    pending.long_name = Some(data);
+                } else {
+                    pending.long_link = Some(data);
+                }
+                continue;
+            }
+            _ => {}
+        }
+        let p = std::mem::take(&mut pending);
+        let raw_path = match p.pax(b"path").map(<[u8]>::to_vec).or(p.long_name.clone()) {
+            Some(path) => path,
+            None => entry.path_bytes().into_owned(),
+        };
+        let shown = String::from_utf8_lossy(&raw_path).into_owned();
+        if p.pax.iter().any(|(k, _)| k.starts_with(b"GNU.sparse."))
+            || kind == tar::EntryType::GNUSparse
+        {
+            return Err(OciError::EntryType {
+                layer: label.into(),
+                path: shown,
+                kind: "GNU sparse file".into(),
+            });
+        }
+        if let Some(size) = p.pax(b"size") {
+            let size: Option<u64> = std::str::from_utf8(size).ok().and_then(|s| s.parse().ok());
+            if size != Some(entry.size()) {
+                return Err(OciError::Unsupported(format!(
+                    "layer {label}: entry {shown:?} has a PAX size record that differs from its header"
+                )));
+            }
         }
         let path = TreeBuilder::normalize(&raw_path).map_err(|e| OciError::Layer {
             layer: label.into(),
             source: e,
         })?;
-        let stat = stat_of(&mut entry, label, &shown)?;
+        let stat = stat_of(&entry, &p, label, &shown)?;
         let size = entry.size();
+        let link = || -> Result<Vec<u8>, OciError> {
+            p.pax(b"linkpath")
+                .map(<[u8]>::to_vec)
+                .or(p.long_link.clone())
+                .or_else(|| entry.link_name_bytes().map(|c| c.into_owned()))
+                .filter(|t| !t.is_empty())
+                .ok_or_else(|| OciError::Tar {
+                    layer: label.into(),
+                    why: format!("link {shown:?} has no target"),
+                })
+        };
         let kind = match kind {
-            tar::EntryType::Regular | tar::EntryType::Continuous | tar::EntryType::GNUSparse => {
+            tar::EntryType::Regular | tar::EntryType::Continuous => {
                 let content = read_file(
                     &mut entry,
                     size,
@@ -320,10 +447,7 @@ fn parse_entries<R: Read>(
             }
             tar::EntryType::Directory => EntryKind::Directory,
             tar::EntryType::Symlink => {
-                let target = entry.link_name_bytes().ok_or_else(|| OciError::Tar {
-                    layer: label.into(),
-                    why: format!("symlink {shown:?} has no target"),
-                })?;
+                let target = link()?;
                 if target.len() > 4095 {
                     return Err(OciError::TooLarge {
                         layer: label.into(),
@@ -334,10 +458,7 @@ fn parse_entries<R: Read>(
                 EntryKind::Symlink(Box::from(std::ffi::OsStr::from_bytes(&target)))
             }
             tar::EntryType::Link => {
-                let target = entry.link_name_bytes().ok_or_else(|| OciError::Tar {
-                    layer: label.into(),
-                    why: format!("hardlink {shown:?} has no target"),
-                })?;
+                let target = link()?;
                 let t = TreeBuilder::normalize(&target).map_err(|_| OciError::Layer {
                     layer: label.into(),
                     source: crate::tree::TreeError::LinkEscapes(
@@ -448,7 +569,8 @@ fn finish_large(
 /// Metadata from the header and PAX records (PAX wins: it carries large
 /// ids, nanosecond mtimes and xattrs).
 fn stat_of<R: Read>(
-    entry: &mut tar::Entry<'_, R>,
+    entry: &tar::Entry<'_, R>,
+    p: &Pending,
     label: &str,
     shown: &str,
 ) -> Result<Stat, OciError> {
@@ -466,13 +588,7 @@ fn stat_of<R: Read>(
         st_mtim_nsec: 0,
         xattrs: Default::default(),
     };
-    let Some(pax) = entry.pax_extensions().map_err(|e| tar_err(label, e))? else {
-        return Ok(stat);
-    };
-    for ext in pax {
-        let ext = ext.map_err(|e| tar_err(label, e))?;
-        let key = ext.key_bytes();
-        let value = ext.value_bytes();
+    for (key, value) in &p.pax {
         if let Some(name) = key.strip_prefix(b"SCHILY.xattr.") {
             if name.is_empty() || name.len() > 255 || value.len() > MAX_XATTR_VALUE {
                 return Err(OciError::TooLarge {
@@ -483,12 +599,12 @@ fn stat_of<R: Read>(
             }
             stat.xattrs.insert(
                 Box::from(std::ffi::OsStr::from_bytes(name)),
-                Box::from(value),
+                Box::from(value.as_slice()),
             );
             continue;
         }
         let text = std::str::from_utf8(value).unwrap_or_default();
-        match key {
+        match key.as_slice() {
             b"uid" => stat.st_uid = text.parse().map_err(|_| bad("PAX uid"))?,
             b"gid" => stat.st_gid = text.parse().map_err(|_| bad("PAX gid"))?,
             b"mtime" => {
@@ -504,4 +620,30 @@ fn stat_of<R: Read>(
         }
     }
     Ok(stat)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn pax_records_may_hold_newlines() {
+        let v = b"\x00\n\xff=";
+        let mut rec = b"SCHILY.xattr.user.b=".to_vec();
+        rec.extend_from_slice(v);
+        rec.push(b'\n');
+        let total = rec.len() + 3; // "NN " prefix
+        let mut data = format!("{total} ").into_bytes();
+        data.extend_from_slice(&rec);
+        data.extend_from_slice(b"19 mtime=1.5000000\n");
+        let p = parse_pax(&data).unwrap();
+        assert_eq!(p[0], (b"SCHILY.xattr.user.b".to_vec(), v.to_vec()));
+        assert_eq!(p[1], (b"mtime".to_vec(), b"1.5000000".to_vec()));
+        assert!(parse_pax(b"99 path=x\n").is_none());
+        assert_eq!(parse_pax(b"5 a=\n").unwrap(), vec![(b"a".to_vec(), vec![])]);
+        assert!(
+            parse_pax(b"5 a\n").is_none(),
+            "a record without '=' is malformed"
+        );
+    }
 }

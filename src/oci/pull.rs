@@ -264,6 +264,11 @@ pub fn pull(
         }
     };
 
+    tracing::info!(
+        "decoded and staged in {:.3}s",
+        start.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
     let mut builder = TreeBuilder::new();
     let mut infos = Vec::new();
     for (entries, info) in layers {
@@ -285,11 +290,21 @@ pub fn pull(
         layer: spelled.to_string(),
         why: format!("the merged tree is not valid: {e}"),
     })?;
+    tracing::info!("tree built in {:.3}s", t.elapsed().as_secs_f64());
+    let t = Instant::now();
     let erofs = mkfs_erofs(&tree);
     stats.erofs_bytes = erofs.len() as u64;
     let id = staging.put(&erofs)?;
     crate::failpoint("pull:staged");
+    tracing::info!(
+        "EROFS ({} bytes) built in {:.3}s",
+        erofs.len(),
+        t.elapsed().as_secs_f64()
+    );
+    let t = Instant::now();
     let published = staging.publish()?;
+    tracing::info!("objects published in {:.3}s", t.elapsed().as_secs_f64());
+    let t = Instant::now();
 
     let record = ImageRecord {
         id: id.to_hex(),
@@ -306,6 +321,10 @@ pub fn pull(
     };
     let record = merge_names(store, &id, record);
     store.publish_image(&id, &record, Some(&name))?;
+    tracing::info!(
+        "image published (with syncfs) in {:.3}s",
+        t.elapsed().as_secs_f64()
+    );
     crate::failpoint("pull:ref-written");
     Ok(PullReport {
         id,
