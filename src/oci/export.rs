@@ -524,7 +524,7 @@ fn write_layer(store: &Store, tree: &Tree, layout: &Layout) -> Result<LayerBlob,
     let file = tmp.create()?;
     let sink: LayerSink = HashWriter::new(flate2::write::GzEncoder::new(
         HashWriter::new(BufWriter::with_capacity(COPY_BUF, file)),
-        flate2::Compression::fast(),
+        flate2::Compression::default(),
     ));
     let mut tar = TarOut {
         out: sink,

@@ -608,13 +608,8 @@ fn stat_of<R: Read>(
             b"uid" => stat.st_uid = text.parse().map_err(|_| bad("PAX uid"))?,
             b"gid" => stat.st_gid = text.parse().map_err(|_| bad("PAX gid"))?,
             b"mtime" => {
-                let (s, frac) = text.split_once('.').unwrap_or((text, ""));
-                stat.st_mtim_sec = s.parse().map_err(|_| bad("PAX mtime"))?;
-                let digits: String = frac.chars().take(9).collect();
-                if !digits.is_empty() {
-                    let n: u32 = digits.parse().map_err(|_| bad("PAX mtime"))?;
-                    stat.st_mtim_nsec = n * 10u32.pow(9 - digits.len() as u32);
-                }
+                (stat.st_mtim_sec, stat.st_mtim_nsec) =
+                    parse_pax_time(text).ok_or_else(|| bad("PAX mtime"))?;
             }
             _ => {}
         }
@@ -622,9 +617,48 @@ fn stat_of<R: Read>(
     Ok(stat)
 }
 
+/// `SECONDS[.FRACTION]`, possibly negative, as (seconds, nanoseconds) with
+/// nanoseconds in `0..1e9` (so `-1.5` is `(-2, 500000000)`).
+fn parse_pax_time(text: &str) -> Option<(i64, u32)> {
+    let (neg, body) = match text.strip_prefix('-') {
+        Some(b) => (true, b),
+        None => (false, text),
+    };
+    let (s, frac) = body.split_once('.').unwrap_or((body, ""));
+    if s.is_empty()
+        || !s.bytes().all(|b| b.is_ascii_digit())
+        || !frac.bytes().all(|b| b.is_ascii_digit())
+    {
+        return None;
+    }
+    let secs: i64 = s.parse().ok()?;
+    let digits = &frac[..frac.len().min(9)];
+    let ns: u32 = if digits.is_empty() {
+        0
+    } else {
+        digits.parse::<u32>().ok()? * 10u32.pow(9 - digits.len() as u32)
+    };
+    Some(match (neg, ns) {
+        (false, ns) => (secs, ns),
+        (true, 0) => (-secs, 0),
+        (true, ns) => (-secs - 1, 1_000_000_000 - ns),
+    })
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn pax_times_keep_their_sign() {
+        assert_eq!(parse_pax_time("1.5"), Some((1, 500_000_000)));
+        assert_eq!(parse_pax_time("-1.5"), Some((-2, 500_000_000)));
+        assert_eq!(parse_pax_time("-0.25"), Some((-1, 750_000_000)));
+        assert_eq!(parse_pax_time("-3"), Some((-3, 0)));
+        assert_eq!(parse_pax_time("12.1234567891"), Some((12, 123_456_789)));
+        assert_eq!(parse_pax_time("x"), None);
+        assert_eq!(parse_pax_time("1.-5"), None);
+    }
 
     #[test]
     fn pax_records_may_hold_newlines() {

@@ -557,9 +557,10 @@ pub(crate) fn symlink_atomic(target: &Path, path: &Path) -> io::Result<()> {
 }
 
 fn tmp_sibling(path: &Path) -> PathBuf {
+    static COUNTER: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    let n = COUNTER.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
     let mut name = std::ffi::OsString::from(".tmp-");
-    name.push(std::process::id().to_string());
-    name.push("-");
+    name.push(format!("{}-{n}-", std::process::id()));
     name.push(path.file_name().unwrap_or(OsStr::new("x")));
     path.with_file_name(name)
 }
