@@ -10,7 +10,8 @@
 //! | [`store`] | the store directory: objects, image records, refs, locks, fsck, gc |
 //! | [`tree`] | image trees (the `composefs` tree model): building from layers, dump, restore |
 //! | [`oci`] | image sources (`oci:`, `oci-archive:`, `docker-archive:`, `dir:`), layer import, export |
-//! | [`mount`] | serving trees through the kernel (EROFS + overlayfs) |
+//! | [`mount`] | serving trees through the kernel (EROFS + overlayfs); tracking mounts |
+//! | [`fuse`] | serving trees through our own FUSE server (passthrough, multithreaded) |
 //! | [`cli`] | the command line: flags, output, coded errors, `demo` |
 //!
 //! Every module has one error type. Each error knows its stable code and a
@@ -18,6 +19,7 @@
 
 pub mod cli;
 pub mod error;
+pub mod fuse;
 pub mod mount;
 pub mod oci;
 pub mod store;

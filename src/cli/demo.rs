@@ -203,7 +203,7 @@ pub(super) fn run(out: &mut impl Write, keep: Option<&Path>) -> CliResult {
     let result = run_in(out, &base);
     if keep.is_none() {
         let mnt = base.join("mnt");
-        let _ = crate::mount::umount(&mnt);
+        let _ = crate::mount::umount(&base.join("store"), &mnt);
         let _ = fs::remove_dir_all(&base);
     } else {
         let _ = writeln!(
@@ -370,7 +370,7 @@ fn run_in(out: &mut impl Write, base: &Path) -> CliResult {
             let short: String = line.trim().chars().take(110).collect();
             writeln!(s.out, "    findmnt: {short}").map_err(io)?;
         }
-        s.time("unmount", || Ok(crate::mount::umount(&mnt)?))?;
+        s.time("unmount", || Ok(crate::mount::umount(&store_dir, &mnt)?))?;
     }
     drop(store);
     let report = s.time("fsck the store (every object's digest recomputed)", || {

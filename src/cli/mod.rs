@@ -92,15 +92,34 @@ pub enum Command {
         /// The destination.
         dest: String,
     },
-    /// Mount an image read-only.
+    /// Mount an image read-only: through the kernel when it can, FUSE otherwise.
     Mount {
         /// Name or ID prefix.
         image: String,
         /// An existing directory.
         mountpoint: PathBuf,
-        /// Through the kernel: EROFS + overlayfs (the default).
-        #[arg(long)]
+        /// Through the kernel: EROFS + overlayfs.
+        #[arg(long, conflicts_with = "fuse")]
         kernel: bool,
+        /// Through fukastor's FUSE server; `--fuse=passthrough` lets the kernel read objects directly.
+        #[arg(long, value_name = "MODE", num_args = 0..=1, require_equals = true, default_missing_value = "plain", value_parser = ["plain", "passthrough"])]
+        fuse: Option<String>,
+        /// FUSE worker threads [default: one per core].
+        #[arg(long, env = "FUKASTOR_FUSE_THREADS", default_value_t = 0)]
+        threads: usize,
+    },
+    /// Serve an image through FUSE in the foreground (Ctrl-C unmounts).
+    FuseServe {
+        /// Name or ID prefix.
+        image: String,
+        /// An existing directory.
+        mountpoint: PathBuf,
+        /// Let the kernel read objects directly (root, Linux 6.9+).
+        #[arg(long)]
+        passthrough: bool,
+        /// Worker threads [default: one per core].
+        #[arg(long, env = "FUKASTOR_FUSE_THREADS", default_value_t = 0)]
+        threads: usize,
     },
     /// Unmount an image mounted by fukastor.
     Umount {
@@ -318,27 +337,70 @@ fn run(cli: &Cli) -> CliResult {
         Command::Mount {
             image,
             mountpoint,
-            kernel: _,
+            kernel,
+            fuse,
+            threads,
         } => {
             let store = open(cli, LockMode::Shared)?;
             let (id, name) = store.resolve(image)?;
             let label = name.map_or_else(|| id.to_hex()[..12].to_string(), |n| n.to_string());
-            crate::mount::mount_kernel(&store, &id, &label, mountpoint)?;
+            let want_kernel = *kernel || (fuse.is_none() && rustix::process::geteuid().is_root());
+            let mut how = String::from("kernel: EROFS + overlayfs");
+            let mut done = false;
+            if want_kernel {
+                match crate::mount::mount_kernel(&store, &id, &label, mountpoint) {
+                    Ok(()) => done = true,
+                    Err(e) if *kernel || matches!(e, crate::mount::MountError::Mountpoint(..)) => {
+                        return Err(e.into());
+                    }
+                    Err(e) => tracing::warn!("kernel mount failed ({e}); using FUSE"),
+                }
+            }
+            if !done {
+                let passthrough = fuse.as_deref() == Some("passthrough");
+                let opts = crate::fuse::ServeOptions::new(passthrough, *threads);
+                let root = store.root().to_path_buf();
+                drop(store);
+                let pid = crate::fuse::spawn(&root, &id.to_hex(), mountpoint, &opts)?;
+                how = format!(
+                    "{}, server pid {pid}",
+                    if passthrough {
+                        "FUSE with passthrough"
+                    } else {
+                        "FUSE"
+                    }
+                );
+            }
             if !cli.quiet {
-                writeln!(
-                    out,
-                    "mounted {label} at {} (kernel: EROFS + overlayfs)",
-                    mountpoint.display()
-                )
-                .map_err(io)?;
+                writeln!(out, "mounted {label} at {} ({how})", mountpoint.display()).map_err(io)?;
             }
             Ok(())
         }
-        Command::Umount { mountpoint } => {
-            crate::mount::umount(mountpoint)?;
+        Command::FuseServe {
+            image,
+            mountpoint,
+            passthrough,
+            threads,
+        } => {
+            let store = open(cli, LockMode::Shared)?;
+            let (id, name) = store.resolve(image)?;
+            let label = match name {
+                Some(n) => n.to_string(),
+                None => store
+                    .refs()?
+                    .into_iter()
+                    .find(|(_, i)| *i == id)
+                    .map_or_else(|| id.to_hex()[..12].to_string(), |(n, _)| n.to_string()),
+            };
+            let opts = crate::fuse::ServeOptions::new(*passthrough, *threads);
+            crate::fuse::serve(store, &id, &label, mountpoint, &opts)?;
             Ok(())
         }
-        Command::Mounts => output::mounts(out, cli),
+        Command::Umount { mountpoint } => {
+            crate::mount::umount(&store_root(cli), mountpoint)?;
+            Ok(())
+        }
+        Command::Mounts => output::mounts(out, cli, &store_root(cli)),
         Command::Df => {
             let store = open(cli, LockMode::Shared)?;
             output::df(out, cli, &store)

@@ -222,19 +222,51 @@ pub(super) fn gc(out: &mut impl Write, cli: &Cli, r: &GcReport) -> CliResult {
     .map_err(io)
 }
 
-pub(super) fn mounts(out: &mut impl Write, cli: &Cli) -> CliResult {
-    let list = crate::mount::list();
+pub(super) fn mounts(out: &mut impl Write, cli: &Cli, store_root: &std::path::Path) -> CliResult {
+    let table = crate::mount::list();
+    let tracked = crate::mount::track::all(store_root);
+    let rows: Vec<serde_json::Value> = table
+        .iter()
+        .map(|m| {
+            let t = tracked.iter().find(|t| t.mountpoint == m.mountpoint);
+            let state = match t.and_then(|t| t.pid) {
+                Some(pid) if crate::mount::track::alive(pid) => "serving",
+                Some(_) => "server gone: run `fukastor umount`",
+                None if m.fstype.starts_with("fuse") => "unknown server",
+                None => "mounted",
+            };
+            let mode = t.map(|t| t.mode.clone()).unwrap_or_else(|| {
+                if m.fstype.starts_with("fuse") {
+                    "fuse".into()
+                } else {
+                    "kernel".into()
+                }
+            });
+            serde_json::json!({
+                "mountpoint": m.mountpoint, "source": m.source, "fstype": m.fstype, "mode": mode,
+                "image": t.map(|t| t.image.clone()), "id": t.map(|t| t.id.clone()),
+                "pid": t.and_then(|t| t.pid), "state": state,
+            })
+        })
+        .collect();
     if cli.json {
-        return json(out, &list);
+        return json(out, &rows);
     }
-    writeln!(out, "{:<40} {:<8} SOURCE", "MOUNTPOINT", "MODE").map_err(io)?;
-    for m in list {
+    writeln!(
+        out,
+        "{:<36} {:<17} {:<24} {:>8}  STATE",
+        "MOUNTPOINT", "MODE", "IMAGE", "PID"
+    )
+    .map_err(io)?;
+    for r in rows {
         writeln!(
             out,
-            "{:<40} {:<8} {}",
-            m.mountpoint.display(),
-            "kernel",
-            m.source
+            "{:<36} {:<17} {:<24} {:>8}  {}",
+            r["mountpoint"].as_str().unwrap_or_default(),
+            r["mode"].as_str().unwrap_or_default(),
+            r["image"].as_str().unwrap_or("-"),
+            r["pid"].as_u64().map_or("-".to_string(), |p| p.to_string()),
+            r["state"].as_str().unwrap_or_default()
         )
         .map_err(io)?;
     }

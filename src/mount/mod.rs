@@ -9,9 +9,11 @@
 //! made without `verity=require`: file contents are trusted as stored (`fsck`
 //! re-checks them).
 //!
-//! Mounts are read-only and named `composefs:NAME@STORE` in the mount table,
-//! which is what `findmnt` shows as the source and how `umount` recognises
-//! its own mounts.
+//! Kernel mounts are read-only and named `composefs:NAME@STORE` in the mount
+//! table; FUSE mounts (see [`crate::fuse`]) are `fukastor:NAME@STORE` of type
+//! `fuse` (`fuse.fukastor` when mounted through fusermount3). That is what `findmnt` shows as the source and how
+//! `umount` recognises its own mounts. Every mount is also tracked in the
+//! store ([`track`]).
 
 use std::fs;
 use std::os::fd::{AsFd, OwnedFd};
@@ -20,6 +22,8 @@ use std::path::{Path, PathBuf};
 use composefs::fsverity::FsVerityHashValue;
 use composefs::mount::{MountOptions, VerityRequirement, composefs_fsmount, mount_at};
 use rustix::fs::{CWD, Mode, OFlags};
+
+pub mod track;
 
 use crate::error::Coded;
 use crate::store::{ObjectId, Store, StoreError};
@@ -42,6 +46,9 @@ pub enum MountError {
     /// Unmount failed.
     #[error("cannot unmount {0}: {1}")]
     Umount(String, String),
+    /// The FUSE server failed to start.
+    #[error("the FUSE server did not start: {0}")]
+    Server(String),
     /// Store trouble.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -55,6 +62,7 @@ impl Coded for MountError {
             MountError::Kernel(_) => "FK0302",
             MountError::NotOurs(_) => "FK0303",
             MountError::Umount(..) => "FK0304",
+            MountError::Server(_) => "FK0305",
             MountError::Store(e) => e.code(),
         }
     }
@@ -68,6 +76,7 @@ impl Coded for MountError {
             }
             MountError::NotOurs(_) => "list mounts with `findmnt -t overlay`".into(),
             MountError::Umount(..) => "close files and shells using the mount, then try again".into(),
+            MountError::Server(_) => "check that /dev/fuse exists and fuse3 (fusermount3) is installed; see the log above".into(),
             MountError::Store(e) => e.hint(),
         }
     }
@@ -122,7 +131,27 @@ pub fn mount_kernel(
         Some(libc::EPERM) => MountError::NotPrivileged(label.to_string()),
         _ => MountError::Kernel(e.to_string()),
     })?;
-    mount_at(mnt.as_fd(), CWD, mountpoint).map_err(|e| MountError::Kernel(e.to_string()))
+    mount_at(mnt.as_fd(), CWD, mountpoint).map_err(|e| MountError::Kernel(e.to_string()))?;
+    let canonical = fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    track::record(
+        store.root(),
+        &track::Tracked {
+            mountpoint: canonical,
+            image: label.to_string(),
+            id: id.to_hex(),
+            mode: "kernel".into(),
+            pid: None,
+            started: now(),
+        },
+    )?;
+    Ok(())
+}
+
+/// Unix seconds.
+pub(crate) fn now() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_secs())
 }
 
 /// Our mounts, from `/proc/self/mountinfo`.
@@ -137,7 +166,10 @@ pub fn list() -> Vec<MountEntry> {
             let mut r = right.split(' ');
             let fstype = r.next()?.to_string();
             let source = unescape(r.next()?);
-            (source.starts_with("composefs:") && source.contains('@')).then(|| MountEntry {
+            // FUSE mounts show type `fuse` (or `fuse.fukastor` through fusermount).
+            let ours = (source.starts_with("composefs:") && source.contains('@'))
+                || (fstype.starts_with("fuse") && source.starts_with("fukastor:"));
+            ours.then(|| MountEntry {
                 mountpoint: PathBuf::from(mountpoint),
                 source,
                 fstype,
@@ -166,16 +198,71 @@ fn unescape(s: &str) -> String {
     String::from_utf8_lossy(&out).into_owned()
 }
 
-/// Unmounts a fukastor mount.
-pub fn umount(mountpoint: &Path) -> Result<(), MountError> {
+/// Unmounts a fukastor mount: a kernel mount directly; a FUSE mount by
+/// asking its server to unmount and exit (SIGTERM), or, when the server is
+/// gone, by a lazy unmount. Forgets the mount's tracking file in `store_root`.
+pub fn umount(store_root: &Path, mountpoint: &Path) -> Result<(), MountError> {
     let shown = mountpoint.display().to_string();
     let canonical = fs::canonicalize(mountpoint)
+        .or_else(|e| {
+            // A dead FUSE server makes stat fail with ENOTCONN: use the path.
+            if e.raw_os_error() == Some(libc::ENOTCONN) {
+                std::path::absolute(mountpoint)
+            } else {
+                Err(e)
+            }
+        })
         .map_err(|e| MountError::Mountpoint(shown.clone(), e.to_string()))?;
-    if !list().iter().any(|m| m.mountpoint == canonical) {
+    let Some(entry) = list().into_iter().find(|m| m.mountpoint == canonical) else {
+        track::forget(store_root, &canonical);
         return Err(MountError::NotOurs(shown));
+    };
+    if entry.fstype.starts_with("fuse") {
+        if let Some(pid) = track::read(store_root, &canonical)
+            .and_then(|t| t.pid)
+            .filter(|p| track::alive(*p))
+        {
+            if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
+            }
+            let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+            while std::time::Instant::now() < deadline
+                && list().iter().any(|m| m.mountpoint == canonical)
+            {
+                std::thread::sleep(std::time::Duration::from_millis(10));
+            }
+        }
+        if list().iter().any(|m| m.mountpoint == canonical) {
+            lazy_unmount(&canonical).map_err(|e| MountError::Umount(shown.clone(), e))?;
+        }
+    } else {
+        rustix::mount::unmount(&canonical, rustix::mount::UnmountFlags::empty()).map_err(|e| {
+            match e {
+                rustix::io::Errno::PERM => MountError::NotPrivileged(shown.clone()),
+                e => MountError::Umount(shown.clone(), e.to_string()),
+            }
+        })?;
     }
-    rustix::mount::unmount(&canonical, rustix::mount::UnmountFlags::empty()).map_err(|e| match e {
-        rustix::io::Errno::PERM => MountError::NotPrivileged(shown.clone()),
-        e => MountError::Umount(shown.clone(), e.to_string()),
-    })
+    track::forget(store_root, &canonical);
+    Ok(())
+}
+
+/// Detaches a mount whose server is gone: directly as root, through
+/// `fusermount3 -u -z` otherwise.
+fn lazy_unmount(mountpoint: &Path) -> Result<(), String> {
+    if rustix::process::geteuid().is_root() {
+        return rustix::mount::unmount(mountpoint, rustix::mount::UnmountFlags::DETACH)
+            .map_err(|e| e.to_string());
+    }
+    let out = std::process::Command::new("fusermount3")
+        .arg("-u")
+        .arg("-z")
+        .arg(mountpoint)
+        .output()
+        .map_err(|e| format!("running fusermount3: {e}"))?;
+    if out.status.success() {
+        Ok(())
+    } else {
+        Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
 }

@@ -1,0 +1,237 @@
+//! Serving trees through FUSE: the path for unprivileged users, for images a
+//! kernel mount cannot serve, and the one measured against the kernel.
+//!
+//! - [`inodes`]: the immutable inode table built from the image's tree;
+//! - [`fs`]: the `fuser` filesystem (multithreaded, `clone_fd`, readdirplus,
+//!   long TTLs, `FOPEN_KEEP_CACHE`, 1 MiB I/O, passthrough);
+//! - this module: running a server in the foreground ([`serve`]) and
+//!   starting one that outlives the command ([`spawn`]).
+//!
+//! A server loads the tree, opens the objects directory, mounts, records the
+//! mount in the store (with its pid), releases the store lock (so `gc` is
+//! never blocked by a mount; `gc` keeps mounted images alive through the
+//! tracking file instead), and serves until it is unmounted. SIGTERM, SIGINT
+//! and SIGHUP make it unmount and exit. A server killed with SIGKILL leaves a
+//! mount whose requests fail with ENOTCONN; `umount` detaches it.
+
+pub mod fs;
+pub mod inodes;
+
+use std::os::fd::OwnedFd;
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use composefs::fsverity::FsVerityHashValue;
+use fuser::{Config, MountOption, SessionACL};
+use rustix::fs::{Mode, OFlags};
+
+use crate::mount::{MountError, now, track};
+use crate::store::{ObjectId, Store, StoreError};
+
+/// How to serve.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ServeOptions {
+    /// Ask the kernel for passthrough reads.
+    pub passthrough: bool,
+    /// Worker threads (0: one per core).
+    pub threads: usize,
+}
+
+impl ServeOptions {
+    /// Options with passthrough on or off and `threads` workers.
+    pub fn new(passthrough: bool, threads: usize) -> Self {
+        ServeOptions {
+            passthrough,
+            threads,
+        }
+    }
+}
+
+fn threads(n: usize) -> usize {
+    if n == 0 {
+        std::thread::available_parallelism().map_or(2, |n| n.get())
+    } else {
+        n
+    }
+}
+
+/// Serves image `id` at `mountpoint` until it is unmounted or a signal
+/// arrives. Consumes the store handle to release its lock while serving.
+pub fn serve(
+    store: Store,
+    id: &ObjectId,
+    label: &str,
+    mountpoint: &Path,
+    opts: &ServeOptions,
+) -> Result<(), MountError> {
+    let shown = mountpoint.display().to_string();
+    let canonical = std::fs::canonicalize(mountpoint)
+        .map_err(|e| MountError::Mountpoint(shown.clone(), e.to_string()))?;
+    if !canonical.is_dir() {
+        return Err(MountError::Mountpoint(shown, "not a directory".into()));
+    }
+    let tree = store.image_tree(id)?;
+    let inodes = inodes::Inodes::new(&tree);
+    drop(tree);
+    let objects: OwnedFd = rustix::fs::open(
+        store.objects_dir(),
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .map_err(|e| StoreError::Damaged(format!("objects directory: {e}")))?;
+    let root = rustix::process::geteuid().is_root();
+    let counters = Arc::new(fs::Counters::default());
+    let filesystem = fs::ImageFs::new(inodes, objects, opts.passthrough && root, counters.clone());
+    if opts.passthrough && !root {
+        tracing::warn!("passthrough needs root; serving reads from the server");
+    }
+    let store_root = store.root().to_path_buf();
+    let mut config = Config::default();
+    config.mount_options = vec![
+        MountOption::FSName(format!("fukastor:{label}@{}", store_root.display())),
+        MountOption::Subtype("fukastor".into()),
+        MountOption::RO,
+        MountOption::DefaultPermissions,
+        MountOption::NoAtime,
+    ];
+    if root {
+        config
+            .mount_options
+            .extend([MountOption::Dev, MountOption::Suid]);
+        config.acl = SessionACL::All;
+    }
+    config.n_threads = Some(threads(opts.threads));
+    config.clone_fd = true;
+
+    let mut session = fuser::Session::new(filesystem, &canonical, &config)
+        .map_err(|e| MountError::Server(format!("mounting at {}: {e}", canonical.display())))?;
+    let mode = if opts.passthrough && root {
+        "fuse-passthrough"
+    } else {
+        "fuse"
+    };
+    track::record(
+        &store_root,
+        &track::Tracked {
+            mountpoint: canonical.clone(),
+            image: label.to_string(),
+            id: id.to_hex(),
+            mode: mode.into(),
+            pid: Some(std::process::id()),
+            started: now(),
+        },
+    )?;
+    drop(store);
+
+    // Signals: unmount, which ends `run`.
+    let mut unmounter = session.unmount_callable();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| MountError::Server(format!("installing signal handlers: {e}")))?;
+    let handle = signals.handle();
+    std::thread::spawn(move || {
+        if let Some(sig) = signals.forever().next() {
+            tracing::info!("signal {sig}: unmounting");
+            if let Err(e) = unmounter.unmount() {
+                tracing::warn!("unmount: {e}");
+            }
+        }
+    });
+    let result = session.run();
+    handle.close();
+    track::forget(&store_root, &canonical);
+    tracing::info!(
+        "served {} reads ({} bytes), {} opens ({} passthrough), {} lookups",
+        counters.reads.load(std::sync::atomic::Ordering::Relaxed),
+        counters
+            .read_bytes
+            .load(std::sync::atomic::Ordering::Relaxed),
+        counters.opens.load(std::sync::atomic::Ordering::Relaxed),
+        counters
+            .passthrough_opens
+            .load(std::sync::atomic::Ordering::Relaxed),
+        counters.lookups.load(std::sync::atomic::Ordering::Relaxed),
+    );
+    result.map_err(|e| MountError::Server(e.to_string()))
+}
+
+/// Starts `fukastor fuse-serve` in its own process group and returns once
+/// the mount is usable (its tracking file names the new server) or the
+/// server failed (its log is in the error).
+pub fn spawn(
+    store_root: &Path,
+    image: &str,
+    mountpoint: &Path,
+    opts: &ServeOptions,
+) -> Result<u32, MountError> {
+    let shown = mountpoint.display().to_string();
+    let canonical = std::fs::canonicalize(mountpoint)
+        .map_err(|e| MountError::Mountpoint(shown.clone(), e.to_string()))?;
+    if !canonical.is_dir() {
+        return Err(MountError::Mountpoint(shown, "not a directory".into()));
+    }
+    let exe = std::env::current_exe()
+        .map_err(|e| MountError::Server(format!("finding this program: {e}")))?;
+    let log_path = track::path_for(store_root, &canonical).with_extension("log");
+    if let Some(parent) = log_path.parent() {
+        std::fs::create_dir_all(parent).map_err(|e| StoreError::Io {
+            context: "creating fukastor/mounts".into(),
+            source: e,
+        })?;
+    }
+    let log = std::fs::File::create(&log_path).map_err(|e| StoreError::Io {
+        context: "creating the server log".into(),
+        source: e,
+    })?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--store")
+        .arg(store_root)
+        .arg("fuse-serve")
+        .arg(image)
+        .arg(&canonical);
+    cmd.arg("--threads").arg(opts.threads.to_string());
+    if opts.passthrough {
+        cmd.arg("--passthrough");
+    }
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| MountError::Server(format!("starting the server: {e}")))?;
+    let pid = child.id();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    loop {
+        if track::read(store_root, &canonical).is_some_and(|t| t.pid == Some(pid)) {
+            // Reap the server when it exits, without blocking this command.
+            std::thread::spawn(move || child.wait());
+            return Ok(pid);
+        }
+        if let Ok(Some(status)) = child.try_wait() {
+            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let last = text
+                .lines()
+                .rev()
+                .find(|l| !l.trim().is_empty())
+                .unwrap_or("no output");
+            return Err(MountError::Server(format!("it exited ({status}): {last}")));
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            return Err(MountError::Server(
+                "it did not mount within 60 seconds".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Where `fukastor mounts` finds a server's log.
+pub fn log_path(store_root: &Path, mountpoint: &Path) -> PathBuf {
+    track::path_for(store_root, mountpoint).with_extension("log")
+}

@@ -1,0 +1,102 @@
+//! Mounts are tracked in the store: `fukastor/mounts/<key>.json`, one file
+//! per mountpoint (`key` is a hash of the canonical mountpoint path).
+//!
+//! A tracking file says which image is mounted where, how, and which process
+//! serves it (FUSE). It is written once the mount is usable and removed by
+//! `umount` or by a server that unmounts on SIGTERM. A file whose mount is
+//! gone from the mount table is stale and is ignored (and removed by the next
+//! `umount` or `mounts`). `gc` keeps the objects of every image that is
+//! mounted according to a live tracking file.
+
+use std::fs;
+use std::path::{Path, PathBuf};
+
+use serde::{Deserialize, Serialize};
+use sha2::Digest;
+
+use crate::store::{Store, StoreError, write_atomic};
+
+/// One tracked mount.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Tracked {
+    /// Canonical mountpoint.
+    pub mountpoint: PathBuf,
+    /// The image as the user named it.
+    pub image: String,
+    /// The image ID.
+    pub id: String,
+    /// `kernel`, `fuse` or `fuse-passthrough`.
+    pub mode: String,
+    /// The serving process (FUSE), if any.
+    pub pid: Option<u32>,
+    /// Unix seconds.
+    pub started: u64,
+}
+
+fn dir(store_root: &Path) -> PathBuf {
+    store_root.join("fukastor/mounts")
+}
+
+/// The tracking file of a mountpoint.
+pub fn path_for(store_root: &Path, mountpoint: &Path) -> PathBuf {
+    let h = hex::encode(sha2::Sha256::digest(
+        mountpoint.as_os_str().as_encoded_bytes(),
+    ));
+    dir(store_root).join(format!("{}.json", &h[..16]))
+}
+
+/// Records a mount.
+pub fn record(store_root: &Path, t: &Tracked) -> Result<(), StoreError> {
+    fs::create_dir_all(dir(store_root)).map_err(|e| StoreError::Io {
+        context: "creating fukastor/mounts".into(),
+        source: e,
+    })?;
+    let data = serde_json::to_vec_pretty(t).expect("serializes");
+    write_atomic(&path_for(store_root, &t.mountpoint), &data).map_err(|e| StoreError::Io {
+        context: "recording a mount".into(),
+        source: e,
+    })
+}
+
+/// Forgets a mount.
+pub fn forget(store_root: &Path, mountpoint: &Path) {
+    let _ = fs::remove_file(path_for(store_root, mountpoint));
+    let p = path_for(store_root, mountpoint).with_extension("log");
+    let _ = fs::remove_file(p);
+}
+
+/// Reads one tracking file.
+pub fn read(store_root: &Path, mountpoint: &Path) -> Option<Tracked> {
+    fs::read(path_for(store_root, mountpoint))
+        .ok()
+        .and_then(|d| serde_json::from_slice(&d).ok())
+}
+
+/// Every tracking file of the store (stale ones included).
+pub fn all(store_root: &Path) -> Vec<Tracked> {
+    let Ok(entries) = fs::read_dir(dir(store_root)) else {
+        return Vec::new();
+    };
+    entries
+        .filter_map(|e| e.ok())
+        .filter(|e| e.path().extension().is_some_and(|x| x == "json"))
+        .filter_map(|e| fs::read(e.path()).ok())
+        .filter_map(|d| serde_json::from_slice(&d).ok())
+        .collect()
+}
+
+/// True when `pid` is a live process.
+pub fn alive(pid: u32) -> bool {
+    rustix::process::Pid::from_raw(pid as i32)
+        .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+}
+
+/// Image IDs mounted right now (tracking file and mount table agree).
+pub fn mounted_ids(store: &Store) -> Vec<String> {
+    let table: Vec<PathBuf> = super::list().into_iter().map(|m| m.mountpoint).collect();
+    all(store.root())
+        .into_iter()
+        .filter(|t| table.contains(&t.mountpoint))
+        .map(|t| t.id)
+        .collect()
+}
