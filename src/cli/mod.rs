@@ -429,7 +429,11 @@ fn run(cli: &Cli) -> CliResult {
         }
         Command::Gc { dry_run } => {
             let store = open(cli, LockMode::Exclusive)?;
-            let report = store.gc(*dry_run)?;
+            let keep: Vec<_> = crate::mount::track::mounted_ids(&store)
+                .iter()
+                .filter_map(|h| crate::store::ObjectId::from_hex(h).ok())
+                .collect();
+            let report = store.gc(*dry_run, &keep)?;
             output::gc(out, cli, &report)
         }
         Command::Demo { keep } => demo::run(out, keep.as_deref()),

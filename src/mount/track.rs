@@ -58,11 +58,10 @@ pub fn record(store_root: &Path, t: &Tracked) -> Result<(), StoreError> {
     })
 }
 
-/// Forgets a mount.
+/// Forgets a mount. Its server's log (`<key>.log`) stays until the next
+/// server for the same mountpoint replaces it.
 pub fn forget(store_root: &Path, mountpoint: &Path) {
     let _ = fs::remove_file(path_for(store_root, mountpoint));
-    let p = path_for(store_root, mountpoint).with_extension("log");
-    let _ = fs::remove_file(p);
 }
 
 /// Reads one tracking file.

@@ -1,5 +1,7 @@
 //! `gc`: remove what no name reaches.
 //!
+//! Images in `keep` (those mounted right now) count as named.
+//!
 //! Runs under the exclusive store lock, so no import is in flight: every
 //! staging directory is a leftover, and every object not referenced by a
 //! named image is garbage. Removes, in this order: unnamed images (link and
@@ -32,7 +34,7 @@ pub struct GcReport {
     pub temp_files: u64,
 }
 
-pub(super) fn run(store: &Store, dry_run: bool) -> Result<GcReport> {
+pub(super) fn run(store: &Store, dry_run: bool, keep: &[ObjectId]) -> Result<GcReport> {
     use std::os::unix::fs::MetadataExt;
     let mut r = GcReport {
         dry_run,
@@ -51,7 +53,8 @@ pub(super) fn run(store: &Store, dry_run: bool) -> Result<GcReport> {
         }
     };
 
-    let named: HashSet<ObjectId> = store.refs()?.into_iter().map(|(_, id)| id).collect();
+    let mut named: HashSet<ObjectId> = store.refs()?.into_iter().map(|(_, id)| id).collect();
+    named.extend(keep.iter().cloned());
     let mut live: HashSet<ObjectId> = HashSet::new();
     for id in store.image_ids()? {
         if named.contains(&id) {

@@ -500,9 +500,10 @@ impl Store {
         fsck::run(self, repair)
     }
 
-    /// Collects garbage. See [`gc`].
-    pub fn gc(&self, dry_run: bool) -> Result<GcReport> {
-        gc::run(self, dry_run)
+    /// Collects garbage, keeping the images in `keep` (mounted ones) as if
+    /// they had a name. See [`gc`].
+    pub fn gc(&self, dry_run: bool, keep: &[ObjectId]) -> Result<GcReport> {
+        gc::run(self, dry_run, keep)
     }
 
     /// Bytes the store's files take on disk (allocated blocks).
