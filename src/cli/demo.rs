@@ -3,7 +3,8 @@
 //! Builds a two-layer OCI image from this host's binaries (busybox-static
 //! when present, otherwise a shell and a few tools with the shared libraries
 //! `ldd` names), imports it into a temporary store, mounts it through the
-//! kernel, reads files back and checks their digests against the host's,
+//! kernel, then through the FUSE server with and without passthrough, reads
+//! files back and checks their digests against the host's,
 //! shows the deduplication figures, unmounts, checks the store, and prints
 //! what each step took.
 
@@ -176,6 +177,24 @@ fn build_image(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     Ok(files)
 }
 
+/// Compares each host file with its copy under `mnt`; returns how many.
+fn verify(mnt: &Path, files: &[(String, PathBuf)]) -> CliResult<usize> {
+    let mut n = 0;
+    for (rel, host) in files {
+        let a =
+            Sha256::digest(fs::read(mnt.join(rel)).map_err(|e| demo_err("reading the mount", e))?);
+        let b = Sha256::digest(fs::read(host).map_err(|e| demo_err("reading the host file", e))?);
+        if a != b {
+            return Err(demo_err(
+                "content check",
+                format!("{rel} differs from {}", host.display()),
+            ));
+        }
+        n += 1;
+    }
+    Ok(n)
+}
+
 struct Steps<'o, W: Write> {
     out: &'o mut W,
     rows: Vec<(String, f64)>,
@@ -316,25 +335,7 @@ fn run_in(out: &mut impl Write, base: &Path) -> CliResult {
         )?;
         let checked = s.time(
             "read files back through the mount and compare with the host",
-            || {
-                let mut n = 0;
-                for (rel, host) in &files {
-                    let a = Sha256::digest(
-                        fs::read(mnt.join(rel)).map_err(|e| demo_err("reading the mount", e))?,
-                    );
-                    let b = Sha256::digest(
-                        fs::read(host).map_err(|e| demo_err("reading the host file", e))?,
-                    );
-                    if a != b {
-                        return Err(demo_err(
-                            "content check",
-                            format!("{rel} differs from {}", host.display()),
-                        ));
-                    }
-                    n += 1;
-                }
-                Ok(n)
-            },
+            || verify(&mnt, &files),
         )?;
         writeln!(s.out, "    {checked} files identical to the host's").map_err(io)?;
         let motd = fs::read_to_string(mnt.join("etc/motd")).unwrap_or_default();
@@ -373,6 +374,32 @@ fn run_in(out: &mut impl Write, base: &Path) -> CliResult {
         s.time("unmount", || Ok(crate::mount::umount(&store_dir, &mnt)?))?;
     }
     drop(store);
+    let root = rustix::process::geteuid().is_root();
+    for (how, passthrough) in [("FUSE", false), ("FUSE with passthrough", true)] {
+        if passthrough && !root {
+            writeln!(s.out, "==> {how}: not run, passthrough needs root").map_err(io)?;
+            continue;
+        }
+        let pid = s.time(
+            &format!("mount it through {how} (a server that outlives the command)"),
+            || {
+                let opts = crate::fuse::ServeOptions::new(passthrough, 0);
+                Ok(crate::fuse::spawn(&store_dir, "demo:latest", &mnt, &opts)?)
+            },
+        )?;
+        let n = s.time(
+            &format!("read files back through {how} and compare with the host"),
+            || verify(&mnt, &files),
+        )?;
+        writeln!(
+            s.out,
+            "    {n} files identical to the host's; server pid {pid}"
+        )
+        .map_err(io)?;
+        s.time(&format!("unmount {how} (the server exits)"), || {
+            Ok(crate::mount::umount(&store_dir, &mnt)?)
+        })?;
+    }
     let report = s.time("fsck the store (every object's digest recomputed)", || {
         let store = Store::open(&store_dir, LockMode::Exclusive)?;
         Ok(store.fsck(false)?)
