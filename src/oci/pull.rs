@@ -5,7 +5,9 @@
 //! 1. open and verify index, manifest, config — nothing written;
 //! 2. decode layers and stage objects — a staging directory (garbage);
 //! 3. build the tree and its EROFS image, staged too — the same;
-//! 4. publish objects into `objects/` — unreferenced objects (garbage);
+//! 4. publish the objects the tree references into `objects/` (content
+//!    that later layers replaced or deleted is dropped) — unreferenced
+//!    objects (garbage);
 //! 5. record, `images/<id>` link, `syncfs` — an unnamed image (garbage);
 //! 6. the name ref — the image, complete and named.
 
@@ -286,6 +288,7 @@ pub fn pull(
     }
     let tree = builder.finish();
     let mut stats = crate::tree::stats(&tree);
+    let mut keep = crate::tree::objects(&tree);
     let tree = ValidatedFileSystem::new(tree).map_err(|e| OciError::Tar {
         layer: spelled.to_string(),
         why: format!("the merged tree is not valid: {e}"),
@@ -295,6 +298,7 @@ pub fn pull(
     let erofs = mkfs_erofs(&tree);
     stats.erofs_bytes = erofs.len() as u64;
     let id = staging.put(&erofs)?;
+    keep.insert(id.clone());
     crate::failpoint("pull:staged");
     tracing::info!(
         "EROFS ({} bytes) built in {:.3}s",
@@ -302,7 +306,7 @@ pub fn pull(
         t.elapsed().as_secs_f64()
     );
     let t = Instant::now();
-    let published = staging.publish()?;
+    let published = staging.publish_only(Some(&keep))?;
     tracing::info!("objects published in {:.3}s", t.elapsed().as_secs_f64());
     let t = Instant::now();
 

@@ -120,10 +120,20 @@ impl<'s> Staging<'s> {
 
     /// Moves every staged object into `objects/`. Objects that another
     /// writer published meanwhile are dropped from staging.
-    pub fn publish(mut self) -> Result<PublishStats> {
+    pub fn publish(self) -> Result<PublishStats> {
+        self.publish_only(None)
+    }
+
+    /// Moves the staged objects that `keep` names (all when `None`) into
+    /// `objects/`; the others (content that later layers replaced or
+    /// deleted) are dropped with the staging directory.
+    pub fn publish_only(mut self, keep: Option<&HashSet<ObjectId>>) -> Result<PublishStats> {
         let staged = std::mem::take(&mut *self.staged.lock().expect("not poisoned"));
         let mut stats = PublishStats::default();
-        for id in &staged {
+        for id in staged
+            .iter()
+            .filter(|id| keep.is_none_or(|k| k.contains(id)))
+        {
             let from = self.dir.join(id.to_hex());
             let to = self.store.object_path(id);
             match renameat_with(CWD, &from, CWD, &to, RenameFlags::NOREPLACE) {

@@ -161,6 +161,19 @@ pub fn stats(tree: &Tree) -> ImageStats {
     s
 }
 
+/// The objects a tree references.
+pub fn objects(tree: &Tree) -> HashSet<ObjectId> {
+    tree.leaves
+        .iter()
+        .filter_map(|l| match &l.content {
+            LeafContent::Regular(
+                RegularFile::External(id, _) | RegularFile::ExternalNoVerity(id, _),
+            ) => Some(id.clone()),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Writes the composefs dumpfile of a tree.
 pub fn write_dumpfile(out: &mut impl std::io::Write, tree: &Tree) -> std::io::Result<()> {
     composefs::dumpfile::write_dumpfile(out, tree).map_err(std::io::Error::other)
