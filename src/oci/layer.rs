@@ -493,6 +493,10 @@ fn parse_entries<R: Read>(
     Ok(out)
 }
 
+/// Reads one file's content: small files inline, medium ones to the hashing
+/// pool (the entry gets a placeholder the caller patches), large ones
+/// streamed into a staged object here. A stream shorter than the declared
+/// size is a truncated layer.
 #[allow(clippy::too_many_arguments)]
 fn read_file<R: Read>(
     entry: &mut tar::Entry<'_, R>,
@@ -508,48 +512,22 @@ fn read_file<R: Read>(
         layer: label.into(),
         why: format!("entry {shown:?} declares {size} bytes but the stream ends after {got}"),
     };
+    if size >= STREAM_THRESHOLD {
+        let mut w = staging.writer()?;
+        let n = io::copy(entry, &mut w).map_err(|e| tar_err(label, e))?;
+        if n != size {
+            return Err(short(n));
+        }
+        return Ok(RegularFile::External(w.finish()?, n));
+    }
+    let mut data = Vec::with_capacity(size as usize);
+    entry
+        .read_to_end(&mut data)
+        .map_err(|e| tar_err(label, e))?;
+    if data.len() as u64 != size {
+        return Err(short(data.len() as u64));
+    }
     if size <= composefs::INLINE_CONTENT_MAX_V0 as u64 {
-        let mut data = Vec::with_capacity(size as usize);
-        entry
-            .read_to_end(&mut data)
-            .map_err(|e| tar_err(label, e))?;
-        if (data.len() as u64) < size && entry.header().entry_type() != tar::EntryType::GNUSparse {
-            return Err(short(data.len() as u64));
-        }
-        if data.len() as u64 > composefs::INLINE_CONTENT_MAX_V0 as u64 {
-            return finish_large(data, label, staging, jobs, layer, index);
-        }
-        return Ok(RegularFile::Inline(data.into_boxed_slice()));
-    }
-    if size < STREAM_THRESHOLD {
-        let mut data = Vec::with_capacity(size as usize);
-        entry
-            .read_to_end(&mut data)
-            .map_err(|e| tar_err(label, e))?;
-        if (data.len() as u64) < size && entry.header().entry_type() != tar::EntryType::GNUSparse {
-            return Err(short(data.len() as u64));
-        }
-        return finish_large(data, label, staging, jobs, layer, index);
-    }
-    let mut w = staging.writer()?;
-    let n = io::copy(entry, &mut w).map_err(|e| tar_err(label, e))?;
-    if n < size && entry.header().entry_type() != tar::EntryType::GNUSparse {
-        return Err(short(n));
-    }
-    let id = w.finish()?;
-    Ok(RegularFile::External(id, n))
-}
-
-fn finish_large(
-    data: Vec<u8>,
-    label: &str,
-    staging: &Staging<'_>,
-    jobs: &SyncSender<Job>,
-    layer: usize,
-    index: usize,
-) -> Result<RegularFile<ObjectId>, OciError> {
-    let len = data.len() as u64;
-    if len <= composefs::INLINE_CONTENT_MAX_V0 as u64 {
         return Ok(RegularFile::Inline(data.into_boxed_slice()));
     }
     match jobs.send(Job {
@@ -557,12 +535,10 @@ fn finish_large(
         layer,
         entry: index,
     }) {
-        // Placeholder: the pool's result replaces it (see `pull`).
-        Ok(()) => Ok(RegularFile::Sparse(len)),
-        Err(e) => {
-            let _ = label;
-            Ok(RegularFile::External(staging.put(&e.0.data)?, len))
-        }
+        // Placeholder: the pool's result replaces it (see `pull::patch`).
+        Ok(()) => Ok(RegularFile::Sparse(size)),
+        // The pool is gone (another layer failed): hash here.
+        Err(e) => Ok(RegularFile::External(staging.put(&e.0.data)?, size)),
     }
 }
 
