@@ -97,8 +97,25 @@ load_kernel_modules() {
     [[ -e /dev/fuse ]] || warn "kernel: /dev/fuse is missing (FUSE tests will fail)"
 }
 
+# Debian's udev rules make /dev/fuse 0666 so that normal users can mount
+# through the setuid fusermount3; machines without udev (this kind) leave it
+# 0600 root, and then unprivileged FUSE mounts fail with EACCES (libfuse and
+# fuser alike open /dev/fuse before falling back to fusermount3).
+fix_dev_fuse_mode() {
+    [[ -e /dev/fuse ]] || return 0
+    local mode
+    mode=$(stat -c %a /dev/fuse)
+    if [[ $mode == 666 ]]; then
+        info "/dev/fuse: mode 0666 already"
+    else
+        chmod 0666 /dev/fuse
+        info "/dev/fuse: mode $mode -> 0666 (what Debian's udev rule sets)"
+    fi
+}
+
 apply_host_fixes() {
     fix_hugetlb_cgroup
     fix_podman_ulimits
     load_kernel_modules
+    fix_dev_fuse_mode
 }

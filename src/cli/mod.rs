@@ -362,14 +362,12 @@ fn run(cli: &Cli) -> CliResult {
                 let root = store.root().to_path_buf();
                 drop(store);
                 let pid = crate::fuse::spawn(&root, &id.to_hex(), mountpoint, &opts)?;
-                how = format!(
-                    "{}, server pid {pid}",
-                    if passthrough {
-                        "FUSE with passthrough"
-                    } else {
-                        "FUSE"
-                    }
-                );
+                let kind = match (passthrough, rustix::process::geteuid().is_root()) {
+                    (true, true) => "FUSE with passthrough",
+                    (true, false) => "FUSE; passthrough needs root, reads go through the server",
+                    (false, _) => "FUSE",
+                };
+                how = format!("{kind}, server pid {pid}");
             }
             if !cli.quiet {
                 writeln!(out, "mounted {label} at {} ({how})", mountpoint.display()).map_err(io)?;

@@ -304,6 +304,9 @@ impl Filesystem for ImageFs {
         let len = self.inodes.get(ino.0).map_or(0, |n| n.attr.size);
         let start = offset.min(len) as usize;
         let end = (offset.saturating_add(size as u64)).min(len) as usize;
+        self.counters
+            .read_bytes
+            .fetch_add((end - start) as u64, Ordering::Relaxed);
         match content {
             Content::Inline(data) => reply.data(&data[start..end]),
             Content::Zeros => BUF.with_borrow_mut(|buf| {
@@ -336,6 +339,18 @@ impl Filesystem for ImageFs {
             drop(map);
             close_fh(fh);
         }
+        reply.ok();
+    }
+
+    fn flush(
+        &self,
+        _req: &Request,
+        _ino: INodeNo,
+        _fh: FileHandle,
+        _lock_owner: LockOwner,
+        reply: ReplyEmpty,
+    ) {
+        // Nothing is ever written: nothing to flush.
         reply.ok();
     }
 

@@ -106,8 +106,17 @@ pub fn serve(
     config.n_threads = Some(threads(opts.threads));
     config.clone_fd = true;
 
-    let mut session = fuser::Session::new(filesystem, &canonical, &config)
-        .map_err(|e| MountError::Server(format!("mounting at {}: {e}", canonical.display())))?;
+    let mut session = fuser::Session::new(filesystem, &canonical, &config).map_err(|e| {
+        let dev = rustix::fs::access("/dev/fuse", rustix::fs::Access::READ_OK | rustix::fs::Access::WRITE_OK);
+        if !root && dev.is_err() {
+            MountError::Server(format!(
+                "mounting at {}: {e}; /dev/fuse is not readable and writable by this user (Debian's udev makes it mode 0666)",
+                canonical.display()
+            ))
+        } else {
+            MountError::Server(format!("mounting at {}: {e}", canonical.display()))
+        }
+    })?;
     let mode = if opts.passthrough && root {
         "fuse-passthrough"
     } else {
@@ -214,10 +223,11 @@ pub fn spawn(
         }
         if let Ok(Some(status)) = child.try_wait() {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let last = text
-                .lines()
-                .rev()
-                .find(|l| !l.trim().is_empty())
+            let mut lines = text.lines().rev();
+            let last = lines
+                .clone()
+                .find(|l| l.starts_with("error["))
+                .or_else(|| lines.find(|l| !l.trim().is_empty()))
                 .unwrap_or("no output");
             return Err(MountError::Server(format!("it exited ({status}): {last}")));
         }

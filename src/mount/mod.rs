@@ -69,7 +69,7 @@ impl Coded for MountError {
 
     fn hint(&self) -> String {
         match self {
-            MountError::NotPrivileged(_) => "run as root (FUSE mounts for normal users are planned)".into(),
+            MountError::NotPrivileged(_) => "run as root, or mount through FUSE: `fukastor mount --fuse IMAGE MOUNTPOINT`".into(),
             MountError::Mountpoint(..) => "create an empty directory and mount there".into(),
             MountError::Kernel(_) => {
                 "the kernel needs file-backed EROFS and overlayfs with data-only lowers (Linux 6.12+); check `dmesg`".into()

@@ -84,10 +84,23 @@ pub fn all(store_root: &Path) -> Vec<Tracked> {
         .collect()
 }
 
-/// True when `pid` is a live process.
+/// True when `pid` is a live process. A zombie (a server that died and was
+/// not reaped yet; its parent is init once `mount` returned) is not alive.
 pub fn alive(pid: u32) -> bool {
-    rustix::process::Pid::from_raw(pid as i32)
-        .is_some_and(|p| rustix::process::test_kill_process(p).is_ok())
+    let exists = rustix::process::Pid::from_raw(pid as i32)
+        .is_some_and(|p| rustix::process::test_kill_process(p).is_ok());
+    if !exists {
+        return false;
+    }
+    // /proc/PID/stat: "pid (comm) S ...": the state follows the last ')'.
+    match fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Ok(stat) => !matches!(
+            stat.rsplit_once(')')
+                .and_then(|(_, r)| r.trim_start().chars().next()),
+            Some('Z' | 'X')
+        ),
+        Err(_) => false,
+    }
 }
 
 /// Image IDs mounted right now (tracking file and mount table agree).

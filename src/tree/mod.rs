@@ -176,7 +176,11 @@ pub fn objects(tree: &Tree) -> HashSet<ObjectId> {
 
 /// Writes the composefs dumpfile of a tree.
 pub fn write_dumpfile(out: &mut impl std::io::Write, tree: &Tree) -> std::io::Result<()> {
-    composefs::dumpfile::write_dumpfile(out, tree).map_err(std::io::Error::other)
+    // Keep the io::Error (a closed pipe must stay BrokenPipe).
+    composefs::dumpfile::write_dumpfile(out, tree).map_err(|e| {
+        e.downcast::<std::io::Error>()
+            .unwrap_or_else(std::io::Error::other)
+    })
 }
 
 /// The hex ID of an object, for messages.
