@@ -432,6 +432,10 @@ fn run(cli: &Cli) -> CliResult {
                 .filter_map(|h| crate::store::ObjectId::from_hex(h).ok())
                 .collect();
             let report = store.gc(*dry_run, &keep)?;
+            if !*dry_run {
+                let n = crate::oci::prune_layer_cache(&store)?;
+                tracing::info!("dropped {n} cached layers no image uses");
+            }
             output::gc(out, cli, &report)
         }
         Command::Demo { keep } => demo::run(out, keep.as_deref()),

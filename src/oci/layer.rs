@@ -225,6 +225,7 @@ pub(crate) fn decode(
                 diff_id: actual,
                 size,
                 tar_bytes,
+                cached: false,
             })
         }
         Err(e) if abort.load(Ordering::Relaxed) => Err(e),

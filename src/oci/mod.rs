@@ -8,6 +8,8 @@
 //!   archives, verifying every digest;
 //! - `layer`: decoding layers (gzip, zstd, plain) into tree entries, with
 //!   hashing and object writing spread over every core;
+//! - `layer_cache`: what each layer decoded to, by diff_id, so a layer is
+//!   read only once;
 //! - `dir`: committing a host directory, incrementally;
 //! - `export`: writing an image back as an OCI layout.
 //!
@@ -18,6 +20,7 @@
 mod dir;
 mod export;
 mod layer;
+mod layer_cache;
 pub mod layout;
 mod pull;
 mod source;
@@ -30,6 +33,17 @@ use std::path::PathBuf;
 use crate::error::Coded;
 use crate::store::StoreError;
 use crate::tree::TreeError;
+
+/// Drops cached layers that no named image uses; returns how many.
+pub fn prune_layer_cache(store: &crate::store::Store) -> Result<u64, StoreError> {
+    let mut keep = std::collections::HashSet::new();
+    for (_, id) in store.refs()? {
+        if let Ok(r) = store.record(&id) {
+            keep.extend(r.layers.into_iter().map(|l| l.diff_id));
+        }
+    }
+    Ok(layer_cache::prune(store.root(), &keep))
+}
 
 /// A parsed source.
 #[derive(Debug, Clone, PartialEq, Eq)]

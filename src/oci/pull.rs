@@ -21,7 +21,7 @@ use composefs::fsverity::FsVerityHashValue;
 use composefs::tree::RegularFile;
 
 use super::layer::{self, Job, JobResult, LayerInput};
-use super::{OciError, Source, dir, source};
+use super::{OciError, Source, dir, layer_cache, source};
 use crate::store::{ImageName, ImageRecord, ImageStats, LayerInfo, ObjectId, Staging, Store};
 use crate::tree::{Entry, EntryKind, TreeBuilder};
 
@@ -83,6 +83,8 @@ pub struct PullReport {
 /// A decoded layer.
 pub(super) struct Decoded {
     pub entries: Vec<Entry>,
+    /// True when the entries came from the layer cache.
+    pub cached: bool,
     pub digest: String,
     pub diff_id: String,
     pub size: u64,
@@ -190,6 +192,7 @@ pub fn pull(
         None => ImageName::parse(&source.default_name())?,
     };
     let staging = store.staging()?;
+    let mut to_cache: Vec<(String, Vec<Entry>)> = Vec::new();
 
     let (layers, config, manifest_digest, config_digest, content_bytes) = match source {
         Source::Dir(path) => {
@@ -215,6 +218,31 @@ pub fn pull(
                 let (staging, opened, bar) = (&staging, &opened, bar.clone());
                 producers.push(Box::new(
                     move |jobs: &SyncSender<Job>, abort: &AtomicBool| {
+                        let known = l
+                            .diff_id
+                            .as_deref()
+                            .and_then(|d| layer_cache::get(store, d));
+                        if let Some(entries) = known {
+                            tracing::info!(
+                                "layer {} is known: not read again",
+                                l.diff_id.as_deref().unwrap_or_default()
+                            );
+                            if let (Some(b), Some(size)) = (&bar, l.size) {
+                                b.inc(size);
+                            }
+                            return Ok(Decoded {
+                                entries,
+                                digest: l
+                                    .digest
+                                    .clone()
+                                    .or_else(|| l.diff_id.clone())
+                                    .unwrap_or_default(),
+                                diff_id: l.diff_id.clone().unwrap_or_default(),
+                                size: l.size.unwrap_or(0),
+                                tar_bytes: 0,
+                                cached: true,
+                            });
+                        }
                         let reader = opened.open_layer(l)?;
                         let label = l.digest.clone().unwrap_or_else(|| l.path.clone());
                         let d = layer::decode(
@@ -241,8 +269,12 @@ pub fn pull(
             let mut entries: Vec<Vec<Entry>> = Vec::new();
             let mut infos = Vec::new();
             let mut content = 0;
+            let mut fresh = Vec::new();
             for (d, l) in decoded.into_iter().zip(&opened.layers) {
                 content += d.tar_bytes;
+                if !d.cached {
+                    fresh.push(entries.len());
+                }
                 infos.push(LayerInfo {
                     digest: d.digest,
                     diff_id: d.diff_id,
@@ -252,6 +284,11 @@ pub fn pull(
                 entries.push(d.entries);
             }
             patch(&mut entries, results);
+            // What to cache once the objects are published.
+            to_cache = fresh
+                .into_iter()
+                .map(|i| (infos[i].diff_id.clone(), entries[i].clone()))
+                .collect();
             let layers = entries
                 .into_iter()
                 .zip(infos.into_iter().map(Some))
@@ -330,6 +367,9 @@ pub fn pull(
         t.elapsed().as_secs_f64()
     );
     crate::failpoint("pull:ref-written");
+    for (diff_id, entries) in &to_cache {
+        layer_cache::put(store, diff_id, entries);
+    }
     Ok(PullReport {
         id,
         name,
