@@ -9,6 +9,7 @@
 //! |---|---|
 //! | [`store`] | the store directory: objects, image records, refs, locks, fsck, gc |
 //! | [`tree`] | image trees (the `composefs` tree model): building from layers, dump, restore |
+//! | [`volume`] | thin copy-on-write volumes: layer stacks, snapshots, clones, rollback, crash recovery |
 //! | [`oci`] | image sources (`oci:`, `oci-archive:`, `docker-archive:`, `dir:`), layer import, export |
 //! | [`mount`] | serving trees through the kernel (EROFS + overlayfs); tracking mounts |
 //! | [`fuse`] | serving trees through our own FUSE server (passthrough, multithreaded) |
@@ -24,6 +25,7 @@ pub mod mount;
 pub mod oci;
 pub mod store;
 pub mod tree;
+pub mod volume;
 
 /// Test hook for crash tests: when `FUKASTOR_FAILPOINT` equals `name`, the
 /// process kills itself with SIGKILL right here. Costs one environment look-up.

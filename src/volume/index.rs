@@ -1,0 +1,198 @@
+//! The merged index of an open volume: for every virtual block, where its
+//! current content is, whatever the number of layers.
+//!
+//! Layers are applied bottom to top when a volume opens (and after a
+//! rollback), and every write or discard updates the index, so a read is one
+//! lookup: two array indexings, no walk of the stack.
+//!
+//! Structure: a two-level radix array. The top level has one entry per chunk
+//! of [`CHUNK`] blocks (4 MiB of volume); a chunk is either uniform (all from
+//! the base, or all zeros: no memory) or an array of 16-byte slots. A volume
+//! of size S costs 16 bytes per 4 MiB of S at the top level plus 16 KiB per
+//! chunk holding data; discarding whole chunks frees their arrays.
+
+/// Blocks per chunk.
+pub(crate) const CHUNK: u64 = 1024;
+
+/// Where a block's content is.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Lookup {
+    /// In no layer: read the base (zeros without a base).
+    Base,
+    /// Discarded: reads as zeros.
+    Zero,
+    /// In layer `layer` (a position in the volume's stack) at byte `offset`
+    /// of its data file, with CRC-32C `crc`.
+    Data { layer: u32, offset: u64, crc: u32 },
+}
+
+/// A packed [`Lookup`]: `layer` holds the stack position, or a marker.
+#[derive(Clone, Copy)]
+struct Slot {
+    offset: u64,
+    crc: u32,
+    layer: u32,
+}
+
+const BASE: u32 = u32::MAX;
+const ZERO: u32 = u32::MAX - 1;
+
+/// The largest stack position a slot can name.
+pub(crate) const MAX_LAYERS: usize = ZERO as usize;
+
+impl Slot {
+    fn pack(l: Lookup) -> Slot {
+        match l {
+            Lookup::Base => Slot {
+                offset: 0,
+                crc: 0,
+                layer: BASE,
+            },
+            Lookup::Zero => Slot {
+                offset: 0,
+                crc: 0,
+                layer: ZERO,
+            },
+            Lookup::Data { layer, offset, crc } => Slot { offset, crc, layer },
+        }
+    }
+    fn unpack(self) -> Lookup {
+        match self.layer {
+            BASE => Lookup::Base,
+            ZERO => Lookup::Zero,
+            layer => Lookup::Data {
+                layer,
+                offset: self.offset,
+                crc: self.crc,
+            },
+        }
+    }
+}
+
+enum Chunk {
+    Base,
+    Zero,
+    Map(Box<[Slot]>),
+}
+
+/// The merged index of one volume.
+pub(crate) struct Index {
+    chunks: Vec<Chunk>,
+    blocks: u64,
+}
+
+impl std::fmt::Debug for Index {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let mapped = self
+            .chunks
+            .iter()
+            .filter(|c| matches!(c, Chunk::Map(_)))
+            .count();
+        f.debug_struct("Index")
+            .field("blocks", &self.blocks)
+            .field("mapped_chunks", &mapped)
+            .finish()
+    }
+}
+
+impl Index {
+    /// An index of `blocks` blocks, all reading from the base.
+    pub fn new(blocks: u64) -> Index {
+        let n = blocks.div_ceil(CHUNK) as usize;
+        let mut chunks = Vec::with_capacity(n);
+        chunks.resize_with(n, || Chunk::Base);
+        Index { chunks, blocks }
+    }
+
+    /// Where block `b` is. `b` must be below the volume's block count.
+    pub fn get(&self, b: u64) -> Lookup {
+        match &self.chunks[(b / CHUNK) as usize] {
+            Chunk::Base => Lookup::Base,
+            Chunk::Zero => Lookup::Zero,
+            Chunk::Map(slots) => slots[(b % CHUNK) as usize].unpack(),
+        }
+    }
+
+    /// Records where block `b` is now.
+    pub fn set(&mut self, b: u64, l: Lookup) {
+        let chunk = &mut self.chunks[(b / CHUNK) as usize];
+        let slots = match chunk {
+            Chunk::Map(slots) => slots,
+            uniform => {
+                let fill = Slot::pack(match uniform {
+                    Chunk::Zero => Lookup::Zero,
+                    _ => Lookup::Base,
+                });
+                *uniform = Chunk::Map(vec![fill; CHUNK as usize].into_boxed_slice());
+                match uniform {
+                    Chunk::Map(slots) => slots,
+                    _ => unreachable!(),
+                }
+            }
+        };
+        slots[(b % CHUNK) as usize] = Slot::pack(l);
+    }
+
+    /// Makes blocks `first .. first + count` read as zeros; whole chunks
+    /// become uniform and free their slots.
+    pub fn zero(&mut self, first: u64, count: u64) {
+        let end = first + count;
+        let mut b = first;
+        while b < end {
+            let chunk_end = ((b / CHUNK + 1) * CHUNK).min(self.blocks);
+            if b % CHUNK == 0 && chunk_end <= end {
+                self.chunks[(b / CHUNK) as usize] = Chunk::Zero;
+                b = chunk_end;
+            } else {
+                let stop = chunk_end.min(end);
+                if !matches!(self.chunks[(b / CHUNK) as usize], Chunk::Zero) {
+                    for x in b..stop {
+                        self.set(x, Lookup::Zero);
+                    }
+                }
+                b = stop;
+            }
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn set_get_and_zero() {
+        let blocks = 3 * CHUNK + 5;
+        let mut ix = Index::new(blocks);
+        assert_eq!(ix.get(0), Lookup::Base);
+        assert_eq!(ix.get(blocks - 1), Lookup::Base);
+        let d = Lookup::Data {
+            layer: 3,
+            offset: 1 << 40,
+            crc: 0xabcd,
+        };
+        ix.set(CHUNK + 7, d);
+        assert_eq!(ix.get(CHUNK + 7), d);
+        assert_eq!(ix.get(CHUNK + 6), Lookup::Base);
+        // A range over a partial chunk, a whole chunk, and a partial chunk.
+        ix.zero(CHUNK - 2, CHUNK + 4);
+        assert_eq!(ix.get(CHUNK - 3), Lookup::Base);
+        assert_eq!(ix.get(CHUNK - 2), Lookup::Zero);
+        assert_eq!(ix.get(CHUNK + 7), Lookup::Zero);
+        assert_eq!(ix.get(2 * CHUNK + 1), Lookup::Zero);
+        assert_eq!(ix.get(2 * CHUNK + 2), Lookup::Base);
+        assert!(matches!(ix.chunks[1], Chunk::Zero));
+        // Writing into a zeroed chunk keeps its other blocks zero.
+        ix.set(CHUNK + 9, d);
+        assert_eq!(ix.get(CHUNK + 8), Lookup::Zero);
+        assert_eq!(ix.get(CHUNK + 9), d);
+        // The last, short chunk.
+        ix.zero(3 * CHUNK, 5);
+        assert!(
+            std::mem::size_of::<Chunk>() <= 24,
+            "the top level's cost, in the docs"
+        );
+        assert_eq!(ix.get(blocks - 1), Lookup::Zero);
+        assert!(matches!(ix.chunks[3], Chunk::Zero));
+    }
+}

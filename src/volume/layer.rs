@@ -1,0 +1,334 @@
+//! Layers: creating a layer file, replaying its records, and appending to a
+//! head.
+//!
+//! A layer's valid content is the prefix of its records that ends with its
+//! last valid commit record. Replay reads record headers in order and stops
+//! at the first header that is torn, stale (wrong sequence number) or
+//! missing; a commit counts only if it names the exact number of records
+//! since the previous commit and the chain CRC of their header CRCs.
+//!
+//! Why only the last batch's payloads need checking: a flush `fdatasync`s
+//! once, after appending its commit record, and the next write is appended
+//! only after that sync returned. So when batch K's commit is found, every
+//! batch before K was durable before batch K was written; only batch K may
+//! have a durable commit record in front of payload pages that never reached
+//! the disk. The head's last batch is read back and checked before it counts.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use super::backend::{Backend, BackendFile};
+use super::crc::{crc32c, crc32c_append};
+use super::format::{
+    BS, Kind, LAYER_HEADER_LEN, LayerHeader, RECORD_HEADER_LEN, RecordHeader, WRITE_RECORD_LEN,
+};
+use super::{Result, VolumeError, io_err};
+
+/// The path of a layer's data file, relative to the pool.
+pub(crate) fn layer_path(id: u64) -> PathBuf {
+    PathBuf::from(format!("layers/{id}.data"))
+}
+
+/// Creates an empty layer file (its header only) and makes it and its name
+/// durable.
+pub(crate) fn create(backend: &dyn Backend, id: u64) -> Result<Arc<dyn BackendFile>> {
+    let path = layer_path(id);
+    let ctx = || format!("creating layer {}", path.display());
+    let file = backend.create(&path).map_err(io_err(ctx()))?;
+    file.write_at(&LayerHeader { id }.encode(), 0)
+        .map_err(io_err(ctx()))?;
+    file.sync().map_err(io_err(ctx()))?;
+    backend.sync_dir("layers".as_ref()).map_err(io_err(ctx()))?;
+    Ok(file)
+}
+
+/// One replayed record.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Rec {
+    /// Block `block` is at byte `offset` (of the payload) with CRC `crc`.
+    Write { block: u64, offset: u64, crc: u32 },
+    /// Blocks `first .. first + count` are zeros.
+    Discard { first: u64, count: u64 },
+}
+
+/// A position in a layer: a byte offset and the sequence number of the
+/// record that would start there.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) struct Pos {
+    pub end: u64,
+    pub seq: u64,
+}
+
+/// What replay found besides the records it handed over.
+#[derive(Debug)]
+pub(crate) struct Replayed {
+    /// The records of the last committed batch, not yet handed over.
+    pub last: Vec<Rec>,
+    /// Where the last batch starts (the end of the commit before it).
+    pub last_start: Pos,
+    /// The end of the last valid commit record.
+    pub end: Pos,
+    /// The file's length.
+    pub len: u64,
+}
+
+/// Reads the layer `id` in `file`, checking its header, and calls `apply`
+/// with the records of every committed batch except the last, in order.
+/// `blocks` is the volume's size in blocks (records beyond it are damage).
+pub(crate) fn replay(
+    file: &dyn BackendFile,
+    id: u64,
+    blocks: u64,
+    mut apply: impl FnMut(Rec),
+) -> Result<Replayed> {
+    let ctx = || format!("reading layer {id}");
+    let len = file.len().map_err(io_err(ctx()))?;
+    let mut reader = Reader::new(file, len);
+    let header = reader.get(0, LAYER_HEADER_LEN).map_err(io_err(ctx()))?;
+    match header.map(LayerHeader::decode) {
+        Some(Ok(h)) if h.id == id => {}
+        Some(Ok(h)) => return Err(damaged(id, format!("its header names layer {}", h.id))),
+        Some(Err(why)) => return Err(damaged(id, why.to_string())),
+        None => return Err(damaged(id, "the file is shorter than a header".into())),
+    }
+    let start = Pos {
+        end: LAYER_HEADER_LEN,
+        seq: 0,
+    };
+    let (mut last_start, mut end) = (start, start);
+    let (mut last, mut batch) = (Vec::new(), Vec::new());
+    let (mut pos, mut seq, mut chain) = (LAYER_HEADER_LEN, 0u64, 0u32);
+    loop {
+        let Some(bytes) = reader.get(pos, RECORD_HEADER_LEN).map_err(io_err(ctx()))? else {
+            break;
+        };
+        let Some((h, hcrc)) = RecordHeader::decode(bytes) else {
+            break;
+        };
+        if h.seq != seq {
+            break; // a stale record from before a truncation
+        }
+        let bad = |what: &str| damaged(id, format!("record {seq} at byte {pos}: {what}"));
+        match h.kind {
+            Kind::Write => {
+                if h.count != 1 || h.block >= blocks {
+                    return Err(bad("write outside the volume"));
+                }
+                if pos + WRITE_RECORD_LEN > len {
+                    break; // torn payload
+                }
+                let offset = pos + RECORD_HEADER_LEN;
+                batch.push(Rec::Write {
+                    block: h.block,
+                    offset,
+                    crc: h.crc,
+                });
+                pos += WRITE_RECORD_LEN;
+            }
+            Kind::Discard => {
+                if h.count == 0 || h.block.checked_add(h.count).is_none_or(|e| e > blocks) {
+                    return Err(bad("discard outside the volume"));
+                }
+                batch.push(Rec::Discard {
+                    first: h.block,
+                    count: h.count,
+                });
+                pos += RECORD_HEADER_LEN;
+            }
+            Kind::Commit => {
+                if h.block != 0 || h.count != batch.len() as u64 || h.crc != chain {
+                    break; // does not commit what precedes it: not a valid commit
+                }
+                last.drain(..).for_each(&mut apply);
+                last = std::mem::take(&mut batch);
+                pos += RECORD_HEADER_LEN;
+                last_start = end;
+                end = Pos {
+                    end: pos,
+                    seq: seq + 1,
+                };
+                chain = 0;
+                seq += 1;
+                continue;
+            }
+        }
+        chain = crc32c_append(chain, &hcrc.to_le_bytes());
+        seq += 1;
+    }
+    Ok(Replayed {
+        last,
+        last_start,
+        end,
+        len,
+    })
+}
+
+/// Whether every write record of `batch` has a payload matching its CRC.
+pub(crate) fn verify(file: &dyn BackendFile, id: u64, batch: &[Rec]) -> Result<bool> {
+    let mut buf = vec![0u8; BS as usize];
+    for r in batch {
+        if let Rec::Write { offset, crc, .. } = *r {
+            file.read_at(&mut buf, offset)
+                .map_err(io_err(format!("reading layer {id}")))?;
+            if crc32c(&buf) != crc {
+                return Ok(false);
+            }
+        }
+    }
+    Ok(true)
+}
+
+fn damaged(id: u64, what: String) -> VolumeError {
+    VolumeError::Damaged(format!("layer {id}: {what}"))
+}
+
+/// Sequential reads through a 1 MiB window (replay reads headers in order;
+/// the window also holds the payloads between them, which costs nothing
+/// more: they share pages with the headers anyway).
+struct Reader<'a> {
+    file: &'a dyn BackendFile,
+    len: u64,
+    buf: Vec<u8>,
+    start: u64,
+}
+
+const WINDOW: u64 = 1 << 20;
+
+impl<'a> Reader<'a> {
+    fn new(file: &'a dyn BackendFile, len: u64) -> Self {
+        Reader {
+            file,
+            len,
+            buf: Vec::new(),
+            start: 0,
+        }
+    }
+
+    /// The `n` bytes at `off`, or `None` past the end of the file.
+    fn get(&mut self, off: u64, n: u64) -> std::io::Result<Option<&[u8]>> {
+        if off + n > self.len {
+            return Ok(None);
+        }
+        if off < self.start || off + n > self.start + self.buf.len() as u64 {
+            let size = WINDOW.max(n).min(self.len - off);
+            self.buf.resize(size as usize, 0);
+            self.start = off;
+            self.file.read_at(&mut self.buf, off)?;
+        }
+        let at = (off - self.start) as usize;
+        Ok(Some(&self.buf[at..at + n as usize]))
+    }
+}
+
+/// The appending end of a volume's head layer.
+#[derive(Debug)]
+pub(crate) struct Head {
+    pub id: u64,
+    pub file: Arc<dyn BackendFile>,
+    /// Where the next record goes, and its sequence number.
+    pub next: Pos,
+    /// Records appended since the last commit.
+    pub pending: u64,
+    /// The chain CRC of those records' header CRCs.
+    chain: u32,
+}
+
+impl Head {
+    /// A head whose valid content ends at `next`.
+    pub fn new(id: u64, file: Arc<dyn BackendFile>, next: Pos) -> Head {
+        Head {
+            id,
+            file,
+            next,
+            pending: 0,
+            chain: 0,
+        }
+    }
+
+    /// Starts a group of records to append with one write.
+    pub fn stage(&self) -> Staged {
+        Staged {
+            buf: Vec::new(),
+            at: self.next,
+            records: 0,
+            chain: self.chain,
+        }
+    }
+
+    /// Writes a staged group at the end of the layer. On error the head is
+    /// unchanged, but the file may hold part of the group (the caller
+    /// stops using this head: replay will cut it off).
+    pub fn append(&mut self, staged: Staged) -> std::io::Result<()> {
+        debug_assert_eq!(staged.at.end, self.next.end + staged.buf.len() as u64);
+        self.file.write_at(&staged.buf, self.next.end)?;
+        self.next.end += staged.buf.len() as u64;
+        self.next.seq += staged.records;
+        self.pending += staged.records;
+        self.chain = staged.chain;
+        Ok(())
+    }
+
+    /// Appends a commit record for the pending records and syncs the file.
+    /// Does nothing when nothing is pending.
+    pub fn commit(&mut self) -> std::io::Result<()> {
+        if self.pending == 0 {
+            return Ok(());
+        }
+        let h = RecordHeader {
+            kind: Kind::Commit,
+            seq: self.next.seq,
+            block: 0,
+            count: self.pending,
+            crc: self.chain,
+        };
+        self.file.write_at(&h.encode().0, self.next.end)?;
+        self.file.sync()?;
+        self.next = Pos {
+            end: self.next.end + RECORD_HEADER_LEN,
+            seq: self.next.seq + 1,
+        };
+        self.pending = 0;
+        self.chain = 0;
+        Ok(())
+    }
+}
+
+/// Records staged for one append.
+#[derive(Debug)]
+pub(crate) struct Staged {
+    buf: Vec<u8>,
+    /// Where the next staged record will be.
+    at: Pos,
+    records: u64,
+    chain: u32,
+}
+
+impl Staged {
+    /// Stages a record (`payload` is the block of a write, empty otherwise)
+    /// and returns the file offset its payload will have.
+    pub fn push(&mut self, kind: Kind, block: u64, count: u64, payload: &[u8]) -> (u64, u32) {
+        let crc = if kind == Kind::Write {
+            crc32c(payload)
+        } else {
+            0
+        };
+        let h = RecordHeader {
+            kind,
+            seq: self.at.seq,
+            block,
+            count,
+            crc,
+        };
+        let (bytes, hcrc) = h.encode();
+        self.buf.extend_from_slice(&bytes);
+        self.buf.extend_from_slice(payload);
+        let payload_at = self.at.end + RECORD_HEADER_LEN;
+        self.at = Pos {
+            end: payload_at + payload.len() as u64,
+            seq: self.at.seq + 1,
+        };
+        self.records += 1;
+        self.chain = crc32c_append(self.chain, &hcrc.to_le_bytes());
+        (payload_at, crc)
+    }
+}

@@ -1,0 +1,251 @@
+//! Volumes: thin copy-on-write virtual disks with O(1) snapshots, clones and
+//! rollbacks (DESIGN §5). This module is the storage core; exporting a volume
+//! as a file over FUSE, loop devices and the CLI are built on top of it.
+//!
+//! # What it owns
+//!
+//! A **pool** directory ([`Pool`]) holding volumes and the layers they are
+//! made of (the byte-level format and the crash argument are in
+//! `docs/volume-format.md`):
+//!
+//! ```text
+//! POOL/
+//!   volumes/<name>.json   a volume: size, base, stack of layer IDs, snapshots
+//!   layers/<id>.data      a layer: header, then append-only records
+//! ```
+//!
+//! A [`Volume`] is a virtual disk of fixed size in 4 KiB blocks, read through
+//! a stack `base → sealed layers → head`. The base is zeros or a read-only
+//! file or block device used in place. A layer is an append-only data file
+//! of records (write one block, discard a range, commit); only the head is
+//! written. An in-memory merged index (`index.rs`) maps every block to the
+//! layer and offset of its current content, so a read is one lookup.
+//!
+//! # Invariants
+//!
+//! - **Prefix durability.** A layer's valid content is its records up to its
+//!   last valid commit record. [`Volume::flush`] appends a commit record
+//!   (chaining the checksums of the batch it commits) and `fdatasync`s, so
+//!   after a crash a volume reopens exactly as it was at a flush: like a disk
+//!   with a volatile write cache, never a torn one.
+//! - **Sealed layers never change.** A layer is the head of exactly one
+//!   volume or sealed; sealing is a metadata change (the layer stops being
+//!   last in the stack), after a flush. Layers are shared by volumes and
+//!   snapshots, and referenced only from metadata files.
+//! - **Metadata is replaced atomically** (temp file, `fdatasync`, rename,
+//!   directory `fsync`); it is written only after every layer it names is
+//!   durable.
+//! - **Garbage, never loss.** A crash at any step leaves at worst layer files
+//!   no metadata references; only [`Pool::reclaim`] removes them, and only
+//!   after reading every metadata file.
+//! - **Errors poison, reopening heals.** An I/O error while a volume writes
+//!   (write, discard, flush, snapshot, rollback) makes every later write fail
+//!   ([`VolumeError::Failed`]); dropping and reopening the volume replays its
+//!   head to the last commit. Recovery syncs what it found (the head, the
+//!   pool's directories) before anything builds on it: after a failed sync,
+//!   what is visible may be in the page cache only.
+//!
+//! # Concurrency
+//!
+//! A pool is used by one process at a time, through one [`Pool`] value and
+//! its clones (nothing locks it across processes yet). Inside it, a volume is opened at most once; its methods
+//! take `&self`: reads run in parallel; writes, discards and flushes of one
+//! volume are serialised by its head lock; snapshot, rollback, clone and
+//! metadata changes are serialised by the pool's lock, which reads and
+//! writes never take. [`Pool::reclaim`] holds that lock only while it reads
+//! the metadata, and deletes afterwards.
+//!
+//! Lock order: a volume's head, then the pool, then the volume's index.
+//!
+//! # Files
+//!
+//! `crc.rs` (CRC-32C), `format.rs` (layer and record layout), `backend.rs`
+//! (the I/O seam), `index.rs` (merged index), `layer.rs` (replay and the head
+//! writer), `meta.rs` (metadata files), `pool.rs` (volumes, clones, reclaim),
+//! `stack.rs` (an open volume: I/O, flush, snapshot, rollback).
+
+mod backend;
+mod crc;
+mod format;
+mod index;
+mod layer;
+mod meta;
+mod pool;
+mod stack;
+#[cfg(test)]
+mod tests;
+
+use std::io;
+
+pub use backend::{Backend, BackendFile, StdBackend};
+pub use format::BLOCK_SIZE;
+pub use meta::{SnapshotInfo, VolumeInfo};
+pub use pool::{Pool, ReclaimReport, VolumeOptions};
+pub use stack::{Volume, VolumeStats};
+
+use crate::error::Coded;
+
+/// The largest volume size: 16 TiB (the merged index's top level then takes
+/// 96 MiB of memory).
+pub const MAX_SIZE: u64 = 16 << 40;
+
+/// What can go wrong with volumes.
+#[derive(Debug, thiserror::Error)]
+pub enum VolumeError {
+    /// An I/O error in the pool or on a base file.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done.
+        context: String,
+        /// The cause.
+        source: io::Error,
+    },
+    /// No volume of that name.
+    #[error("no volume named {0:?}")]
+    NotFound(String),
+    /// A volume of that name exists already.
+    #[error("a volume named {0:?} exists already")]
+    Exists(String),
+    /// Not a valid volume or snapshot name.
+    #[error("{0:?} is not a valid name: {1}")]
+    BadName(String, &'static str),
+    /// No snapshot of that name on the volume.
+    #[error("volume {volume:?} has no snapshot named {snapshot:?}")]
+    SnapshotNotFound {
+        /// The volume.
+        volume: String,
+        /// The snapshot.
+        snapshot: String,
+    },
+    /// A snapshot of that name exists already on the volume.
+    #[error("volume {volume:?} already has a snapshot named {snapshot:?}")]
+    SnapshotExists {
+        /// The volume.
+        volume: String,
+        /// The snapshot.
+        snapshot: String,
+    },
+    /// The volume is open (by this process) and cannot be opened or deleted.
+    #[error("volume {0:?} is in use")]
+    Busy(String),
+    /// An access outside the volume.
+    #[error("{len} bytes at offset {offset} are outside the volume ({size} bytes)")]
+    OutOfRange {
+        /// Start of the access.
+        offset: u64,
+        /// Its length.
+        len: u64,
+        /// The volume's size.
+        size: u64,
+    },
+    /// A size that is zero, not a multiple of the block size, or too large.
+    #[error("invalid volume size {0}: {1}")]
+    BadSize(u64, &'static str),
+    /// Metadata or a layer is damaged or missing.
+    #[error("the volume pool is damaged: {0}")]
+    Damaged(String),
+    /// A block's content does not match its checksum.
+    #[error("volume {volume:?}: block {block} (in layer {layer}) does not match its checksum")]
+    Corrupt {
+        /// The volume.
+        volume: String,
+        /// The virtual block.
+        block: u64,
+        /// The layer holding it.
+        layer: u64,
+    },
+    /// An earlier write to this volume failed; it accepts no more writes.
+    #[error("volume {volume:?} stopped after a failed write: {reason}")]
+    Failed {
+        /// The volume.
+        volume: String,
+        /// The first failure.
+        reason: String,
+    },
+    /// The base file's length is not what it was when the volume was created.
+    #[error("the base {path} of volume {volume:?} has {found} bytes; it had {expected}")]
+    BaseChanged {
+        /// The volume.
+        volume: String,
+        /// The base file.
+        path: String,
+        /// Its recorded length.
+        expected: u64,
+        /// Its length now.
+        found: u64,
+    },
+    /// Metadata or a layer written by a newer fukastor.
+    #[error("{0} was written in an unknown format")]
+    Format(String),
+}
+
+impl Coded for VolumeError {
+    fn code(&self) -> &'static str {
+        match self {
+            VolumeError::Io { .. } => "FK0700",
+            VolumeError::NotFound(_) => "FK0701",
+            VolumeError::Exists(_) => "FK0702",
+            VolumeError::BadName(..) => "FK0703",
+            VolumeError::SnapshotNotFound { .. } => "FK0704",
+            VolumeError::SnapshotExists { .. } => "FK0705",
+            VolumeError::Busy(_) => "FK0706",
+            VolumeError::OutOfRange { .. } => "FK0707",
+            VolumeError::BadSize(..) => "FK0708",
+            VolumeError::Damaged(_) => "FK0709",
+            VolumeError::Corrupt { .. } => "FK0710",
+            VolumeError::Failed { .. } => "FK0711",
+            VolumeError::BaseChanged { .. } => "FK0712",
+            VolumeError::Format(_) => "FK0713",
+        }
+    }
+
+    fn hint(&self) -> String {
+        match self {
+            VolumeError::Io { .. } => {
+                "check free space and permissions of the pool's filesystem".into()
+            }
+            VolumeError::NotFound(_) => "list volumes with `fukastor volume ls`".into(),
+            VolumeError::Exists(_) => "choose another name, or remove the volume first".into(),
+            VolumeError::BadName(..) => {
+                "use up to 128 letters, digits, '.', '_' and '-', not starting with '.'".into()
+            }
+            VolumeError::SnapshotNotFound { .. } => {
+                "list snapshots with `fukastor snapshot list`".into()
+            }
+            VolumeError::SnapshotExists { .. } => {
+                "choose another name, or remove the snapshot first".into()
+            }
+            VolumeError::Busy(_) => "detach the volume first".into(),
+            VolumeError::OutOfRange { .. } => "stay within the volume's size".into(),
+            VolumeError::BadSize(..) => {
+                format!("give a positive multiple of {BLOCK_SIZE} bytes, at most {MAX_SIZE}")
+            }
+            VolumeError::Damaged(_) | VolumeError::Corrupt { .. } => {
+                "the pool's files were changed or the disk is failing; restore from a backup".into()
+            }
+            VolumeError::Failed { .. } => {
+                "fix the cause (disk full? I/O errors?), then detach and reattach the volume: \
+                 it reopens at its last flush"
+                    .into()
+            }
+            VolumeError::BaseChanged { .. } => {
+                "a volume's base must not change; restore the original base file".into()
+            }
+            VolumeError::Format(_) => "use a newer fukastor".into(),
+        }
+    }
+}
+
+/// Shorthand for results in this module.
+pub type Result<T, E = VolumeError> = std::result::Result<T, E>;
+
+pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> VolumeError {
+    let context = context.into();
+    move |source| VolumeError::Io { context, source }
+}
+
+/// Locks a mutex; a panic in another thread does not make the data invalid
+/// here (every critical section leaves it consistent or poisons the volume).
+pub(crate) fn lock<T>(m: &std::sync::Mutex<T>) -> std::sync::MutexGuard<'_, T> {
+    m.lock().unwrap_or_else(|e| e.into_inner())
+}

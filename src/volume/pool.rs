@@ -1,0 +1,345 @@
+//! The pool: a directory of volumes and the layers they share. Creates,
+//! clones, lists and deletes volumes, deletes snapshots, and reclaims layers
+//! that no metadata references any more.
+//!
+//! Every change to metadata, and every creation of a layer file, happens
+//! under the pool's lock, so [`Pool::reclaim`], which lists layer files and
+//! reads every metadata file under the same lock, never mistakes a layer
+//! being born for garbage. A layer that no metadata references can never be
+//! referenced again (new references are only ever copied from existing
+//! ones), so reclaim deletes after releasing the lock.
+
+use std::collections::BTreeSet;
+use std::fmt;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex};
+
+use super::backend::{Backend, StdBackend};
+use super::format::{BLOCK_SIZE, BS, FORMAT};
+use super::layer::{self, layer_path};
+use super::meta::{self, BaseMeta, VolumeInfo, VolumeMeta};
+use super::stack::Volume;
+use super::{MAX_SIZE, Result, VolumeError, io_err, lock};
+
+/// How to create a volume.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct VolumeOptions {
+    /// Size in bytes; by default the base's length rounded up to a block.
+    pub size: Option<u64>,
+    /// A read-only file or block device the volume starts as (never copied).
+    pub base: Option<PathBuf>,
+}
+
+impl VolumeOptions {
+    /// A volume of `size` bytes, starting as zeros.
+    pub fn new(size: u64) -> VolumeOptions {
+        VolumeOptions {
+            size: Some(size),
+            base: None,
+        }
+    }
+
+    /// A volume starting as the content of `base`, as large as `base`
+    /// unless a size is given.
+    pub fn with_base(base: impl Into<PathBuf>) -> VolumeOptions {
+        VolumeOptions {
+            size: None,
+            base: Some(base.into()),
+        }
+    }
+
+    /// Sets the size in bytes.
+    pub fn size(mut self, size: u64) -> VolumeOptions {
+        self.size = Some(size);
+        self
+    }
+}
+
+/// What [`Pool::reclaim`] removed.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ReclaimReport {
+    /// Layer files removed.
+    pub layers: usize,
+    /// Their total size in bytes.
+    pub bytes: u64,
+    /// Leftover temporary metadata files removed.
+    pub temp_files: usize,
+}
+
+/// State shared by a pool and its open volumes.
+pub(crate) struct Shared {
+    pub backend: Arc<dyn Backend>,
+    /// The pool's lock: held for every metadata change and layer creation.
+    pub state: Mutex<PoolState>,
+}
+
+/// What the pool's lock protects.
+#[derive(Debug)]
+pub(crate) struct PoolState {
+    /// Volumes open in this process.
+    pub open: BTreeSet<String>,
+    next_layer: u64,
+}
+
+impl PoolState {
+    /// A layer ID never used in this pool.
+    pub fn new_layer_id(&mut self) -> u64 {
+        self.next_layer += 1;
+        self.next_layer - 1
+    }
+}
+
+/// A pool of volumes in one directory. Cheap to clone; volumes opened from
+/// it keep it alive.
+#[derive(Clone)]
+pub struct Pool {
+    shared: Arc<Shared>,
+}
+
+impl fmt::Debug for Pool {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Pool")
+            .field("backend", &self.shared.backend)
+            .finish()
+    }
+}
+
+const LAYERS: &str = "layers";
+
+impl Pool {
+    /// Opens the pool in directory `dir` on the host filesystem, creating it
+    /// if missing.
+    pub fn open(dir: &Path) -> Result<Pool> {
+        std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
+        Pool::with_backend(Arc::new(StdBackend::new(dir)))
+    }
+
+    /// Opens the pool at the root of `backend`, creating its directories if
+    /// missing.
+    pub fn with_backend(backend: Arc<dyn Backend>) -> Result<Pool> {
+        // Sync the directories too: a name an interrupted operation left
+        // in the page cache only must be durable before anything builds on it.
+        for dir in [LAYERS, meta::DIR] {
+            let ctx = format!("opening the pool's {dir} directory");
+            backend
+                .create_dir(Path::new(dir))
+                .map_err(io_err(ctx.clone()))?;
+            backend.sync_dir(Path::new(dir)).map_err(io_err(ctx))?;
+        }
+        // The next layer ID is past every ID in use, named or not.
+        let mut max = layer_files(&*backend)?.into_iter().max().unwrap_or(0);
+        for name in meta::list(&*backend)?.0 {
+            max = max.max(
+                meta::read(&*backend, &name)?
+                    .referenced()
+                    .max()
+                    .unwrap_or(0),
+            );
+        }
+        let state = PoolState {
+            open: BTreeSet::new(),
+            next_layer: max + 1,
+        };
+        Ok(Pool {
+            shared: Arc::new(Shared {
+                backend,
+                state: Mutex::new(state),
+            }),
+        })
+    }
+
+    fn backend(&self) -> &dyn Backend {
+        &*self.shared.backend
+    }
+
+    /// Creates a volume whose stack is its base and an empty head.
+    pub fn create_volume(&self, name: &str, opts: &VolumeOptions) -> Result<()> {
+        meta::check_name(name)?;
+        let base = match &opts.base {
+            None => None,
+            Some(path) => {
+                let ctx = format!("opening base {}", path.display());
+                let len = self.backend().open(path, false).and_then(|f| f.len());
+                Some(BaseMeta {
+                    path: path.clone(),
+                    len: len.map_err(io_err(ctx))?,
+                })
+            }
+        };
+        let size = match (opts.size, &base) {
+            (Some(s), _) => s,
+            (None, Some(b)) => b.len.div_ceil(BS) * BS,
+            (None, None) => 0,
+        };
+        check_size(size)?;
+        let mut st = lock(&self.shared.state);
+        if meta::exists(self.backend(), name)? {
+            return Err(VolumeError::Exists(name.to_string()));
+        }
+        let id = st.new_layer_id();
+        layer::create(self.backend(), id)?;
+        let m = VolumeMeta {
+            format: FORMAT,
+            size,
+            block_size: BLOCK_SIZE,
+            base,
+            layers: vec![id],
+            snapshots: vec![],
+        };
+        meta::write(self.backend(), name, &m)
+    }
+
+    pub(crate) fn from_shared(shared: Arc<Shared>) -> Pool {
+        Pool { shared }
+    }
+
+    /// Opens a volume for reading and writing. It replays the volume's head
+    /// to its last commit (cutting off anything after it).
+    pub fn open_volume(&self, name: &str) -> Result<Volume> {
+        Volume::open(self.shared.clone(), name)
+    }
+
+    /// The names of all volumes, sorted.
+    pub fn volumes(&self) -> Result<Vec<String>> {
+        Ok(meta::list(self.backend())?.0)
+    }
+
+    /// What the metadata of volume `name` says.
+    pub fn info(&self, name: &str) -> Result<VolumeInfo> {
+        let _st = lock(&self.shared.state);
+        Ok(VolumeInfo::new(name, &meta::read(self.backend(), name)?))
+    }
+
+    /// Creates volume `new` from snapshot `snapshot` of volume `volume`: its
+    /// stack is the snapshot's sealed layers (shared, not copied) and a new
+    /// empty head. Costs the same whatever the amount of data.
+    pub fn clone_snapshot(&self, volume: &str, snapshot: &str, new: &str) -> Result<()> {
+        meta::check_name(new)?;
+        let mut st = lock(&self.shared.state);
+        if meta::exists(self.backend(), new)? {
+            return Err(VolumeError::Exists(new.to_string()));
+        }
+        let src = meta::read(self.backend(), volume)?;
+        let snap = src
+            .snapshot(snapshot)
+            .ok_or_else(|| VolumeError::SnapshotNotFound {
+                volume: volume.to_string(),
+                snapshot: snapshot.to_string(),
+            })?;
+        let id = st.new_layer_id();
+        layer::create(self.backend(), id)?;
+        let mut layers = snap.layers.clone();
+        layers.push(id);
+        let m = VolumeMeta {
+            layers,
+            snapshots: vec![],
+            ..src.clone()
+        };
+        meta::write(self.backend(), new, &m)
+    }
+
+    /// Deletes a snapshot: drops its reference to its layers. The space is
+    /// freed by [`Pool::reclaim`]. Works on open and closed volumes.
+    pub fn delete_snapshot(&self, volume: &str, snapshot: &str) -> Result<()> {
+        let _st = lock(&self.shared.state);
+        let mut m = meta::read(self.backend(), volume)?;
+        let before = m.snapshots.len();
+        m.snapshots.retain(|s| s.name != snapshot);
+        if m.snapshots.len() == before {
+            return Err(VolumeError::SnapshotNotFound {
+                volume: volume.to_string(),
+                snapshot: snapshot.to_string(),
+            });
+        }
+        meta::write(self.backend(), volume, &m)
+    }
+
+    /// Deletes a closed volume and its snapshots (clones made from them
+    /// keep their layers). The space is freed by [`Pool::reclaim`].
+    pub fn delete_volume(&self, name: &str) -> Result<()> {
+        let st = lock(&self.shared.state);
+        if st.open.contains(name) {
+            return Err(VolumeError::Busy(name.to_string()));
+        }
+        meta::read(self.backend(), name)?;
+        meta::remove(self.backend(), name)
+    }
+
+    /// Removes every layer file no volume or snapshot references, and
+    /// leftover temporary files. Safe while volumes are open and in use:
+    /// the pool's lock is held only while metadata is read, never while
+    /// files are deleted. A metadata file that cannot be read stops it
+    /// before it deletes anything.
+    pub fn reclaim(&self) -> Result<ReclaimReport> {
+        let mut report = ReclaimReport::default();
+        let garbage: Vec<u64> = {
+            let _st = lock(&self.shared.state);
+            let (names, temps) = meta::list(self.backend())?;
+            let mut live = BTreeSet::new();
+            for name in &names {
+                live.extend(meta::read(self.backend(), name)?.referenced());
+            }
+            // Temp files are written only under this lock: these are stale.
+            for t in temps {
+                self.backend()
+                    .remove(&t)
+                    .map_err(io_err(format!("removing {}", t.display())))?;
+                report.temp_files += 1;
+            }
+            layer_files(self.backend())?
+                .into_iter()
+                .filter(|id| !live.contains(id))
+                .collect()
+        };
+        for id in garbage {
+            let path = layer_path(id);
+            let len = self
+                .backend()
+                .open(&path, false)
+                .and_then(|f| f.len())
+                .unwrap_or(0);
+            self.backend()
+                .remove(&path)
+                .map_err(io_err(format!("removing {}", path.display())))?;
+            report.layers += 1;
+            report.bytes += len;
+        }
+        if report.layers > 0 {
+            self.backend()
+                .sync_dir(Path::new(LAYERS))
+                .map_err(io_err("syncing layers"))?;
+        }
+        Ok(report)
+    }
+}
+
+/// Checks a volume size.
+pub(crate) fn check_size(size: u64) -> Result<()> {
+    if size == 0 {
+        return Err(VolumeError::BadSize(size, "a volume cannot be empty"));
+    }
+    if size % BS != 0 {
+        return Err(VolumeError::BadSize(
+            size,
+            "not a multiple of the block size",
+        ));
+    }
+    if size > MAX_SIZE {
+        return Err(VolumeError::BadSize(size, "larger than the largest volume"));
+    }
+    Ok(())
+}
+
+/// The IDs of the layer files present (files named `<id>.data`).
+fn layer_files(backend: &dyn Backend) -> Result<Vec<u64>> {
+    let names = backend
+        .list(Path::new(LAYERS))
+        .map_err(io_err("listing layers"))?;
+    Ok(names
+        .iter()
+        .filter_map(|n| n.strip_suffix(".data")?.parse::<u64>().ok())
+        .filter(|id| names.contains(&format!("{id}.data")))
+        .collect())
+}

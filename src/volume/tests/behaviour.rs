@@ -1,0 +1,471 @@
+//! Targeted behaviour: what snapshots, clones and reads cost, base files,
+//! reclaim, recovery details, damage detection, errors.
+
+use std::collections::BTreeSet;
+use std::sync::Arc;
+
+use super::super::{BLOCK_SIZE, Pool, StdBackend, Volume, VolumeError, VolumeOptions, VolumeStats};
+use super::Rng;
+use super::mem::{Counts, CrashMode, Mem};
+use crate::error::Coded;
+
+const BS: u64 = BLOCK_SIZE as u64;
+const MIB: u64 = 1 << 20;
+
+fn mem_pool(seed: u64) -> (Mem, Pool) {
+    let mem = Mem::new(seed);
+    let pool = Pool::with_backend(Arc::new(mem.clone())).unwrap();
+    (mem, pool)
+}
+
+fn cost(mem: &Mem, f: impl FnOnce()) -> Counts {
+    let a = mem.counts();
+    f();
+    let b = mem.counts();
+    Counts {
+        ops: b.ops - a.ops,
+        reads: b.reads - a.reads,
+        writes: b.writes - a.writes,
+        bytes_written: b.bytes_written - a.bytes_written,
+        syncs: b.syncs - a.syncs,
+    }
+}
+
+fn block(seed: u64) -> Vec<u8> {
+    let mut b = vec![0u8; BS as usize];
+    Rng::new(seed).fill(&mut b);
+    b
+}
+
+fn read(v: &Volume, off: u64, len: u64) -> Vec<u8> {
+    let mut buf = vec![0u8; len as usize];
+    v.read_at(off, &mut buf).unwrap();
+    buf
+}
+
+fn layer_files(mem: &Mem) -> BTreeSet<u64> {
+    mem.names_in("layers")
+        .iter()
+        .map(|n| n.strip_suffix(".data").unwrap().parse().unwrap())
+        .collect()
+}
+
+/// Snapshot, clone and rollback after writing 1 MiB and 64 MiB (not
+/// flushed: the snapshot's own flush is part of its cost): the same
+/// operations, the same bytes written, the same syncs.
+#[test]
+fn snapshot_clone_and_rollback_cost_does_not_grow_with_data() {
+    let measure = |mib: u64| {
+        let (mem, pool) = mem_pool(1);
+        pool.create_volume("v", &VolumeOptions::new(128 * MIB))
+            .unwrap();
+        let v = pool.open_volume("v").unwrap();
+        let chunk = vec![0xa5u8; MIB as usize];
+        for i in 0..mib {
+            v.write_at(i * MIB, &chunk).unwrap();
+        }
+        let snap = cost(&mem, || v.snapshot("s").unwrap());
+        let clone = cost(&mem, || pool.clone_snapshot("v", "s", "c").unwrap());
+        v.write_at(0, &chunk).unwrap();
+        let rollback = cost(&mem, || v.rollback("s").unwrap());
+        (snap, clone, rollback)
+    };
+    let (s1, c1, r1) = measure(1);
+    let (s64, c64, r64) = measure(64);
+    println!("snapshot after 1 MiB: {s1:?}\nsnapshot after 64 MiB: {s64:?}");
+    println!("clone: {c1:?} / {c64:?}\nrollback: {r1:?} / {r64:?}");
+    assert_eq!(s1, s64);
+    assert_eq!(c1, c64);
+    // Rollback writes the same; it reads the snapshot's layers to rebuild
+    // the in-memory index (as opening the volume does).
+    assert_eq!(
+        (r1.writes, r1.bytes_written, r1.syncs),
+        (r64.writes, r64.bytes_written, r64.syncs)
+    );
+}
+
+/// With 500 layers, reading a block is one backend read (one index lookup,
+/// no walk of the stack); a block in no layer costs no read; a run of
+/// blocks written together is one read.
+#[test]
+fn a_read_is_one_lookup_whatever_the_layer_count() {
+    let (mem, pool) = mem_pool(2);
+    pool.create_volume("v", &VolumeOptions::new(MIB)).unwrap();
+    let mut v = pool.open_volume("v").unwrap();
+    for i in 0..500u64 {
+        v.write_at((i % 200) * BS, &block(i)).unwrap();
+        v.snapshot(&format!("s{i}")).unwrap();
+    }
+    v.write_at(230 * BS, &[7u8; 8 * BS as usize]).unwrap();
+    for round in 0..2 {
+        assert_eq!(v.stats().layers.len(), 501);
+        let c = cost(&mem, || assert_eq!(read(&v, 10 * BS, BS), block(410)));
+        assert_eq!((c.ops, c.reads), (1, 1), "round {round}");
+        let c = cost(&mem, || {
+            assert_eq!(read(&v, 220 * BS, BS), vec![0; BS as usize])
+        });
+        assert_eq!(c.ops, 0);
+        let c = cost(&mem, || {
+            assert_eq!(read(&v, 230 * BS, 8 * BS), vec![7; 8 * BS as usize])
+        });
+        assert_eq!(c.reads, 1);
+        let t = std::time::Instant::now();
+        for b in 0..200 {
+            read(&v, b * BS, BS);
+        }
+        println!(
+            "500 layers, round {round}: {:?} per block read",
+            t.elapsed() / 200
+        );
+        v.close().unwrap();
+        v = pool.open_volume("v").unwrap();
+    }
+}
+
+/// A base file is read in place: creating the volume copies nothing;
+/// reads past its end are zeros; discards over it read as zeros; a base
+/// whose length changed is refused.
+#[test]
+fn a_base_file_is_used_in_place() {
+    let (mem, pool) = mem_pool(3);
+    let mut base = vec![0u8; (10 * BS + 100) as usize];
+    Rng::new(3).fill(&mut base);
+    mem.put_file("base.img", &base);
+    pool.create_volume("v", &VolumeOptions::with_base("base.img"))
+        .unwrap();
+    let info = pool.info("v").unwrap();
+    assert_eq!(info.size, 11 * BS);
+    let head = format!("layers/{}.data", info.layers[0]);
+    assert_eq!(
+        mem.read_file(&head).unwrap().len(),
+        32,
+        "only a header: nothing copied"
+    );
+
+    let v = pool.open_volume("v").unwrap();
+    let mut want = base.clone();
+    want.resize((11 * BS) as usize, 0);
+    assert_eq!(read(&v, 0, 11 * BS), want);
+    v.write_at(BS + 10, b"hello").unwrap();
+    want[(BS + 10) as usize..(BS + 15) as usize].copy_from_slice(b"hello");
+    v.discard(3 * BS - 7, 4 * BS).unwrap();
+    want[(3 * BS - 7) as usize..(7 * BS - 7) as usize].fill(0);
+    assert_eq!(read(&v, 0, 11 * BS), want);
+    v.close().unwrap();
+    let v = pool.open_volume("v").unwrap();
+    assert_eq!(read(&v, 0, 11 * BS), want);
+    assert_eq!(
+        mem.read_file("base.img").unwrap(),
+        base,
+        "the base is never written"
+    );
+    drop(v);
+
+    mem.put_file("base.img", &base[..100]);
+    let e = pool.open_volume("v").unwrap_err();
+    assert!(matches!(e, VolumeError::BaseChanged { .. }), "{e:?}");
+    assert_eq!(e.code(), "FK0712");
+}
+
+/// Layers are removed exactly when nothing references them any more.
+#[test]
+fn reclaim_removes_exactly_the_unreferenced_layers() {
+    let (mem, pool) = mem_pool(4);
+    pool.create_volume("v", &VolumeOptions::new(MIB)).unwrap();
+    let v = pool.open_volume("v").unwrap();
+    v.write_at(0, &block(1)).unwrap();
+    v.snapshot("s1").unwrap();
+    v.write_at(0, &block(2)).unwrap();
+    v.snapshot("s2").unwrap();
+    v.write_at(0, &block(3)).unwrap();
+    pool.clone_snapshot("v", "s1", "c").unwrap();
+    let referenced = |pool: &Pool| -> BTreeSet<u64> {
+        let mut set = BTreeSet::new();
+        for name in pool.volumes().unwrap() {
+            let info = pool.info(&name).unwrap();
+            set.extend(info.layers);
+            set.extend(info.snapshots.into_iter().flat_map(|s| s.layers));
+        }
+        set
+    };
+    let check = |removed: usize| {
+        let report = pool.reclaim().unwrap();
+        assert_eq!(report.layers, removed);
+        assert_eq!(layer_files(&mem), referenced(&pool));
+    };
+    check(0);
+    v.rollback("s1").unwrap(); // the head holding block(3) is unreferenced
+    assert_eq!(read(&v, 0, BS), block(1));
+    check(1);
+    v.delete_snapshot("s2").unwrap();
+    check(1);
+    v.delete_snapshot("s1").unwrap(); // still in v's and c's stacks
+    check(0);
+    pool.delete_volume("c").unwrap();
+    check(1);
+    assert_eq!(read(&v, 0, BS), block(1));
+    drop(v);
+    let v = pool.open_volume("v").unwrap();
+    assert_eq!(read(&v, 0, BS), block(1));
+
+    // An unreadable metadata file stops reclaim before it deletes anything.
+    drop(v);
+    pool.create_volume("w", &VolumeOptions::new(MIB)).unwrap();
+    let before = layer_files(&mem);
+    mem.put_file("volumes/w.json", b"{ not json");
+    mem.put_file("layers/999.data", b"orphan");
+    let e = pool.reclaim().unwrap_err();
+    assert_eq!(e.code(), "FK0709");
+    assert_eq!(layer_files(&mem).len(), before.len() + 1);
+}
+
+/// Writes after the last flush are cut off when the volume reopens, and
+/// the head continues right after its last commit.
+#[test]
+fn reopening_cuts_the_uncommitted_tail() {
+    let (mem, pool) = mem_pool(5);
+    pool.create_volume("v", &VolumeOptions::new(MIB)).unwrap();
+    let v = pool.open_volume("v").unwrap();
+    v.write_at(0, &block(1)).unwrap();
+    v.flush().unwrap();
+    let committed = v.stats().head_bytes;
+    assert_eq!(committed, 32 + 40 + BS + 40);
+    v.write_at(0, &block(2)).unwrap();
+    v.discard(BS, 10 * BS).unwrap();
+    assert_eq!(v.stats().unflushed_records, 2);
+    drop(v); // no flush: like a power cut for a disk with a write cache
+    let v = pool.open_volume("v").unwrap();
+    let VolumeStats {
+        head_bytes,
+        unflushed_records,
+        ..
+    } = v.stats();
+    assert_eq!((head_bytes, unflushed_records), (committed, 0));
+    assert_eq!(read(&v, 0, BS), block(1));
+    v.write_at(BS, &block(3)).unwrap();
+    v.flush().unwrap();
+    drop(v);
+    mem.crash(CrashMode::DropUnsynced);
+    let v = pool.open_volume("v").unwrap();
+    assert_eq!(read(&v, 0, 2 * BS), [block(1), block(3)].concat());
+}
+
+/// Discarding a whole 1 GiB volume (as mkfs does) is one 40-byte record.
+#[test]
+fn discarding_everything_is_one_record() {
+    let (_mem, pool) = mem_pool(6);
+    pool.create_volume("v", &VolumeOptions::new(1 << 30))
+        .unwrap();
+    let v = pool.open_volume("v").unwrap();
+    v.write_at(5 << 20, &block(1)).unwrap();
+    let before = v.stats().head_bytes;
+    v.discard(0, 1 << 30).unwrap();
+    assert_eq!(v.stats().head_bytes, before + 40);
+    assert_eq!(read(&v, 5 << 20, BS), vec![0; BS as usize]);
+    v.close().unwrap();
+    let v = pool.open_volume("v").unwrap();
+    assert_eq!(read(&v, 5 << 20, BS), vec![0; BS as usize]);
+}
+
+/// Damage is reported, never returned as data: a flipped payload byte is a
+/// checksum error on read; a flipped header in a sealed layer makes the
+/// volume refuse to open.
+#[test]
+fn damage_is_detected() {
+    let (mem, pool) = mem_pool(7);
+    pool.create_volume("v", &VolumeOptions::new(MIB)).unwrap();
+    let v = pool.open_volume("v").unwrap();
+    v.write_at(3 * BS, &block(1)).unwrap();
+    v.snapshot("s").unwrap();
+    let sealed = format!("layers/{}.data", v.stats().layers[0]);
+    drop(v);
+    mem.flip_byte(&sealed, 32 + 40 + 100);
+    let v = pool.open_volume("v").unwrap();
+    let mut buf = vec![0u8; BS as usize];
+    let e = v.read_at(3 * BS, &mut buf).unwrap_err();
+    assert!(matches!(e, VolumeError::Corrupt { block: 3, .. }), "{e:?}");
+    assert_eq!(e.code(), "FK0710");
+    assert_eq!(
+        read(&v, 4 * BS, BS),
+        vec![0; BS as usize],
+        "other blocks still read"
+    );
+    drop(v);
+    mem.flip_byte(&sealed, 32 + 40 + 100); // repair the payload
+    assert_eq!(read(&pool.open_volume("v").unwrap(), 3 * BS, BS), block(1));
+    mem.flip_byte(&sealed, 32 + 10); // damage a record header
+    let e = pool.open_volume("v").unwrap_err();
+    assert_eq!(e.code(), "FK0709", "{e}");
+}
+
+/// Misuse is an error with a stable code, never a panic.
+#[test]
+fn errors_have_stable_codes() {
+    let (_mem, pool) = mem_pool(8);
+    let code = |e: VolumeError| e.code();
+    assert_eq!(
+        code(
+            pool.create_volume("a/b", &VolumeOptions::new(BS))
+                .unwrap_err()
+        ),
+        "FK0703"
+    );
+    assert_eq!(
+        code(
+            pool.create_volume(".a", &VolumeOptions::new(BS))
+                .unwrap_err()
+        ),
+        "FK0703"
+    );
+    assert_eq!(
+        code(
+            pool.create_volume("a", &VolumeOptions::new(100))
+                .unwrap_err()
+        ),
+        "FK0708"
+    );
+    assert_eq!(
+        code(pool.create_volume("a", &VolumeOptions::new(0)).unwrap_err()),
+        "FK0708"
+    );
+    let huge = VolumeOptions::new(super::super::MAX_SIZE + BS);
+    assert_eq!(code(pool.create_volume("a", &huge).unwrap_err()), "FK0708");
+    assert_eq!(
+        code(
+            pool.create_volume("a", &VolumeOptions::with_base("nope"))
+                .unwrap_err()
+        ),
+        "FK0700"
+    );
+    pool.create_volume("a", &VolumeOptions::new(4 * BS))
+        .unwrap();
+    assert_eq!(
+        code(
+            pool.create_volume("a", &VolumeOptions::new(BS))
+                .unwrap_err()
+        ),
+        "FK0702"
+    );
+    assert_eq!(code(pool.open_volume("b").unwrap_err()), "FK0701");
+    let v = pool.open_volume("a").unwrap();
+    assert_eq!(code(pool.open_volume("a").unwrap_err()), "FK0706");
+    assert_eq!(code(pool.delete_volume("a").unwrap_err()), "FK0706");
+    assert_eq!(code(v.write_at(4 * BS - 1, b"xy").unwrap_err()), "FK0707");
+    assert_eq!(
+        code(v.read_at(u64::MAX, &mut [0u8; 2]).unwrap_err()),
+        "FK0707"
+    );
+    assert_eq!(code(v.discard(5 * BS, 1).unwrap_err()), "FK0707");
+    assert_eq!(code(v.rollback("s").unwrap_err()), "FK0704");
+    assert_eq!(
+        code(pool.clone_snapshot("a", "s", "c").unwrap_err()),
+        "FK0704"
+    );
+    v.snapshot("s").unwrap();
+    assert_eq!(code(v.snapshot("s").unwrap_err()), "FK0705");
+    assert_eq!(
+        code(pool.clone_snapshot("a", "s", "a").unwrap_err()),
+        "FK0702"
+    );
+    assert_eq!(code(pool.delete_snapshot("a", "t").unwrap_err()), "FK0704");
+    drop(v);
+    pool.delete_volume("a").unwrap();
+    assert_eq!(pool.volumes().unwrap(), Vec::<String>::new());
+}
+
+/// Every code is documented in docs/volume-format.md, once.
+#[test]
+fn every_code_is_documented() {
+    let doc = include_str!("../../../docs/volume-format.md");
+    for n in 0..=13 {
+        let code = format!("FK07{n:02}");
+        assert_eq!(
+            doc.matches(&format!("| {code} |")).count(),
+            1,
+            "{code} in the table"
+        );
+    }
+}
+
+/// Reads run while another thread writes, flushes and snapshots: no
+/// deadlock, and a region nobody writes always reads the same.
+#[test]
+fn reads_run_alongside_writes_and_snapshots() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = Pool::with_backend(Arc::new(StdBackend::new(dir.path()))).unwrap();
+    pool.create_volume("v", &VolumeOptions::new(4 * MIB))
+        .unwrap();
+    let v = Arc::new(pool.open_volume("v").unwrap());
+    let fixed = vec![0x3cu8; MIB as usize];
+    v.write_at(3 * MIB, &fixed).unwrap();
+    let writer = {
+        let v = v.clone();
+        std::thread::spawn(move || {
+            for i in 0..300u64 {
+                v.write_at((i % 700) * BS, &block(i)).unwrap();
+                match i % 50 {
+                    0 => v.snapshot(&format!("s{i}")).unwrap(),
+                    25 => v.flush().unwrap(),
+                    _ => {}
+                }
+            }
+        })
+    };
+    let mut rng = Rng::new(9);
+    while !writer.is_finished() {
+        let off = 3 * MIB + rng.below(MIB - 64 * 1024);
+        assert_eq!(read(&v, off, 64 * 1024), fixed[..64 * 1024]);
+        read(&v, rng.below(700) * BS, 2 * BS);
+    }
+    writer.join().unwrap();
+}
+
+/// A snapshot or rollback that fails after its metadata may have changed
+/// stops the volume: it must not write on a head that may be sealed (or
+/// no longer in its stack). One that fails before leaves it usable.
+#[test]
+fn a_failed_snapshot_or_rollback_stops_the_volume_when_in_doubt() {
+    for rollback in [false, true] {
+        let mut stopped = 0;
+        for k in 1..=16 {
+            let (mem, pool) = mem_pool(10 + k);
+            pool.create_volume("v", &VolumeOptions::new(MIB)).unwrap();
+            let v = pool.open_volume("v").unwrap();
+            v.write_at(0, &block(1)).unwrap();
+            v.snapshot("s").unwrap();
+            v.write_at(0, &block(2)).unwrap();
+            mem.fail_once(k);
+            let res = if rollback {
+                v.rollback("s")
+            } else {
+                v.snapshot("t")
+            };
+            mem.heal();
+            let moved = pool.info("v").unwrap().layers != v.stats().layers;
+            let write = v.write_at(BS, &block(3));
+            match res {
+                Ok(()) => assert!(!moved && write.is_ok(), "k={k}"),
+                Err(e) => {
+                    assert!(matches!(e, VolumeError::Io { .. }), "k={k}: {e:?}");
+                    if moved {
+                        let e = write.unwrap_err();
+                        assert_eq!(e.code(), "FK0711", "k={k}: a moved volume must stop");
+                        stopped += 1;
+                    }
+                }
+            }
+            drop(v);
+            let v = pool.open_volume("v").unwrap();
+            let want = if rollback && moved {
+                block(1)
+            } else {
+                read(&v, 0, BS)
+            };
+            assert_eq!(read(&v, 0, BS), want);
+        }
+        assert!(
+            stopped > 0,
+            "some failure hit after the metadata rename (rollback: {rollback})"
+        );
+    }
+}
