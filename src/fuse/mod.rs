@@ -117,6 +117,9 @@ pub fn serve(
             MountError::Server(format!("mounting at {}: {e}", canonical.display()))
         }
     })?;
+    if root {
+        raise_readahead(&canonical);
+    }
     let mode = if opts.passthrough && root {
         "fuse-passthrough"
     } else {
@@ -244,4 +247,26 @@ pub fn spawn(
 /// Where `fukastor mounts` finds a server's log.
 pub fn log_path(store_root: &Path, mountpoint: &Path) -> PathBuf {
     track::path_for(store_root, mountpoint).with_extension("log")
+}
+
+/// A FUSE mount's readahead starts at 128 KiB whatever `max_readahead` was
+/// negotiated; raise it to the 1 MiB requests the server takes, so a cold
+/// sequential read is not cut into 128 KiB requests. Found through the mount
+/// table (`maj:min` of the mount), not `stat`, which would wait on this very
+/// server before it serves. Best effort: root only, failures are logged.
+fn raise_readahead(mountpoint: &Path) {
+    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+        return;
+    };
+    let want = mountpoint.to_string_lossy();
+    let dev = info.lines().filter_map(|l| {
+        let f: Vec<&str> = l.split(' ').collect();
+        (f.len() > 4 && f[4] == want).then(|| f[2].to_string())
+    });
+    if let Some(dev) = dev.last() {
+        let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
+        if let Err(e) = std::fs::write(&path, format!("{}", fs::MAX_IO / 1024)) {
+            tracing::info!("could not raise readahead ({path}: {e})");
+        }
+    }
 }
