@@ -41,6 +41,19 @@ export PATH
 
 T_START=$(now_us)
 
+# Runs a cargo test command, keeps its output on the terminal, and adds up
+# its "test result:" lines into one closing line for the summary.
+COUNTS=""
+run_and_count() {
+    local log rc=0
+    log=$(mktemp)
+    "$@" 2>&1 | tee "$log" || rc=${PIPESTATUS[0]}
+    COUNTS=$(awk '/^test result:/ { for (i = 1; i <= NF; i++) { if ($(i) ~ /^passed;?$/) p += $(i-1); if ($(i) ~ /^failed;?$/) f += $(i-1) } }
+        END { printf "%d passed, %d failed", p, f }' "$log")
+    rm -f "$log"
+    return "$rc"
+}
+
 finish() {
     local rc=$?
     section "summary"
@@ -51,6 +64,8 @@ finish() {
     else
         printf '\nFAILED (exit %d)\n' "$rc"
     fi
+    # The last line: every test the run executed, added up.
+    [[ -z $COUNTS ]] || printf 'tests: %s\n' "$COUNTS"
 }
 trap finish EXIT
 
@@ -83,8 +98,8 @@ timed "cargo build" cargo test --release --all-targets --no-run ||
     fatal "the crate or its tests do not compile"
 if (($#)); then
     info "cargo test --release $*"
-    timed "cargo test" cargo test --release "$@"
+    timed "cargo test" run_and_count cargo test --release "$@"
 else
     info "cargo test --release --all-targets --no-fail-fast"
-    timed "cargo test" cargo test --release --all-targets --no-fail-fast
+    timed "cargo test" run_and_count cargo test --release --all-targets --no-fail-fast
 fi

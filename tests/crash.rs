@@ -22,7 +22,7 @@
 //!
 //! The tests of this file run one at a time (each moves 150 MiB or more).
 
-#[path = "support_oci.rs"]
+#[path = "support/oci.rs"]
 mod support;
 
 use std::collections::BTreeMap;

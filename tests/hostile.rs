@@ -14,7 +14,7 @@
 //! names, PAX xattrs, zstd and uncompressed layers) and check the result with
 //! `fukastor dump` (composefs dumpfile) and the objects it points to.
 
-#[path = "support_oci.rs"]
+#[path = "support/oci.rs"]
 mod support;
 
 use std::io::Read;
