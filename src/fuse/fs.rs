@@ -61,6 +61,7 @@ pub struct ImageFs {
     inodes: Inodes,
     objects: OwnedFd,
     passthrough: AtomicBool,
+    no_opendir: bool,
     backing: Mutex<HashMap<u64, (BackingId, u64)>>,
     /// Counters.
     pub counters: std::sync::Arc<Counters>,
@@ -93,6 +94,7 @@ impl ImageFs {
             inodes,
             objects,
             passthrough: AtomicBool::new(passthrough),
+            no_opendir: false,
             backing: Mutex::default(),
             counters,
         }
@@ -173,6 +175,12 @@ impl Filesystem for ImageFs {
             | InitFlags::FUSE_MAX_PAGES
             | InitFlags::FUSE_ASYNC_READ;
         let _ = config.add_capabilities(wanted & config.capabilities());
+        self.no_opendir = config
+            .capabilities()
+            .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+            && config
+                .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
+                .is_ok();
         if self.passthrough.load(Ordering::Relaxed) {
             if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
                 && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
@@ -356,6 +364,10 @@ impl Filesystem for ImageFs {
 
     fn opendir(&self, _req: &Request, ino: INodeNo, _flags: OpenFlags, reply: ReplyOpen) {
         match self.inodes.get(ino.0).map(|n| &n.kind) {
+            // With FUSE_NO_OPENDIR_SUPPORT, ENOSYS tells the kernel to stop
+            // sending OPENDIR/RELEASEDIR (a round trip per directory opened);
+            // it then caches directories as with KEEP_CACHE | CACHE_DIR.
+            Some(NodeKind::Dir(_)) if self.no_opendir => reply.error(Errno::ENOSYS),
             Some(NodeKind::Dir(_)) => reply.opened(
                 FileHandle(0),
                 FopenFlags::FOPEN_KEEP_CACHE | FopenFlags::FOPEN_CACHE_DIR,
