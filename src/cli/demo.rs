@@ -74,7 +74,7 @@ fn host_files() -> Vec<(String, PathBuf)> {
     files
 }
 
-fn header(path: &str, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
+fn header(kind: tar::EntryType, mode: u32, size: u64) -> tar::Header {
     let mut h = tar::Header::new_gnu();
     h.set_entry_type(kind);
     h.set_mode(mode);
@@ -82,7 +82,6 @@ fn header(path: &str, kind: tar::EntryType, mode: u32, size: u64) -> tar::Header
     h.set_gid(0);
     h.set_mtime(1_700_000_000);
     h.set_size(size);
-    let _ = path;
     h
 }
 
@@ -96,17 +95,17 @@ fn build_image(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     let mut b = tar::Builder::new(Vec::new());
     for d in ["bin", "etc", "tmp", "usr", "usr/share", "usr/share/demo"] {
         let mode = if d == "tmp" { 0o1777 } else { 0o755 };
-        let mut h = header(d, tar::EntryType::Directory, mode, 0);
+        let mut h = header(tar::EntryType::Directory, mode, 0);
         b.append_data(&mut h, format!("{d}/"), std::io::empty())?;
     }
     for (rel, host) in &files {
         let data = fs::read(host)?;
-        let mut h = header(rel, tar::EntryType::Regular, 0o755, data.len() as u64);
+        let mut h = header(tar::EntryType::Regular, 0o755, data.len() as u64);
         b.append_data(&mut h, rel, data.as_slice())?;
     }
     if is_busybox {
         for applet in ["sh", "ls", "cat", "echo", "uname"] {
-            let mut h = header(applet, tar::EntryType::Symlink, 0o777, 0);
+            let mut h = header(tar::EntryType::Symlink, 0o777, 0);
             b.append_link(&mut h, format!("bin/{applet}"), "busybox")?;
         }
     }
@@ -122,7 +121,7 @@ fn build_image(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
         ("etc/group", "root:x:0:\nnogroup:x:65534:\n"),
     ];
     for (p, t) in text {
-        let mut h = header(p, tar::EntryType::Regular, 0o644, t.len() as u64);
+        let mut h = header(tar::EntryType::Regular, 0o644, t.len() as u64);
         b.append_data(&mut h, p, t.as_bytes())?;
     }
     // Some documents, the same 200 KiB twice: stored once.
@@ -133,7 +132,7 @@ fn build_image(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
         "usr/share/demo/manual.txt",
         "usr/share/demo/manual-copy.txt",
     ] {
-        let mut h = header(p, tar::EntryType::Regular, 0o644, doc.len() as u64);
+        let mut h = header(tar::EntryType::Regular, 0o644, doc.len() as u64);
         b.append_data(&mut h, p, doc.as_slice())?;
     }
     layout.layer(&b.into_inner()?, Compression::Gzip)?;
@@ -141,29 +140,19 @@ fn build_image(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     // Layer 2: an app directory with a copy of the first binary (same bytes:
     // deduplicated), a hardlink into layer 1, a change and a deletion.
     let mut b = tar::Builder::new(Vec::new());
-    let mut h = header("app", tar::EntryType::Directory, 0o755, 0);
+    let mut h = header(tar::EntryType::Directory, 0o755, 0);
     b.append_data(&mut h, "app/", std::io::empty())?;
     let (first_rel, first_host) = &files[0];
     let data = fs::read(first_host)?;
-    let mut h = header(
-        "app/tool-copy",
-        tar::EntryType::Regular,
-        0o755,
-        data.len() as u64,
-    );
+    let mut h = header(tar::EntryType::Regular, 0o755, data.len() as u64);
     b.append_data(&mut h, "app/tool-copy", data.as_slice())?;
-    let mut h = header("app/tool-link", tar::EntryType::Link, 0o755, 0);
+    let mut h = header(tar::EntryType::Link, 0o755, 0);
     b.append_link(&mut h, "app/tool-link", first_rel)?;
     let motd =
         b"Served from a fukastor store: content-addressed, deduplicated, mounted by the kernel.\n";
-    let mut h = header(
-        "etc/motd",
-        tar::EntryType::Regular,
-        0o644,
-        motd.len() as u64,
-    );
+    let mut h = header(tar::EntryType::Regular, 0o644, motd.len() as u64);
     b.append_data(&mut h, "etc/motd", &motd[..])?;
-    let mut h = header("wh", tar::EntryType::Regular, 0o644, 0);
+    let mut h = header(tar::EntryType::Regular, 0o644, 0);
     b.append_data(
         &mut h,
         "usr/share/demo/.wh.manual-copy.txt",

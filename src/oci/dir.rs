@@ -56,14 +56,15 @@ struct Seen {
     id: String,
 }
 
-fn key(md: &fs::Metadata, id: &ObjectId) -> Seen {
+/// The cache entry of a file; `id` is `None` until the hashing pool names it.
+fn key(md: &fs::Metadata, id: Option<&ObjectId>) -> Seen {
     Seen {
         dev: md.dev(),
         ino: md.ino(),
         size: md.size(),
         mtime: i128::from(md.mtime()) * 1_000_000_000 + i128::from(md.mtime_nsec()),
         ctime: i128::from(md.ctime()) * 1_000_000_000 + i128::from(md.ctime_nsec()),
-        id: id.to_hex(),
+        id: id.map(|i| i.to_hex()).unwrap_or_default(),
     }
 }
 
@@ -209,7 +210,7 @@ impl Walker<'_, '_> {
         if size > composefs::INLINE_CONTENT_MAX_V0 as u64 {
             if let Some(seen) = self.old.get(&cache_key) {
                 if let Ok(id) = ObjectId::from_hex(&seen.id) {
-                    if key(md, &id) == *seen && self.staging.store().has_object(&id) {
+                    if key(md, Some(&id)) == *seen && self.staging.store().has_object(&id) {
                         self.new.insert(cache_key, seen.clone());
                         return Ok(RegularFile::External(id, size));
                     }
@@ -222,7 +223,7 @@ impl Walker<'_, '_> {
             let n = std::io::copy(&mut f, &mut w).map_err(derr)?;
             let id = w.finish()?;
             self.bytes += n;
-            self.new.insert(cache_key, key(md, &id));
+            self.new.insert(cache_key, key(md, Some(&id)));
             return Ok(RegularFile::External(id, n));
         }
         let mut data = Vec::with_capacity(size as usize);
@@ -233,9 +234,7 @@ impl Walker<'_, '_> {
             return Ok(RegularFile::Inline(data.into_boxed_slice()));
         }
         // The pool fills in the ID; the cache entry gets it after the walk.
-        let mut placeholder = key(md, &composefs::fsverity::compute_verity::<ObjectId>(b""));
-        placeholder.id.clear();
-        self.new.insert(cache_key, placeholder);
+        self.new.insert(cache_key, key(md, None));
         let index = self.entries.len();
         match self.jobs.send(Job {
             data,

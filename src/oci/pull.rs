@@ -151,14 +151,11 @@ pub(super) fn with_pool<'a, T: Send>(
     if let Some(e) = first_err {
         return Err(e);
     }
-    let results = results.into_inner().expect("not poisoned");
-    for (_, _, r) in &results {
-        if let Err(e) = r {
-            return Err(OciError::Store(crate::store::StoreError::Io {
-                context: "writing objects".into(),
-                source: std::io::Error::other(e.to_string()),
-            }));
-        }
+    let mut results = results.into_inner().expect("not poisoned");
+    // A store failure (disk full, …) keeps its own code.
+    if let Some(i) = results.iter().position(|(_, _, r)| r.is_err()) {
+        let (_, _, r) = results.swap_remove(i);
+        return Err(OciError::Store(r.expect_err("position found an error")));
     }
     Ok((out, results))
 }

@@ -36,13 +36,10 @@ impl Blobs {
                 }
                 let p = dir.join(path);
                 match File::open(&p) {
-                    Ok(f) => {
-                        let len = f.metadata().map(|m| m.len()).unwrap_or(0);
-                        if !f.metadata().is_ok_and(|m| m.is_file()) {
-                            return Ok(None);
-                        }
-                        Ok(Some((Box::new(f), len)))
-                    }
+                    Ok(f) => match f.metadata() {
+                        Ok(m) if m.is_file() => Ok(Some((Box::new(f), m.len()))),
+                        _ => Ok(None),
+                    },
                     Err(e) if e.kind() == io::ErrorKind::NotFound => Ok(None),
                     Err(e) => Err(OciError::NotFound { path: p, source: e }),
                 }

@@ -423,9 +423,8 @@ impl Store {
                 n => Err(StoreError::Ambiguous(spec.to_string(), n)),
             };
         }
-        if let Err(StoreError::BadName(..)) = ImageName::parse(spec) {
-            ImageName::parse(spec)?;
-        }
+        // Neither a name nor an ID: say which rule a bad name breaks.
+        ImageName::parse(spec)?;
         Err(StoreError::NotFound(spec.to_string()))
     }
 
