@@ -9,16 +9,18 @@
 //! |---|---|
 //! | [`store`] | the store directory: objects, image records, refs, locks, fsck, gc |
 //! | [`tree`] | image trees (the `composefs` tree model): building from layers, dump, restore |
-//! | [`volume`] | thin copy-on-write volumes: layer stacks, snapshots, clones, rollback, crash recovery |
+//! | [`volume`] | thin copy-on-write volumes: layer stacks, snapshots, clones, rollback, crash recovery; the volume server (control socket, loop devices) |
+//! | [`container`] | containers' root filesystems: image + volume joined by overlayfs |
 //! | [`oci`] | image sources (`oci:`, `oci-archive:`, `docker-archive:`, `dir:`), layer import, export |
 //! | [`mount`] | serving trees through the kernel (EROFS + overlayfs); tracking mounts |
-//! | [`fuse`] | serving trees through our own FUSE server (passthrough, multithreaded) |
+//! | [`fuse`] | serving trees through our own FUSE server (passthrough, multithreaded); exporting attached volumes as files |
 //! | [`cli`] | the command line: flags, output, coded errors, `demo` |
 //!
 //! Every module has one error type. Each error knows its stable code and a
 //! hint ([`error::Coded`]); only the CLI turns them into text.
 
 pub mod cli;
+pub mod container;
 pub mod error;
 pub mod fuse;
 pub mod mount;

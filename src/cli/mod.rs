@@ -6,6 +6,7 @@
 
 mod demo;
 mod output;
+mod volume;
 
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
@@ -142,6 +143,40 @@ pub enum Command {
         #[arg(long)]
         dry_run: bool,
     },
+    /// Thin copy-on-write volumes: create, ls, rm, attach, detach.
+    #[command(subcommand)]
+    Volume(volume::VolumeCommand),
+    /// Snapshots of containers and volumes: create, list, rollback, rm.
+    #[command(subcommand)]
+    Snapshot(volume::SnapshotCommand),
+    /// Create a container: the image plus a writable layer on a thin volume; prints its name.
+    Create {
+        /// Name or ID prefix of the image.
+        image: String,
+        /// The container's name [default: IMAGE-xxxxxx].
+        #[arg(long)]
+        name: Option<String>,
+        /// Size of its writable layer [default: 10G; thin].
+        #[arg(long, value_parser = volume::parse_size)]
+        size: Option<u64>,
+    },
+    /// Mount or unmount a container's root filesystem.
+    #[command(subcommand)]
+    Container(volume::ContainerCommand),
+    /// Remove containers and their writable layers.
+    Rm {
+        /// Container names.
+        #[arg(required = true)]
+        containers: Vec<String>,
+        /// Unmount a mounted container first.
+        #[arg(long, short)]
+        force: bool,
+    },
+    /// List containers.
+    Ps,
+    /// The volume server (started by `volume attach`; runs in the foreground).
+    #[command(hide = true)]
+    VolumeServe,
     /// Build a small image from this host's binaries, import it, mount it, and show the figures.
     Demo {
         /// Keep the demo store in this directory instead of a temporary one.
@@ -427,7 +462,9 @@ fn run(cli: &Cli) -> CliResult {
         }
         Command::Gc { dry_run } => {
             let store = open(cli, LockMode::Exclusive)?;
-            let keep: Vec<_> = crate::mount::track::mounted_ids(&store)
+            let mut in_use = crate::mount::track::mounted_ids(&store);
+            in_use.extend(crate::container::Containers::new(store.root()).image_ids());
+            let keep: Vec<_> = in_use
                 .iter()
                 .filter_map(|h| crate::store::ObjectId::from_hex(h).ok())
                 .collect();
@@ -439,6 +476,18 @@ fn run(cli: &Cli) -> CliResult {
             output::gc(out, cli, &report)
         }
         Command::Demo { keep } => demo::run(out, keep.as_deref()),
+        Command::Volume(cmd) => volume::volume(out, cli, cmd),
+        Command::Snapshot(cmd) => volume::snapshot(out, cli, cmd),
+        Command::Create { image, name, size } => {
+            volume::create(out, cli, image, name.as_deref(), *size)
+        }
+        Command::Container(cmd) => volume::container(out, cli, cmd),
+        Command::Rm { containers, force } => volume::rm(cli, containers, *force),
+        Command::Ps => volume::ps(out, cli),
+        Command::VolumeServe => {
+            crate::volume::server::serve(&crate::volume::server::Paths::new(&store_root(cli)))?;
+            Ok(())
+        }
     }
 }
 

@@ -14,6 +14,7 @@
 //! and SIGHUP make it unmount and exit. A server killed with SIGKILL leaves a
 //! mount whose requests fail with ENOTCONN; `umount` detaches it.
 
+pub mod disk;
 pub mod fs;
 pub mod inodes;
 

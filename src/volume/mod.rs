@@ -69,8 +69,10 @@ mod crc;
 mod format;
 mod index;
 mod layer;
+pub mod loopdev;
 mod meta;
 mod pool;
+pub mod server;
 mod stack;
 #[cfg(test)]
 mod tests;
@@ -177,7 +179,53 @@ pub enum VolumeError {
     /// Metadata or a layer written by a newer fukastor.
     #[error("{0} was written in an unknown format")]
     Format(String),
+    /// The volume server failed, or could not be reached.
+    #[error("volume server: {0}")]
+    Server(String),
+    /// The volume is attached, and the operation needs it detached.
+    #[error("volume {0:?} is attached")]
+    Attached(String),
+    /// The volume is not attached.
+    #[error("volume {0:?} is not attached")]
+    NotAttached(String),
+    /// The volume's loop device is in use (a mounted filesystem).
+    #[error("volume {volume:?} is in use: {device} is open{}", if mountpoints.is_empty() { String::new() } else { format!(" (mounted at {mountpoints})") })]
+    InUse {
+        /// The volume.
+        volume: String,
+        /// Its loop device.
+        device: String,
+        /// Where it is mounted.
+        mountpoints: String,
+    },
+    /// Binding or unbinding a loop device failed.
+    #[error("loop device: {0}")]
+    Loop(String),
+    /// Freezing or thawing the filesystem on a volume failed.
+    #[error("cannot freeze the filesystem: {0}")]
+    Freeze(String),
+    /// Building an ext4 template volume failed.
+    #[error("cannot build the ext4 template: {0}")]
+    Template(String),
+    /// An error the volume server reported.
+    #[error("{message}")]
+    Remote {
+        /// Its code.
+        code: String,
+        /// Its message.
+        message: String,
+        /// Its hint.
+        hint: String,
+    },
 }
+
+/// Every code of this module, to give a code received from the server back
+/// its static form.
+const CODES: [&str; 21] = [
+    "FK0700", "FK0701", "FK0702", "FK0703", "FK0704", "FK0705", "FK0706", "FK0707", "FK0708",
+    "FK0709", "FK0710", "FK0711", "FK0712", "FK0713", "FK0714", "FK0715", "FK0716", "FK0717",
+    "FK0718", "FK0719", "FK0720",
+];
 
 impl Coded for VolumeError {
     fn code(&self) -> &'static str {
@@ -196,6 +244,18 @@ impl Coded for VolumeError {
             VolumeError::Failed { .. } => "FK0711",
             VolumeError::BaseChanged { .. } => "FK0712",
             VolumeError::Format(_) => "FK0713",
+            VolumeError::Server(_) => "FK0714",
+            VolumeError::Attached(_) => "FK0715",
+            VolumeError::NotAttached(_) => "FK0716",
+            VolumeError::InUse { .. } => "FK0717",
+            VolumeError::Loop(_) => "FK0718",
+            VolumeError::Freeze(_) => "FK0719",
+            VolumeError::Template(_) => "FK0720",
+            VolumeError::Remote { code, .. } => CODES
+                .iter()
+                .find(|c| **c == code.as_str())
+                .copied()
+                .unwrap_or("FK0714"),
         }
     }
 
@@ -232,6 +292,22 @@ impl Coded for VolumeError {
                 "a volume's base must not change; restore the original base file".into()
             }
             VolumeError::Format(_) => "use a newer fukastor".into(),
+            VolumeError::Server(_) => {
+                "see fukastor/vserve/server.log in the store; volumes need root, losetup and /dev/fuse".into()
+            }
+            VolumeError::Attached(_) => "detach it first: `fukastor volume detach NAME`".into(),
+            VolumeError::NotAttached(_) => {
+                "attach it with `fukastor volume attach NAME`; `fukastor volume ls` shows devices".into()
+            }
+            VolumeError::InUse { .. } => "unmount the filesystem on it first".into(),
+            VolumeError::Loop(_) => {
+                "loop devices need root and the loop module (`modprobe loop`)".into()
+            }
+            VolumeError::Freeze(_) => {
+                "mount the volume's filesystem (or snapshot without --atomic); if a filesystem stayed frozen, `fsfreeze --unfreeze` it".into()
+            }
+            VolumeError::Template(_) => "install e2fsprogs (mkfs.ext4) and check free space".into(),
+            VolumeError::Remote { hint, .. } => hint.clone(),
         }
     }
 }

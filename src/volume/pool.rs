@@ -240,6 +240,31 @@ impl Pool {
         meta::write(self.backend(), new, &m)
     }
 
+    /// Makes closed volume `volume` what it was at snapshot `snapshot`: its
+    /// stack becomes the snapshot's sealed layers and a new empty head. Only
+    /// metadata is written (constant cost whatever the amount of data); the
+    /// old head is freed by [`Pool::reclaim`]. An open volume is refused
+    /// (use [`Volume::rollback`](super::Volume::rollback)).
+    pub fn rollback(&self, volume: &str, snapshot: &str) -> Result<()> {
+        let mut st = lock(&self.shared.state);
+        if st.open.contains(volume) {
+            return Err(VolumeError::Busy(volume.to_string()));
+        }
+        let mut m = meta::read(self.backend(), volume)?;
+        let snap = m
+            .snapshot(snapshot)
+            .ok_or_else(|| VolumeError::SnapshotNotFound {
+                volume: volume.to_string(),
+                snapshot: snapshot.to_string(),
+            })?;
+        let mut layers = snap.layers.clone();
+        let id = st.new_layer_id();
+        layer::create(self.backend(), id)?;
+        layers.push(id);
+        m.layers = layers;
+        meta::write(self.backend(), volume, &m)
+    }
+
     /// Deletes a snapshot: drops its reference to its layers. The space is
     /// freed by [`Pool::reclaim`]. Works on open and closed volumes.
     pub fn delete_snapshot(&self, volume: &str, snapshot: &str) -> Result<()> {

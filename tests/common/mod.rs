@@ -429,7 +429,7 @@ fn force_unmount(path: &Path) {
 }
 
 /// Undoes the octal escapes (`\040`) of /proc/self/mountinfo.
-fn unescape_mountinfo(field: &str) -> Vec<u8> {
+pub fn unescape_mountinfo(field: &str) -> Vec<u8> {
     let b = field.as_bytes();
     let mut out = Vec::with_capacity(b.len());
     let mut i = 0;

@@ -1,0 +1,651 @@
+//! Containers' root filesystems: an image (a tree) joined with a private
+//! writable layer (a volume) by overlayfs (DESIGN §1).
+//!
+//! # What it owns
+//!
+//! ```text
+//! STORE/fukastor/containers/<name>.json   the record: image, volume, size, mountpoint
+//! STORE/fukastor/containers/<name>/lower  the image, mounted read-only (kernel composefs)
+//! STORE/fukastor/containers/<name>/fs     the volume's ext4 (directories upper/ and work/)
+//! STORE/fukastor/containers/<name>/rootfs the overlay: the default mountpoint
+//! ```
+//!
+//! A container's volume is `ctr.<name>`, a clone of snapshot `formatted` of
+//! the template volume `template.ext4-<size>` (built once per size by the
+//! volume server: `mkfs.ext4` happens once, never per container).
+//!
+//! # Steps and what a crash leaves
+//!
+//! `create`: clone the template (one metadata file), then write the record.
+//! A crash between leaves a volume `ctr.<name>` without a record; the next
+//! `create` of that name removes it first.
+//!
+//! `mount`: image at `lower`, attach the volume, ext4 at `fs`, overlay at
+//! the mountpoint, then the record names the mountpoint. A failure undoes
+//! the steps already done, in reverse. A crash leaves some of these mounts;
+//! `container umount` (and `rm --force`) undoes whatever it finds, each
+//! step tolerating the ones already gone.
+
+use std::path::{Path, PathBuf};
+
+use composefs::fsverity::FsVerityHashValue;
+use serde::{Deserialize, Serialize};
+
+use crate::error::Coded;
+use crate::mount::MountError;
+use crate::store::{LockMode, Store, StoreError, write_atomic};
+use crate::volume::server::{self, Paths, Request, Response, TEMPLATE_SNAPSHOT};
+use crate::volume::{VolumeError, loopdev};
+
+/// Default size of a container's writable layer (thin: only what is
+/// written takes space).
+pub const DEFAULT_SIZE: u64 = 10 << 30;
+
+/// What can go wrong with containers.
+#[derive(Debug, thiserror::Error)]
+pub enum ContainerError {
+    /// No such container.
+    #[error("no container named {0:?}")]
+    NotFound(String),
+    /// The name is taken.
+    #[error("a container named {0:?} exists already")]
+    Exists(String),
+    /// Not a valid container name.
+    #[error("{0:?} is not a valid container name: {1}")]
+    BadName(String, &'static str),
+    /// The container is mounted and the operation needs it unmounted.
+    #[error("container {0:?} is mounted")]
+    Mounted(String),
+    /// A mount step failed.
+    #[error("mounting container {0:?}: {1}")]
+    Mount(String, String),
+    /// An unmount step failed.
+    #[error("unmounting container {0:?}: {1}")]
+    Umount(String, String),
+    /// Its volume.
+    #[error(transparent)]
+    Volume(#[from] VolumeError),
+    /// Its image mount.
+    #[error(transparent)]
+    ImageMount(#[from] MountError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Coded for ContainerError {
+    fn code(&self) -> &'static str {
+        match self {
+            ContainerError::NotFound(_) => "FK0750",
+            ContainerError::Exists(_) => "FK0751",
+            ContainerError::BadName(..) => "FK0752",
+            ContainerError::Mounted(_) => "FK0753",
+            ContainerError::Mount(..) => "FK0754",
+            ContainerError::Umount(..) => "FK0755",
+            ContainerError::Volume(e) => e.code(),
+            ContainerError::ImageMount(e) => e.code(),
+            ContainerError::Store(e) => e.code(),
+        }
+    }
+
+    fn hint(&self) -> String {
+        match self {
+            ContainerError::NotFound(_) => "list containers with `fukastor ps`".into(),
+            ContainerError::Exists(_) => {
+                "choose another name, or remove it with `fukastor rm NAME`".into()
+            }
+            ContainerError::BadName(..) => {
+                "use up to 64 letters, digits, '.', '_' and '-', starting with a letter or digit"
+                    .into()
+            }
+            ContainerError::Mounted(_) => {
+                "unmount it first: `fukastor container umount NAME` (or `rm --force`)".into()
+            }
+            ContainerError::Mount(..) => {
+                "containers need root, overlayfs, ext4 and loop devices; `fukastor container umount NAME` cleans up".into()
+            }
+            ContainerError::Umount(..) => {
+                "stop the processes using the container's files, then try again".into()
+            }
+            ContainerError::Volume(e) => e.hint(),
+            ContainerError::ImageMount(e) => e.hint(),
+            ContainerError::Store(e) => e.hint(),
+        }
+    }
+}
+
+/// Shorthand.
+pub type Result<T, E = ContainerError> = std::result::Result<T, E>;
+
+/// A container's record.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct Container {
+    /// Its name.
+    pub name: String,
+    /// The image as the user named it.
+    pub image: String,
+    /// The image ID.
+    pub image_id: String,
+    /// Its volume.
+    pub volume: String,
+    /// The volume's size.
+    pub size: u64,
+    /// Unix seconds.
+    pub created: u64,
+    /// Where its root filesystem is mounted, when it is.
+    pub mountpoint: Option<PathBuf>,
+}
+
+/// A container as `ps` shows it.
+#[derive(Debug, Clone, Serialize, PartialEq, Eq)]
+pub struct ContainerEntry {
+    /// Name.
+    pub name: String,
+    /// Image name.
+    pub image: String,
+    /// Image ID.
+    pub image_id: String,
+    /// Volume name.
+    pub volume: String,
+    /// `mounted` or `stopped`.
+    pub state: String,
+    /// The mounted root filesystem.
+    pub rootfs: Option<PathBuf>,
+}
+
+/// The containers of one store.
+#[derive(Debug, Clone)]
+pub struct Containers {
+    paths: Paths,
+    dir: PathBuf,
+}
+
+/// The volume of container `name`.
+pub fn volume_of(name: &str) -> String {
+    format!("ctr.{name}")
+}
+
+fn template_of(size: u64) -> String {
+    format!("template.ext4-{size}")
+}
+
+fn check_name(name: &str) -> Result<()> {
+    let bad = |why| Err(ContainerError::BadName(name.to_string(), why));
+    if name.is_empty() || name.len() > 64 {
+        return bad("it must have 1 to 64 characters");
+    }
+    if !name.as_bytes()[0].is_ascii_alphanumeric() {
+        return bad("it must start with a letter or a digit");
+    }
+    if !name
+        .bytes()
+        .all(|c| c.is_ascii_alphanumeric() || b"._-".contains(&c))
+    {
+        return bad("only letters, digits, '.', '_' and '-' are allowed");
+    }
+    Ok(())
+}
+
+fn call(paths: &Paths, req: &Request) -> Result<Response> {
+    Ok(server::call(paths, req)?)
+}
+
+impl Containers {
+    /// The containers of the store at `store_root`.
+    pub fn new(store_root: &Path) -> Containers {
+        let paths = Paths::new(store_root);
+        Containers {
+            dir: paths.store.join("fukastor/containers"),
+            paths,
+        }
+    }
+
+    /// The volume paths (for snapshot commands).
+    pub fn paths(&self) -> &Paths {
+        &self.paths
+    }
+
+    fn record_path(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}.json"))
+    }
+
+    fn work_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(name)
+    }
+
+    /// Container `name`'s record.
+    pub fn get(&self, name: &str) -> Result<Container> {
+        check_name(name).map_err(|_| ContainerError::NotFound(name.to_string()))?;
+        let data = match std::fs::read(self.record_path(name)) {
+            Ok(d) => d,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                return Err(ContainerError::NotFound(name.to_string()));
+            }
+            Err(e) => {
+                return Err(StoreError::Io {
+                    context: format!("reading container {name}"),
+                    source: e,
+                }
+                .into());
+            }
+        };
+        serde_json::from_slice(&data)
+            .map_err(|e| StoreError::Damaged(format!("container record {name}: {e}")).into())
+    }
+
+    fn put(&self, c: &Container) -> Result<()> {
+        std::fs::create_dir_all(&self.dir).map_err(|e| StoreError::Io {
+            context: "creating fukastor/containers".into(),
+            source: e,
+        })?;
+        let data = serde_json::to_vec_pretty(c).expect("serializes");
+        write_atomic(&self.record_path(&c.name), &data).map_err(|e| {
+            StoreError::Io {
+                context: format!("writing container {}", c.name),
+                source: e,
+            }
+            .into()
+        })
+    }
+
+    /// Every container, sorted by name.
+    pub fn list(&self) -> Result<Vec<Container>> {
+        let Ok(entries) = std::fs::read_dir(&self.dir) else {
+            return Ok(Vec::new());
+        };
+        let mut names: Vec<String> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                e.file_name()
+                    .to_str()?
+                    .strip_suffix(".json")
+                    .map(str::to_string)
+            })
+            .collect();
+        names.sort();
+        names.iter().map(|n| self.get(n)).collect()
+    }
+
+    /// `ps`: every container and whether it is mounted.
+    pub fn entries(&self) -> Result<Vec<ContainerEntry>> {
+        Ok(self
+            .list()?
+            .into_iter()
+            .map(|c| {
+                let rootfs = c.mountpoint.clone().filter(|m| loopdev::is_mountpoint(m));
+                ContainerEntry {
+                    state: if rootfs.is_some() {
+                        "mounted"
+                    } else {
+                        "stopped"
+                    }
+                    .into(),
+                    rootfs,
+                    name: c.name,
+                    image: c.image,
+                    image_id: c.image_id,
+                    volume: c.volume,
+                }
+            })
+            .collect())
+    }
+
+    /// IDs of the images containers use (`gc` keeps them).
+    pub fn image_ids(&self) -> Vec<String> {
+        self.list()
+            .unwrap_or_default()
+            .into_iter()
+            .map(|c| c.image_id)
+            .collect()
+    }
+
+    /// Creates container `name` (or a generated name) from `image`.
+    pub fn create(&self, image: &str, name: Option<&str>, size: u64) -> Result<Container> {
+        let store = Store::open(&self.paths.store, LockMode::Shared)?;
+        let (id, image_name) = store.resolve(image)?;
+        drop(store);
+        let label = image_name.map_or_else(|| id.to_hex()[..12].to_string(), |n| n.to_string());
+        let name = match name {
+            Some(n) => n.to_string(),
+            None => generated_name(&label),
+        };
+        check_name(&name)?;
+        if self.record_path(&name).exists() {
+            return Err(ContainerError::Exists(name));
+        }
+        let volume = volume_of(&name);
+        // A volume without a record is what a crash during create left.
+        match call(
+            &self.paths,
+            &Request::Remove {
+                name: volume.clone(),
+            },
+        ) {
+            Ok(_) => {}
+            Err(ContainerError::Volume(e)) if e.code() == "FK0701" => {}
+            Err(e) => return Err(e),
+        }
+        let template = template_of(size);
+        call(
+            &self.paths,
+            &Request::Template {
+                name: template.clone(),
+                size,
+            },
+        )?;
+        call(
+            &self.paths,
+            &Request::Clone {
+                volume: template,
+                snapshot: TEMPLATE_SNAPSHOT.into(),
+                new: volume.clone(),
+            },
+        )?;
+        let c = Container {
+            name,
+            image: label,
+            image_id: id.to_hex(),
+            volume,
+            size,
+            created: crate::mount::now(),
+            mountpoint: None,
+        };
+        self.put(&c)?;
+        Ok(c)
+    }
+
+    /// Mounts container `name`'s root filesystem at `mountpoint` (default:
+    /// its `rootfs` directory); returns the mountpoint. Mounting a mounted
+    /// container returns where it is.
+    pub fn mount(&self, name: &str, mountpoint: Option<&Path>) -> Result<PathBuf> {
+        let mut c = self.get(name)?;
+        if let Some(mp) = c.mountpoint.clone().filter(|m| loopdev::is_mountpoint(m)) {
+            return Ok(mp);
+        }
+        let work = self.work_dir(name);
+        let (lower, fs) = (work.join("lower"), work.join("fs"));
+        let target = match mountpoint {
+            Some(m) => m.to_path_buf(),
+            None => work.join("rootfs"),
+        };
+        for d in [&lower, &fs] {
+            std::fs::create_dir_all(d).map_err(|e| StoreError::Io {
+                context: format!("creating {}", d.display()),
+                source: e,
+            })?;
+        }
+        if mountpoint.is_none() {
+            std::fs::create_dir_all(&target).map_err(|e| StoreError::Io {
+                context: format!("creating {}", target.display()),
+                source: e,
+            })?;
+        }
+        let target = std::fs::canonicalize(&target).map_err(|e| {
+            ContainerError::Mount(name.into(), format!("mountpoint {}: {e}", target.display()))
+        })?;
+        // Steps, undone in reverse on failure.
+        let mut undo = Undo::new(self, name);
+        if !loopdev::is_mountpoint(&lower) {
+            let store = Store::open(&self.paths.store, LockMode::Shared)?;
+            let id = crate::store::ObjectId::from_hex(&c.image_id).map_err(|_| {
+                StoreError::Damaged(format!("container {name}: bad image ID {}", c.image_id))
+            })?;
+            crate::mount::mount_kernel(&store, &id, &c.image, &lower)?;
+        }
+        undo.lower = true;
+        let device = match call(
+            &self.paths,
+            &Request::Attach {
+                name: c.volume.clone(),
+            },
+        )? {
+            Response::Device { device } => device,
+            other => {
+                return Err(ContainerError::Mount(
+                    name.into(),
+                    format!("unexpected answer from the volume server: {other:?}"),
+                ));
+            }
+        };
+        undo.volume = Some(c.volume.clone());
+        if !loopdev::is_mountpoint(&fs) {
+            rustix::mount::mount(
+                device.as_str(),
+                &fs,
+                "ext4",
+                rustix::mount::MountFlags::NOATIME,
+                None,
+            )
+            .map_err(|e| {
+                ContainerError::Mount(
+                    name.into(),
+                    format!("ext4 on {device} at {}: {e}", fs.display()),
+                )
+            })?;
+        }
+        undo.fs = true;
+        overlay(&lower, &fs.join("upper"), &fs.join("work"), &target)
+            .map_err(|e| ContainerError::Mount(name.into(), e))?;
+        undo.disarm();
+        c.mountpoint = Some(target.clone());
+        self.put(&c)?;
+        Ok(target)
+    }
+
+    /// Unmounts container `name`: overlay, ext4, volume, image, each one
+    /// that is there.
+    pub fn umount(&self, name: &str) -> Result<()> {
+        let mut c = self.get(name)?;
+        let work = self.work_dir(name);
+        if let Some(mp) = &c.mountpoint
+            && loopdev::is_mountpoint(mp)
+        {
+            unmount(mp).map_err(|e| ContainerError::Umount(name.into(), e))?;
+        }
+        self.teardown(name, &c.volume, &work.join("fs"), &work.join("lower"))?;
+        c.mountpoint = None;
+        self.put(&c)
+    }
+
+    fn teardown(&self, name: &str, volume: &str, fs: &Path, lower: &Path) -> Result<()> {
+        if loopdev::is_mountpoint(fs) {
+            unmount(fs).map_err(|e| ContainerError::Umount(name.into(), e))?;
+        }
+        match call(
+            &self.paths,
+            &Request::Detach {
+                name: volume.into(),
+            },
+        ) {
+            Ok(_) => {}
+            Err(ContainerError::Volume(e)) if e.code() == "FK0716" => {}
+            Err(e) => return Err(e),
+        }
+        if loopdev::is_mountpoint(lower) {
+            crate::mount::umount(&self.paths.store, lower)?;
+        }
+        Ok(())
+    }
+
+    /// Removes container `name` and its volume. A mounted container is
+    /// refused unless `force`, which unmounts it first.
+    pub fn remove(&self, name: &str, force: bool) -> Result<()> {
+        let c = self.get(name)?;
+        let work = self.work_dir(name);
+        let mounted = c
+            .mountpoint
+            .as_ref()
+            .is_some_and(|m| loopdev::is_mountpoint(m))
+            || loopdev::is_mountpoint(&work.join("fs"))
+            || loopdev::is_mountpoint(&work.join("lower"));
+        if mounted && !force {
+            return Err(ContainerError::Mounted(name.into()));
+        }
+        if mounted || c.mountpoint.is_some() {
+            self.umount(name)?;
+        }
+        match call(
+            &self.paths,
+            &Request::Remove {
+                name: c.volume.clone(),
+            },
+        ) {
+            Ok(_) => {}
+            Err(ContainerError::Volume(e)) if e.code() == "FK0701" => {}
+            Err(e) => return Err(e),
+        }
+        let _ = std::fs::remove_dir_all(&work);
+        std::fs::remove_file(self.record_path(name)).map_err(|e| StoreError::Io {
+            context: format!("removing container {name}"),
+            source: e,
+        })?;
+        Ok(())
+    }
+
+    /// The volume behind snapshot target `target`: a container's volume when
+    /// a container has that name, else the volume of that name. With
+    /// `need_unmounted`, a mounted container is refused.
+    pub fn snapshot_target(&self, target: &str, need_unmounted: bool) -> Result<String> {
+        match self.get(target) {
+            Ok(c) => {
+                if need_unmounted
+                    && (c
+                        .mountpoint
+                        .as_ref()
+                        .is_some_and(|m| loopdev::is_mountpoint(m))
+                        || loopdev::is_mountpoint(&self.work_dir(target).join("fs")))
+                {
+                    return Err(ContainerError::Mounted(target.into()));
+                }
+                Ok(c.volume)
+            }
+            Err(ContainerError::NotFound(_)) => Ok(target.to_string()),
+            Err(e) => Err(e),
+        }
+    }
+}
+
+/// Undoes the steps of a failed mount.
+struct Undo<'a> {
+    containers: &'a Containers,
+    name: &'a str,
+    armed: bool,
+    lower: bool,
+    volume: Option<String>,
+    fs: bool,
+}
+
+impl<'a> Undo<'a> {
+    fn new(containers: &'a Containers, name: &'a str) -> Self {
+        Undo {
+            containers,
+            name,
+            armed: true,
+            lower: false,
+            volume: None,
+            fs: false,
+        }
+    }
+
+    fn disarm(&mut self) {
+        self.armed = false;
+    }
+}
+
+impl Drop for Undo<'_> {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let work = self.containers.work_dir(self.name);
+        if self.fs {
+            let _ = unmount(&work.join("fs"));
+        }
+        if let Some(v) = &self.volume {
+            let _ = call(&self.containers.paths, &Request::Detach { name: v.clone() });
+        }
+        if self.lower {
+            let _ = crate::mount::umount(&self.containers.paths.store, &work.join("lower"));
+        }
+    }
+}
+
+fn unmount(path: &Path) -> Result<(), String> {
+    rustix::mount::unmount(path, rustix::mount::UnmountFlags::empty())
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
+/// Mounts overlayfs at `target` through the new mount API (paths are
+/// passed one by one, so no escaping of ',' or ':' is needed).
+fn overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> Result<(), String> {
+    use rustix::mount::{
+        FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create,
+        fsconfig_set_string, fsmount, fsopen, move_mount,
+    };
+    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| format!("fsopen: {e}"))?;
+    let set = |k: &str, v: &Path| {
+        fsconfig_set_string(&fs, k, v).map_err(|e| format!("overlay {k}={}: {e}", v.display()))
+    };
+    set("lowerdir+", lower)?;
+    set("upperdir", upper)?;
+    set("workdir", work)?;
+    fsconfig_set_string(&fs, "source", "fukastor").map_err(|e| format!("overlay source: {e}"))?;
+    fsconfig_create(&fs).map_err(|e| format!("creating the overlay: {e}"))?;
+    let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
+        .map_err(|e| format!("fsmount: {e}"))?;
+    move_mount(
+        &mnt,
+        "",
+        rustix::fs::CWD,
+        target,
+        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
+    )
+    .map_err(|e| format!("mounting at {}: {e}", target.display()))
+}
+
+/// `<image>-<6 hex digits>` from the image's name (its last path part, tag
+/// dropped, characters outside the name alphabet replaced).
+fn generated_name(label: &str) -> String {
+    let base = label.rsplit('/').next().unwrap_or(label);
+    let base = base.split([':', '@']).next().unwrap_or(base);
+    let mut clean: String = base
+        .chars()
+        .map(|c| {
+            if c.is_ascii_alphanumeric() || "._-".contains(c) {
+                c
+            } else {
+                '-'
+            }
+        })
+        .take(48)
+        .collect();
+    if !clean.starts_with(|c: char| c.is_ascii_alphanumeric()) {
+        clean.insert(0, 'c');
+    }
+    use sha2::Digest;
+    let seed = format!(
+        "{}-{:?}-{:?}",
+        std::process::id(),
+        std::time::SystemTime::now(),
+        std::thread::current().id()
+    );
+    let h = sha2::Sha256::digest(seed.as_bytes());
+    format!("{clean}-{}", hex::encode(&h[..3]))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn names() {
+        assert!(check_name("web-1").is_ok());
+        assert!(check_name("").is_err());
+        assert!(check_name(".x").is_err());
+        assert!(check_name("a/b").is_err());
+        assert!(check_name(&"a".repeat(65)).is_err());
+        let g = generated_name("docker.io/library/debian:bookworm");
+        assert!(g.starts_with("debian-") && check_name(&g).is_ok(), "{g}");
+        assert!(check_name(&generated_name("_x")).is_ok());
+    }
+}

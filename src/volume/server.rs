@@ -1,0 +1,943 @@
+//! The volume server: the one process that owns a store's volume pool while
+//! volumes are attached, exports them as files over FUSE and binds loop
+//! devices to them.
+//!
+//! # Who owns the pool
+//!
+//! A pool must be used by one process at a time (see the module docs of
+//! [`crate::volume`]). The owner holds `fukastor/vserve/lock` (an exclusive
+//! `flock`):
+//! - while volumes are attached, the server holds it for its whole life and
+//!   every command is a request on its control socket
+//!   (`fukastor/vserve/control.sock`, one JSON line each way);
+//! - otherwise a command takes the lock itself and runs the same request
+//!   in-process ([`call`] decides).
+//!
+//! `volume attach` starts a server when none runs (`fukastor volume-serve`,
+//! in its own process group, log in `fukastor/vserve/server.log`). The server
+//! exits once nothing has been attached for [`IDLE`].
+//!
+//! # What a crash leaves
+//!
+//! A server killed with SIGKILL leaves its FUSE mount dead (requests fail
+//! with ENOTCONN), loop devices bound to files in it (their I/O fails), its
+//! socket file and `server.json`. Volumes are as of their last flush (the
+//! volume format's replay rule). The next server, or `volume detach`, unbinds
+//! those loop devices and detaches the dead mount; `volume attach` then
+//! serves the volume again. Filesystems mounted on the dead devices must be
+//! unmounted by their user (they saw I/O errors).
+//!
+//! # Deadlocks
+//!
+//! The server serves the writeback of filesystems on its own loop devices,
+//! so it marks itself `PR_SET_IO_FLUSHER` (its allocations do not recurse
+//! into filesystem reclaim), serves requests with preallocated per-thread
+//! buffers, and frees snapshot and volume space ([`crate::volume::Pool::reclaim`])
+//! on a separate thread after answering, outside every lock writeback needs.
+
+use std::io::{BufRead, BufReader, Write};
+use std::os::fd::{AsFd, AsRawFd, OwnedFd};
+use std::os::unix::net::{UnixListener, UnixStream};
+use std::path::{Path, PathBuf};
+use std::process::{Command, Stdio};
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::{Duration, Instant};
+
+use serde::{Deserialize, Serialize};
+
+use super::{Pool, Result, VolumeError, VolumeOptions, loopdev};
+use crate::error::Coded;
+use crate::fuse::disk::DiskFs;
+
+/// How long a server with nothing attached waits before it exits.
+pub const IDLE: Duration = Duration::from_secs(2);
+
+/// How long a command waits for the pool's owner (a server starting or
+/// stopping, another command).
+const WAIT: Duration = Duration::from_secs(60);
+
+/// The snapshot of a template volume that containers are cloned from.
+pub const TEMPLATE_SNAPSHOT: &str = "formatted";
+
+/// Where a store keeps its pool and server files.
+#[derive(Debug, Clone)]
+pub struct Paths {
+    /// The store.
+    pub store: PathBuf,
+    /// `fukastor/pool`.
+    pub pool: PathBuf,
+    /// `fukastor/vserve`.
+    pub dir: PathBuf,
+    /// `fukastor/vserve/mnt`: the FUSE mount holding attached volumes.
+    pub mnt: PathBuf,
+}
+
+impl Paths {
+    /// The paths of the store at `store`.
+    pub fn new(store: &Path) -> Paths {
+        let store = std::fs::canonicalize(store).unwrap_or_else(|_| store.to_path_buf());
+        let dir = store.join("fukastor/vserve");
+        Paths {
+            store: store.clone(),
+            pool: store.join("fukastor/pool"),
+            mnt: dir.join("mnt"),
+            dir,
+        }
+    }
+
+    fn lock(&self) -> PathBuf {
+        self.dir.join("lock")
+    }
+
+    fn socket(&self) -> PathBuf {
+        self.dir.join("control.sock")
+    }
+
+    /// The server's record (`{"pid": …, "mountpoint": …}`).
+    pub fn record(&self) -> PathBuf {
+        self.dir.join("server.json")
+    }
+
+    /// The server's log.
+    pub fn log(&self) -> PathBuf {
+        self.dir.join("server.log")
+    }
+}
+
+/// A request to the pool's owner.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "op", rename_all = "kebab-case")]
+pub enum Request {
+    /// `volume create`.
+    Create {
+        /// Name.
+        name: String,
+        /// Size in bytes (default: the base's).
+        size: Option<u64>,
+        /// Base file.
+        base: Option<PathBuf>,
+    },
+    /// `volume ls`.
+    List,
+    /// `volume rm`.
+    Remove {
+        /// Name.
+        name: String,
+    },
+    /// `volume attach`.
+    Attach {
+        /// Name.
+        name: String,
+    },
+    /// `volume detach`.
+    Detach {
+        /// Name.
+        name: String,
+    },
+    /// `snapshot create`.
+    Snapshot {
+        /// Volume.
+        volume: String,
+        /// Snapshot name.
+        name: String,
+        /// Freeze the filesystem mounted on the volume around it.
+        atomic: bool,
+    },
+    /// `snapshot list`.
+    Snapshots {
+        /// Volume.
+        volume: String,
+    },
+    /// `snapshot rollback`.
+    Rollback {
+        /// Volume.
+        volume: String,
+        /// Snapshot name.
+        name: String,
+    },
+    /// `snapshot rm`.
+    DeleteSnapshot {
+        /// Volume.
+        volume: String,
+        /// Snapshot name.
+        name: String,
+    },
+    /// A new volume from a snapshot.
+    Clone {
+        /// Source volume.
+        volume: String,
+        /// Its snapshot.
+        snapshot: String,
+        /// The new volume.
+        new: String,
+    },
+    /// Make sure template volume `name` (an empty ext4 filesystem of `size`
+    /// bytes with directories `upper` and `work`, snapshot
+    /// [`TEMPLATE_SNAPSHOT`]) exists.
+    Template {
+        /// Name.
+        name: String,
+        /// Size in bytes.
+        size: u64,
+    },
+}
+
+impl Request {
+    fn needs_server(&self) -> bool {
+        matches!(self, Request::Attach { .. })
+    }
+}
+
+/// One volume, as `volume ls` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct VolumeEntry {
+    /// Name.
+    pub name: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Bytes of layer files its stack and snapshots use (shared layers
+    /// counted in every volume using them).
+    pub used: u64,
+    /// Snapshot names, oldest first.
+    pub snapshots: Vec<String>,
+    /// The loop device, when attached.
+    pub device: Option<String>,
+    /// The base file, if any.
+    pub base: Option<PathBuf>,
+}
+
+/// One snapshot, as `snapshot list` shows it.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
+pub struct SnapshotEntry {
+    /// Name.
+    pub name: String,
+    /// Unix seconds.
+    pub created: u64,
+}
+
+/// The answer to a request.
+#[derive(Debug, Clone, Serialize, Deserialize)]
+#[serde(tag = "reply", rename_all = "kebab-case")]
+pub enum Response {
+    /// Done.
+    Ok,
+    /// Done; the loop device.
+    Device {
+        /// `/dev/loopN`.
+        device: String,
+    },
+    /// `volume ls`.
+    Volumes {
+        /// Every volume.
+        volumes: Vec<VolumeEntry>,
+    },
+    /// `snapshot list`.
+    Snapshots {
+        /// Oldest first.
+        snapshots: Vec<SnapshotEntry>,
+    },
+    /// Failed.
+    Error {
+        /// The code.
+        code: String,
+        /// What went wrong.
+        message: String,
+        /// What to do.
+        hint: String,
+    },
+    /// The server is stopping: ask again.
+    Retry,
+}
+
+/// Sends `req` to the pool's owner: the running server, or this process
+/// (under the pool lock) when none runs. Starts a server for requests that
+/// need one.
+pub fn call(paths: &Paths, req: &Request) -> Result<Response> {
+    let deadline = Instant::now() + WAIT;
+    let mut spawned = false;
+    loop {
+        match connect(paths) {
+            Ok(stream) => match exchange(stream, req) {
+                Ok(Response::Retry) => {}
+                Ok(Response::Error {
+                    code,
+                    message,
+                    hint,
+                }) => {
+                    return Err(VolumeError::Remote {
+                        code,
+                        message,
+                        hint,
+                    });
+                }
+                Ok(r) => return Ok(r),
+                Err(e) => tracing::debug!("server connection: {e}"),
+            },
+            Err(e) => {
+                tracing::debug!("no server: {e}");
+                if req.needs_server() {
+                    if !spawned {
+                        spawn(paths)?;
+                        spawned = true;
+                    }
+                } else if let Some(lock) = try_lock(paths)? {
+                    let ctx = Ctx::local(paths)?;
+                    let r = ctx.execute(req);
+                    drop(lock);
+                    return r;
+                }
+            }
+        }
+        if Instant::now() > deadline {
+            return Err(VolumeError::Server(format!(
+                "no answer from the volume server within {} s",
+                WAIT.as_secs()
+            )));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+}
+
+/// Connects to the control socket. Long store paths go through
+/// `/proc/self/fd` (a socket path has at most 107 bytes).
+fn connect(paths: &Paths) -> std::io::Result<UnixStream> {
+    let sock = paths.socket();
+    if sock.as_os_str().len() < 100 {
+        return UnixStream::connect(&sock);
+    }
+    let dir = std::fs::File::open(&paths.dir)?;
+    UnixStream::connect(format!("/proc/self/fd/{}/control.sock", dir.as_raw_fd()))
+}
+
+fn bind(paths: &Paths) -> std::io::Result<UnixListener> {
+    let sock = paths.socket();
+    match std::fs::remove_file(&sock) {
+        Err(e) if e.kind() != std::io::ErrorKind::NotFound => return Err(e),
+        _ => {}
+    }
+    if sock.as_os_str().len() < 100 {
+        return UnixListener::bind(&sock);
+    }
+    let dir = std::fs::File::open(&paths.dir)?;
+    UnixListener::bind(format!("/proc/self/fd/{}/control.sock", dir.as_raw_fd()))
+}
+
+fn exchange(stream: UnixStream, req: &Request) -> std::io::Result<Response> {
+    let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
+    line.push(b'\n');
+    (&stream).write_all(&line)?;
+    stream.shutdown(std::net::Shutdown::Write)?;
+    let mut answer = String::new();
+    BufReader::new(&stream).read_line(&mut answer)?;
+    if answer.is_empty() {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the server closed the connection without answering",
+        ));
+    }
+    serde_json::from_str(&answer).map_err(std::io::Error::other)
+}
+
+/// Takes the pool lock without waiting: `None` when another process holds it.
+fn try_lock(paths: &Paths) -> Result<Option<OwnedFd>> {
+    std::fs::create_dir_all(&paths.dir)
+        .map_err(super::io_err(format!("creating {}", paths.dir.display())))?;
+    let fd: OwnedFd = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(paths.lock())
+        .map_err(super::io_err("opening the pool lock"))?
+        .into();
+    match rustix::fs::flock(&fd, rustix::fs::FlockOperation::NonBlockingLockExclusive) {
+        Ok(()) => Ok(Some(fd)),
+        Err(rustix::io::Errno::WOULDBLOCK) => Ok(None),
+        Err(e) => Err(VolumeError::Io {
+            context: "locking the pool".into(),
+            source: e.into(),
+        }),
+    }
+}
+
+/// Starts `fukastor volume-serve` for the store in its own process group.
+fn spawn(paths: &Paths) -> Result<()> {
+    std::fs::create_dir_all(&paths.dir)
+        .map_err(super::io_err(format!("creating {}", paths.dir.display())))?;
+    let exe = std::env::current_exe()
+        .map_err(|e| VolumeError::Server(format!("finding this program: {e}")))?;
+    let log = std::fs::OpenOptions::new()
+        .create(true)
+        .append(true)
+        .open(paths.log())
+        .map_err(super::io_err("opening the server log"))?;
+    let mut cmd = Command::new(exe);
+    cmd.arg("--store").arg(&paths.store).arg("volume-serve");
+    cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
+    std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
+    let mut child = cmd
+        .spawn()
+        .map_err(|e| VolumeError::Server(format!("starting the volume server: {e}")))?;
+    // Reap it when it exits, without blocking this command.
+    std::thread::spawn(move || child.wait());
+    Ok(())
+}
+
+/// What the pool's owner works with.
+struct Ctx {
+    paths: Paths,
+    pool: Pool,
+    /// The export, in a server.
+    served: Option<Served>,
+}
+
+struct Served {
+    disks: DiskFs,
+    devices: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
+    /// The FUSE session, mounted while something is attached.
+    session: std::sync::Mutex<Option<fuser::BackgroundSession>>,
+}
+
+impl Served {
+    /// Mounts the export at `paths.mnt` unless it is mounted.
+    fn mount(&self, paths: &Paths) -> Result<()> {
+        let mut session = super::lock(&self.session);
+        if session.is_some() {
+            return Ok(());
+        }
+        let mut config = fuser::Config::default();
+        config.mount_options = vec![
+            fuser::MountOption::FSName(format!("fukastor-volumes@{}", paths.store.display())),
+            fuser::MountOption::Subtype("fukastor".into()),
+            fuser::MountOption::NoAtime,
+        ];
+        config.n_threads = Some(
+            std::thread::available_parallelism()
+                .map_or(2, |n| n.get())
+                .max(2),
+        );
+        config.clone_fd = true;
+        let s = fuser::Session::new(self.disks.clone(), &paths.mnt, &config)
+            .map_err(|e| VolumeError::Server(format!("mounting {}: {e}", paths.mnt.display())))?;
+        *session = Some(
+            s.spawn()
+                .map_err(|e| VolumeError::Server(format!("starting the FUSE session: {e}")))?,
+        );
+        Ok(())
+    }
+
+    /// Unmounts the export when nothing is attached.
+    fn unmount_if_unused(&self) {
+        if super::lock(&self.devices).is_empty() && self.disks.names().is_empty() {
+            // Dropping the session unmounts and joins its threads.
+            drop(super::lock(&self.session).take());
+        }
+    }
+}
+
+impl Ctx {
+    fn local(paths: &Paths) -> Result<Ctx> {
+        Ok(Ctx {
+            paths: paths.clone(),
+            pool: Pool::open(&paths.pool)?,
+            served: None,
+        })
+    }
+
+    fn device(&self, name: &str) -> Option<String> {
+        let s = self.served.as_ref()?;
+        super::lock(&s.devices).get(name).cloned()
+    }
+
+    fn attached(&self) -> usize {
+        self.served
+            .as_ref()
+            .map_or(0, |s| super::lock(&s.devices).len())
+    }
+
+    fn refuse_attached(&self, name: &str) -> Result<()> {
+        if self.device(name).is_some() {
+            return Err(VolumeError::Attached(name.to_string()));
+        }
+        Ok(())
+    }
+
+    /// Frees unreferenced layers: on a thread in a server (snapshot and
+    /// volume deletion answer at once), inline otherwise.
+    fn reclaim_later(&self) {
+        let pool = self.pool.clone();
+        let work = move || match pool.reclaim() {
+            Ok(r) if r.layers > 0 => {
+                tracing::info!("reclaimed {} layers, {} bytes", r.layers, r.bytes)
+            }
+            Ok(_) => {}
+            Err(e) => tracing::warn!("reclaiming space: {e}"),
+        };
+        if self.served.is_some() {
+            std::thread::spawn(work);
+        } else if let Err(e) = spawn(&self.paths) {
+            // A server reclaims when it starts; without one, do it now.
+            tracing::info!("{e}; reclaiming in this process");
+            work();
+        }
+    }
+
+    fn execute(&self, req: &Request) -> Result<Response> {
+        match req {
+            Request::Create { name, size, base } => {
+                let mut opts = match base {
+                    Some(b) => VolumeOptions::with_base(b.clone()),
+                    None => VolumeOptions::new(size.unwrap_or(0)),
+                };
+                if let (Some(_), Some(s)) = (base, size) {
+                    opts = opts.size(*s);
+                }
+                self.pool.create_volume(name, &opts)?;
+                Ok(Response::Ok)
+            }
+            Request::List => {
+                let mut volumes = Vec::new();
+                for name in self.pool.volumes()? {
+                    let info = self.pool.info(&name)?;
+                    let mut ids: std::collections::BTreeSet<u64> =
+                        info.layers.iter().copied().collect();
+                    for s in &info.snapshots {
+                        ids.extend(s.layers.iter().copied());
+                    }
+                    let used = ids
+                        .iter()
+                        .filter_map(|id| {
+                            std::fs::metadata(self.paths.pool.join(format!("layers/{id}.data")))
+                                .ok()
+                        })
+                        .map(|m| m.len())
+                        .sum();
+                    volumes.push(VolumeEntry {
+                        device: self.device(&name),
+                        size: info.size,
+                        used,
+                        snapshots: info.snapshots.iter().map(|s| s.name.clone()).collect(),
+                        base: info.base.map(|(p, _)| p),
+                        name,
+                    });
+                }
+                Ok(Response::Volumes { volumes })
+            }
+            Request::Remove { name } => {
+                self.refuse_attached(name)?;
+                self.pool.delete_volume(name)?;
+                self.reclaim_later();
+                Ok(Response::Ok)
+            }
+            Request::Attach { name } => {
+                let Some(served) = &self.served else {
+                    return Err(VolumeError::Server(
+                        "attaching needs the volume server".into(),
+                    ));
+                };
+                if let Some(device) = self.device(name) {
+                    return Ok(Response::Device { device });
+                }
+                let volume = Arc::new(self.pool.open_volume(name)?);
+                if let Err(e) = served.mount(&self.paths) {
+                    let _ = volume.flush();
+                    return Err(e);
+                }
+                served.disks.insert(name, volume);
+                let file = self.paths.mnt.join(name);
+                match loopdev::attach(&file) {
+                    Ok(device) => {
+                        super::lock(&served.devices).insert(name.clone(), device.clone());
+                        tracing::info!("attached {name} as {device}");
+                        Ok(Response::Device { device })
+                    }
+                    Err(e) => {
+                        if let Some(v) = served.disks.remove(name) {
+                            let _ = v.flush();
+                        }
+                        served.unmount_if_unused();
+                        Err(e)
+                    }
+                }
+            }
+            Request::Detach { name } => {
+                let Some(served) = &self.served else {
+                    // No server: clean up what a dead one left for this volume.
+                    self.pool.info(name)?;
+                    let n = cleanup_stale(&self.paths, Some(name));
+                    return if n > 0 {
+                        Ok(Response::Ok)
+                    } else {
+                        Err(VolumeError::NotAttached(name.clone()))
+                    };
+                };
+                let device = self
+                    .device(name)
+                    .ok_or_else(|| VolumeError::NotAttached(name.clone()))?;
+                if loopdev::in_use(&device) {
+                    let at = loopdev::mountpoints_of(&device);
+                    return Err(VolumeError::InUse {
+                        volume: name.clone(),
+                        device,
+                        mountpoints: at
+                            .iter()
+                            .map(|p| p.display().to_string())
+                            .collect::<Vec<_>>()
+                            .join(", "),
+                    });
+                }
+                loopdev::detach(&device)?;
+                super::lock(&served.devices).remove(name);
+                let flushed = served.disks.remove(name).map_or(Ok(()), |v| v.flush());
+                served.unmount_if_unused();
+                flushed?;
+                tracing::info!("detached {name} ({device})");
+                Ok(Response::Ok)
+            }
+            Request::Snapshot {
+                volume,
+                name,
+                atomic,
+            } => {
+                let attached = self.served.as_ref().and_then(|s| s.disks.get(volume));
+                match attached {
+                    Some(v) => {
+                        let frozen = if *atomic {
+                            let device = self.device(volume).unwrap_or_default();
+                            let mp = loopdev::mountpoints_of(&device).into_iter().next();
+                            let Some(mp) = mp else {
+                                return Err(VolumeError::Freeze(format!(
+                                    "no filesystem is mounted on {device} (volume {volume:?})"
+                                )));
+                            };
+                            loopdev::freeze(&mp, true)?;
+                            Some(mp)
+                        } else {
+                            None
+                        };
+                        let r = v.snapshot(name);
+                        if let Some(mp) = frozen {
+                            loopdev::freeze(&mp, false)?;
+                        }
+                        r?;
+                    }
+                    None => {
+                        if *atomic {
+                            return Err(VolumeError::Freeze(format!(
+                                "volume {volume:?} is not attached, so nothing is mounted on it"
+                            )));
+                        }
+                        let v = self.pool.open_volume(volume)?;
+                        v.snapshot(name)?;
+                        v.close()?;
+                    }
+                }
+                Ok(Response::Ok)
+            }
+            Request::Snapshots { volume } => Ok(Response::Snapshots {
+                snapshots: self
+                    .pool
+                    .info(volume)?
+                    .snapshots
+                    .into_iter()
+                    .map(|s| SnapshotEntry {
+                        name: s.name,
+                        created: s.created,
+                    })
+                    .collect(),
+            }),
+            Request::Rollback { volume, name } => {
+                self.refuse_attached(volume)?;
+                self.pool.rollback(volume, name)?;
+                self.reclaim_later();
+                Ok(Response::Ok)
+            }
+            Request::DeleteSnapshot { volume, name } => {
+                self.pool.delete_snapshot(volume, name)?;
+                self.reclaim_later();
+                Ok(Response::Ok)
+            }
+            Request::Clone {
+                volume,
+                snapshot,
+                new,
+            } => {
+                self.pool.clone_snapshot(volume, snapshot, new)?;
+                Ok(Response::Ok)
+            }
+            Request::Template { name, size } => {
+                self.ensure_template(name, *size)?;
+                Ok(Response::Ok)
+            }
+        }
+    }
+
+    /// Builds template volume `name` unless it exists with its snapshot:
+    /// `mkfs.ext4` on a sparse scratch file in the pool (with discard, so
+    /// mke2fs marks the inode tables zeroed and the kernel never initialises
+    /// them lazily on each container), its data extents copied into the
+    /// volume, then the snapshot. A leftover from an interrupted attempt
+    /// (no snapshot) is replaced.
+    fn ensure_template(&self, name: &str, size: u64) -> Result<()> {
+        match self.pool.info(name) {
+            Ok(info) if info.snapshots.iter().any(|s| s.name == TEMPLATE_SNAPSHOT) => {
+                return Ok(());
+            }
+            Ok(_) => {
+                self.refuse_attached(name)?;
+                self.pool.delete_volume(name)?;
+            }
+            Err(VolumeError::NotFound(_)) => {}
+            Err(e) => return Err(e),
+        }
+        // Scratch files live in the pool (same filesystem, removed below; a
+        // crash leaves them for the next attempt to replace).
+        let scratch = self.paths.pool.join(format!(".template-{name}"));
+        let _ = std::fs::remove_dir_all(&scratch);
+        let r = self.build_template(name, size, &scratch);
+        let _ = std::fs::remove_dir_all(&scratch);
+        r
+    }
+
+    fn build_template(&self, name: &str, size: u64, scratch: &Path) -> Result<()> {
+        let img = scratch.join("ext4.img");
+        let seed = scratch.join("seed");
+        for d in ["upper", "work"] {
+            std::fs::create_dir_all(seed.join(d))
+                .map_err(super::io_err("creating the template's directories"))?;
+        }
+        let f = std::fs::File::create(&img).map_err(super::io_err("creating the template"))?;
+        f.set_len(size)
+            .map_err(super::io_err("sizing the template"))?;
+        drop(f);
+        let out = Command::new("mkfs.ext4")
+            .args(["-q", "-F", "-b", "4096", "-m", "0", "-L", "fukastor"])
+            .args(["-E", "lazy_journal_init=1,discard", "-d"])
+            .arg(&seed)
+            .arg(&img)
+            .output()
+            .map_err(|e| VolumeError::Template(format!("running mkfs.ext4: {e}")))?;
+        if !out.status.success() {
+            return Err(VolumeError::Template(format!(
+                "mkfs.ext4: {}",
+                String::from_utf8_lossy(&out.stderr).trim()
+            )));
+        }
+        self.pool.create_volume(name, &VolumeOptions::new(size))?;
+        let v = self.pool.open_volume(name)?;
+        copy_data_extents(&img, &v)?;
+        v.snapshot(TEMPLATE_SNAPSHOT)?;
+        v.close()
+    }
+}
+
+/// Copies the parts of sparse file `img` that hold data into `v`.
+fn copy_data_extents(img: &Path, v: &super::Volume) -> Result<()> {
+    use rustix::fs::SeekFrom;
+    let f = std::fs::File::open(img).map_err(super::io_err("opening the template"))?;
+    let len = f
+        .metadata()
+        .map_err(super::io_err("reading the template"))?
+        .len();
+    let mut buf = vec![0u8; 1 << 20];
+    let mut pos = 0u64;
+    while pos < len {
+        let start = match rustix::fs::seek(&f, SeekFrom::Data(pos)) {
+            Ok(s) => s,
+            Err(rustix::io::Errno::NXIO) => break,
+            Err(e) => return Err(super::io_err("seeking the template")(e.into())),
+        };
+        let end = match rustix::fs::seek(&f, SeekFrom::Hole(start)) {
+            Ok(e) => e.min(len),
+            Err(e) => return Err(super::io_err("seeking the template")(e.into())),
+        };
+        let mut at = start;
+        while at < end {
+            let n = ((end - at) as usize).min(buf.len());
+            rustix::io::pread(&f, &mut buf[..n], at)
+                .map_err(|e| super::io_err("reading the template")(e.into()))?;
+            v.write_at(at, &buf[..n])?;
+            at += n as u64;
+        }
+        pos = end;
+    }
+    Ok(())
+}
+
+/// Unbinds loop devices left over by a dead server (all of them, or those
+/// of volume `only`) and detaches its dead FUSE mount once nothing uses it.
+/// Returns how many things it cleaned.
+fn cleanup_stale(paths: &Paths, only: Option<&str>) -> usize {
+    let mut n = 0;
+    let target = match only {
+        Some(name) => paths.mnt.join(name),
+        None => paths.mnt.clone(),
+    };
+    for (dev, backing) in loopdev::devices_backed_by(&target, only.is_none()) {
+        tracing::info!(
+            "unbinding {dev} (left over, backed by {})",
+            backing.display()
+        );
+        match loopdev::detach(&dev) {
+            Ok(()) => n += 1,
+            Err(e) => tracing::warn!("{e}"),
+        }
+    }
+    let live_server = std::fs::read(paths.record())
+        .ok()
+        .and_then(|d| serde_json::from_slice::<serde_json::Value>(&d).ok())
+        .and_then(|v| v["pid"].as_u64())
+        .is_some_and(|pid| {
+            pid != u64::from(std::process::id()) && crate::mount::track::alive(pid as u32)
+        });
+    if !live_server
+        && loopdev::devices_backed_by(&paths.mnt, true).is_empty()
+        && loopdev::is_mountpoint(&paths.mnt)
+    {
+        match rustix::mount::unmount(&paths.mnt, rustix::mount::UnmountFlags::DETACH) {
+            Ok(()) => n += 1,
+            Err(e) => tracing::warn!("detaching {}: {e}", paths.mnt.display()),
+        }
+    }
+    n
+}
+
+/// Runs the volume server in the foreground: `fukastor volume-serve`.
+/// Returns when nothing has been attached for [`IDLE`], or on SIGTERM,
+/// SIGINT or SIGHUP when nothing is attached (with volumes attached those
+/// signals only flush them: detach them first).
+pub fn serve(paths: &Paths) -> Result<()> {
+    std::fs::create_dir_all(&paths.mnt)
+        .map_err(super::io_err(format!("creating {}", paths.mnt.display())))?;
+    // Wait for a server that is stopping to let go of the pool.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let lock = loop {
+        if let Some(l) = try_lock(paths)? {
+            break l;
+        }
+        if connect(paths).is_ok() {
+            tracing::info!("another volume server runs for this store");
+            return Ok(());
+        }
+        if Instant::now() > deadline {
+            return Err(VolumeError::Server(
+                "the pool stayed locked by another process for 10 s".into(),
+            ));
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    };
+    if let Err(e) = rustix::process::configure_io_flusher_behavior(true) {
+        tracing::warn!("PR_SET_IO_FLUSHER: {e} (the server may deadlock under memory pressure)");
+    }
+    cleanup_stale(paths, None);
+
+    let ctx = Ctx {
+        paths: paths.clone(),
+        pool: Pool::open(&paths.pool)?,
+        served: Some(Served {
+            disks: DiskFs::new(),
+            devices: Default::default(),
+            session: Default::default(),
+        }),
+    };
+    // Free what earlier crashes, rollbacks and removals left.
+    ctx.reclaim_later();
+    let listener = bind(paths).map_err(super::io_err("binding the control socket"))?;
+    listener
+        .set_nonblocking(true)
+        .map_err(super::io_err("configuring the control socket"))?;
+    let record = serde_json::json!({
+        "pid": std::process::id(),
+        "mountpoint": paths.mnt,
+    });
+    crate::store::write_atomic(&paths.record(), record.to_string().as_bytes())
+        .map_err(super::io_err("writing server.json"))?;
+    tracing::info!("volume server {} ready", std::process::id());
+
+    let stop = Arc::new(AtomicBool::new(false));
+    for sig in [
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGHUP,
+    ] {
+        signal_hook::flag::register(sig, stop.clone())
+            .map_err(|e| VolumeError::Server(format!("installing signal handlers: {e}")))?;
+    }
+
+    let mut idle_since = Instant::now();
+    loop {
+        let mut fds = [rustix::event::PollFd::new(
+            &listener,
+            rustix::event::PollFlags::IN,
+        )];
+        let timeout = rustix::time::Timespec {
+            tv_sec: 0,
+            tv_nsec: 200_000_000,
+        };
+        let _ = rustix::event::poll(&mut fds, Some(&timeout));
+        while let Ok((stream, _)) = listener.accept() {
+            handle(&ctx, stream, false);
+            idle_since = Instant::now();
+        }
+        if stop.swap(false, Ordering::Relaxed) {
+            if ctx.attached() == 0 {
+                break;
+            }
+            tracing::warn!(
+                "signal: {} volumes attached; flushing them, not stopping (detach them first)",
+                ctx.attached()
+            );
+            if let Some(s) = &ctx.served {
+                for name in s.disks.names() {
+                    if let Some(v) = s.disks.get(&name) {
+                        let _ = v.flush();
+                    }
+                }
+            }
+        }
+        if ctx.attached() == 0 && idle_since.elapsed() >= IDLE {
+            break;
+        }
+    }
+    // Stop taking requests: new commands find no socket and wait for the
+    // lock; those already queued are told to ask again.
+    let _ = std::fs::remove_file(paths.socket());
+    let _ = std::fs::remove_file(paths.record());
+    while let Ok((stream, _)) = listener.accept() {
+        handle(&ctx, stream, true);
+    }
+    drop(listener);
+    drop(ctx);
+    drop(lock);
+    tracing::info!("volume server {} stopped", std::process::id());
+    Ok(())
+}
+
+fn handle(ctx: &Ctx, stream: UnixStream, stopping: bool) {
+    let _ = stream.set_nonblocking(false);
+    let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
+    let mut line = String::new();
+    let reply = match BufReader::new(&stream).read_line(&mut line) {
+        _ if stopping => Response::Retry,
+        Err(e) => error_response(&VolumeError::Server(format!("reading a request: {e}"))),
+        Ok(_) => match serde_json::from_str::<Request>(&line) {
+            Err(e) => error_response(&VolumeError::Server(format!("a malformed request: {e}"))),
+            Ok(req) => {
+                tracing::debug!("request {req:?}");
+                ctx.execute(&req).unwrap_or_else(|e| error_response(&e))
+            }
+        },
+    };
+    let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+    out.push(b'\n');
+    let _ = (&stream).write_all(&out);
+    let _ = stream.as_fd();
+}
+
+fn error_response(e: &VolumeError) -> Response {
+    Response::Error {
+        code: e.code().to_string(),
+        message: e.to_string(),
+        hint: e.hint(),
+    }
+}
