@@ -5,7 +5,9 @@
 //! `ldd` names), imports it into a temporary store, mounts it through the
 //! kernel, then through the FUSE server with and without passthrough, reads
 //! files back and checks their digests against the host's,
-//! shows the deduplication figures, unmounts, checks the store, and prints
+//! shows the deduplication figures, unmounts; as root, creates a container
+//! (writable layer on a thin volume), writes, snapshots, writes again, rolls
+//! back and shows the second write gone; checks the store, and prints
 //! what each step took.
 
 use std::fs;
@@ -19,9 +21,11 @@ use sha2::{Digest, Sha256};
 
 use super::output::{bytes, df_figures};
 use super::{CliError, CliResult, io};
+use crate::container::{Containers, DEFAULT_SIZE};
 use crate::oci::layout::{Compression, LayoutBuilder};
 use crate::oci::{PullOptions, Source};
 use crate::store::{LockMode, Store};
+use crate::volume::server::{self, Request};
 
 fn demo_err(what: &str, e: impl std::fmt::Display) -> CliError {
     CliError {
@@ -200,6 +204,93 @@ impl<W: Write> Steps<'_, W> {
     }
 }
 
+const CONTAINER: &str = "demo-ctr";
+
+/// A container: its writable layer on a thin volume, a snapshot, a write
+/// after it, a rollback that drops that write.
+fn containers<W: Write>(s: &mut Steps<'_, W>, store_dir: &Path) -> CliResult {
+    let c = Containers::new(store_dir);
+    let made = s.time(
+        "create a container (its writable layer: a clone of an ext4 template volume)",
+        || Ok(c.create("demo:latest", Some(CONTAINER), DEFAULT_SIZE)?),
+    )?;
+    writeln!(
+        s.out,
+        "    container {}: volume {} ({} thin); the first container of a size also builds the template",
+        made.name,
+        made.volume,
+        bytes(made.size)
+    )
+    .map_err(io)?;
+    let again = s.time("create a second container (a clone only)", || {
+        Ok(c.create("demo:latest", Some("demo-ctr2"), DEFAULT_SIZE)?)
+    })?;
+    s.time("remove the second container", || {
+        Ok(c.remove(&again.name, false)?)
+    })?;
+    let rootfs = s.time(
+        "mount it: image (kernel) + volume (FUSE file, loop device, ext4) + overlayfs",
+        || Ok(c.mount(CONTAINER, None)?),
+    )?;
+    let write = |name: &str, text: &str| {
+        fs::write(rootfs.join(name), text).map_err(|e| demo_err("writing in the container", e))
+    };
+    write("first.txt", "written before the snapshot\n")?;
+    let paths = c.paths().clone();
+    let volume = made.volume.clone();
+    s.time(
+        "snapshot it while mounted (--atomic: FIFREEZE, flush, seal, FITHAW)",
+        || {
+            Ok(server::call(
+                &paths,
+                &Request::Snapshot {
+                    volume: volume.clone(),
+                    name: "clean".into(),
+                    atomic: true,
+                },
+            )
+            .map(|_| ())?)
+        },
+    )?;
+    write("second.txt", "written after the snapshot\n")?;
+    writeln!(
+        s.out,
+        "    wrote /first.txt, snapshot 'clean', wrote /second.txt: both there: {}",
+        rootfs.join("first.txt").exists() && rootfs.join("second.txt").exists()
+    )
+    .map_err(io)?;
+    s.time("unmount the container", || Ok(c.umount(CONTAINER)?))?;
+    s.time("roll it back to 'clean'", || {
+        Ok(server::call(
+            &paths,
+            &Request::Rollback {
+                volume: volume.clone(),
+                name: "clean".into(),
+            },
+        )
+        .map(|_| ())?)
+    })?;
+    let rootfs = s.time("mount it again", || Ok(c.mount(CONTAINER, None)?))?;
+    let first = fs::read_to_string(rootfs.join("first.txt")).unwrap_or_default();
+    let second_gone = !rootfs.join("second.txt").exists();
+    writeln!(
+        s.out,
+        "    /first.txt: {:?}; /second.txt gone: {second_gone}",
+        first.trim()
+    )
+    .map_err(io)?;
+    s.time("remove the container (unmount, drop its volume)", || {
+        Ok(c.remove(CONTAINER, true)?)
+    })?;
+    if first.trim() != "written before the snapshot" || !second_gone {
+        return Err(demo_err(
+            "rollback",
+            "the container does not hold what it held at the snapshot",
+        ));
+    }
+    Ok(())
+}
+
 /// Runs the demo.
 pub(super) fn run(out: &mut impl Write, keep: Option<&Path>) -> CliResult {
     let base = match keep {
@@ -212,6 +303,10 @@ pub(super) fn run(out: &mut impl Write, keep: Option<&Path>) -> CliResult {
     if keep.is_none() {
         let mnt = base.join("mnt");
         let _ = crate::mount::umount(&base.join("store"), &mnt);
+        let c = Containers::new(&base.join("store"));
+        for name in [CONTAINER, "demo-ctr2"] {
+            let _ = c.remove(name, true);
+        }
         let _ = fs::remove_dir_all(&base);
     } else {
         let _ = writeln!(
@@ -388,6 +483,15 @@ fn run_in(out: &mut impl Write, base: &Path) -> CliResult {
         s.time(&format!("unmount {how} (the server exits)"), || {
             Ok(crate::mount::umount(&store_dir, &mnt)?)
         })?;
+    }
+    if root {
+        containers(&mut s, &store_dir)?;
+    } else {
+        writeln!(
+            s.out,
+            "==> container with a snapshot and a rollback: not run, it needs root (loop devices, ext4)"
+        )
+        .map_err(io)?;
     }
     let report = s.time("fsck the store (every object's digest recomputed)", || {
         let store = Store::open(&store_dir, LockMode::Exclusive)?;

@@ -25,7 +25,7 @@ pub struct Cli {
     /// The store directory [default: /var/lib/fukastor for root, $XDG_DATA_HOME/fukastor otherwise].
     #[arg(long, global = true, env = "FUKASTOR_STORE", value_name = "DIR")]
     pub store: Option<PathBuf>,
-    /// Print machine-readable JSON (images, inspect, df, fsck, gc, pull).
+    /// Print machine-readable JSON (listings, reports and errors).
     #[arg(long, global = true, env = "FUKASTOR_JSON")]
     pub json: bool,
     /// Print less: no progress, only IDs.

@@ -106,7 +106,10 @@ fn pool_rollback_of_a_closed_volume_reads_no_data() {
         let c = cost(&mem, || pool.rollback("v", "s").unwrap());
         assert_eq!(pool.rollback("v", "nope").unwrap_err().code(), "FK0704");
         let v = pool.open_volume("v").unwrap();
-        assert!(read(&v, 0, mib * MIB) == before, "rollback restores the snapshot");
+        assert!(
+            read(&v, 0, mib * MIB) == before,
+            "rollback restores the snapshot"
+        );
         c
     };
     let (c1, c64) = (measure(1), measure(64));
