@@ -14,6 +14,7 @@
 //! | [`oci`] | image sources (`oci:`, `oci-archive:`, `docker-archive:`, `dir:`), layer import, export |
 //! | [`mount`] | serving trees through the kernel (EROFS + overlayfs); tracking mounts |
 //! | [`fuse`] | serving trees through our own FUSE server (passthrough, multithreaded); exporting attached volumes as files |
+//! | [`runtime`] | running containers: OCI runtime config from the image config, crun, podman hooks |
 //! | [`cli`] | the command line: flags, output, coded errors, `demo` |
 //!
 //! Every module has one error type. Each error knows its stable code and a
@@ -25,6 +26,7 @@ pub mod error;
 pub mod fuse;
 pub mod mount;
 pub mod oci;
+pub mod runtime;
 pub mod store;
 pub mod tree;
 pub mod volume;

@@ -282,6 +282,32 @@ fn containers<W: Write>(s: &mut Steps<'_, W>, store_dir: &Path) -> CliResult {
     s.time("remove the container (unmount, drop its volume)", || {
         Ok(c.remove(CONTAINER, true)?)
     })?;
+    match crate::runtime::which_crun() {
+        Err(_) => writeln!(
+            s.out,
+            "==> run a command in a container with crun: not run, crun is not installed (apt-get install crun)"
+        )
+        .map_err(io)?,
+        Ok(_) => {
+            let mut opts = crate::runtime::RunOptions::new(DEFAULT_SIZE);
+            opts.rm = true;
+            opts.name = Some("demo-run".into());
+            opts.process.cmd = vec![
+                "/bin/sh".into(),
+                "-c".into(),
+                "echo \"    hello from container $(uname -n), pid $$, $(cat /etc/os-release | head -1)\"".into(),
+            ];
+            s.out.flush().map_err(io)?;
+            let status = s.time(
+                "run a command in a new container with crun (run --rm: create, mount, crun, remove)",
+                || Ok(crate::runtime::run(store_dir, "demo:latest", &opts)?),
+            )?;
+            writeln!(s.out, "    exit status {status}").map_err(io)?;
+            if status != 0 {
+                return Err(demo_err("crun", format!("the container exited with {status}")));
+            }
+        }
+    }
     if first.trim() != "written before the snapshot" || !second_gone {
         return Err(demo_err(
             "rollback",

@@ -8,6 +8,8 @@ mod demo;
 mod output;
 mod volume;
 
+pub use volume::parse_size;
+
 use std::io::{IsTerminal, Write};
 use std::path::PathBuf;
 
@@ -174,6 +176,43 @@ pub enum Command {
     },
     /// List containers.
     Ps,
+    /// Run a command in a new container under crun; exits with its status.
+    Run {
+        /// Remove the container (and its writable layer) when it exits.
+        #[arg(long)]
+        rm: bool,
+        /// The container's name [default: IMAGE-xxxxxx].
+        #[arg(long)]
+        name: Option<String>,
+        /// Set an environment variable (repeatable).
+        #[arg(short, long = "env", value_name = "KEY=VALUE")]
+        env: Vec<String>,
+        /// The working directory inside the container.
+        #[arg(short, long)]
+        workdir: Option<String>,
+        /// The user: NAME, UID, NAME:GROUP or UID:GID.
+        #[arg(short, long)]
+        user: Option<String>,
+        /// Size of its writable layer [default: 10G; thin].
+        #[arg(long, value_parser = volume::parse_size)]
+        size: Option<u64>,
+        /// Name or ID prefix of the image.
+        image: String,
+        /// The command [default: the image's Entrypoint and Cmd].
+        #[arg(last = true)]
+        cmd: Vec<String>,
+    },
+    /// Run an existing container again (as its `run` set it up); exits with its status.
+    Start {
+        /// The container.
+        container: String,
+    },
+    /// podman OCI hooks: `hook precreate` (config on stdin, config out) and `hook poststop` (state on stdin).
+    Hook {
+        /// The stage.
+        #[arg(value_parser = ["precreate", "poststop"])]
+        stage: String,
+    },
     /// The volume server (started by `volume attach`; runs in the foreground).
     #[command(hide = true)]
     VolumeServe,
@@ -232,8 +271,34 @@ pub fn main() -> i32 {
         .with_writer(std::io::stderr)
         .without_time()
         .try_init();
-    match run(&cli) {
-        Ok(()) => 0,
+    let result = match &cli.command {
+        Command::Run {
+            rm,
+            name,
+            env,
+            workdir,
+            user,
+            size,
+            image,
+            cmd,
+        } => {
+            let mut opts =
+                crate::runtime::RunOptions::new(size.unwrap_or(crate::container::DEFAULT_SIZE));
+            opts.rm = *rm;
+            opts.name = name.clone();
+            opts.process.env = env.clone();
+            opts.process.workdir = workdir.clone();
+            opts.process.user = user.clone();
+            opts.process.cmd = cmd.clone();
+            crate::runtime::run(&store_root(&cli), image, &opts).map_err(CliError::from)
+        }
+        Command::Start { container } => {
+            crate::runtime::start(&store_root(&cli), container).map_err(CliError::from)
+        }
+        _ => run(&cli).map(|()| 0),
+    };
+    match result {
+        Ok(status) => status,
         Err(e) => {
             if cli.json {
                 let j = serde_json::json!({"error": {"code": e.code, "message": e.message, "hint": e.hint}});
@@ -484,6 +549,18 @@ fn run(cli: &Cli) -> CliResult {
         Command::Container(cmd) => volume::container(out, cli, cmd),
         Command::Rm { containers, force } => volume::rm(cli, containers, *force),
         Command::Ps => volume::ps(out, cli),
+        Command::Run { .. } | Command::Start { .. } => unreachable!("handled in main"),
+        Command::Hook { stage } => {
+            // podman waits for hooks: do not wait 10 minutes for a busy store.
+            crate::store::set_default_lock_timeout(10);
+            let root = store_root(cli);
+            if stage == "precreate" {
+                crate::runtime::hook::precreate(&root, &mut std::io::stdin().lock(), out)?;
+            } else {
+                crate::runtime::hook::poststop(&root, &mut std::io::stdin().lock())?;
+            }
+            Ok(())
+        }
         Command::VolumeServe => {
             crate::volume::server::serve(&crate::volume::server::Paths::new(&store_root(cli)))?;
             Ok(())

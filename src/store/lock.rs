@@ -28,6 +28,15 @@ pub(crate) struct StoreLock {
     _file: fs::File,
 }
 
+/// The wait when `FUKASTOR_LOCK_TIMEOUT` is not set, in seconds.
+static DEFAULT_TIMEOUT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(600);
+
+/// Changes how long this process waits for the store lock when
+/// `FUKASTOR_LOCK_TIMEOUT` is not set (hooks must not hold podman up).
+pub fn set_default_timeout(secs: u64) {
+    DEFAULT_TIMEOUT.store(secs, std::sync::atomic::Ordering::Relaxed);
+}
+
 /// How long to wait for the lock before reporting the store busy. Settable
 /// with `FUKASTOR_LOCK_TIMEOUT` (seconds).
 fn timeout() -> Duration {
@@ -39,7 +48,9 @@ fn timeout() -> Duration {
         .ok()
         .and_then(|s| s.parse().ok())
         .map(Duration::from_secs)
-        .unwrap_or(Duration::from_secs(600))
+        .unwrap_or(Duration::from_secs(
+            DEFAULT_TIMEOUT.load(std::sync::atomic::Ordering::Relaxed),
+        ))
 }
 
 impl StoreLock {

@@ -36,7 +36,7 @@ mod tests;
 
 pub use fsck::{FsckReport, Problem};
 pub use gc::GcReport;
-pub use lock::LockMode;
+pub use lock::{LockMode, set_default_timeout as set_default_lock_timeout};
 pub use names::ImageName;
 pub use objects::{ObjectWriter, Staging};
 pub use record::{ImageRecord, ImageStats, LayerInfo};

@@ -1,0 +1,289 @@
+//! The runtime glue: running containers under crun, and podman's hooks.
+//!
+//! - [`spec`]: the OCI runtime `config.json` built from the image config;
+//! - [`hook`]: `fukastor hook precreate|poststop` for podman;
+//! - this module: `run` and `start` — create (or reuse) a container, mount
+//!   its root filesystem, write its bundle
+//!   (`STORE/fukastor/containers/NAME/bundle/config.json`), run
+//!   `crun run`, pass its exit status on, unmount (and with `--rm`, remove).
+//!
+//! While crun runs, SIGINT, SIGTERM and SIGHUP sent to fukastor are passed to
+//! crun (which passes them to the container) instead of ending fukastor, so
+//! the container is always unmounted afterwards.
+
+pub mod hook;
+pub mod spec;
+
+use std::path::{Path, PathBuf};
+use std::process::Command;
+
+use composefs::fsverity::FsVerityHashValue;
+
+use crate::container::{ContainerError, Containers};
+use crate::error::Coded;
+use crate::store::{LockMode, ObjectId, Store, StoreError};
+
+pub use spec::ProcessOptions;
+
+/// What can go wrong running containers.
+#[derive(Debug, thiserror::Error)]
+pub enum RuntimeError {
+    /// crun is not installed.
+    #[error("crun is not installed (looked for it in PATH)")]
+    NoCrun,
+    /// crun failed before the container ran.
+    #[error("crun failed: {0}")]
+    Crun(String),
+    /// Neither the image nor the command line gives a command.
+    #[error("no command: the image has no Entrypoint or Cmd and none was given")]
+    NoCommand,
+    /// A user or group that does not resolve.
+    #[error("user {user:?}: {why}")]
+    User {
+        /// As given.
+        user: String,
+        /// Why it does not resolve.
+        why: String,
+    },
+    /// A bad setting, or a config that cannot be built.
+    #[error("container config: {0}")]
+    Config(String),
+    /// The container was never run (no bundle).
+    #[error("container {0:?} has no bundle: it was created with `create`, not `run`")]
+    NoBundle(String),
+    /// Malformed hook input.
+    #[error("hook input: {0}")]
+    HookInput(String),
+    /// The container.
+    #[error(transparent)]
+    Container(#[from] ContainerError),
+    /// The store.
+    #[error(transparent)]
+    Store(#[from] StoreError),
+}
+
+impl Coded for RuntimeError {
+    fn code(&self) -> &'static str {
+        match self {
+            RuntimeError::NoCrun => "FK0800",
+            RuntimeError::Crun(_) => "FK0801",
+            RuntimeError::NoCommand => "FK0802",
+            RuntimeError::User { .. } => "FK0803",
+            RuntimeError::Config(_) => "FK0804",
+            RuntimeError::NoBundle(_) => "FK0805",
+            RuntimeError::HookInput(_) => "FK0806",
+            RuntimeError::Container(e) => e.code(),
+            RuntimeError::Store(e) => e.code(),
+        }
+    }
+
+    fn hint(&self) -> String {
+        match self {
+            RuntimeError::NoCrun => "install it: `apt-get install crun`".into(),
+            RuntimeError::Crun(_) => {
+                "see crun's message above; integration/lib/host-fixes.sh lists what this kind of host needs".into()
+            }
+            RuntimeError::NoCommand => "give one after `--`: `fukastor run IMAGE -- CMD...`".into(),
+            RuntimeError::User { .. } => {
+                "give a user the image knows, or numbers: `--user UID[:GID]`".into()
+            }
+            RuntimeError::Config(_) => "check -e KEY=VALUE and --workdir /ABSOLUTE/PATH".into(),
+            RuntimeError::NoBundle(_) => {
+                "mount it (`fukastor container mount`) and run what you need, or create it with `fukastor run`".into()
+            }
+            RuntimeError::HookInput(_) => {
+                "hooks read the runtime config (precreate) or state (poststop) JSON on stdin, as podman passes them".into()
+            }
+            RuntimeError::Container(e) => e.hint(),
+            RuntimeError::Store(e) => e.hint(),
+        }
+    }
+}
+
+/// Shorthand.
+pub type Result<T, E = RuntimeError> = std::result::Result<T, E>;
+
+/// `run` settings.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct RunOptions {
+    /// The container's name (default: generated).
+    pub name: Option<String>,
+    /// Remove the container when it exits.
+    pub rm: bool,
+    /// Its writable layer's size.
+    pub size: u64,
+    /// The process.
+    pub process: ProcessOptions,
+}
+
+impl RunOptions {
+    /// Options for a container of `size` bytes.
+    pub fn new(size: u64) -> RunOptions {
+        RunOptions {
+            size,
+            ..Default::default()
+        }
+    }
+}
+
+fn bundle_dir(store_root: &Path, name: &str) -> PathBuf {
+    Containers::new(store_root)
+        .paths()
+        .store
+        .join("fukastor/containers")
+        .join(name)
+        .join("bundle")
+}
+
+/// `fukastor run`: returns the container's exit status.
+pub fn run(store_root: &Path, image: &str, opts: &RunOptions) -> Result<i32> {
+    which_crun()?;
+    let containers = Containers::new(store_root);
+    let c = containers.create(image, opts.name.as_deref(), opts.size)?;
+    let result = run_created(store_root, &containers, &c.name, &c.image_id, opts);
+    if opts.rm
+        && let Err(e) = containers.remove(&c.name, true)
+    {
+        tracing::warn!("removing container {}: {e}", c.name);
+    }
+    result
+}
+
+fn run_created(
+    store_root: &Path,
+    containers: &Containers,
+    name: &str,
+    image_id: &str,
+    opts: &RunOptions,
+) -> Result<i32> {
+    let config = {
+        let store = Store::open(store_root, LockMode::Shared)?;
+        let id = ObjectId::from_hex(image_id)
+            .map_err(|_| StoreError::Damaged(format!("container {name}: bad image ID")))?;
+        store.record(&id)?.config
+    };
+    let rootfs = containers.mount(name, None)?;
+    let result = (|| {
+        let image = spec::ImageProcess::from_config(&config);
+        let spec = spec::build(name, &rootfs, &image, &opts.process)?;
+        let bundle = bundle_dir(store_root, name);
+        std::fs::create_dir_all(&bundle).map_err(|e| StoreError::Io {
+            context: format!("creating {}", bundle.display()),
+            source: e,
+        })?;
+        let data =
+            serde_json::to_vec_pretty(&spec).map_err(|e| RuntimeError::Config(e.to_string()))?;
+        crate::store::write_atomic(&bundle.join("config.json"), &data).map_err(|e| {
+            StoreError::Io {
+                context: "writing config.json".into(),
+                source: e,
+            }
+        })?;
+        crun_run(&bundle, name)
+    })();
+    if let Err(e) = containers.umount(name) {
+        tracing::warn!("unmounting container {name}: {e}");
+    }
+    result
+}
+
+/// `fukastor start`: runs an existing container again with the bundle its
+/// `run` wrote; returns the container's exit status.
+pub fn start(store_root: &Path, name: &str) -> Result<i32> {
+    which_crun()?;
+    let containers = Containers::new(store_root);
+    containers.get(name)?;
+    let bundle = bundle_dir(store_root, name);
+    if !bundle.join("config.json").is_file() {
+        return Err(RuntimeError::NoBundle(name.to_string()));
+    }
+    let was_mounted = containers
+        .entries()?
+        .iter()
+        .any(|e| e.name == name && e.state == "mounted");
+    let rootfs = containers.mount(name, None)?;
+    let default_rootfs = containers
+        .paths()
+        .store
+        .join("fukastor/containers")
+        .join(name)
+        .join("rootfs");
+    let result = if rootfs != default_rootfs {
+        Err(RuntimeError::Config(format!(
+            "container {name} is mounted at {}; `start` needs it at its own rootfs (unmount it first)",
+            rootfs.display()
+        )))
+    } else {
+        crun_run(&bundle, name)
+    };
+    if !was_mounted && let Err(e) = containers.umount(name) {
+        tracing::warn!("unmounting container {name}: {e}");
+    }
+    result
+}
+
+/// Where crun is, from `PATH`.
+pub fn which_crun() -> Result<PathBuf> {
+    let path = std::env::var_os("PATH").unwrap_or_default();
+    std::env::split_paths(&path)
+        .map(|d| d.join("crun"))
+        .find(|p| p.is_file())
+        .ok_or(RuntimeError::NoCrun)
+}
+
+/// Runs `crun run` on `bundle` with this process's stdio; returns the
+/// container's exit status (128 + N for a signal).
+fn crun_run(bundle: &Path, name: &str) -> Result<i32> {
+    let crun = which_crun()?;
+    let id = format!("fukastor-{name}");
+    // A container state left by a crash would make `run` refuse the ID
+    // (crun keeps it in /run/crun/ID as root; asking costs ~100 ms).
+    let state = std::env::var_os("XDG_RUNTIME_DIR")
+        .filter(|_| !rustix::process::geteuid().is_root())
+        .map_or_else(
+            || PathBuf::from("/run/crun"),
+            |d| PathBuf::from(d).join("crun"),
+        );
+    let _ = state.join(&id).exists()
+        && Command::new(&crun)
+            .args(["delete", "--force", &id])
+            .stdout(std::process::Stdio::null())
+            .stderr(std::process::Stdio::null())
+            .status()
+            .is_ok();
+    let mut child = Command::new(&crun)
+        .arg("run")
+        .arg("--bundle")
+        .arg(bundle)
+        .arg(&id)
+        .spawn()
+        .map_err(|e| RuntimeError::Crun(format!("starting crun: {e}")))?;
+    let pid = child.id();
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGINT,
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGHUP,
+    ])
+    .map_err(|e| RuntimeError::Crun(format!("installing signal handlers: {e}")))?;
+    let handle = signals.handle();
+    let forwarder = std::thread::spawn(move || {
+        for sig in signals.forever() {
+            if let (Some(p), Some(s)) = (
+                rustix::process::Pid::from_raw(pid as i32),
+                rustix::process::Signal::from_named_raw(sig),
+            ) {
+                let _ = rustix::process::kill_process(p, s);
+            }
+        }
+    });
+    let status = child.wait();
+    handle.close();
+    let _ = forwarder.join();
+    let status = status.map_err(|e| RuntimeError::Crun(format!("waiting for crun: {e}")))?;
+    use std::os::unix::process::ExitStatusExt;
+    Ok(status
+        .code()
+        .or_else(|| status.signal().map(|s| 128 + s))
+        .unwrap_or(1))
+}

@@ -1,0 +1,361 @@
+//! Building a container's OCI runtime `config.json` from its image config
+//! (with `oci-spec`): what `podman run` would give, minus what needs a
+//! network stack.
+
+use std::collections::BTreeMap;
+use std::io::Read;
+use std::path::Path;
+
+use oci_spec::runtime::{
+    Capability, LinuxCapabilitiesBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
+};
+
+use super::{Result, RuntimeError};
+
+/// What the user asked for on top of the image config.
+#[derive(Debug, Clone, Default)]
+#[non_exhaustive]
+pub struct ProcessOptions {
+    /// `-e KEY=VALUE`, in order.
+    pub env: Vec<String>,
+    /// `--workdir`.
+    pub workdir: Option<String>,
+    /// `--user`.
+    pub user: Option<String>,
+    /// The command after `--` (replaces the image's Cmd).
+    pub cmd: Vec<String>,
+}
+
+/// The parts of an OCI image config a container's process uses.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct ImageProcess {
+    /// `Entrypoint`.
+    pub entrypoint: Vec<String>,
+    /// `Cmd`.
+    pub cmd: Vec<String>,
+    /// `Env`.
+    pub env: Vec<String>,
+    /// `WorkingDir`.
+    pub workdir: String,
+    /// `User`.
+    pub user: String,
+}
+
+impl ImageProcess {
+    /// Reads them from an image config (`{"config": {"Entrypoint": …}}`).
+    pub fn from_config(config: &serde_json::Value) -> ImageProcess {
+        let c = &config["config"];
+        let strings = |v: &serde_json::Value| -> Vec<String> {
+            v.as_array()
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|s| s.as_str().map(str::to_string))
+                        .collect()
+                })
+                .unwrap_or_default()
+        };
+        ImageProcess {
+            entrypoint: strings(&c["Entrypoint"]),
+            cmd: strings(&c["Cmd"]),
+            env: strings(&c["Env"]),
+            workdir: c["WorkingDir"].as_str().unwrap_or_default().to_string(),
+            user: c["User"].as_str().unwrap_or_default().to_string(),
+        }
+    }
+}
+
+/// podman's default capabilities (containers.conf `default_capabilities`).
+const CAPABILITIES: [Capability; 11] = [
+    Capability::Chown,
+    Capability::DacOverride,
+    Capability::Fowner,
+    Capability::Fsetid,
+    Capability::Kill,
+    Capability::NetBindService,
+    Capability::Setfcap,
+    Capability::Setgid,
+    Capability::Setpcap,
+    Capability::Setuid,
+    Capability::SysChroot,
+];
+
+const DEFAULT_PATH: &str = "PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin";
+
+/// Builds the runtime config of container `name` whose root filesystem is
+/// mounted at `rootfs` (users and groups are looked up there).
+pub fn build(
+    name: &str,
+    rootfs: &Path,
+    image: &ImageProcess,
+    opts: &ProcessOptions,
+) -> Result<Spec> {
+    let mut args = image.entrypoint.clone();
+    if opts.cmd.is_empty() {
+        args.extend(image.cmd.iter().cloned());
+    } else {
+        args.extend(opts.cmd.iter().cloned());
+    }
+    if args.is_empty() {
+        return Err(RuntimeError::NoCommand);
+    }
+    let env = environment(name, &image.env, &opts.env)?;
+    let cwd = opts
+        .workdir
+        .clone()
+        .filter(|w| !w.is_empty())
+        .unwrap_or_else(|| image.workdir.clone());
+    let cwd = if cwd.is_empty() { "/".to_string() } else { cwd };
+    if !cwd.starts_with('/') {
+        return Err(RuntimeError::Config(format!(
+            "the working directory {cwd:?} is not absolute"
+        )));
+    }
+    let user_spec = opts.user.clone().unwrap_or_else(|| image.user.clone());
+    let (uid, gid) = resolve_user(rootfs, &user_spec)?;
+    let caps: oci_spec::runtime::Capabilities = CAPABILITIES.into_iter().collect();
+    let effective = if uid == 0 {
+        caps.clone()
+    } else {
+        Default::default()
+    };
+    let capabilities = LinuxCapabilitiesBuilder::default()
+        .bounding(caps.clone())
+        .permitted(effective.clone())
+        .effective(effective)
+        .inheritable(oci_spec::runtime::Capabilities::default())
+        .ambient(oci_spec::runtime::Capabilities::default())
+        .build()
+        .map_err(|e| RuntimeError::Config(e.to_string()))?;
+    let user = UserBuilder::default()
+        .uid(uid)
+        .gid(gid)
+        .build()
+        .map_err(|e| RuntimeError::Config(e.to_string()))?;
+    let default_process = ProcessBuilder::default()
+        .build()
+        .map_err(|e| RuntimeError::Config(e.to_string()))?;
+    let process = ProcessBuilder::default()
+        .terminal(false)
+        .args(args)
+        .env(env)
+        .cwd(cwd)
+        .user(user)
+        .capabilities(capabilities)
+        .no_new_privileges(false)
+        .rlimits(default_process.rlimits().clone().unwrap_or_default())
+        .build()
+        .map_err(|e| RuntimeError::Config(e.to_string()))?;
+    let root = RootBuilder::default()
+        .path(rootfs)
+        .readonly(false)
+        .build()
+        .map_err(|e| RuntimeError::Config(e.to_string()))?;
+    let mut spec = Spec::default();
+    spec.set_version("1.0.2".into());
+    spec.set_process(Some(process));
+    spec.set_root(Some(root));
+    spec.set_hostname(Some(name.chars().take(63).collect()));
+    let mut annotations = std::collections::HashMap::new();
+    annotations.insert("io.fukastor.container".to_string(), name.to_string());
+    spec.set_annotations(Some(annotations));
+    Ok(spec)
+}
+
+/// The image's environment, `PATH` if it has none, `HOSTNAME`, then the
+/// user's `-e` settings (each replacing the same key).
+fn environment(name: &str, image: &[String], user: &[String]) -> Result<Vec<String>> {
+    let mut order: Vec<String> = Vec::new();
+    let mut vars: BTreeMap<String, String> = BTreeMap::new();
+    let mut set = |kv: &str| {
+        let (k, _) = kv.split_once('=').unwrap_or((kv, ""));
+        if !vars.contains_key(k) {
+            order.push(k.to_string());
+        }
+        vars.insert(k.to_string(), kv.to_string());
+    };
+    if !image.iter().any(|e| e.starts_with("PATH=")) {
+        set(DEFAULT_PATH);
+    }
+    for e in image {
+        set(e);
+    }
+    set(&format!(
+        "HOSTNAME={}",
+        name.chars().take(63).collect::<String>()
+    ));
+    for e in user {
+        match e.split_once('=') {
+            Some((k, _)) if !k.is_empty() => set(e),
+            _ => {
+                return Err(RuntimeError::Config(format!("-e {e:?} is not KEY=VALUE")));
+            }
+        }
+    }
+    Ok(order.into_iter().map(|k| vars[&k].clone()).collect())
+}
+
+/// Resolves `user[:group]` (names or numbers) to a uid and gid, looking
+/// names up in the container's `/etc/passwd` and `/etc/group`. An empty
+/// spec is root.
+pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<(u32, u32)> {
+    if spec.is_empty() {
+        return Ok((0, 0));
+    }
+    let (user, group) = match spec.split_once(':') {
+        Some((u, g)) => (u, Some(g)),
+        None => (spec, None),
+    };
+    let passwd = read_in_root(rootfs, "etc/passwd");
+    // name:x:uid:gid:...
+    let entry = |pred: &dyn Fn(&[&str]) -> bool| -> Option<(u32, u32)> {
+        passwd.lines().find_map(|l| {
+            let f: Vec<&str> = l.split(':').collect();
+            if f.len() < 4 || !pred(&f) {
+                return None;
+            }
+            Some((f[2].parse().ok()?, f[3].parse().ok()?))
+        })
+    };
+    let (uid, primary) = match user.parse::<u32>() {
+        Ok(uid) => (uid, entry(&|f| f[2] == user).map_or(0, |(_, g)| g)),
+        Err(_) => entry(&|f| f[0] == user).ok_or_else(|| RuntimeError::User {
+            user: spec.to_string(),
+            why: format!("no user {user:?} in the image's /etc/passwd"),
+        })?,
+    };
+    let gid = match group {
+        None | Some("") => primary,
+        Some(g) => match g.parse::<u32>() {
+            Ok(gid) => gid,
+            Err(_) => read_in_root(rootfs, "etc/group")
+                .lines()
+                .find_map(|l| {
+                    let f: Vec<&str> = l.split(':').collect();
+                    (f.len() >= 3 && f[0] == g).then(|| f[2].parse().ok())?
+                })
+                .ok_or_else(|| RuntimeError::User {
+                    user: spec.to_string(),
+                    why: format!("no group {g:?} in the image's /etc/group"),
+                })?,
+        },
+    };
+    Ok((uid, gid))
+}
+
+/// Reads a file of the container, resolving symlinks inside its root (a
+/// hostile `/etc/passwd -> /host/file` cannot reach the host). Missing or
+/// unreadable: empty.
+fn read_in_root(rootfs: &Path, rel: &str) -> String {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let Ok(root) = rustix::fs::open(
+        rootfs,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    ) else {
+        return String::new();
+    };
+    let Ok(fd) = rustix::fs::openat2(
+        &root,
+        rel,
+        OFlags::RDONLY | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    ) else {
+        return String::new();
+    };
+    let mut s = String::new();
+    let _ = std::fs::File::from(fd).take(4 << 20).read_to_string(&mut s);
+    s
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rootfs() -> tempfile::TempDir {
+        let d = tempfile::tempdir().unwrap();
+        std::fs::create_dir(d.path().join("etc")).unwrap();
+        std::fs::write(
+            d.path().join("etc/passwd"),
+            "root:x:0:0:root:/root:/bin/sh\nweb:x:1000:1001::/home/web:/bin/sh\n",
+        )
+        .unwrap();
+        std::fs::write(d.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
+        d
+    }
+
+    #[test]
+    fn users() {
+        let r = rootfs();
+        assert_eq!(resolve_user(r.path(), "").unwrap(), (0, 0));
+        assert_eq!(resolve_user(r.path(), "web").unwrap(), (1000, 1001));
+        assert_eq!(resolve_user(r.path(), "1000").unwrap(), (1000, 1001));
+        assert_eq!(resolve_user(r.path(), "1234").unwrap(), (1234, 0));
+        assert_eq!(resolve_user(r.path(), "web:staff").unwrap(), (1000, 50));
+        assert_eq!(resolve_user(r.path(), "7:8").unwrap(), (7, 8));
+        assert!(resolve_user(r.path(), "nobody").is_err());
+        assert!(resolve_user(r.path(), "web:nogroup").is_err());
+    }
+
+    #[test]
+    fn passwd_symlink_cannot_leave_the_root() {
+        let r = tempfile::tempdir().unwrap();
+        std::fs::create_dir(r.path().join("etc")).unwrap();
+        let outside = tempfile::NamedTempFile::new().unwrap();
+        std::fs::write(outside.path(), "evil:x:0:0::/:/bin/sh\n").unwrap();
+        std::os::unix::fs::symlink(outside.path(), r.path().join("etc/passwd")).unwrap();
+        assert!(resolve_user(r.path(), "evil").is_err());
+    }
+
+    #[test]
+    fn environment_order_and_overrides() {
+        let env = environment(
+            "c1",
+            &["PATH=/bin".into(), "A=1".into()],
+            &["A=2".into(), "B=3".into()],
+        )
+        .unwrap();
+        assert_eq!(env, ["PATH=/bin", "A=2", "HOSTNAME=c1", "B=3"]);
+        let env = environment("c1", &[], &[]).unwrap();
+        assert_eq!(env, [DEFAULT_PATH, "HOSTNAME=c1"]);
+        assert!(environment("c1", &[], &["=x".into()]).is_err());
+        assert!(environment("c1", &[], &["novalue".into()]).is_err());
+    }
+
+    #[test]
+    fn command_and_workdir() {
+        let r = rootfs();
+        let image = ImageProcess {
+            entrypoint: vec!["/bin/ep".into()],
+            cmd: vec!["default".into()],
+            workdir: "/srv".into(),
+            user: "web".into(),
+            ..Default::default()
+        };
+        let spec = build("c", r.path(), &image, &ProcessOptions::default()).unwrap();
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(p.args().as_ref().unwrap(), &["/bin/ep", "default"]);
+        assert_eq!(p.cwd(), Path::new("/srv"));
+        assert_eq!((p.user().uid(), p.user().gid()), (1000, 1001));
+        let opts = ProcessOptions {
+            cmd: vec!["other".into()],
+            workdir: Some("/tmp".into()),
+            user: Some("0".into()),
+            ..Default::default()
+        };
+        let spec = build("c", r.path(), &image, &opts).unwrap();
+        let p = spec.process().as_ref().unwrap();
+        assert_eq!(p.args().as_ref().unwrap(), &["/bin/ep", "other"]);
+        assert_eq!(p.cwd(), Path::new("/tmp"));
+        assert_eq!(p.user().uid(), 0);
+        assert!(matches!(
+            build(
+                "c",
+                r.path(),
+                &ImageProcess::default(),
+                &ProcessOptions::default()
+            ),
+            Err(RuntimeError::NoCommand)
+        ));
+    }
+}
