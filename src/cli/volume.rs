@@ -40,6 +40,11 @@ pub enum VolumeCommand {
         /// Its name.
         name: String,
     },
+    /// Rewrite a volume's own layers with only their live blocks (the server also does this by itself).
+    Compact {
+        /// Its name.
+        name: String,
+    },
 }
 
 /// `snapshot …` (TARGET: a container or a volume).
@@ -199,6 +204,36 @@ pub fn volume(out: &mut impl Write, cli: &Cli, cmd: &VolumeCommand) -> CliResult
         VolumeCommand::Detach { name } => {
             server::call(&paths, &Request::Detach { name: name.clone() })?;
             Ok(())
+        }
+        VolumeCommand::Compact { name } => {
+            let r = server::call(&paths, &Request::Compact { name: name.clone() })?;
+            let Response::Compacted {
+                replaced,
+                bytes_before,
+                bytes_after,
+                garbage_before,
+                ..
+            } = &r
+            else {
+                return Err(unexpected());
+            };
+            if cli.json {
+                return writeln!(out, "{}", serde_json::to_string_pretty(&r).expect("json"))
+                    .map_err(io);
+            }
+            if replaced.is_empty() {
+                writeln!(out, "{name}: nothing to compact").map_err(io)
+            } else {
+                writeln!(
+                    out,
+                    "{name}: {} layers ({}, {} of it garbage) rewritten as {}",
+                    replaced.len(),
+                    human(*bytes_before),
+                    human(*garbage_before),
+                    human(*bytes_after)
+                )
+                .map_err(io)
+            }
         }
     }
 }

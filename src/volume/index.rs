@@ -10,6 +10,13 @@
 //! the base, or all zeros: no memory) or an array of 16-byte slots. A volume
 //! of size S costs 16 bytes per 4 MiB of S at the top level plus 16 KiB per
 //! chunk holding data; discarding whole chunks frees their arrays.
+//!
+//! The index also counts, for every layer slot, the blocks whose current
+//! content it holds (its **live** blocks): a layer's write records minus its
+//! live blocks are its garbage, which compaction frees. Keeping the counts
+//! costs a comparison per update.
+
+use super::layer_index::Entry;
 
 /// Blocks per chunk.
 pub(crate) const CHUNK: u64 = 1024;
@@ -79,6 +86,8 @@ enum Chunk {
 pub(crate) struct Index {
     chunks: Vec<Chunk>,
     blocks: u64,
+    /// Live blocks per layer slot.
+    live: Vec<u64>,
 }
 
 impl std::fmt::Debug for Index {
@@ -101,7 +110,38 @@ impl Index {
         let n = blocks.div_ceil(CHUNK) as usize;
         let mut chunks = Vec::with_capacity(n);
         chunks.resize_with(n, || Chunk::Base);
-        Index { chunks, blocks }
+        Index {
+            chunks,
+            blocks,
+            live: Vec::new(),
+        }
+    }
+
+    /// The blocks whose current content is in layer slot `layer`.
+    pub fn live(&self, layer: u32) -> u64 {
+        self.live.get(layer as usize).copied().unwrap_or(0)
+    }
+
+    /// Appends to `out` the blocks of chunk `chunk` held by layer slot
+    /// `layer`, in block order.
+    pub fn collect(&self, chunk: u64, layer: u32, out: &mut Vec<Entry>) {
+        if let Some(Chunk::Map(slots)) = self.chunks.get(chunk as usize) {
+            for (i, s) in slots.iter().enumerate() {
+                if s.layer == layer {
+                    out.push(Entry {
+                        block: chunk * CHUNK + i as u64,
+                        offset: s.offset,
+                        crc: s.crc,
+                    });
+                }
+            }
+        }
+    }
+
+    fn uncount(live: &mut [u64], old: Slot) {
+        if old.layer < ZERO {
+            live[old.layer as usize] -= 1;
+        }
     }
 
     /// Where block `b` is. `b` must be below the volume's block count.
@@ -130,7 +170,16 @@ impl Index {
                 }
             }
         };
-        slots[(b % CHUNK) as usize] = Slot::pack(l);
+        let slot = &mut slots[(b % CHUNK) as usize];
+        Self::uncount(&mut self.live, *slot);
+        *slot = Slot::pack(l);
+        if let Lookup::Data { layer, .. } = l {
+            let layer = layer as usize;
+            if self.live.len() <= layer {
+                self.live.resize(layer + 1, 0);
+            }
+            self.live[layer] += 1;
+        }
     }
 
     /// Makes blocks `first .. first + count` read as zeros; whole chunks
@@ -141,7 +190,12 @@ impl Index {
         while b < end {
             let chunk_end = ((b / CHUNK + 1) * CHUNK).min(self.blocks);
             if b % CHUNK == 0 && chunk_end <= end {
-                self.chunks[(b / CHUNK) as usize] = Chunk::Zero;
+                let old = std::mem::replace(&mut self.chunks[(b / CHUNK) as usize], Chunk::Zero);
+                if let Chunk::Map(slots) = old {
+                    for s in slots.iter() {
+                        Self::uncount(&mut self.live, *s);
+                    }
+                }
                 b = chunk_end;
             } else {
                 let stop = chunk_end.min(end);
@@ -194,5 +248,32 @@ mod tests {
         );
         assert_eq!(ix.get(blocks - 1), Lookup::Zero);
         assert!(matches!(ix.chunks[3], Chunk::Zero));
+    }
+
+    #[test]
+    fn live_counts_follow_every_update() {
+        let mut ix = Index::new(4 * CHUNK);
+        let d = |layer, offset| Lookup::Data {
+            layer,
+            offset,
+            crc: 0,
+        };
+        for b in 0..CHUNK + 10 {
+            ix.set(b, d(0, b + 1));
+        }
+        assert_eq!(ix.live(0), CHUNK + 10);
+        ix.set(3, d(2, 9)); // overwritten by layer 2
+        assert_eq!((ix.live(0), ix.live(1), ix.live(2)), (CHUNK + 9, 0, 1));
+        ix.zero(0, CHUNK); // a whole chunk, holding layer 2's block
+        assert_eq!((ix.live(0), ix.live(2)), (10, 0));
+        ix.zero(CHUNK + 5, 100); // part of a chunk
+        assert_eq!(ix.live(0), 5);
+        let mut out = Vec::new();
+        ix.collect(1, 0, &mut out);
+        assert_eq!(
+            out.iter().map(|e| e.block).collect::<Vec<_>>(),
+            (CHUNK..CHUNK + 5).collect::<Vec<_>>()
+        );
+        assert_eq!(out[0].offset, CHUNK + 1);
     }
 }

@@ -68,6 +68,10 @@ pub(crate) struct Replayed {
     pub last_start: Pos,
     /// The end of the last valid commit record.
     pub end: Pos,
+    /// The header CRC of that commit record (0 when there is none).
+    pub end_crc: u32,
+    /// The header CRC of the commit record ending at `last_start`.
+    pub last_start_crc: u32,
     /// The file's length.
     pub len: u64,
 }
@@ -96,6 +100,7 @@ pub(crate) fn replay(
         seq: 0,
     };
     let (mut last_start, mut end) = (start, start);
+    let (mut last_start_crc, mut end_crc) = (0u32, 0u32);
     let (mut last, mut batch) = (Vec::new(), Vec::new());
     let (mut pos, mut seq, mut chain) = (LAYER_HEADER_LEN, 0u64, 0u32);
     loop {
@@ -143,6 +148,8 @@ pub(crate) fn replay(
                 last = std::mem::take(&mut batch);
                 pos += RECORD_HEADER_LEN;
                 last_start = end;
+                last_start_crc = end_crc;
+                end_crc = hcrc;
                 end = Pos {
                     end: pos,
                     seq: seq + 1,
@@ -159,6 +166,8 @@ pub(crate) fn replay(
         last,
         last_start,
         end,
+        end_crc,
+        last_start_crc,
         len,
     })
 }
@@ -231,17 +240,21 @@ pub(crate) struct Head {
     pub pending: u64,
     /// The chain CRC of those records' header CRCs.
     chain: u32,
+    /// The header CRC of the last commit record (0 before the first).
+    pub last_crc: u32,
 }
 
 impl Head {
-    /// A head whose valid content ends at `next`.
-    pub fn new(id: u64, file: Arc<dyn BackendFile>, next: Pos) -> Head {
+    /// A head whose valid content ends at `next`, after a commit record
+    /// whose header CRC is `last_crc` (0 when there is none).
+    pub fn new(id: u64, file: Arc<dyn BackendFile>, next: Pos, last_crc: u32) -> Head {
         Head {
             id,
             file,
             next,
             pending: 0,
             chain: 0,
+            last_crc,
         }
     }
 
@@ -271,6 +284,16 @@ impl Head {
     /// Appends a commit record for the pending records and syncs the file.
     /// Does nothing when nothing is pending.
     pub fn commit(&mut self) -> std::io::Result<()> {
+        self.commit_with(true)
+    }
+
+    /// Appends a commit record without syncing (for a layer written whole
+    /// and synced once, by compaction).
+    pub fn commit_unsynced(&mut self) -> std::io::Result<()> {
+        self.commit_with(false)
+    }
+
+    fn commit_with(&mut self, sync: bool) -> std::io::Result<()> {
         if self.pending == 0 {
             return Ok(());
         }
@@ -281,14 +304,18 @@ impl Head {
             count: self.pending,
             crc: self.chain,
         };
-        self.file.write_at(&h.encode().0, self.next.end)?;
-        self.file.sync()?;
+        let (bytes, hcrc) = h.encode();
+        self.file.write_at(&bytes, self.next.end)?;
+        if sync {
+            self.file.sync()?;
+        }
         self.next = Pos {
             end: self.next.end + RECORD_HEADER_LEN,
             seq: self.next.seq + 1,
         };
         self.pending = 0;
         self.chain = 0;
+        self.last_crc = hcrc;
         Ok(())
     }
 }
@@ -304,6 +331,13 @@ pub(crate) struct Staged {
 }
 
 impl Staged {
+    /// Records staged.
+    pub fn records(&self) -> u64 {
+        self.records
+    }
+}
+
+impl Staged {
     /// Stages a record (`payload` is the block of a write, empty otherwise)
     /// and returns the file offset its payload will have.
     pub fn push(&mut self, kind: Kind, block: u64, count: u64, payload: &[u8]) -> (u64, u32) {
@@ -312,6 +346,18 @@ impl Staged {
         } else {
             0
         };
+        self.push_with_crc(kind, block, count, payload, crc)
+    }
+
+    /// Like [`Staged::push`], with the payload's CRC already known.
+    pub fn push_with_crc(
+        &mut self,
+        kind: Kind,
+        block: u64,
+        count: u64,
+        payload: &[u8],
+        crc: u32,
+    ) -> (u64, u32) {
         let h = RecordHeader {
             kind,
             seq: self.at.seq,

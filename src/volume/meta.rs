@@ -172,6 +172,28 @@ pub(crate) fn read(backend: &dyn Backend, name: &str) -> Result<VolumeMeta> {
     Ok(m)
 }
 
+/// The layers referenced by metadata other than volume `name`'s own stack
+/// (`m`): its snapshots, and every other volume's stack and snapshots.
+/// Compaction may rewrite only layers of the stack outside this set. Call
+/// under the pool's lock.
+pub(crate) fn shared_layers(
+    backend: &dyn Backend,
+    name: &str,
+    m: &VolumeMeta,
+) -> Result<std::collections::BTreeSet<u64>> {
+    let mut shared: std::collections::BTreeSet<u64> = m
+        .snapshots
+        .iter()
+        .flat_map(|s| s.layers.iter().copied())
+        .collect();
+    for other in list(backend)?.0 {
+        if other != name {
+            shared.extend(read(backend, &other)?.referenced());
+        }
+    }
+    Ok(shared)
+}
+
 /// Whether a volume has metadata.
 pub(crate) fn exists(backend: &dyn Backend, name: &str) -> Result<bool> {
     match read(backend, name) {

@@ -12,6 +12,7 @@
 //! POOL/
 //!   volumes/<name>.json   a volume: size, base, stack of layer IDs, snapshots
 //!   layers/<id>.data      a layer: header, then append-only records
+//!   layers/<id>.index     a sealed layer's blocks (without payloads)
 //! ```
 //!
 //! A [`Volume`] is a virtual disk of fixed size in 4 KiB blocks, read through
@@ -20,6 +21,12 @@
 //! of records (write one block, discard a range, commit); only the head is
 //! written. An in-memory merged index (`index.rs`) maps every block to the
 //! layer and offset of its current content, so a read is one lookup.
+//! Opening a volume builds it from the sealed layers' index files (written
+//! when a layer is sealed) and a replay of the head, so it reads a few bytes
+//! per block, not the data. [`Volume::compact`] rewrites the live blocks of
+//! the layers only one volume uses into one layer, while the volume is in
+//! use; the garbage it would free is counted as blocks are overwritten
+//! ([`VolumeStats::garbage_bytes`]).
 //!
 //! # Invariants
 //!
@@ -37,7 +44,13 @@
 //!   durable.
 //! - **Garbage, never loss.** A crash at any step leaves at worst layer files
 //!   no metadata references; only [`Pool::reclaim`] removes them, and only
-//!   after reading every metadata file.
+//!   after reading every metadata file (and never a layer compaction is
+//!   still writing: it is pinned).
+//! - **Index files are accelerators.** One is used only if its checksums,
+//!   its layer's length and its layer's last commit record match; otherwise
+//!   the layer is replayed, and the index written again.
+//! - **Compaction changes no byte.** The new layer holds the net content of
+//!   the layers it replaces, and metadata names it only once it is durable.
 //! - **Errors poison, reopening heals.** An I/O error while a volume writes
 //!   (write, discard, flush, snapshot, rollback) makes every later write fail
 //!   ([`VolumeError::Failed`]); dropping and reopening the volume replays its
@@ -53,7 +66,9 @@
 //! volume are serialised by its head lock; snapshot, rollback, clone and
 //! metadata changes are serialised by the pool's lock, which reads and
 //! writes never take. [`Pool::reclaim`] holds that lock only while it reads
-//! the metadata, and deletes afterwards.
+//! the metadata, and deletes afterwards. Compaction holds the head lock only
+//! to seal the head and to switch stacks, and the index's write lock only to
+//! move the entries of the layers it replaced.
 //!
 //! Lock order: a volume's head, then the pool, then the volume's index.
 //!
@@ -61,14 +76,18 @@
 //!
 //! `crc.rs` (CRC-32C), `format.rs` (layer and record layout), `backend.rs`
 //! (the I/O seam), `index.rs` (merged index), `layer.rs` (replay and the head
-//! writer), `meta.rs` (metadata files), `pool.rs` (volumes, clones, reclaim),
-//! `stack.rs` (an open volume: I/O, flush, snapshot, rollback).
+//! writer), `layer_index.rs` (layer index files, net contents), `meta.rs`
+//! (metadata files), `pool.rs` (volumes, clones, reclaim), `stack.rs` (an
+//! open volume: I/O, flush, snapshot, rollback, compaction), `compact.rs`
+//! (compaction's writer).
 
 mod backend;
+mod compact;
 mod crc;
 mod format;
 mod index;
 mod layer;
+mod layer_index;
 pub mod loopdev;
 mod meta;
 mod pool;
@@ -83,7 +102,7 @@ pub use backend::{Backend, BackendFile, StdBackend};
 pub use format::BLOCK_SIZE;
 pub use meta::{SnapshotInfo, VolumeInfo};
 pub use pool::{Pool, ReclaimReport, VolumeOptions};
-pub use stack::{Volume, VolumeStats};
+pub use stack::{CompactReport, Volume, VolumeStats};
 
 use crate::error::Coded;
 
@@ -207,6 +226,14 @@ pub enum VolumeError {
     /// Building an ext4 template volume failed.
     #[error("cannot build the ext4 template: {0}")]
     Template(String),
+    /// A compaction gave up before it changed anything.
+    #[error("compaction of volume {volume:?} gave up: {reason}")]
+    Abandoned {
+        /// The volume.
+        volume: String,
+        /// Why.
+        reason: String,
+    },
     /// An error the volume server reported.
     #[error("{message}")]
     Remote {
@@ -221,10 +248,10 @@ pub enum VolumeError {
 
 /// Every code of this module, to give a code received from the server back
 /// its static form.
-const CODES: [&str; 21] = [
+const CODES: [&str; 22] = [
     "FK0700", "FK0701", "FK0702", "FK0703", "FK0704", "FK0705", "FK0706", "FK0707", "FK0708",
     "FK0709", "FK0710", "FK0711", "FK0712", "FK0713", "FK0714", "FK0715", "FK0716", "FK0717",
-    "FK0718", "FK0719", "FK0720",
+    "FK0718", "FK0719", "FK0720", "FK0721",
 ];
 
 impl Coded for VolumeError {
@@ -251,6 +278,7 @@ impl Coded for VolumeError {
             VolumeError::Loop(_) => "FK0718",
             VolumeError::Freeze(_) => "FK0719",
             VolumeError::Template(_) => "FK0720",
+            VolumeError::Abandoned { .. } => "FK0721",
             VolumeError::Remote { code, .. } => CODES
                 .iter()
                 .find(|c| **c == code.as_str())
@@ -307,6 +335,11 @@ impl Coded for VolumeError {
                 "mount the volume's filesystem (or snapshot without --atomic); if a filesystem stayed frozen, `fsfreeze --unfreeze` it".into()
             }
             VolumeError::Template(_) => "install e2fsprogs (mkfs.ext4) and check free space".into(),
+            VolumeError::Abandoned { .. } => {
+                "nothing changed; run it again (a snapshot or rollback while it runs, or a \
+                 cancellation, makes compaction give up)"
+                    .into()
+            }
             VolumeError::Remote { hint, .. } => hint.clone(),
         }
     }

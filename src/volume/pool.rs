@@ -5,9 +5,12 @@
 //! Every change to metadata, and every creation of a layer file, happens
 //! under the pool's lock, so [`Pool::reclaim`], which lists layer files and
 //! reads every metadata file under the same lock, never mistakes a layer
-//! being born for garbage. A layer that no metadata references can never be
-//! referenced again (new references are only ever copied from existing
-//! ones), so reclaim deletes after releasing the lock.
+//! being born for garbage. A layer written over a longer time before any
+//! metadata names it (compaction's output) is **pinned** in the pool's
+//! state meanwhile, and reclaim leaves pinned layers alone. A layer that no
+//! metadata references can never be referenced again (new references are
+//! only ever copied from existing ones), so reclaim deletes after releasing
+//! the lock. A layer's index file (`<id>.index`) goes with its data file.
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -17,6 +20,7 @@ use std::sync::{Arc, Mutex};
 use super::backend::{Backend, StdBackend};
 use super::format::{BLOCK_SIZE, BS, FORMAT};
 use super::layer::{self, layer_path};
+use super::layer_index::index_path;
 use super::meta::{self, BaseMeta, VolumeInfo, VolumeMeta};
 use super::stack::Volume;
 use super::{MAX_SIZE, Result, VolumeError, io_err, lock};
@@ -66,6 +70,8 @@ pub struct ReclaimReport {
     pub bytes: u64,
     /// Leftover temporary metadata files removed.
     pub temp_files: usize,
+    /// Layer index files removed (with their layers, or left alone).
+    pub index_files: usize,
 }
 
 /// State shared by a pool and its open volumes.
@@ -80,6 +86,8 @@ pub(crate) struct Shared {
 pub(crate) struct PoolState {
     /// Volumes open in this process.
     pub open: BTreeSet<String>,
+    /// Layers being written that no metadata names yet: not garbage.
+    pub pinned: BTreeSet<u64>,
     next_layer: u64,
 }
 
@@ -128,8 +136,10 @@ impl Pool {
                 .map_err(io_err(ctx.clone()))?;
             backend.sync_dir(Path::new(dir)).map_err(io_err(ctx))?;
         }
-        // The next layer ID is past every ID in use, named or not.
-        let mut max = layer_files(&*backend)?.into_iter().max().unwrap_or(0);
+        // The next layer ID is past every ID in use, named or not (an
+        // index file left without its layer counts too).
+        let (data, indexes) = layer_files(&*backend)?;
+        let mut max = data.union(&indexes).max().copied().unwrap_or(0);
         for name in meta::list(&*backend)?.0 {
             max = max.max(
                 meta::read(&*backend, &name)?
@@ -140,6 +150,7 @@ impl Pool {
         }
         let state = PoolState {
             open: BTreeSet::new(),
+            pinned: BTreeSet::new(),
             next_layer: max + 1,
         };
         Ok(Pool {
@@ -292,15 +303,15 @@ impl Pool {
         meta::remove(self.backend(), name)
     }
 
-    /// Removes every layer file no volume or snapshot references, and
-    /// leftover temporary files. Safe while volumes are open and in use:
-    /// the pool's lock is held only while metadata is read, never while
-    /// files are deleted. A metadata file that cannot be read stops it
-    /// before it deletes anything.
+    /// Removes every layer file (data and index) no volume or snapshot
+    /// references, and leftover temporary files. Safe while volumes are
+    /// open and in use (or being compacted): the pool's lock is held only
+    /// while metadata is read, never while files are deleted. A metadata
+    /// file that cannot be read stops it before it deletes anything.
     pub fn reclaim(&self) -> Result<ReclaimReport> {
         let mut report = ReclaimReport::default();
-        let garbage: Vec<u64> = {
-            let _st = lock(&self.shared.state);
+        let (garbage, data, indexes) = {
+            let st = lock(&self.shared.state);
             let (names, temps) = meta::list(self.backend())?;
             let mut live = BTreeSet::new();
             for name in &names {
@@ -313,25 +324,40 @@ impl Pool {
                     .map_err(io_err(format!("removing {}", t.display())))?;
                 report.temp_files += 1;
             }
-            layer_files(self.backend())?
-                .into_iter()
-                .filter(|id| !live.contains(id))
-                .collect()
+            let (data, indexes) = layer_files(self.backend())?;
+            let garbage: Vec<u64> = data
+                .union(&indexes)
+                .filter(|id| !live.contains(id) && !st.pinned.contains(id))
+                .copied()
+                .collect();
+            (garbage, data, indexes)
         };
         for id in garbage {
-            let path = layer_path(id);
-            let len = self
-                .backend()
-                .open(&path, false)
-                .and_then(|f| f.len())
-                .unwrap_or(0);
-            self.backend()
-                .remove(&path)
-                .map_err(io_err(format!("removing {}", path.display())))?;
-            report.layers += 1;
-            report.bytes += len;
+            for (path, is_data) in [(layer_path(id), true), (index_path(id), false)] {
+                let present = if is_data { &data } else { &indexes };
+                if !present.contains(&id) {
+                    continue;
+                }
+                let len = self
+                    .backend()
+                    .open(&path, false)
+                    .and_then(|f| f.len())
+                    .unwrap_or(0);
+                match self.backend().remove(&path) {
+                    Ok(()) => {}
+                    // Another reclaim got there first.
+                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
+                    Err(e) => return Err(io_err(format!("removing {}", path.display()))(e)),
+                }
+                if is_data {
+                    report.layers += 1;
+                } else {
+                    report.index_files += 1;
+                }
+                report.bytes += len;
+            }
         }
-        if report.layers > 0 {
+        if report.layers + report.index_files > 0 {
             self.backend()
                 .sync_dir(Path::new(LAYERS))
                 .map_err(io_err("syncing layers"))?;
@@ -357,14 +383,18 @@ pub(crate) fn check_size(size: u64) -> Result<()> {
     Ok(())
 }
 
-/// The IDs of the layer files present (files named `<id>.data`).
-fn layer_files(backend: &dyn Backend) -> Result<Vec<u64>> {
+/// The IDs of the layer data files present (`<id>.data`), and of the
+/// index files present (`<id>.index`).
+fn layer_files(backend: &dyn Backend) -> Result<(BTreeSet<u64>, BTreeSet<u64>)> {
     let names = backend
         .list(Path::new(LAYERS))
         .map_err(io_err("listing layers"))?;
-    Ok(names
-        .iter()
-        .filter_map(|n| n.strip_suffix(".data")?.parse::<u64>().ok())
-        .filter(|id| names.contains(&format!("{id}.data")))
-        .collect())
+    let ids = |suffix: &str| -> BTreeSet<u64> {
+        names
+            .iter()
+            .filter_map(|n| n.strip_suffix(suffix)?.parse::<u64>().ok())
+            .filter(|id| names.contains(&format!("{id}{suffix}")))
+            .collect()
+    };
+    Ok((ids(".data"), ids(".index")))
 }

@@ -34,7 +34,19 @@
 //! into filesystem reclaim), serves requests with preallocated per-thread
 //! buffers, and frees snapshot and volume space ([`crate::volume::Pool::reclaim`])
 //! on a separate thread after answering, outside every lock writeback needs.
+//!
+//! # Compaction
+//!
+//! Compaction ([`crate::volume::Volume::compact`]) runs on a background
+//! thread, never on the control thread or a FUSE thread: for a volume just
+//! detached, for attached volumes checked every [`COMPACT_CHECK`], when
+//! [`worth_compacting`] says so, and on request ([`Request::Compact`], whose
+//! answer comes when it is done). A volume being compacted stays open; an
+//! attach or a snapshot uses it as it is, and a removal or rollback cancels
+//! the compaction and waits for it to let go. A server stops only once its
+//! compactions have ended.
 
+use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
 use std::os::fd::{AsFd, AsRawFd, OwnedFd};
 use std::os::unix::net::{UnixListener, UnixStream};
@@ -46,7 +58,9 @@ use std::time::{Duration, Instant};
 
 use serde::{Deserialize, Serialize};
 
-use super::{Pool, Result, VolumeError, VolumeOptions, loopdev};
+use super::{
+    CompactReport, Pool, Result, Volume, VolumeError, VolumeOptions, VolumeStats, loopdev,
+};
 use crate::error::Coded;
 use crate::fuse::disk::DiskFs;
 
@@ -59,6 +73,19 @@ const WAIT: Duration = Duration::from_secs(60);
 
 /// The snapshot of a template volume that containers are cloned from.
 pub const TEMPLATE_SNAPSHOT: &str = "formatted";
+
+/// How often attached volumes are checked for compaction.
+pub const COMPACT_CHECK: Duration = Duration::from_secs(30);
+
+/// The least garbage worth a compaction.
+const COMPACT_MIN_GARBAGE: u64 = 64 << 20;
+
+/// Whether a volume's garbage is worth compacting: more than 64 MiB, and
+/// more than half of what the layers compaction may rewrite take (so that
+/// compaction copies no more live data than it frees).
+pub fn worth_compacting(s: &VolumeStats) -> bool {
+    s.garbage_bytes > COMPACT_MIN_GARBAGE && s.garbage_bytes > s.own_bytes / 2
+}
 
 /// Where a store keeps its pool and server files.
 #[derive(Debug, Clone)]
@@ -181,6 +208,13 @@ pub enum Request {
         /// Size in bytes.
         size: u64,
     },
+    /// `volume compact`: compact the volume's own layers, attached or not
+    /// (answered with [`Response::Compacted`] once done; a server runs it
+    /// on a background thread).
+    Compact {
+        /// Name.
+        name: String,
+    },
 }
 
 impl Request {
@@ -248,6 +282,36 @@ pub enum Response {
     },
     /// The server is stopping: ask again.
     Retry,
+    /// `volume compact`: what compaction did.
+    Compacted {
+        /// The volume.
+        volume: String,
+        /// The layers replaced, bottom to top; empty when there was no
+        /// garbage to free.
+        replaced: Vec<u64>,
+        /// The layer that replaced them.
+        layer: Option<u64>,
+        /// Bytes of the replaced layers (freed by the reclaim that follows).
+        bytes_before: u64,
+        /// Bytes of the new layer.
+        bytes_after: u64,
+        /// The volume's garbage bytes before.
+        garbage_before: u64,
+        /// And after.
+        garbage_after: u64,
+    },
+}
+
+fn compacted(volume: &str, r: &CompactReport) -> Response {
+    Response::Compacted {
+        volume: volume.to_string(),
+        replaced: r.replaced.clone(),
+        layer: r.layer,
+        bytes_before: r.bytes_before,
+        bytes_after: r.bytes_after,
+        garbage_before: r.garbage_before,
+        garbage_after: r.garbage_after,
+    }
 }
 
 /// Sends `req` to the pool's owner: the running server, or this process
@@ -396,6 +460,15 @@ struct Served {
     devices: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
     /// The FUSE session, mounted while something is attached.
     session: std::sync::Mutex<Option<fuser::BackgroundSession>>,
+    /// Compactions running on background threads, by volume.
+    compactions: Arc<std::sync::Mutex<BTreeMap<String, CompactJob>>>,
+}
+
+/// A background compaction: the volume (kept open by it) and the
+/// connections waiting for its result.
+struct CompactJob {
+    volume: Arc<Volume>,
+    waiters: Vec<UnixStream>,
 }
 
 impl Served {
@@ -455,11 +528,152 @@ impl Ctx {
             .map_or(0, |s| super::lock(&s.devices).len())
     }
 
+    /// Refuses an attached volume; stops a background compaction of a
+    /// detached one (the caller needs it closed).
     fn refuse_attached(&self, name: &str) -> Result<()> {
         if self.device(name).is_some() {
             return Err(VolumeError::Attached(name.to_string()));
         }
+        self.stop_compaction(Some(name));
         Ok(())
+    }
+
+    /// The volume a background compaction holds open.
+    fn compacting_volume(&self, name: &str) -> Option<Arc<Volume>> {
+        let s = self.served.as_ref()?;
+        super::lock(&s.compactions)
+            .get(name)
+            .map(|j| j.volume.clone())
+    }
+
+    /// The volume open in this server (attached, or being compacted), or
+    /// opened now.
+    fn open_shared(&self, name: &str) -> Result<Arc<Volume>> {
+        let open = self.served.as_ref().and_then(|s| s.disks.get(name));
+        match open.or_else(|| self.compacting_volume(name)) {
+            Some(v) => Ok(v),
+            None => Ok(Arc::new(self.pool.open_volume(name)?)),
+        }
+    }
+
+    fn compactions(&self) -> usize {
+        self.served
+            .as_ref()
+            .map_or(0, |s| super::lock(&s.compactions).len())
+    }
+
+    /// Compacts `volume` on a background thread, unless that is under way;
+    /// `waiter` gets the result. Then frees the old layers.
+    fn compact_in_background(&self, name: &str, volume: Arc<Volume>, waiter: Option<UnixStream>) {
+        let Some(served) = &self.served else {
+            return;
+        };
+        {
+            let mut jobs = super::lock(&served.compactions);
+            if let Some(job) = jobs.get_mut(name) {
+                job.waiters.extend(waiter);
+                return;
+            }
+            let job = CompactJob {
+                volume: volume.clone(),
+                waiters: waiter.into_iter().collect(),
+            };
+            jobs.insert(name.to_string(), job);
+        }
+        let (jobs, pool, name) = (
+            served.compactions.clone(),
+            self.pool.clone(),
+            name.to_string(),
+        );
+        std::thread::spawn(move || {
+            let started = Instant::now();
+            let r = volume.compact();
+            let reply = match &r {
+                Ok(rep) => {
+                    if rep.layer.is_some() {
+                        tracing::info!(
+                            "compacted {name}: layers {:?} ({} bytes) replaced by layer {} ({} bytes, {} blocks); garbage {} -> {} bytes, in {:.1?}",
+                            rep.replaced,
+                            rep.bytes_before,
+                            rep.layer.unwrap_or_default(),
+                            rep.bytes_after,
+                            rep.blocks,
+                            rep.garbage_before,
+                            rep.garbage_after,
+                            started.elapsed()
+                        );
+                    }
+                    compacted(&name, rep)
+                }
+                Err(e) => {
+                    tracing::warn!("compacting {name}: {e}");
+                    error_response(e)
+                }
+            };
+            // Forget the job under its lock, closing the volume unless it
+            // is attached: whoever waits for the job to end then finds it
+            // closed.
+            let waiters = {
+                let mut jobs = super::lock(&jobs);
+                drop(volume);
+                jobs.remove(&name).map(|j| j.waiters).unwrap_or_default()
+            };
+            for w in waiters {
+                send(&w, &reply);
+            }
+            if matches!(&r, Ok(rep) if rep.layer.is_some()) {
+                match pool.reclaim() {
+                    Ok(r) => tracing::info!("reclaimed {} layers, {} bytes", r.layers, r.bytes),
+                    Err(e) => tracing::warn!("reclaiming space: {e}"),
+                }
+            }
+        });
+    }
+
+    /// Starts compacting attached volume `name` if its garbage is worth it.
+    fn compact_if_worth(&self, name: &str, volume: Arc<Volume>) {
+        let stats = volume.stats();
+        if worth_compacting(&stats) {
+            tracing::info!(
+                "compacting {name}: {} bytes of garbage in {} bytes of its own layers",
+                stats.garbage_bytes,
+                stats.own_bytes
+            );
+            self.compact_in_background(name, volume, None);
+        }
+    }
+
+    /// Checks every attached volume for compaction.
+    fn compact_attached(&self) {
+        if let Some(s) = &self.served {
+            for name in s.disks.names() {
+                if let Some(v) = s.disks.get(&name) {
+                    self.compact_if_worth(&name, v);
+                }
+            }
+        }
+    }
+
+    /// Cancels a background compaction of `name` (every one, without a
+    /// name) and waits until it has ended.
+    fn stop_compaction(&self, name: Option<&str>) {
+        let Some(s) = &self.served else {
+            return;
+        };
+        loop {
+            {
+                let jobs = super::lock(&s.compactions);
+                let mut running = jobs
+                    .iter()
+                    .filter(|(n, _)| name.is_none_or(|name| name == n.as_str()))
+                    .peekable();
+                if running.peek().is_none() {
+                    return;
+                }
+                running.for_each(|(_, j)| j.volume.cancel_compaction());
+            }
+            std::thread::sleep(Duration::from_millis(5));
+        }
     }
 
     /// Frees unreferenced layers: on a thread in a server (snapshot and
@@ -538,7 +752,10 @@ impl Ctx {
                 if let Some(device) = self.device(name) {
                     return Ok(Response::Device { device });
                 }
-                let volume = Arc::new(self.pool.open_volume(name)?);
+                let volume = match self.compacting_volume(name) {
+                    Some(v) => v,
+                    None => Arc::new(self.pool.open_volume(name)?),
+                };
                 if let Err(e) = served.mount(&self.paths) {
                     let _ = volume.flush();
                     return Err(e);
@@ -588,10 +805,14 @@ impl Ctx {
                 }
                 loopdev::detach(&device)?;
                 super::lock(&served.devices).remove(name);
-                let flushed = served.disks.remove(name).map_or(Ok(()), |v| v.flush());
+                let volume = served.disks.remove(name);
+                let flushed = volume.as_ref().map_or(Ok(()), |v| v.flush());
                 served.unmount_if_unused();
                 flushed?;
                 tracing::info!("detached {name} ({device})");
+                if let Some(v) = volume {
+                    self.compact_if_worth(name, v);
+                }
                 Ok(Response::Ok)
             }
             Request::Snapshot {
@@ -627,9 +848,15 @@ impl Ctx {
                                 "volume {volume:?} is not attached, so nothing is mounted on it"
                             )));
                         }
-                        let v = self.pool.open_volume(volume)?;
-                        v.snapshot(name)?;
-                        v.close()?;
+                        match self.compacting_volume(volume) {
+                            // (The compaction gives up.)
+                            Some(v) => v.snapshot(name)?,
+                            None => {
+                                let v = self.pool.open_volume(volume)?;
+                                v.snapshot(name)?;
+                                v.close()?;
+                            }
+                        }
                     }
                 }
                 Ok(Response::Ok)
@@ -653,7 +880,12 @@ impl Ctx {
                 Ok(Response::Ok)
             }
             Request::DeleteSnapshot { volume, name } => {
-                self.pool.delete_snapshot(volume, name)?;
+                let open = self.served.as_ref().and_then(|s| s.disks.get(volume));
+                match open.or_else(|| self.compacting_volume(volume)) {
+                    // An open volume learns that the layers are its own.
+                    Some(v) => v.delete_snapshot(name)?,
+                    None => self.pool.delete_snapshot(volume, name)?,
+                }
                 self.reclaim_later();
                 Ok(Response::Ok)
             }
@@ -668,6 +900,24 @@ impl Ctx {
             Request::Template { name, size } => {
                 self.ensure_template(name, *size)?;
                 Ok(Response::Ok)
+            }
+            Request::Compact { name } => {
+                if self.served.is_some() {
+                    // Answered at once; `handle` passes the connection on
+                    // instead, to answer when it is done.
+                    let v = self.open_shared(name)?;
+                    self.compact_in_background(name, v, None);
+                    return Ok(Response::Ok);
+                }
+                let v = self.pool.open_volume(name)?;
+                let r = v.compact();
+                let closed = v.close();
+                let r = r?;
+                closed?;
+                if r.layer.is_some() {
+                    self.reclaim_later();
+                }
+                Ok(compacted(name, &r))
             }
         }
     }
@@ -838,6 +1088,7 @@ pub fn serve(paths: &Paths) -> Result<()> {
             disks: DiskFs::new(),
             devices: Default::default(),
             session: Default::default(),
+            compactions: Default::default(),
         }),
     };
     // Free what earlier crashes, rollbacks and removals left.
@@ -865,6 +1116,7 @@ pub fn serve(paths: &Paths) -> Result<()> {
     }
 
     let mut idle_since = Instant::now();
+    let mut checked = Instant::now();
     loop {
         let mut fds = [rustix::event::PollFd::new(
             &listener,
@@ -895,10 +1147,19 @@ pub fn serve(paths: &Paths) -> Result<()> {
                 }
             }
         }
+        if checked.elapsed() >= COMPACT_CHECK {
+            checked = Instant::now();
+            ctx.compact_attached();
+        }
+        if ctx.compactions() > 0 {
+            idle_since = Instant::now();
+        }
         if ctx.attached() == 0 && idle_since.elapsed() >= IDLE {
             break;
         }
     }
+    // Compactions of detached volumes: give up (nothing is lost) and wait.
+    ctx.stop_compaction(None);
     // Stop taking requests: new commands find no socket and wait for the
     // lock; those already queued are told to ask again.
     let _ = std::fs::remove_file(paths.socket());
@@ -922,15 +1183,28 @@ fn handle(ctx: &Ctx, stream: UnixStream, stopping: bool) {
         Err(e) => error_response(&VolumeError::Server(format!("reading a request: {e}"))),
         Ok(_) => match serde_json::from_str::<Request>(&line) {
             Err(e) => error_response(&VolumeError::Server(format!("a malformed request: {e}"))),
+            Ok(Request::Compact { name }) if ctx.served.is_some() => {
+                // The compaction's thread answers when it is done.
+                tracing::debug!("request compact {name:?}");
+                match ctx.open_shared(&name) {
+                    Ok(v) => return ctx.compact_in_background(&name, v, Some(stream)),
+                    Err(e) => error_response(&e),
+                }
+            }
             Ok(req) => {
                 tracing::debug!("request {req:?}");
                 ctx.execute(&req).unwrap_or_else(|e| error_response(&e))
             }
         },
     };
-    let mut out = serde_json::to_vec(&reply).unwrap_or_default();
+    send(&stream, &reply);
+}
+
+/// Writes an answer on a control connection.
+fn send(stream: &UnixStream, reply: &Response) {
+    let mut out = serde_json::to_vec(reply).unwrap_or_default();
     out.push(b'\n');
-    let _ = (&stream).write_all(&out);
+    let _ = (&*stream).write_all(&out);
     let _ = stream.as_fd();
 }
 
@@ -939,5 +1213,41 @@ fn error_response(e: &VolumeError) -> Response {
         code: e.code().to_string(),
         message: e.to_string(),
         hint: e.hint(),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn compaction_requests_on_the_wire_and_the_policy() {
+        let req = serde_json::to_string(&Request::Compact { name: "v".into() }).unwrap();
+        assert_eq!(req, r#"{"op":"compact","name":"v"}"#);
+        let r = CompactReport {
+            replaced: vec![3, 4],
+            layer: Some(9),
+            bytes_before: 100,
+            bytes_after: 10,
+            blocks: 2,
+            garbage_before: 90,
+            garbage_after: 0,
+        };
+        let answer = serde_json::to_string(&compacted("v", &r)).unwrap();
+        assert_eq!(
+            answer,
+            r#"{"reply":"compacted","volume":"v","replaced":[3,4],"layer":9,"bytes_before":100,"bytes_after":10,"garbage_before":90,"garbage_after":0}"#
+        );
+        let stats = |garbage_bytes, own_bytes| VolumeStats {
+            layers: vec![1],
+            head_bytes: 0,
+            unflushed_records: 0,
+            layer_bytes: own_bytes,
+            own_bytes,
+            garbage_bytes,
+        };
+        assert!(worth_compacting(&stats(65 << 20, 100 << 20)));
+        assert!(!worth_compacting(&stats(63 << 20, 100 << 20)), "too little");
+        assert!(!worth_compacting(&stats(65 << 20, 140 << 20)), "under half");
     }
 }

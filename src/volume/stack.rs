@@ -1,26 +1,38 @@
 //! An open volume: its stack of layers, its merged index and its head.
-//! Reads, writes, discards, flushes, snapshots and rollbacks.
+//! Reads, writes, discards, flushes, snapshots, rollbacks and compaction.
 //!
 //! State and locks:
-//! - `head` (a mutex): the head layer's appending end and the failure flag.
-//!   Every write, discard, flush, snapshot and rollback holds it, so records
-//!   are appended in one order and a flush's sync completes before the next
+//! - `head` (a mutex): the head layer's appending end, what the head holds
+//!   (for its index file when it is sealed) and the failure flag. Every
+//!   write, discard, flush, snapshot and rollback holds it, so records are
+//!   appended in one order and a flush's sync completes before the next
 //!   record is appended (the replay argument in `layer.rs` needs this).
+//!   Compaction holds it only to seal the head and to switch stacks.
 //! - `mapped` (a read-write lock): the open layer files and the merged
 //!   index. Reads hold it shared; writers hold it exclusively only to update
 //!   the index after their records are in the file, so a read never sees a
 //!   block before its bytes are written.
+//! - `compacting` (a mutex): one compaction at a time.
+//!
+//! Index entries name a layer by its **slot** in `Mapped::slots`, not by its
+//! stack position, so that compaction can replace a run of layers by one
+//! and move only the entries of that run.
 //!
 //! A volume whose write path failed keeps serving reads of what it had, and
 //! refuses writes with [`VolumeError::Failed`] until it is reopened.
 
+use std::collections::BTreeSet;
 use std::fmt;
-use std::sync::{Arc, Mutex, RwLock, RwLockReadGuard, RwLockWriteGuard};
+use std::ops::Range;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuard};
 
 use super::backend::{Backend, BackendFile};
+use super::compact::{self, Job, Source};
 use super::format::{BS, Kind, LAYER_HEADER_LEN, WRITE_RECORD_LEN};
-use super::index::{Index, Lookup, MAX_LAYERS};
+use super::index::{CHUNK, Index, Lookup, MAX_LAYERS};
 use super::layer::{self, Head, Pos, Rec, Staged, layer_path};
+use super::layer_index::{self, Entry, LayerIndex, Net, coalesce};
 use super::meta::{self, SnapshotInfo, SnapshotMeta, VolumeMeta};
 use super::pool::{Pool, Shared};
 use super::{Result, VolumeError, io_err, lock};
@@ -37,6 +49,8 @@ pub struct Volume {
     base: Option<Base>,
     head: Mutex<HeadState>,
     mapped: RwLock<Mapped>,
+    compacting: Mutex<()>,
+    cancel: AtomicBool,
 }
 
 /// Figures about an open volume.
@@ -49,6 +63,42 @@ pub struct VolumeStats {
     pub head_bytes: u64,
     /// Records appended since the last flush.
     pub unflushed_records: u64,
+    /// Bytes of the data files of every layer of the stack.
+    pub layer_bytes: u64,
+    /// Bytes of the layers only this volume uses (its head, and sealed
+    /// layers that no snapshot and no other volume references): what
+    /// [`Volume::compact`] may rewrite. Which layers those are is learnt
+    /// when the volume opens, snapshots, rolls back, deletes a snapshot or
+    /// compacts; until then a layer another volume stopped using still
+    /// counts as shared.
+    pub own_bytes: u64,
+    /// Bytes of those layers holding no live block: write records whose
+    /// block was written again or discarded since. What compaction frees
+    /// (less what is written during it). Updated by every write, at the
+    /// cost of a counter.
+    pub garbage_bytes: u64,
+}
+
+/// What [`Volume::compact`] did.
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct CompactReport {
+    /// The layers it replaced, bottom to top; empty when there was nothing
+    /// to reclaim.
+    pub replaced: Vec<u64>,
+    /// The layer that replaced them.
+    pub layer: Option<u64>,
+    /// Bytes of the replaced layers' data files (freed by
+    /// [`Pool::reclaim`]).
+    pub bytes_before: u64,
+    /// Bytes of the new layer's data file.
+    pub bytes_after: u64,
+    /// Live blocks copied into it.
+    pub blocks: u64,
+    /// The volume's garbage before ([`VolumeStats::garbage_bytes`]).
+    pub garbage_before: u64,
+    /// And after (what was written during compaction).
+    pub garbage_after: u64,
 }
 
 #[derive(Debug)]
@@ -61,13 +111,122 @@ struct Base {
 struct HeadState {
     head: Head,
     failed: Option<String>,
+    /// Write records in the head.
+    writes: u64,
+    /// Its discard ranges, coalesced now and then.
+    discards: Vec<(u64, u64)>,
+    coalesced: usize,
+    /// A bit per chunk of the merged index where the head wrote: where its
+    /// blocks are when it is sealed and its index is made.
+    touched: Vec<u64>,
+}
+
+impl HeadState {
+    fn new(head: Head, blocks: u64) -> HeadState {
+        HeadState {
+            head,
+            failed: None,
+            writes: 0,
+            discards: Vec::new(),
+            coalesced: 0,
+            touched: vec![0; blocks.div_ceil(CHUNK).div_ceil(64) as usize],
+        }
+    }
+
+    fn touch(&mut self, block: u64) {
+        let c = block / CHUNK;
+        self.touched[(c / 64) as usize] |= 1 << (c % 64);
+    }
+
+    fn discarded(&mut self, first: u64, count: u64) {
+        self.discards.push((first, count));
+        if self.discards.len() > 64 && self.discards.len() > 2 * self.coalesced {
+            coalesce(&mut self.discards);
+            self.coalesced = self.discards.len();
+        }
+    }
+
+    /// Starts over on a new, empty head.
+    fn restart(&mut self, head: Head) {
+        self.head = head;
+        self.writes = 0;
+        self.discards.clear();
+        self.coalesced = 0;
+        self.touched.fill(0);
+    }
 }
 
 #[derive(Debug)]
 struct Mapped {
-    ids: Vec<u64>,
-    files: Vec<Arc<dyn BackendFile>>,
+    /// Layers by slot (what index entries name); `None`: a free slot.
+    slots: Vec<Option<LayerSlot>>,
+    /// The stack: slots, bottom to top; the last is the head.
+    stack: Vec<u32>,
     index: Index,
+}
+
+#[derive(Debug)]
+struct LayerSlot {
+    id: u64,
+    file: Arc<dyn BackendFile>,
+    /// Bytes of its data file (of a sealed layer; the head's are in
+    /// `HeadState`).
+    len: u64,
+    /// Write records in it (of a sealed layer).
+    writes: u64,
+    /// Referenced by a snapshot or by another volume: compaction leaves it.
+    shared: bool,
+}
+
+impl Mapped {
+    fn ids(&self) -> Vec<u64> {
+        self.stack.iter().map(|&s| self.layer(s).id).collect()
+    }
+
+    fn layer(&self, slot: u32) -> &LayerSlot {
+        self.slots[slot as usize]
+            .as_ref()
+            .expect("a slot in use holds a layer")
+    }
+
+    fn layer_mut(&mut self, slot: u32) -> &mut LayerSlot {
+        self.slots[slot as usize]
+            .as_mut()
+            .expect("a slot in use holds a layer")
+    }
+
+    fn head_slot(&self) -> u32 {
+        *self.stack.last().expect("a stack has a head")
+    }
+
+    /// Puts a layer in a free slot.
+    fn add(&mut self, l: LayerSlot) -> u32 {
+        match self.slots.iter().position(Option::is_none) {
+            Some(s) => {
+                self.slots[s] = Some(l);
+                s as u32
+            }
+            None => {
+                self.slots.push(Some(l));
+                (self.slots.len() - 1) as u32
+            }
+        }
+    }
+
+    /// Marks the sealed layers named in `shared` as shared, the others as
+    /// this volume's own.
+    fn set_sharing(&mut self, shared: &BTreeSet<u64>) {
+        let sealed = self.stack.len() - 1;
+        for i in 0..sealed {
+            let l = self.layer_mut(self.stack[i]);
+            l.shared = shared.contains(&l.id);
+        }
+    }
+
+    /// Write records of `slot` no longer holding its block's content.
+    fn garbage(&self, slot: u32, writes: u64) -> u64 {
+        writes.saturating_sub(self.index.live(slot))
+    }
 }
 
 /// Marks a volume open in its pool for as long as it lives.
@@ -82,6 +241,18 @@ impl Drop for Registration {
     }
 }
 
+/// Keeps a layer ID pinned in the pool (not garbage) while it lives.
+struct Pinned<'a> {
+    shared: &'a Shared,
+    id: u64,
+}
+
+impl Drop for Pinned<'_> {
+    fn drop(&mut self) {
+        lock(&self.shared.state).pinned.remove(&self.id);
+    }
+}
+
 impl fmt::Debug for Volume {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Volume")
@@ -91,16 +262,27 @@ impl fmt::Debug for Volume {
     }
 }
 
+/// The layers that metadata other than volume `name`'s own stack
+/// references; every layer of `m` when some metadata cannot be read (so
+/// nothing counts as garbage until compaction reads it all).
+fn sharing(backend: &dyn Backend, name: &str, m: &VolumeMeta) -> BTreeSet<u64> {
+    meta::shared_layers(backend, name, m).unwrap_or_else(|e| {
+        tracing::debug!("volume {name:?}: {e}; counting every layer as shared");
+        m.layers.iter().copied().collect()
+    })
+}
+
 impl Volume {
     pub(crate) fn open(shared: Arc<Shared>, name: &str) -> Result<Volume> {
-        let m = {
+        let (m, others) = {
             let mut st = lock(&shared.state);
             if st.open.contains(name) {
                 return Err(VolumeError::Busy(name.to_string()));
             }
             let m = meta::read(&*shared.backend, name)?;
+            let others = sharing(&*shared.backend, name, &m);
             st.open.insert(name.to_string());
-            m
+            (m, others)
         };
         let reg = Registration {
             shared,
@@ -124,13 +306,15 @@ impl Volume {
                 Some(Base { file, len: b.len })
             }
         };
-        let (mapped, head) = load(backend, &m)?;
+        let (mapped, head) = load(backend, &m, &others)?;
         Ok(Volume {
             reg,
             size: m.size,
             base,
-            head: Mutex::new(HeadState { head, failed: None }),
+            head: Mutex::new(head),
             mapped: RwLock::new(mapped),
+            compacting: Mutex::new(()),
+            cancel: AtomicBool::new(false),
         })
     }
 
@@ -153,14 +337,37 @@ impl Volume {
         &*self.reg.shared.backend
     }
 
-    /// Figures about the volume.
+    /// Figures about the volume (from memory: no I/O).
     pub fn stats(&self) -> VolumeStats {
         let h = lock(&self.head);
-        VolumeStats {
-            layers: self.read_mapped().ids.clone(),
+        self.stats_locked(&h)
+    }
+
+    fn stats_locked(&self, h: &HeadState) -> VolumeStats {
+        let m = self.read_mapped();
+        let top = m.head_slot();
+        let mut s = VolumeStats {
+            layers: m.ids(),
             head_bytes: h.head.next.end,
             unflushed_records: h.head.pending,
+            layer_bytes: 0,
+            own_bytes: 0,
+            garbage_bytes: 0,
+        };
+        for &slot in &m.stack {
+            let l = m.layer(slot);
+            let (len, writes, own) = if slot == top {
+                (h.head.next.end, h.writes, true)
+            } else {
+                (l.len, l.writes, !l.shared)
+            };
+            s.layer_bytes += len;
+            if own {
+                s.own_bytes += len;
+                s.garbage_bytes += m.garbage(slot, writes) * WRITE_RECORD_LEN;
+            }
         }
+        s
     }
 
     /// Reads `buf.len()` bytes at byte `offset`.
@@ -210,6 +417,7 @@ impl Volume {
         let mut staged = h.head.stage();
         staged.push(Kind::Discard, first, stop - first, &[]);
         self.append(&mut h, staged)?;
+        h.discarded(first, stop - first);
         self.write_mapped().index.zero(first, stop - first);
         Ok(())
     }
@@ -228,49 +436,16 @@ impl Volume {
 
     /// Takes snapshot `name`: flushes, seals the head (it becomes part of
     /// the snapshot and is never written again) and starts a new empty
-    /// head. Costs the same whatever the amount of data.
+    /// head. The metadata change costs the same whatever the amount of
+    /// data; then, with writes already going to the new head, the sealed
+    /// layer's index file is written (20 bytes per block it holds).
     pub fn snapshot(&self, name: &str) -> Result<()> {
         meta::check_name(name)?;
-        let mut h = self.lock_head()?;
-        self.flush_locked(&mut h)?;
-        let mut st = lock(&self.reg.shared.state);
-        let mut m = self.read_meta()?;
-        if m.snapshot(name).is_some() {
-            return Err(VolumeError::SnapshotExists {
-                volume: self.name().to_string(),
-                snapshot: name.to_string(),
-            });
-        }
-        if m.layers.len() >= MAX_LAYERS {
-            return Err(VolumeError::Damaged(format!(
-                "volume {:?} has too many layers",
-                self.name()
-            )));
-        }
-        let id = st.new_layer_id();
-        let file = layer::create(self.backend(), id)?;
-        let layers = m.layers.clone();
-        m.snapshots.push(SnapshotMeta {
-            name: name.to_string(),
-            created: meta::now(),
-            layers,
-        });
-        m.layers.push(id);
-        // Whether the new metadata is in force is unknown if this fails:
-        // the head may be sealed, so stop writing it.
-        meta::write(self.backend(), self.name(), &m).map_err(|e| self.fail_with(&mut h, e))?;
-        drop(st);
-        let mut mp = self.write_mapped();
-        mp.ids.push(id);
-        mp.files.push(file.clone());
-        h.head = Head::new(
-            id,
-            file,
-            Pos {
-                end: LAYER_HEADER_LEN,
-                seq: 0,
-            },
-        );
+        let sealed = {
+            let mut h = self.lock_head()?;
+            self.seal_locked(&mut h, Some(name))?
+        };
+        self.write_index(&sealed);
         Ok(())
     }
 
@@ -293,10 +468,12 @@ impl Volume {
         layers.push(id);
         m.layers = layers;
         meta::write(self.backend(), self.name(), &m).map_err(|e| self.fail_with(&mut h, e))?;
+        let others = sharing(self.backend(), self.name(), &m);
         drop(st);
-        let (mapped, head) = load(self.backend(), &m).map_err(|e| self.fail_with(&mut h, e))?;
+        let (mapped, head) =
+            load(self.backend(), &m, &others).map_err(|e| self.fail_with(&mut h, e))?;
         *self.write_mapped() = mapped;
-        h.head = head;
+        *h = head;
         Ok(())
     }
 
@@ -311,9 +488,225 @@ impl Volume {
             .collect())
     }
 
-    /// Deletes snapshot `name` (see [`Pool::delete_snapshot`]).
+    /// Deletes snapshot `name` (see [`Pool::delete_snapshot`]); layers only
+    /// this volume uses now count in its garbage figures.
     pub fn delete_snapshot(&self, name: &str) -> Result<()> {
-        self.pool().delete_snapshot(self.name(), name)
+        self.pool().delete_snapshot(self.name(), name)?;
+        if let Err(e) = self.refresh_sharing() {
+            tracing::debug!("volume {:?}: {e}", self.name());
+        }
+        Ok(())
+    }
+
+    /// Compacts the layers only this volume uses, while reads and writes go
+    /// on: flushes, seals the head (like a snapshot, without one), writes
+    /// one new layer holding only the live blocks of the run of this
+    /// volume's own sealed layers (the sealed head and those below it that
+    /// no snapshot and no other volume references), then replaces that run
+    /// by the new layer in the metadata and moves the index entries over.
+    /// The old layers' files are freed by [`Pool::reclaim`].
+    ///
+    /// Does nothing but flush when the volume's own layers hold no garbage
+    /// ([`VolumeStats::garbage_bytes`]). Reads never wait for it except
+    /// while index entries move (a few milliseconds per GiB of live data);
+    /// writes wait while the head is sealed and while the stacks are
+    /// switched (a metadata update). A snapshot or rollback while it runs,
+    /// or [`Volume::cancel_compaction`], makes it give up with FK0721,
+    /// having changed nothing but the head's sealing. A crash at any point
+    /// leaves the old stack or the new one, and at worst unreferenced layer
+    /// files (`docs/volume-format.md`, "Compaction").
+    pub fn compact(&self) -> Result<CompactReport> {
+        let _one = lock(&self.compacting);
+        let r = self.compact_locked();
+        self.cancel.store(false, Ordering::Relaxed);
+        r
+    }
+
+    /// Makes the compaction running (or, if none, the next one to start)
+    /// give up at its next step, with FK0721.
+    pub fn cancel_compaction(&self) {
+        self.cancel.store(true, Ordering::Relaxed);
+    }
+
+    fn compact_locked(&self) -> Result<CompactReport> {
+        let job = Job {
+            volume: self.name(),
+            cancel: &self.cancel,
+        };
+        let backend = self.backend();
+        let blocks = self.size / BS;
+        job.check()?;
+        // 1. Which layers are this volume's own, as every metadata file says.
+        self.refresh_sharing()?;
+
+        // 2. Flush, and seal the head so that its garbage can go too.
+        let mut report = CompactReport::default();
+        let (mut sealed, ids) = {
+            let mut h = self.lock_head()?;
+            self.flush_locked(&mut h)?;
+            let garbage = self.stats_locked(&h).garbage_bytes;
+            report.garbage_before = garbage;
+            report.garbage_after = garbage;
+            if garbage == 0 {
+                return Ok(report);
+            }
+            let sealed = if h.head.next.end > LAYER_HEADER_LEN {
+                Some(self.seal_locked(&mut h, None)?)
+            } else {
+                None
+            };
+            (sealed, self.read_mapped().ids())
+        };
+        if let Some(ix) = &sealed {
+            self.write_index(ix);
+        }
+        job.check()?;
+
+        // 3. Under the pool's lock, with every metadata file read: the run
+        // of sealed layers to replace, and a pinned ID for the new layer.
+        let (run, new_id) = {
+            let mut st = lock(&self.reg.shared.state);
+            let m = meta::read(backend, self.name())?;
+            if m.layers != ids {
+                return Err(self.abandoned("its stack changed (a snapshot or rollback)"));
+            }
+            let others = meta::shared_layers(backend, self.name(), &m)?;
+            let run = {
+                let mut mp = self.write_mapped();
+                mp.set_sharing(&others);
+                choose_run(&mp)
+            };
+            if run.is_empty() {
+                return Ok(report);
+            }
+            let id = st.new_layer_id();
+            st.pinned.insert(id);
+            (run, id)
+        };
+        let _pin = Pinned {
+            shared: &self.reg.shared,
+            id: new_id,
+        };
+
+        // 4. The new layer, written outside every lock of the volume.
+        let mut sources = Vec::with_capacity(run.len());
+        for pos in run.clone() {
+            let (id, file, len) = {
+                let mp = self.read_mapped();
+                let l = mp.layer(mp.stack[pos]);
+                (l.id, l.file.clone(), l.len)
+            };
+            let index = match sealed.take_if(|ix| ix.id == id) {
+                Some(ix) => ix,
+                None => sealed_index(backend, id, blocks, &*file)?,
+            };
+            report.replaced.push(id);
+            report.bytes_before += len;
+            sources.push(Source { id, file, index });
+        }
+        let keep_discards = run.start > 0 || self.base.is_some();
+        let (file, cix) = compact::build(backend, new_id, &sources, keep_discards, job)?;
+        drop(sources);
+        job.check()?;
+
+        // 5. Switch: the metadata, then the index entries of the run.
+        let mut h = self.lock_head()?;
+        let st = lock(&self.reg.shared.state);
+        let mut m = meta::read(backend, self.name())?;
+        if m.layers != ids || self.read_mapped().ids() != ids {
+            return Err(self.abandoned("its stack changed (a snapshot or rollback)"));
+        }
+        self.check_compacted(&self.read_mapped(), run.clone(), &cix)?;
+        m.layers.splice(run.clone(), [new_id]);
+        meta::write(backend, self.name(), &m).map_err(|e| self.fail_with(&mut h, e))?;
+        {
+            let mut mp = self.write_mapped();
+            let run_slots: Vec<u32> = mp.stack[run.clone()].to_vec();
+            let mut in_run = vec![false; mp.slots.len()];
+            for &s in &run_slots {
+                in_run[s as usize] = true;
+            }
+            let c = mp.add(LayerSlot {
+                id: new_id,
+                file,
+                len: cix.len,
+                writes: cix.writes,
+                shared: false,
+            });
+            for e in &cix.entries {
+                if let Lookup::Data { layer, .. } = mp.index.get(e.block)
+                    && in_run.get(layer as usize) == Some(&true)
+                {
+                    let moved = Lookup::Data {
+                        layer: c,
+                        offset: e.offset,
+                        crc: e.crc,
+                    };
+                    mp.index.set(e.block, moved);
+                }
+            }
+            for s in run_slots {
+                // Checked above: nothing points into the run any more.
+                debug_assert_eq!(mp.index.live(s), 0);
+                if mp.index.live(s) == 0 {
+                    mp.slots[s as usize] = None;
+                }
+            }
+            mp.stack.splice(run, [c]);
+        }
+        drop(st);
+        report.layer = Some(new_id);
+        report.bytes_after = cix.len;
+        report.blocks = cix.entries.len() as u64;
+        report.garbage_after = self.stats_locked(&h).garbage_bytes;
+        Ok(report)
+    }
+
+    /// Checks, before the switch, that the new layer holds every block the
+    /// merged index finds in the run, with the same CRC: the index files
+    /// the new layer was made from agree with what the volume serves.
+    fn check_compacted(&self, mp: &Mapped, run: Range<usize>, cix: &LayerIndex) -> Result<()> {
+        let run_slots: Vec<u32> = mp.stack[run].to_vec();
+        let expected: u64 = run_slots.iter().map(|&s| mp.index.live(s)).sum();
+        let mut found = 0u64;
+        for e in &cix.entries {
+            if let Lookup::Data { layer, crc, .. } = mp.index.get(e.block)
+                && run_slots.contains(&layer)
+            {
+                if crc != e.crc {
+                    found = u64::MAX;
+                    break;
+                }
+                found += 1;
+            }
+        }
+        if found != expected {
+            return Err(VolumeError::Damaged(format!(
+                "volume {:?}: the layers being compacted disagree with their index files",
+                self.name()
+            )));
+        }
+        Ok(())
+    }
+
+    fn abandoned(&self, reason: &str) -> VolumeError {
+        VolumeError::Abandoned {
+            volume: self.name().to_string(),
+            reason: reason.to_string(),
+        }
+    }
+
+    /// Reads every metadata file (under the pool's lock) and marks which
+    /// sealed layers are shared.
+    fn refresh_sharing(&self) -> Result<()> {
+        let _st = lock(&self.reg.shared.state);
+        let m = meta::read(self.backend(), self.name())?;
+        let others = meta::shared_layers(self.backend(), self.name(), &m)?;
+        let mut mp = self.write_mapped();
+        if mp.ids() == m.layers {
+            mp.set_sharing(&others);
+        }
+        Ok(())
     }
 
     // ---- internals ----
@@ -338,7 +731,7 @@ impl Volume {
     }
 
     /// Locks the head, refusing if an earlier write failed.
-    fn lock_head(&self) -> Result<std::sync::MutexGuard<'_, HeadState>> {
+    fn lock_head(&self) -> Result<MutexGuard<'_, HeadState>> {
         let h = lock(&self.head);
         match &h.failed {
             Some(reason) => Err(VolumeError::Failed {
@@ -359,7 +752,7 @@ impl Volume {
     /// its stack is the one this volume has open.
     fn read_meta(&self) -> Result<VolumeMeta> {
         let m = meta::read(self.backend(), self.name())?;
-        if m.layers != self.read_mapped().ids {
+        if m.layers != self.read_mapped().ids() {
             return Err(VolumeError::Damaged(format!(
                 "the metadata of volume {:?} changed while it was open",
                 self.name()
@@ -373,6 +766,111 @@ impl Volume {
         h.head
             .commit()
             .map_err(|e| self.fail_with(h, io_err(ctx)(e)))
+    }
+
+    /// Flushes and seals the head: writes the metadata with the head sealed
+    /// (and in a new snapshot `snapshot`, if given) under a new empty head,
+    /// and switches to that head. Returns the sealed layer's net content,
+    /// for its index file (written by the caller, without the head lock).
+    fn seal_locked(&self, h: &mut HeadState, snapshot: Option<&str>) -> Result<LayerIndex> {
+        self.flush_locked(h)?;
+        let mut st = lock(&self.reg.shared.state);
+        let mut m = self.read_meta()?;
+        if let Some(name) = snapshot
+            && m.snapshot(name).is_some()
+        {
+            return Err(VolumeError::SnapshotExists {
+                volume: self.name().to_string(),
+                snapshot: name.to_string(),
+            });
+        }
+        if m.layers.len() >= MAX_LAYERS {
+            return Err(VolumeError::Damaged(format!(
+                "volume {:?} has too many layers",
+                self.name()
+            )));
+        }
+        let id = st.new_layer_id();
+        let file = layer::create(self.backend(), id)?;
+        if let Some(name) = snapshot {
+            let layers = m.layers.clone();
+            m.snapshots.push(SnapshotMeta {
+                name: name.to_string(),
+                created: meta::now(),
+                layers,
+            });
+        }
+        m.layers.push(id);
+        // Whether the new metadata is in force is unknown if this fails:
+        // the head may be sealed, so stop writing it.
+        meta::write(self.backend(), self.name(), &m).map_err(|e| self.fail_with(h, e))?;
+        let sealed = self.capture(h);
+        // The in-memory stack changes under the pool's lock too, so that
+        // whoever reads the metadata next finds the two in agreement.
+        let mut mp = self.write_mapped();
+        let top = mp.head_slot();
+        let old = mp.layer_mut(top);
+        old.len = h.head.next.end;
+        old.writes = h.writes;
+        if snapshot.is_some() {
+            for i in 0..mp.stack.len() {
+                let s = mp.stack[i];
+                mp.layer_mut(s).shared = true;
+            }
+        }
+        let slot = mp.add(LayerSlot {
+            id,
+            file: file.clone(),
+            len: LAYER_HEADER_LEN,
+            writes: 0,
+            shared: false,
+        });
+        mp.stack.push(slot);
+        drop(mp);
+        drop(st);
+        let start = Pos {
+            end: LAYER_HEADER_LEN,
+            seq: 0,
+        };
+        h.restart(Head::new(id, file, start, 0));
+        Ok(sealed)
+    }
+
+    /// The net content of the head (flushed), from the merged index.
+    fn capture(&self, h: &HeadState) -> LayerIndex {
+        debug_assert_eq!(h.head.pending, 0);
+        let m = self.read_mapped();
+        let slot = m.head_slot();
+        let mut entries = Vec::new();
+        for (w, &bits) in h.touched.iter().enumerate() {
+            let mut bits = bits;
+            while bits != 0 {
+                let chunk = w as u64 * 64 + u64::from(bits.trailing_zeros());
+                m.index.collect(chunk, slot, &mut entries);
+                bits &= bits - 1;
+            }
+        }
+        let mut discards = h.discards.clone();
+        coalesce(&mut discards);
+        LayerIndex {
+            id: h.head.id,
+            len: h.head.next.end,
+            last_crc: h.head.last_crc,
+            writes: h.writes,
+            discards,
+            entries,
+        }
+    }
+
+    /// Writes a sealed layer's index file; a failure costs a replay later.
+    fn write_index(&self, ix: &LayerIndex) {
+        if let Err(e) = layer_index::write(self.backend(), ix) {
+            tracing::warn!(
+                "volume {:?}: cannot write the index of layer {}: {e} (the layer will be replayed when needed)",
+                self.name(),
+                ix.id
+            );
+        }
     }
 
     fn append(&self, h: &mut HeadState, staged: Staged) -> Result<()> {
@@ -410,8 +908,12 @@ impl Volume {
                 placed.push((x, at, crc));
             }
             self.append(h, staged)?;
+            h.writes += placed.len() as u64;
+            for &(x, ..) in &placed {
+                h.touch(x);
+            }
             let mut m = self.write_mapped();
-            let layer = (m.files.len() - 1) as u32;
+            let layer = m.head_slot();
             for (x, offset, crc) in placed {
                 m.index.set(x, Lookup::Data { layer, offset, crc });
             }
@@ -467,8 +969,8 @@ impl Volume {
         let Lookup::Data { layer, offset, .. } = m.index.get(first) else {
             unreachable!()
         };
-        let file = &m.files[layer as usize];
-        let id = m.ids[layer as usize];
+        let l = m.layer(layer);
+        let (file, id) = (&l.file, l.id);
         let ctx = || format!("reading layer {id}");
         if count == 1 {
             file.read_at(out, offset).map_err(io_err(ctx()))?;
@@ -518,16 +1020,112 @@ impl Volume {
     }
 }
 
-/// Opens the layers of `m` and builds the merged index, bottom to top. The
-/// head is replayed to its last valid commit and cut there.
-fn load(backend: &dyn Backend, m: &VolumeMeta) -> Result<(Mapped, Head)> {
+/// The run of sealed layers to compact (stack positions): the sealed
+/// layers only this volume uses form a suffix of its sealed layers (a layer
+/// is shared through a copied stack, which holds what is below it too);
+/// the run goes from the lowest of them holding garbage to the top, and
+/// further down over own layers holding no more live blocks than the run
+/// (so that repeated compactions keep the number of own layers
+/// logarithmic, like a binary counter, instead of adding one each time).
+/// Empty when no own sealed layer holds garbage.
+fn choose_run(mp: &Mapped) -> Range<usize> {
+    let top = mp.stack.len() - 1;
+    let mut own = top;
+    while own > 0 && !mp.layer(mp.stack[own - 1]).shared {
+        own -= 1;
+    }
+    let garbage = |p: usize| {
+        let s = mp.stack[p];
+        mp.garbage(s, mp.layer(s).writes)
+    };
+    let Some(mut start) = (own..top).find(|&p| garbage(p) > 0) else {
+        return top..top;
+    };
+    let mut live: u64 = (start..top).map(|p| mp.index.live(mp.stack[p])).sum();
+    while start > own {
+        let below = mp.index.live(mp.stack[start - 1]);
+        if below > live {
+            break;
+        }
+        start -= 1;
+        live += below;
+    }
+    start..top
+}
+
+/// The net content of sealed layer `id`: from its index file, or, when
+/// that is missing or unusable, by replaying the layer (checking it as
+/// replay does) and writing the index again.
+fn sealed_index(
+    backend: &dyn Backend,
+    id: u64,
+    blocks: u64,
+    file: &dyn BackendFile,
+) -> Result<LayerIndex> {
+    let len = file.len().map_err(io_err(format!("reading layer {id}")))?;
+    let why = match layer_index::read(backend, id, blocks, file, len) {
+        Ok(ix) => return Ok(ix),
+        Err(why) => why,
+    };
+    tracing::debug!("layer {id}: index not used ({why}); replaying the layer");
+    let mut net = Net::default();
+    let mut writes = 0u64;
+    let (end, end_crc) = {
+        let mut apply = |r: Rec| match r {
+            Rec::Write { block, offset, crc } => {
+                net.write(block, 0, offset, crc);
+                writes += 1;
+            }
+            Rec::Discard { first, count } => net.discard(first, count),
+        };
+        let r = layer::replay(file, id, blocks, &mut apply)?;
+        r.last.iter().copied().for_each(&mut apply);
+        if r.len != r.end.end {
+            return Err(VolumeError::Damaged(format!(
+                "sealed layer {id} has {} bytes after its last commit",
+                r.len - r.end.end
+            )));
+        }
+        (r.end.end, r.end_crc)
+    };
+    let (discards, entries) = net.finish();
+    let ix = LayerIndex {
+        id,
+        len: end,
+        last_crc: end_crc,
+        writes,
+        discards,
+        entries: entries
+            .map(|e| Entry {
+                block: e.block,
+                offset: e.offset,
+                crc: e.crc,
+            })
+            .collect(),
+    };
+    if let Err(e) = layer_index::write(backend, &ix) {
+        tracing::warn!("cannot write the index of layer {id}: {e}");
+    }
+    Ok(ix)
+}
+
+/// Opens the layers of `m` and builds the merged index, bottom to top:
+/// sealed layers from their index files (or replayed), the head replayed
+/// to its last valid commit and cut there. `shared` names the layers other
+/// metadata references.
+fn load(
+    backend: &dyn Backend,
+    m: &VolumeMeta,
+    shared: &BTreeSet<u64>,
+) -> Result<(Mapped, HeadState)> {
     let blocks = m.size / BS;
     let mut index = Index::new(blocks);
-    let mut files = Vec::with_capacity(m.layers.len());
+    let mut slots = Vec::with_capacity(m.layers.len());
     let top = m.layers.len() - 1;
     let mut head = None;
-    for (slot, &id) in m.layers.iter().enumerate() {
-        let is_head = slot == top;
+    for (pos, &id) in m.layers.iter().enumerate() {
+        let slot = pos as u32;
+        let is_head = pos == top;
         let file = backend.open(&layer_path(id), is_head).map_err(|e| {
             if e.kind() == std::io::ErrorKind::NotFound {
                 VolumeError::Damaged(format!("layer {id} is missing"))
@@ -535,53 +1133,81 @@ fn load(backend: &dyn Backend, m: &VolumeMeta) -> Result<(Mapped, Head)> {
                 io_err(format!("opening layer {id}"))(e)
             }
         })?;
+        if !is_head {
+            let ix = sealed_index(backend, id, blocks, &*file)?;
+            for &(first, count) in &ix.discards {
+                index.zero(first, count);
+            }
+            for e in &ix.entries {
+                let l = Lookup::Data {
+                    layer: slot,
+                    offset: e.offset,
+                    crc: e.crc,
+                };
+                index.set(e.block, l);
+            }
+            slots.push(Some(LayerSlot {
+                id,
+                file,
+                len: ix.len,
+                writes: ix.writes,
+                shared: shared.contains(&id),
+            }));
+            continue;
+        }
+        let mut state = HeadState::new(
+            Head::new(id, file.clone(), Pos { end: 0, seq: 0 }, 0),
+            blocks,
+        );
         let mut apply = |r: Rec| match r {
-            Rec::Write { block, offset, crc } => index.set(
-                block,
-                Lookup::Data {
-                    layer: slot as u32,
-                    offset,
-                    crc,
-                },
-            ),
-            Rec::Discard { first, count } => index.zero(first, count),
+            Rec::Write { block, offset, crc } => {
+                index.set(
+                    block,
+                    Lookup::Data {
+                        layer: slot,
+                        offset,
+                        crc,
+                    },
+                );
+                state.writes += 1;
+                state.touch(block);
+            }
+            Rec::Discard { first, count } => {
+                index.zero(first, count);
+                state.discarded(first, count);
+            }
         };
         let r = layer::replay(&*file, id, blocks, &mut apply)?;
-        if is_head {
-            let next = if layer::verify(&*file, id, &r.last)? {
-                r.last.iter().copied().for_each(&mut apply);
-                r.end
-            } else {
-                r.last_start
-            };
-            // Cut the uncommitted tail, and sync even when there is none:
-            // the replayed commits may be in the page cache only (a flush
-            // whose sync failed), and what a volume shows must be durable
-            // before anything is built on it.
-            let ctx = || format!("recovering layer {id}");
-            if r.len > next.end {
-                file.set_len(next.end).map_err(io_err(ctx()))?;
-            }
-            file.sync().map_err(io_err(ctx()))?;
-            head = Some(Head::new(id, file.clone(), next));
-        } else {
+        let (next, last_crc) = if layer::verify(&*file, id, &r.last)? {
             r.last.iter().copied().for_each(&mut apply);
-            if r.len != r.end.end {
-                return Err(VolumeError::Damaged(format!(
-                    "sealed layer {id} has {} bytes after its last commit",
-                    r.len - r.end.end
-                )));
-            }
+            (r.end, r.end_crc)
+        } else {
+            (r.last_start, r.last_start_crc)
+        };
+        // Cut the uncommitted tail, and sync even when there is none: the
+        // replayed commits may be in the page cache only (a flush whose
+        // sync failed), and what a volume shows must be durable before
+        // anything is built on it.
+        let ctx = || format!("recovering layer {id}");
+        if r.len > next.end {
+            file.set_len(next.end).map_err(io_err(ctx()))?;
         }
-        files.push(file);
+        file.sync().map_err(io_err(ctx()))?;
+        state.head = Head::new(id, file.clone(), next, last_crc);
+        slots.push(Some(LayerSlot {
+            id,
+            file,
+            len: next.end,
+            writes: 0,
+            shared: false,
+        }));
+        head = Some(state);
     }
     let head = head.expect("a stack has a head");
-    Ok((
-        Mapped {
-            ids: m.layers.clone(),
-            files,
-            index,
-        },
-        head,
-    ))
+    let mapped = Mapped {
+        slots,
+        stack: (0..m.layers.len() as u32).collect(),
+        index,
+    };
+    Ok((mapped, head))
 }

@@ -12,47 +12,50 @@ use crate::error::Coded;
 const BS: u64 = BLOCK_SIZE as u64;
 const MIB: u64 = 1 << 20;
 
-fn mem_pool(seed: u64) -> (Mem, Pool) {
+pub(super) fn mem_pool(seed: u64) -> (Mem, Pool) {
     let mem = Mem::new(seed);
     let pool = Pool::with_backend(Arc::new(mem.clone())).unwrap();
     (mem, pool)
 }
 
-fn cost(mem: &Mem, f: impl FnOnce()) -> Counts {
+pub(super) fn cost(mem: &Mem, f: impl FnOnce()) -> Counts {
     let a = mem.counts();
     f();
     let b = mem.counts();
     Counts {
         ops: b.ops - a.ops,
         reads: b.reads - a.reads,
+        bytes_read: b.bytes_read - a.bytes_read,
         writes: b.writes - a.writes,
         bytes_written: b.bytes_written - a.bytes_written,
         syncs: b.syncs - a.syncs,
     }
 }
 
-fn block(seed: u64) -> Vec<u8> {
+pub(super) fn block(seed: u64) -> Vec<u8> {
     let mut b = vec![0u8; BS as usize];
     Rng::new(seed).fill(&mut b);
     b
 }
 
-fn read(v: &Volume, off: u64, len: u64) -> Vec<u8> {
+pub(super) fn read(v: &Volume, off: u64, len: u64) -> Vec<u8> {
     let mut buf = vec![0u8; len as usize];
     v.read_at(off, &mut buf).unwrap();
     buf
 }
 
-fn layer_files(mem: &Mem) -> BTreeSet<u64> {
+pub(super) fn layer_files(mem: &Mem) -> BTreeSet<u64> {
     mem.names_in("layers")
         .iter()
-        .map(|n| n.strip_suffix(".data").unwrap().parse().unwrap())
+        .filter_map(|n| n.strip_suffix(".data"))
+        .map(|n| n.parse().unwrap())
         .collect()
 }
 
 /// Snapshot, clone and rollback after writing 1 MiB and 64 MiB (not
 /// flushed: the snapshot's own flush is part of its cost): the same
-/// operations, the same bytes written, the same syncs.
+/// operations, the same bytes written, the same syncs; except that the
+/// snapshot writes the sealed layer's index file, 20 bytes per block.
 #[test]
 fn snapshot_clone_and_rollback_cost_does_not_grow_with_data() {
     let measure = |mib: u64| {
@@ -74,13 +77,25 @@ fn snapshot_clone_and_rollback_cost_does_not_grow_with_data() {
     let (s64, c64, r64) = measure(64);
     println!("snapshot after 1 MiB: {s1:?}\nsnapshot after 64 MiB: {s64:?}");
     println!("clone: {c1:?} / {c64:?}\nrollback: {r1:?} / {r64:?}");
-    assert_eq!(s1, s64);
+    let index_entries = (64 - 1) * MIB / BS;
+    assert_eq!(
+        Counts {
+            bytes_written: s1.bytes_written + 20 * index_entries,
+            ..s1
+        },
+        s64
+    );
     assert_eq!(c1, c64);
     // Rollback writes the same; it reads the snapshot's layers to rebuild
     // the in-memory index (as opening the volume does).
     assert_eq!(
         (r1.writes, r1.bytes_written, r1.syncs),
         (r64.writes, r64.bytes_written, r64.syncs)
+    );
+    // ... and reads the index file, not the data: 20 bytes per block.
+    assert!(
+        r64.bytes_read - r1.bytes_read <= 20 * index_entries + 1024,
+        "{r1:?} / {r64:?}"
     );
 }
 
@@ -302,8 +317,9 @@ fn discarding_everything_is_one_record() {
 }
 
 /// Damage is reported, never returned as data: a flipped payload byte is a
-/// checksum error on read; a flipped header in a sealed layer makes the
-/// volume refuse to open.
+/// checksum error on read; a flipped record header in a sealed layer makes
+/// the volume refuse to open when the layer is replayed (without its index
+/// file); a damaged index file is replayed around and written again.
 #[test]
 fn damage_is_detected() {
     let (mem, pool) = mem_pool(7);
@@ -327,7 +343,15 @@ fn damage_is_detected() {
     drop(v);
     mem.flip_byte(&sealed, 32 + 40 + 100); // repair the payload
     assert_eq!(read(&pool.open_volume("v").unwrap(), 3 * BS, BS), block(1));
+    let index = sealed.replace(".data", ".index");
+    let good_index = mem.read_file(&index).unwrap();
+    mem.flip_byte(&index, 70); // damage the index: replayed around, rewritten
+    assert_eq!(read(&pool.open_volume("v").unwrap(), 3 * BS, BS), block(1));
+    assert_eq!(mem.read_file(&index).unwrap(), good_index);
     mem.flip_byte(&sealed, 32 + 10); // damage a record header
+    // The index does not read record headers (payloads are still checked):
+    assert_eq!(read(&pool.open_volume("v").unwrap(), 3 * BS, BS), block(1));
+    mem.remove_file(&index); // a replay does, and refuses the layer
     let e = pool.open_volume("v").unwrap_err();
     assert_eq!(e.code(), "FK0709", "{e}");
 }
@@ -411,7 +435,7 @@ fn errors_have_stable_codes() {
 #[test]
 fn every_code_is_documented() {
     let doc = include_str!("../../../docs/volume-format.md");
-    for n in 0..=20 {
+    for n in 0..=21 {
         let code = format!("FK07{n:02}");
         assert_eq!(
             doc.matches(&format!("| {code} |")).count(),

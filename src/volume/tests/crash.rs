@@ -131,12 +131,16 @@ fn crash_at_every_step_of_every_operation() {
         Op::DeleteSnapshot,
         Op::DeleteVolume,
         Op::Reclaim,
+        Op::Compact,
     ];
     let mut runs = 0;
     let mut beyond = 0;
+    let (mut compact_failed, mut compact_done) = (0, 0);
     for (i, &op) in ops.iter().enumerate() {
-        for seed in 0..6u64 {
-            for k in 0..16 {
+        // Compaction has many more steps: seal, index, new layer, switch.
+        let (seeds, steps) = if op == Op::Compact { (4, 90) } else { (6, 16) };
+        for seed in 0..seeds {
+            for k in 0..steps {
                 let mut h = Harness::in_memory(seed * 1000 + i as u64 * 100 + k);
                 for _ in 0..30 {
                     h.step();
@@ -144,9 +148,20 @@ fn crash_at_every_step_of_every_operation() {
                 for _ in 0..h.rng.range(0, 6) {
                     h.run(Op::Write); // a batch for the flush to commit
                 }
+                if op == Op::Compact {
+                    h.run(Op::Flush);
+                    for _ in 0..h.rng.range(1, 6) {
+                        h.run(Op::Write); // garbage for it to free
+                    }
+                }
                 h.mem.as_ref().unwrap().fail_after(k);
                 h.strict = false;
+                let before = h.stats.compactions;
                 h.run(op);
+                if op == Op::Compact {
+                    compact_failed += u64::from(h.failed);
+                    compact_done += h.stats.compactions - before;
+                }
                 let m = if k % 3 == 0 {
                     CrashMode::DropUnsynced
                 } else {
@@ -159,7 +174,9 @@ fn crash_at_every_step_of_every_operation() {
         }
     }
     println!(
-        "crash at every step: {runs} runs, {beyond} volumes recovered past their last durable state"
+        "crash at every step: {runs} runs, {beyond} volumes recovered past their last durable state; \
+         compactions: {compact_failed} stopped by the crash, {compact_done} completed before it"
     );
     assert!(beyond > 0);
+    assert!(compact_failed > 150 && compact_done > 10);
 }

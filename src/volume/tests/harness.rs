@@ -19,6 +19,13 @@
 //! "every block holds its value at the last flush or a value written since":
 //! blocks never mix states.
 //!
+//! A compaction changes no byte of a volume: it flushes, so a failed one
+//! may have committed `cur`, and nothing else. After a successful one the
+//! volume is sometimes dropped and reopened at once, and read whole.
+//!
+//! Index files are accelerators: the harness damages or removes them now
+//! and then (in memory), and nothing read may change.
+//!
 //! The harness stops issuing operations after the first failure, except in
 //! "chaos" phases where every backend operation fails (nothing can change
 //! on disk then), and recovers.
@@ -65,6 +72,8 @@ pub(crate) enum Op {
     DeleteVolume,
     Reclaim,
     ReadAll,
+    Compact,
+    DamageIndex,
 }
 
 /// Counters printed by the tests.
@@ -77,6 +86,10 @@ pub(crate) struct Stats {
     /// Recoveries where a volume came back in a state other than `dur`.
     pub beyond_durable: u64,
     pub snapshots_checked: u64,
+    /// Compactions that replaced layers.
+    pub compactions: u64,
+    /// Index files damaged or removed.
+    pub indexes_damaged: u64,
 }
 
 pub(crate) struct Harness {
@@ -240,19 +253,21 @@ impl Harness {
     /// One random operation.
     pub fn step(&mut self) {
         let op = match self.rng.below(100) {
-            0..=29 => Op::Write,
-            30..=49 => Op::Read,
-            50..=57 => Op::Discard,
-            58..=66 => Op::Flush,
-            67..=72 => Op::Snapshot,
-            73..=76 => Op::Rollback,
-            77..=79 => Op::Clone,
-            80..=82 => Op::DeleteSnapshot,
-            83..=85 => Op::Close,
-            86..=87 => Op::DropUnflushed,
-            88..=89 => Op::Reopen,
-            90..=91 => Op::DeleteVolume,
-            92..=93 => Op::Reclaim,
+            0..=27 => Op::Write,
+            28..=47 => Op::Read,
+            48..=55 => Op::Discard,
+            56..=64 => Op::Flush,
+            65..=70 => Op::Snapshot,
+            71..=74 => Op::Rollback,
+            75..=77 => Op::Clone,
+            78..=80 => Op::DeleteSnapshot,
+            81..=83 => Op::Close,
+            84..=85 => Op::DropUnflushed,
+            86..=87 => Op::Reopen,
+            88..=89 => Op::DeleteVolume,
+            90..=91 => Op::Reclaim,
+            92..=94 => Op::Compact,
+            95 => Op::DamageIndex,
             _ => Op::ReadAll,
         };
         self.run(op);
@@ -281,7 +296,66 @@ impl Harness {
             Op::DeleteVolume => self.delete_volume(),
             Op::Reclaim => self.reclaim(),
             Op::ReadAll => self.read_all(&name),
+            Op::Compact => self.compact(&name),
+            Op::DamageIndex => self.damage_index(),
         }
+    }
+
+    fn compact(&mut self, name: &str) {
+        self.note(format!("{name}: compact"));
+        let t = self.vols.get_mut(name).unwrap();
+        match t.vol.as_ref().unwrap().compact() {
+            Ok(r) => {
+                t.dur.data = t.cur.data.clone();
+                self.note(format!("  -> {:?} replaced by {:?}", r.replaced, r.layer));
+                if r.layer.is_some() {
+                    self.stats.compactions += 1;
+                }
+                if self.rng.chance(1, 2) {
+                    // Reopen at once: the new stack is what is on disk.
+                    self.note(format!("{name}: drop and reopen"));
+                    self.vols.get_mut(name).unwrap().vol = None;
+                    match self.pool.open_volume(name) {
+                        Ok(v) => self.vols.get_mut(name).unwrap().vol = Some(v),
+                        Err(e) => return self.failure("open", e, vec![]),
+                    }
+                    self.read_all(name);
+                }
+            }
+            Err(e) => {
+                let m = Model {
+                    data: t.cur.data.clone(),
+                    snaps: t.dur.snaps.clone(),
+                };
+                self.failure("compact", e, vec![(name.into(), Some(m))]);
+            }
+        }
+    }
+
+    /// Removes an index file, or flips a byte of one (in memory only).
+    fn damage_index(&mut self) {
+        let Some(mem) = self.mem.clone() else {
+            return;
+        };
+        let names: Vec<String> = mem
+            .names_in("layers")
+            .into_iter()
+            .filter(|n| n.ends_with(".index"))
+            .collect();
+        if names.is_empty() {
+            return;
+        }
+        let path = format!("layers/{}", self.rng.pick(&names));
+        if self.rng.chance(1, 2) {
+            self.note(format!("remove {path}"));
+            mem.remove_file(&path);
+        } else {
+            let len = mem.read_file(&path).unwrap().len() as u64;
+            let at = self.rng.below(len);
+            self.note(format!("flip byte {at} of {path}"));
+            mem.flip_byte(&path, at);
+        }
+        self.stats.indexes_damaged += 1;
     }
 
     fn write(&mut self, name: &str) {

@@ -39,6 +39,7 @@ pub(crate) enum CrashMode {
 pub(crate) struct Counts {
     pub ops: u64,
     pub reads: u64,
+    pub bytes_read: u64,
     pub writes: u64,
     pub bytes_written: u64,
     pub syncs: u64,
@@ -265,6 +266,13 @@ impl Mem {
         inode.synced[offset as usize] ^= 0x55;
     }
 
+    /// Removes a file (durably): an index file lost, say.
+    pub fn remove_file(&self, path: &str) {
+        let mut st = lock(&self.st);
+        st.names.remove(Path::new(path));
+        st.durable.remove(Path::new(path));
+    }
+
     /// The current names in a directory.
     pub fn names_in(&self, dir: &str) -> Vec<String> {
         let st = lock(&self.st);
@@ -288,6 +296,7 @@ impl BackendFile for MemFile {
         let mut st = lock(&self.st);
         st.op()?;
         st.counts.reads += 1;
+        st.counts.bytes_read += buf.len() as u64;
         let data = &st.inode(self.ino).data;
         let end = offset as usize + buf.len();
         if end > data.len() {

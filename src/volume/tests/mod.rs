@@ -7,9 +7,13 @@
 //! - `model.rs`: fsx-style runs without faults (in memory and on disk);
 //! - `crash.rs`: crashes at random points, failures after N operations,
 //!   single transient failures;
-//! - `behaviour.rs`: costs (snapshot, read), base files, reclaim, errors.
+//! - `behaviour.rs`: costs (snapshot, read), base files, reclaim, errors;
+//! - `compaction.rs`: layer index files (what opening costs, damage) and
+//!   compaction (what it frees, what it leaves alone, discards, costs,
+//!   concurrency).
 
 mod behaviour;
+mod compaction;
 mod crash;
 mod harness;
 mod mem;

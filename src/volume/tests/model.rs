@@ -31,10 +31,14 @@ fn fsx_in_memory_with_crashes() {
     let reads: u64 = total.iter().map(|s| s.reads_checked).sum();
     let recoveries: u64 = total.iter().map(|s| s.recoveries).sum();
     let snaps: u64 = total.iter().map(|s| s.snapshots_checked).sum();
+    let compactions: u64 = total.iter().map(|s| s.compactions).sum();
+    let damaged: u64 = total.iter().map(|s| s.indexes_damaged).sum();
     println!(
-        "fsx in memory: {reads} reads checked, {recoveries} crashes recovered, {snaps} snapshots checked"
+        "fsx in memory: {reads} reads checked, {recoveries} crashes recovered, {snaps} snapshots checked, \
+         {compactions} compactions, {damaged} index files damaged"
     );
     assert!(reads > 3000 && recoveries > 50 && snaps > 20);
+    assert!(compactions > 100 && damaged > 50);
 }
 
 #[test]
@@ -57,6 +61,6 @@ fn fsx_on_the_real_filesystem() {
         }
         h.recover(None);
         println!("fsx on disk (seed {seed}): {:?}", h.stats);
-        assert!(h.stats.reads_checked > 300);
+        assert!(h.stats.reads_checked > 300 && h.stats.compactions > 5);
     }
 }

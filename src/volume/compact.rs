@@ -1,0 +1,167 @@
+//! Compaction's writer: a new layer holding only the net content of a run
+//! of sealed layers (`docs/volume-format.md`, "Compaction").
+//!
+//! The run's layers are merged through their index files ([`Net`]): a block
+//! whose last record in the run is a write is copied once, from wherever it
+//! is, in block order (so blocks next to each other on the volume are next
+//! to each other in the new layer, and read back with one `pread`); the
+//! run's discard ranges become discard records, written first, so that they
+//! keep masking the layers and the base below the run. Every copied block
+//! is checked against its CRC on the way (a damaged block stops compaction
+//! with FK0710 rather than being laundered under a fresh checksum).
+//!
+//! The new layer is written as ordinary records and commits, synced once at
+//! the end, then its index file, then the directory: when [`build`]
+//! returns, the layer is durable and may be named by metadata.
+
+use std::path::Path;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+
+use super::backend::{Backend, BackendFile};
+use super::crc::crc32c;
+use super::format::{BS, Kind, LAYER_HEADER_LEN, WRITE_RECORD_LEN};
+use super::layer::{self, Head, Pos};
+use super::layer_index::{self, Entry, LayerIndex, Net, NetEntry};
+use super::{Result, VolumeError, io_err};
+
+/// Records between two commit records of the new layer (bounds what a
+/// replay of it holds in memory).
+const COMMIT_EVERY: u64 = 1024;
+
+/// Most blocks copied with one read and one write (1 MiB).
+const GROUP: usize = 256;
+
+/// A layer of the run: its data file and net content.
+#[derive(Debug)]
+pub(crate) struct Source {
+    pub id: u64,
+    pub file: Arc<dyn BackendFile>,
+    pub index: LayerIndex,
+}
+
+/// What the volume being compacted is called and whether to give up.
+#[derive(Debug, Clone, Copy)]
+pub(crate) struct Job<'a> {
+    pub volume: &'a str,
+    pub cancel: &'a AtomicBool,
+}
+
+impl Job<'_> {
+    pub fn check(&self) -> Result<()> {
+        if self.cancel.load(Ordering::Relaxed) {
+            return Err(VolumeError::Abandoned {
+                volume: self.volume.to_string(),
+                reason: "cancelled".into(),
+            });
+        }
+        Ok(())
+    }
+}
+
+/// Writes layer `id` holding the net content of `run` (bottom to top),
+/// without its discard ranges unless `keep_discards` (nothing below the run
+/// to mask), makes it and its index durable, and returns its file and
+/// index.
+pub(crate) fn build(
+    backend: &dyn Backend,
+    id: u64,
+    run: &[Source],
+    keep_discards: bool,
+    job: Job<'_>,
+) -> Result<(Arc<dyn BackendFile>, LayerIndex)> {
+    let mut net = Net::default();
+    for (k, s) in run.iter().enumerate() {
+        net.apply(&s.index, k as u32);
+    }
+    let (mut discards, live) = net.finish();
+    if !keep_discards {
+        discards.clear();
+    }
+    let file = layer::create(backend, id)?;
+    let ctx = || format!("writing layer {id}");
+    let start = Pos {
+        end: LAYER_HEADER_LEN,
+        seq: 0,
+    };
+    let mut head = Head::new(id, file.clone(), start, 0);
+
+    let mut staged = head.stage();
+    for &(first, count) in &discards {
+        staged.push(Kind::Discard, first, count, &[]);
+        if staged.records() >= COMMIT_EVERY {
+            head.append(staged).map_err(io_err(ctx()))?;
+            head.commit_unsynced().map_err(io_err(ctx()))?;
+            staged = head.stage();
+        }
+    }
+    head.append(staged).map_err(io_err(ctx()))?;
+
+    let mut entries = Vec::new();
+    let mut live = live.peekable();
+    let mut group: Vec<NetEntry> = Vec::with_capacity(GROUP);
+    let mut span = Vec::new();
+    loop {
+        // A run of blocks laid out one record apart in one layer: one read.
+        group.clear();
+        while let Some(&e) = live.peek() {
+            let follows = group.last().is_none_or(|p: &NetEntry| {
+                p.src == e.src && e.offset == p.offset + WRITE_RECORD_LEN && group.len() < GROUP
+            });
+            if !follows {
+                break;
+            }
+            group.push(e);
+            live.next();
+        }
+        let Some(first) = group.first() else {
+            break;
+        };
+        job.check()?;
+        let src = &run[first.src as usize];
+        span.resize(
+            ((group.len() as u64 - 1) * WRITE_RECORD_LEN + BS) as usize,
+            0,
+        );
+        src.file
+            .read_at(&mut span, first.offset)
+            .map_err(io_err(format!("reading layer {}", src.id)))?;
+        let mut staged = head.stage();
+        for (k, e) in group.iter().enumerate() {
+            let at = k * WRITE_RECORD_LEN as usize;
+            let payload = &span[at..at + BS as usize];
+            if crc32c(payload) != e.crc {
+                return Err(VolumeError::Corrupt {
+                    volume: job.volume.to_string(),
+                    block: e.block,
+                    layer: src.id,
+                });
+            }
+            let (offset, _) = staged.push_with_crc(Kind::Write, e.block, 1, payload, e.crc);
+            entries.push(Entry {
+                block: e.block,
+                offset,
+                crc: e.crc,
+            });
+        }
+        head.append(staged).map_err(io_err(ctx()))?;
+        if head.pending >= COMMIT_EVERY {
+            head.commit_unsynced().map_err(io_err(ctx()))?;
+        }
+    }
+    head.commit_unsynced().map_err(io_err(ctx()))?;
+    file.sync().map_err(io_err(ctx()))?;
+    let ix = LayerIndex {
+        id,
+        len: head.next.end,
+        last_crc: head.last_crc,
+        writes: entries.len() as u64,
+        discards,
+        entries,
+    };
+    layer_index::write(backend, &ix).map_err(io_err(format!("writing the index of layer {id}")))?;
+    backend
+        .sync_dir(Path::new("layers"))
+        .map_err(io_err(ctx()))?;
+    Ok((file, ix))
+}
