@@ -15,6 +15,7 @@
 //! | [`mount`] | serving trees through the kernel (EROFS + overlayfs); tracking mounts |
 //! | [`fuse`] | serving trees through our own FUSE server (passthrough, multithreaded); exporting attached volumes as files |
 //! | [`runtime`] | running containers: OCI runtime config from the image config, crun, podman hooks |
+//! | [`filter`] | Lua I/O filters: sandboxed scripts with native helpers (zstd, CRC-32C, AEAD, replicas) that encode objects and blocks |
 //! | [`cli`] | the command line: flags, output, coded errors, `demo` |
 //!
 //! Every module has one error type. Each error knows its stable code and a
@@ -23,6 +24,7 @@
 pub mod cli;
 pub mod container;
 pub mod error;
+pub mod filter;
 pub mod fuse;
 pub mod mount;
 pub mod oci;

@@ -1,0 +1,1080 @@
+//! The engine: chains, per-thread Lua states, the sandbox, the `fk` helpers.
+
+use std::cell::{Cell, RefCell};
+use std::path::Path;
+use std::rc::Rc;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+use mlua::chunk::ChunkMode;
+use mlua::{
+    AnyUserData, Function, HookTriggers, Lua, LuaOptions, MetaMethod, MultiValue, StdLib, Table,
+    UserData, UserDataMethods, Value, VmState,
+};
+
+use super::native::{self, Key};
+use super::spec::{ChainSpec, Param, Stage, spec_of, valid_name};
+use super::{Ctx, FilterError, Limits, Result};
+
+/// The instruction hook runs every this many Lua instructions.
+const HOOK_STEP: u32 = 1000;
+/// Lua states kept per thread (one per chain).
+const MAX_STATES_PER_THREAD: usize = 8;
+
+static NEXT_CHAIN_ID: AtomicU64 = AtomicU64::new(1);
+
+/// A filter chain, ready to run. `Send + Sync`, cheap to clone; each
+/// thread runs it in its own Lua state (see the module docs).
+#[derive(Clone)]
+pub struct Chain {
+    inner: Arc<ChainInner>,
+}
+
+struct ChainInner {
+    id: u64,
+    stages: Vec<Stage>,
+    spec: ChainSpec,
+    limits: Limits,
+}
+
+impl std::fmt::Debug for Chain {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Chain")
+            .field("spec", &self.inner.spec)
+            .field("limits", &self.inner.limits)
+            .finish()
+    }
+}
+
+/// What [`Chain::decode_report`] returns.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Decoded {
+    /// The plain bytes.
+    pub data: Vec<u8>,
+    /// When the primary was damaged (or not given, for [`Chain::recover`]):
+    /// the name of the stage whose `recover` served the good copy. The
+    /// caller may then rewrite the primary.
+    pub recovered_by: Option<String>,
+}
+
+impl Chain {
+    /// Builds a chain from its stages (in encode order). Compiles every
+    /// script and runs its top level once on this thread, so a syntax
+    /// error, a missing `encode`/`decode` or a missing key is reported
+    /// here (FK0900, FK0907) rather than at the first call.
+    pub fn new(stages: Vec<Stage>, limits: Limits) -> Result<Chain> {
+        for s in &stages {
+            if !valid_name(s.script.name()) {
+                return Err(FilterError::Load {
+                    script: s.script.name().to_owned(),
+                    why: "a filter name is 1-64 characters from A-Za-z0-9._- not starting with '.'"
+                        .into(),
+                });
+            }
+        }
+        let inner = Arc::new(ChainInner {
+            id: NEXT_CHAIN_ID.fetch_add(1, Ordering::Relaxed),
+            spec: spec_of(&stages),
+            stages,
+            limits,
+        });
+        if !inner.stages.is_empty() {
+            let worker = Worker::new(&inner)?;
+            put_back(inner.id, worker);
+        }
+        Ok(Chain { inner })
+    }
+
+    /// Builds the chain a record describes, with the scripts found in
+    /// `dir` ([`ChainSpec::resolve`]).
+    pub fn from_spec(spec: &ChainSpec, dir: &Path, limits: Limits) -> Result<Chain> {
+        Chain::new(spec.resolve(dir)?, limits)
+    }
+
+    /// The chain's description, to record with what it writes.
+    pub fn spec(&self) -> &ChainSpec {
+        &self.inner.spec
+    }
+
+    /// The limits it runs under.
+    pub fn limits(&self) -> Limits {
+        self.inner.limits
+    }
+
+    /// True when the chain has no stage (encode and decode return their input).
+    pub fn is_empty(&self) -> bool {
+        self.inner.stages.is_empty()
+    }
+
+    /// Runs every stage's `encode`, in order.
+    pub fn encode(&self, data: Vec<u8>, ctx: &Ctx) -> Result<Vec<u8>> {
+        if self.is_empty() {
+            return Ok(data);
+        }
+        with_worker(&self.inner, |w| {
+            w.begin(ctx, data.len());
+            let r = w.encode(data, ctx);
+            w.finish();
+            r
+        })
+    }
+
+    /// Runs every stage's `decode`, in reverse order, falling back to
+    /// replicas on damage (see the module docs).
+    pub fn decode(&self, data: Vec<u8>, ctx: &Ctx) -> Result<Vec<u8>> {
+        Ok(self.decode_report(data, ctx)?.data)
+    }
+
+    /// [`Chain::decode`], also telling whether a replica was used.
+    pub fn decode_report(&self, data: Vec<u8>, ctx: &Ctx) -> Result<Decoded> {
+        if self.is_empty() {
+            return Ok(Decoded {
+                data,
+                recovered_by: None,
+            });
+        }
+        with_worker(&self.inner, |w| {
+            w.begin(ctx, data.len());
+            let r = w.decode(Some(data), ctx);
+            w.finish();
+            r
+        })
+    }
+
+    /// Decodes from a replica alone, for when the primary cannot be read:
+    /// asks the last stage that defines `recover` (the one nearest the
+    /// stored bytes), then decodes the stages before it. FK0905 when no
+    /// stage has a replica of `ctx`.
+    pub fn recover(&self, ctx: &Ctx) -> Result<Decoded> {
+        if self.is_empty() {
+            return Err(FilterError::Damaged {
+                at: format!("filter chain (recover) on {}", ctx.describe()),
+                why: "the chain is empty: no replica of it".into(),
+            });
+        }
+        with_worker(&self.inner, |w| {
+            w.begin(ctx, 0);
+            let r = w.decode(None, ctx);
+            w.finish();
+            r
+        })
+    }
+
+    /// The Lua heap this thread's state for the chain uses, if it has one
+    /// (for tests and diagnostics).
+    pub fn lua_memory(&self) -> Option<usize> {
+        WORKERS.with(|c| {
+            c.borrow()
+                .iter()
+                .find(|(id, _)| *id == self.inner.id)
+                .map(|(_, w)| w.lua.used_memory())
+        })
+    }
+}
+
+thread_local! {
+    static WORKERS: RefCell<Vec<(u64, Worker)>> = const { RefCell::new(Vec::new()) };
+}
+
+fn put_back(id: u64, worker: Worker) {
+    let evicted = WORKERS.with(|c| {
+        let mut ws = c.borrow_mut();
+        ws.insert(0, (id, worker));
+        let keep = ws.len().min(MAX_STATES_PER_THREAD);
+        ws.split_off(keep)
+    });
+    drop(evicted);
+}
+
+/// Runs `f` with this thread's state for the chain (building it if
+/// needed). A state whose script failed is dropped, not put back.
+fn with_worker<R>(inner: &ChainInner, f: impl FnOnce(&mut Worker) -> Result<R>) -> Result<R> {
+    let cached = WORKERS.with(|c| {
+        let mut ws = c.borrow_mut();
+        let pos = ws.iter().position(|(id, _)| *id == inner.id);
+        pos.map(|i| ws.remove(i).1)
+    });
+    let mut worker = match cached {
+        Some(w) => w,
+        None => Worker::new(inner)?,
+    };
+    let r = f(&mut worker);
+    if r.as_ref().err().is_none_or(|e| !e.poisons_state()) {
+        put_back(inner.id, worker);
+    }
+    r
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Abort {
+    Budget,
+    Buffers,
+    /// The Lua heap limit, seen by the sandbox's `pcall` (which re-raises
+    /// it as a plain string, so the engine would not know it otherwise).
+    Heap,
+}
+
+/// What the hook and the helpers share about the call in progress.
+struct CallState {
+    limits: Limits,
+    ctx: RefCell<Option<Ctx>>,
+    created: RefCell<Vec<AnyUserData>>,
+    buffer_used: Cell<usize>,
+    buffer_budget: Cell<usize>,
+    instructions: Cell<u64>,
+    abort: Cell<Option<Abort>>,
+}
+
+impl CallState {
+    fn reset(&self, ctx: Option<&Ctx>, input_len: usize) {
+        self.instructions.set(0);
+        self.abort.set(None);
+        self.buffer_used.set(0);
+        let plain = ctx.map_or(0, |c| usize::try_from(c.size()).unwrap_or(usize::MAX));
+        self.buffer_budget.set(
+            self.limits
+                .buffers
+                .saturating_add(input_len.saturating_add(plain).saturating_mul(8)),
+        );
+        *self.ctx.borrow_mut() = ctx.cloned();
+    }
+
+    fn remaining(&self) -> usize {
+        self.buffer_budget
+            .get()
+            .saturating_sub(self.buffer_used.get())
+    }
+}
+
+fn call_state(lua: &Lua) -> Rc<CallState> {
+    lua.app_data_ref::<Rc<CallState>>()
+        .expect("set when the state is built")
+        .clone()
+}
+
+/// A bytes object: a Rust buffer that scripts pass around without copying.
+struct Bytes(Vec<u8>);
+
+/// An opaque key.
+struct KeyHandle(Key);
+
+impl UserData for KeyHandle {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
+            Ok(format!("key({})", this.0.id_hex()))
+        });
+    }
+}
+
+fn ext(e: FilterError) -> mlua::Error {
+    mlua::Error::external(e)
+}
+
+/// Makes a bytes object, charging it to the call's buffer budget.
+fn new_bytes(lua: &Lua, data: Vec<u8>) -> mlua::Result<AnyUserData> {
+    let st = call_state(lua);
+    let used = st.buffer_used.get().saturating_add(data.len());
+    if used > st.buffer_budget.get() {
+        st.abort.set(Some(Abort::Buffers));
+        return Err(ext(FilterError::Memory {
+            at: String::new(),
+            what: format!(
+                "helpers allocated more than the call's buffer budget of {} bytes",
+                st.buffer_budget.get()
+            ),
+        }));
+    }
+    st.buffer_used.set(used);
+    let ud = lua.create_userdata(Bytes(data))?;
+    st.created.borrow_mut().push(ud.clone());
+    Ok(ud)
+}
+
+/// Runs `f` on the bytes of a bytes object or a Lua string.
+fn with_bytes<R>(v: &Value, f: impl FnOnce(&[u8]) -> R) -> mlua::Result<R> {
+    match v {
+        Value::String(s) => Ok(f(&s.as_bytes())),
+        Value::UserData(ud) => match ud.borrow::<Bytes>() {
+            Ok(b) => Ok(f(&b.0)),
+            Err(mlua::Error::UserDataDestructed) => Err(mlua::Error::runtime(
+                "a bytes object from an earlier call (buffers live for one call)",
+            )),
+            Err(_) => Err(mlua::Error::runtime(
+                "expected bytes or a string, got another userdata",
+            )),
+        },
+        other => Err(mlua::Error::runtime(format!(
+            "expected bytes or a string, got {}",
+            other.type_name()
+        ))),
+    }
+}
+
+/// Lua-style `i, j` (1-based, negative from the end) to a byte range.
+fn lua_range(len: usize, i: Option<i64>, j: Option<i64>) -> std::ops::Range<usize> {
+    let n = i64::try_from(len).unwrap_or(i64::MAX);
+    let mut i = i.unwrap_or(1);
+    let mut j = j.unwrap_or(-1);
+    if i < 0 {
+        i = (n + i + 1).max(1);
+    } else if i == 0 {
+        i = 1;
+    }
+    if j < 0 {
+        j = n + j + 1;
+    } else if j > n {
+        j = n;
+    }
+    if i > j {
+        0..0
+    } else {
+        usize::try_from(i - 1).unwrap_or(0)..usize::try_from(j).unwrap_or(0)
+    }
+}
+
+impl UserData for Bytes {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_method("len", |_, this, ()| Ok(this.0.len()));
+        methods.add_meta_method(MetaMethod::Len, |_, this, ()| Ok(this.0.len()));
+        methods.add_method("str", |lua, this, (i, j): (Option<i64>, Option<i64>)| {
+            lua.create_string(&this.0[lua_range(this.0.len(), i, j)])
+        });
+        methods.add_method("sub", |lua, this, (i, j): (Option<i64>, Option<i64>)| {
+            new_bytes(lua, this.0[lua_range(this.0.len(), i, j)].to_vec())
+        });
+        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
+            Ok(format!("bytes({})", this.0.len()))
+        });
+        methods.add_meta_method(MetaMethod::Eq, |_, this, other: Value| {
+            with_bytes(&other, |o| o == this.0.as_slice())
+        });
+        methods.add_meta_function(MetaMethod::Concat, |lua, (a, b): (Value, Value)| {
+            let mut out = with_bytes(&a, <[u8]>::to_vec)?;
+            with_bytes(&b, |b| out.extend_from_slice(b))?;
+            new_bytes(lua, out)
+        });
+    }
+}
+
+fn current_ctx(lua: &Lua) -> mlua::Result<Ctx> {
+    call_state(lua).ctx.borrow().clone().ok_or_else(|| {
+        mlua::Error::runtime("this helper works only inside encode, decode or recover")
+    })
+}
+
+fn is_memory_error(e: &mlua::Error) -> bool {
+    let mut cur = Some(e);
+    while let Some(e) = cur {
+        if matches!(e, mlua::Error::MemoryError(_)) {
+            return true;
+        }
+        if let mlua::Error::BadArgument { cause, .. } = e {
+            return is_memory_error(cause);
+        }
+        cur = e.parent();
+    }
+    false
+}
+
+/// The `fk` table.
+fn fk_table(lua: &Lua) -> mlua::Result<Table> {
+    let fk = lua.create_table()?;
+    fk.set(
+        "bytes",
+        lua.create_function(|lua, v: Value| {
+            let data = with_bytes(&v, <[u8]>::to_vec)?;
+            new_bytes(lua, data)
+        })?,
+    )?;
+    fk.set(
+        "concat",
+        lua.create_function(|lua, args: MultiValue| {
+            let mut out = Vec::new();
+            for v in args.iter() {
+                with_bytes(v, |b| out.extend_from_slice(b))?;
+            }
+            new_bytes(lua, out)
+        })?,
+    )?;
+    fk.set(
+        "zstd_compress",
+        lua.create_function(|lua, (v, level): (Value, Option<i32>)| {
+            let level = level.unwrap_or(3);
+            if !(-7..=22).contains(&level) {
+                return Err(mlua::Error::runtime(format!(
+                    "zstd level {level}: use -7 to 22"
+                )));
+            }
+            let out = with_bytes(&v, |b| native::zstd_compress(b, level))?.map_err(ext)?;
+            new_bytes(lua, out)
+        })?,
+    )?;
+    fk.set(
+        "zstd_decompress",
+        lua.create_function(|lua, v: Value| {
+            let max = call_state(lua).remaining();
+            let out = with_bytes(&v, |b| native::zstd_decompress(b, max))?.map_err(ext)?;
+            new_bytes(lua, out)
+        })?,
+    )?;
+    fk.set(
+        "crc32c",
+        lua.create_function(|_, v: Value| with_bytes(&v, native::crc32c))?,
+    )?;
+    fk.set(
+        "checksum_seal",
+        lua.create_function(|lua, v: Value| {
+            let out = with_bytes(&v, native::checksum_seal)?;
+            new_bytes(lua, out)
+        })?,
+    )?;
+    fk.set(
+        "checksum_open",
+        lua.create_function(|lua, v: Value| {
+            let out = with_bytes(&v, native::checksum_open)?.map_err(ext)?;
+            new_bytes(lua, out)
+        })?,
+    )?;
+    fk.set(
+        "key",
+        lua.create_function(|lua, spec: Table| {
+            let file: Option<String> = spec.get("file")?;
+            let env: Option<String> = spec.get("env")?;
+            let key = match (file, env) {
+                (Some(f), _) => Key::from_file(Path::new(&f)),
+                (None, Some(e)) => Key::from_env(&e),
+                (None, None) => Err(FilterError::Key {
+                    at: String::new(),
+                    why: "fk.key needs {file = PATH} or {env = NAME}".into(),
+                }),
+            }
+            .map_err(ext)?;
+            lua.create_userdata(KeyHandle(key))
+        })?,
+    )?;
+    fk.set(
+        "encrypt",
+        lua.create_function(|lua, (k, v): (AnyUserData, Value)| {
+            let key = k.borrow::<KeyHandle>()?;
+            let aad = current_ctx(lua)?.aad();
+            let out = with_bytes(&v, |b| native::encrypt(&key.0, &aad, b))?.map_err(ext)?;
+            new_bytes(lua, out)
+        })?,
+    )?;
+    fk.set(
+        "decrypt",
+        lua.create_function(|lua, (k, v): (AnyUserData, Value)| {
+            let key = k.borrow::<KeyHandle>()?;
+            let aad = current_ctx(lua)?.aad();
+            let out = with_bytes(&v, |b| native::decrypt(&key.0, &aad, b))?.map_err(ext)?;
+            new_bytes(lua, out)
+        })?,
+    )?;
+    fk.set(
+        "replica_write",
+        lua.create_function(|lua, (dir, v): (String, Value)| {
+            let ctx = current_ctx(lua)?;
+            with_bytes(&v, |b| native::replica_write(Path::new(&dir), &ctx, b))?.map_err(ext)?;
+            Ok(v)
+        })?,
+    )?;
+    fk.set(
+        "replica_read",
+        lua.create_function(|lua, dir: String| {
+            let ctx = current_ctx(lua)?;
+            let max = call_state(lua).remaining();
+            match native::replica_read(Path::new(&dir), &ctx, max).map_err(ext)? {
+                Some(data) => Ok(Some(new_bytes(lua, data)?)),
+                None => Ok(None),
+            }
+        })?,
+    )?;
+    fk.set(
+        "damaged",
+        lua.create_function(|_, why: String| -> mlua::Result<()> {
+            Err(ext(FilterError::Damaged {
+                at: String::new(),
+                why,
+            }))
+        })?,
+    )?;
+    fk.set(
+        "is_damaged",
+        lua.create_function(|_, e: Value| {
+            Ok(match e {
+                Value::Error(e) => e
+                    .downcast_ref::<FilterError>()
+                    .is_some_and(FilterError::is_damage),
+                _ => false,
+            })
+        })?,
+    )?;
+    Ok(fk)
+}
+
+/// Run with the full base library before it is taken away. Gets `fk`, the
+/// "is this error fatal" test and `print`; returns `new_env(params)`, which
+/// makes a script's environment and the function that freezes it, and the
+/// trampolines that call a stage with a fresh ctx table.
+const PRELUDE: &str = r#"
+local fk, fatal, log = ...
+local real_pcall, error, setmetatable, tostring, type, rawget, next =
+      pcall, error, setmetatable, tostring, type, rawget, next
+string.dump = nil
+getmetatable("").__metatable = false
+
+local function readonly(t, name)
+  return setmetatable({}, {
+    __index = t,
+    __newindex = function() error("attempt to modify the read-only table '" .. name .. "'", 2) end,
+    __pairs = function() return next, t, nil end,
+    __len = function() return #t end,
+    __metatable = false,
+  })
+end
+
+local function rethrow(ok, ...)
+  if not ok and fatal((...)) then error((...), 0) end
+  return ok, ...
+end
+
+-- xpcall's handler runs after the stack unwinds: Lua runs a message
+-- handler with hooks off when the error came from the instruction hook,
+-- so a handler that loops could not be stopped.
+local function xrethrow(h, ok, ...)
+  if ok then return ok, ... end
+  if fatal((...)) then error((...), 0) end
+  return false, h((...))
+end
+
+-- Finalizers run with hooks off, at any allocation: none from scripts.
+local function safe_setmetatable(t, mt)
+  if type(mt) == "table" and rawget(mt, "__gc") ~= nil then
+    error("__gc metamethods are not allowed in filters", 2)
+  end
+  return setmetatable(t, mt)
+end
+
+local sandbox = {
+  assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
+  select = select, tonumber = tonumber, tostring = tostring, type = type,
+  getmetatable = getmetatable, setmetatable = safe_setmetatable,
+  rawequal = rawequal, rawget = rawget, rawlen = rawlen, rawset = rawset,
+  _VERSION = _VERSION,
+  pcall = function(f, ...) return rethrow(real_pcall(f, ...)) end,
+  xpcall = function(f, h, ...) return xrethrow(h, real_pcall(f, ...)) end,
+  print = log,
+  string = readonly(string, "string"),
+  table = readonly(table, "table"),
+  math = readonly(math, "math"),
+  utf8 = readonly(utf8, "utf8"),
+  fk = readonly(fk, "fk"),
+}
+
+-- Stage calls go through these, so that the ctx table is built inside
+-- Lua in one protected call rather than field by field from Rust.
+local function call_object(f, b, digest, size)
+  local ctx = { kind = "object", digest = digest, size = size }
+  if b == nil then return f(ctx) end
+  return f(b, ctx)
+end
+
+local function call_block(f, b, volume, layer, block, size)
+  local ctx = { kind = "block", volume = volume, layer = layer, block = block, size = size }
+  if b == nil then return f(ctx) end
+  return f(b, ctx)
+end
+
+return function(params)
+  local env = {}
+  local mt = { __index = sandbox, __metatable = false }
+  env.params = readonly(params, "params")
+  env._G = env
+  setmetatable(env, mt)
+  return env, function()
+    mt.__newindex = function(_, k)
+      error("assignment to global '" .. tostring(k) ..
+            "' in a call: globals are read-only once the script is loaded (use a local)", 2)
+    end
+  end
+end, call_object, call_block
+"#;
+
+/// What the real global table loses once the prelude has run (the sandbox
+/// never sees it, this is defence in depth).
+const STRIPPED_GLOBALS: &[&str] = &[
+    "load",
+    "loadfile",
+    "dofile",
+    "loadstring",
+    "collectgarbage",
+    "require",
+    "warn",
+    "print",
+    "getmetatable",
+    "setmetatable",
+    "rawset",
+    "rawget",
+];
+
+struct StageFns {
+    name: String,
+    encode: Function,
+    decode: Function,
+    recover: Option<Function>,
+}
+
+/// One thread's Lua state for one chain.
+struct Worker {
+    stages: Vec<StageFns>,
+    call_object: Function,
+    call_block: Function,
+    st: Rc<CallState>,
+    lua: Lua,
+}
+
+#[derive(Clone, Copy)]
+enum Op {
+    Encode,
+    Decode,
+    Recover,
+}
+
+impl Op {
+    fn name(self) -> &'static str {
+        match self {
+            Op::Encode => "encode",
+            Op::Decode => "decode",
+            Op::Recover => "recover",
+        }
+    }
+}
+
+fn params_table(lua: &Lua, params: &super::Params) -> mlua::Result<Table> {
+    let t = lua.create_table_with_capacity(0, params.len())?;
+    for (k, v) in params {
+        match v {
+            Param::Bool(b) => t.raw_set(k.as_str(), *b)?,
+            Param::Int(n) => t.raw_set(k.as_str(), *n)?,
+            Param::Float(x) => t.raw_set(k.as_str(), *x)?,
+            Param::Str(s) => t.raw_set(k.as_str(), s.as_str())?,
+        }
+    }
+    Ok(t)
+}
+
+/// Lua's message without mlua's wrapping and traceback.
+fn lua_message(e: &mlua::Error) -> String {
+    let mut cur = e;
+    while let mlua::Error::CallbackError { cause, .. } | mlua::Error::WithContext { cause, .. } =
+        cur
+    {
+        cur = cause;
+    }
+    let text = match cur {
+        mlua::Error::RuntimeError(m) => m.clone(),
+        mlua::Error::SyntaxError { message, .. } => message.clone(),
+        other => other.to_string(),
+    };
+    match text.find("\nstack traceback:") {
+        Some(i) => text[..i].to_owned(),
+        None => text,
+    }
+}
+
+impl Worker {
+    fn new(inner: &ChainInner) -> Result<Worker> {
+        let state_err = |e: mlua::Error| FilterError::Load {
+            script: "(sandbox)".into(),
+            why: e.to_string(),
+        };
+        let limits = inner.limits;
+        let lua = Lua::new_with(
+            StdLib::STRING | StdLib::TABLE | StdLib::MATH | StdLib::UTF8,
+            LuaOptions::default(),
+        )
+        .map_err(state_err)?;
+        let st = Rc::new(CallState {
+            limits,
+            ctx: RefCell::new(None),
+            created: RefCell::new(Vec::new()),
+            buffer_used: Cell::new(0),
+            buffer_budget: Cell::new(limits.buffers),
+            instructions: Cell::new(0),
+            abort: Cell::new(None),
+        });
+        lua.set_app_data(st.clone());
+
+        let fk = fk_table(&lua).map_err(state_err)?;
+        let fatal = lua
+            .create_function(|lua, e: Value| {
+                let st = call_state(lua);
+                if st.abort.get().is_some() {
+                    return Ok(true);
+                }
+                let heap = match &e {
+                    Value::String(s) => s.as_bytes().as_ref() == b"not enough memory",
+                    Value::Error(e) => is_memory_error(e),
+                    _ => false,
+                };
+                if heap {
+                    st.abort.set(Some(Abort::Heap));
+                }
+                Ok(heap)
+            })
+            .map_err(state_err)?;
+        let log = lua
+            .create_function(|_, args: MultiValue| {
+                let parts: Vec<String> = args
+                    .iter()
+                    .map(|v| v.to_string().unwrap_or_else(|_| v.type_name().to_owned()))
+                    .collect();
+                tracing::debug!(target: "fukastor::filter", "{}", parts.join("\t"));
+                Ok(())
+            })
+            .map_err(state_err)?;
+        let (new_env, call_object, call_block): (Function, Function, Function) = lua
+            .load(PRELUDE)
+            .set_name("=fukastor-sandbox")
+            .set_mode(ChunkMode::Text)
+            .call((fk, fatal, log))
+            .map_err(state_err)?;
+        let globals = lua.globals();
+        for name in STRIPPED_GLOBALS {
+            globals.raw_set(*name, Value::Nil).map_err(state_err)?;
+        }
+        drop(globals);
+
+        // Limits apply from here on: to loading the scripts, too.
+        lua.set_memory_limit(limits.memory).map_err(state_err)?;
+        let hook_st = st.clone();
+        lua.set_global_hook(
+            HookTriggers::new().every_nth_instruction(HOOK_STEP),
+            move |_, _| {
+                let n = hook_st.instructions.get() + u64::from(HOOK_STEP);
+                hook_st.instructions.set(n);
+                if n > hook_st.limits.instructions {
+                    hook_st.abort.set(Some(Abort::Budget));
+                    return Err(ext(FilterError::Budget {
+                        at: String::new(),
+                        limit: hook_st.limits.instructions,
+                    }));
+                }
+                Ok(VmState::Continue)
+            },
+        )
+        .map_err(state_err)?;
+
+        let mut worker = Worker {
+            stages: Vec::with_capacity(inner.stages.len()),
+            call_object,
+            call_block,
+            st,
+            lua,
+        };
+        for stage in &inner.stages {
+            let fns = worker.load_stage(stage, &new_env)?;
+            worker.stages.push(fns);
+        }
+        Ok(worker)
+    }
+
+    fn load_stage(&self, stage: &Stage, new_env: &Function) -> Result<StageFns> {
+        let name = stage.script.name();
+        let place = format!("filter {name} (load)");
+        self.st.reset(None, 0);
+        let r = (|| -> mlua::Result<Result<StageFns>> {
+            let params = params_table(&self.lua, &stage.params)?;
+            let (env, freeze): (Table, Function) = new_env.call(params)?;
+            self.lua
+                .load(stage.script.source())
+                .set_name(format!("={name}"))
+                .set_mode(ChunkMode::Text)
+                .set_environment(env.clone())
+                .exec()?;
+            freeze.call::<()>(())?;
+            let get = |field: &str| -> mlua::Result<Option<Function>> {
+                match env.raw_get::<Value>(field)? {
+                    Value::Function(f) => Ok(Some(f)),
+                    Value::Nil => Ok(None),
+                    other => Err(mlua::Error::runtime(format!(
+                        "`{field}` is a {}, not a function",
+                        other.type_name()
+                    ))),
+                }
+            };
+            let (encode, decode) = match (get("encode")?, get("decode")?) {
+                (Some(e), Some(d)) => (e, d),
+                _ => {
+                    return Ok(Err(FilterError::Load {
+                        script: name.to_owned(),
+                        why: "the script must define encode(bytes, ctx) and decode(bytes, ctx)"
+                            .into(),
+                    }));
+                }
+            };
+            Ok(Ok(StageFns {
+                name: name.to_owned(),
+                encode,
+                decode,
+                recover: get("recover")?,
+            }))
+        })();
+        let out = match r {
+            Ok(inner) => inner,
+            Err(e) => Err(match self.classify(&e, &place) {
+                FilterError::Script { msg, .. } => FilterError::Load {
+                    script: name.to_owned(),
+                    why: msg,
+                },
+                other => other,
+            }),
+        };
+        self.finish();
+        out
+    }
+
+    fn begin(&self, ctx: &Ctx, input_len: usize) {
+        self.st.reset(Some(ctx), input_len);
+    }
+
+    /// Frees every buffer the call made: nothing outlives the call.
+    fn finish(&self) {
+        let created = std::mem::take(&mut *self.st.created.borrow_mut());
+        for ud in created {
+            let _ = ud.destroy();
+        }
+        *self.st.ctx.borrow_mut() = None;
+    }
+
+    /// Drops a buffer the engine frees itself from the end-of-call list.
+    fn forget(&self, ud: &AnyUserData) {
+        let p = ud.to_pointer();
+        let mut created = self.st.created.borrow_mut();
+        if let Some(i) = created.iter().rposition(|c| c.to_pointer() == p) {
+            created.swap_remove(i);
+        }
+    }
+
+    fn classify(&self, e: &mlua::Error, place: &str) -> FilterError {
+        if self.st.abort.get() == Some(Abort::Budget) {
+            return FilterError::Budget {
+                at: place.to_owned(),
+                limit: self.st.limits.instructions,
+            };
+        }
+        if let Some(fe) = e.downcast_ref::<FilterError>() {
+            return fe.clone().located(place);
+        }
+        if self.st.abort.get() == Some(Abort::Buffers) {
+            return FilterError::Memory {
+                at: place.to_owned(),
+                what: format!(
+                    "helpers allocated more than the call's buffer budget of {} bytes",
+                    self.st.buffer_budget.get()
+                ),
+            };
+        }
+        if is_memory_error(e) || self.st.abort.get() == Some(Abort::Heap) {
+            return FilterError::Memory {
+                at: place.to_owned(),
+                what: format!("the Lua heap limit of {} bytes", self.st.limits.memory),
+            };
+        }
+        FilterError::Script {
+            at: place.to_owned(),
+            msg: lua_message(e),
+        }
+    }
+
+    fn input(&self, data: Vec<u8>) -> Result<Value> {
+        let ud = self
+            .lua
+            .create_userdata(Bytes(data))
+            .map_err(|e| self.classify(&e, "filter input"))?;
+        self.st.created.borrow_mut().push(ud.clone());
+        Ok(Value::UserData(ud))
+    }
+
+    /// Takes the result out of Lua: a bytes object is moved, a string copied.
+    fn output(&self, v: Value) -> Vec<u8> {
+        match v {
+            Value::UserData(ud) => {
+                self.forget(&ud);
+                ud.take::<Bytes>().map(|b| b.0).unwrap_or_default()
+            }
+            Value::String(s) => s.as_bytes().to_vec(),
+            _ => Vec::new(),
+        }
+    }
+
+    /// Calls one stage's `encode`/`decode` (with `input`) or `recover`.
+    fn call(&self, k: usize, op: Op, input: Option<Value>, ctx: &Ctx) -> Result<Value> {
+        let stage = &self.stages[k];
+        let place = || {
+            format!(
+                "filter {} ({}) on {}",
+                stage.name,
+                op.name(),
+                ctx.describe()
+            )
+        };
+        let prev = match &input {
+            Some(Value::UserData(ud)) => Some(ud.clone()),
+            _ => None,
+        };
+        let f = match op {
+            Op::Encode => &stage.encode,
+            Op::Decode => &stage.decode,
+            Op::Recover => match &stage.recover {
+                Some(f) => f,
+                None => return Ok(Value::Nil),
+            },
+        };
+        let input = input.unwrap_or(Value::Nil);
+        let out: Value = match ctx {
+            Ctx::Object { digest, size } => {
+                self.call_object.call((f, input, digest.as_str(), *size))
+            }
+            Ctx::Block {
+                volume,
+                layer,
+                block,
+                size,
+            } => self
+                .call_block
+                .call((f, input, volume.as_str(), *layer, *block, *size)),
+        }
+        .map_err(|e| self.classify(&e, &place()))?;
+        let ok = match &out {
+            Value::String(_) => true,
+            Value::UserData(ud) => ud.borrow::<Bytes>().is_ok(),
+            Value::Nil => matches!(op, Op::Recover),
+            _ => false,
+        };
+        if !ok {
+            return Err(FilterError::BadReturn {
+                at: place(),
+                got: match &out {
+                    Value::UserData(_) => {
+                        "a bytes object from an earlier call, or other userdata".to_owned()
+                    }
+                    other => other.type_name().to_owned(),
+                },
+            });
+        }
+        // The stage's input is dead now: free it early (peak memory stays
+        // at about two buffers whatever the chain's length).
+        if let Some(prev) = prev {
+            let same = matches!(&out, Value::UserData(o) if o.to_pointer() == prev.to_pointer());
+            if !same {
+                self.forget(&prev);
+                let _ = prev.destroy();
+            }
+        }
+        Ok(out)
+    }
+
+    fn encode(&self, data: Vec<u8>, ctx: &Ctx) -> Result<Vec<u8>> {
+        let mut cur = self.input(data)?;
+        for k in 0..self.stages.len() {
+            cur = self.call(k, Op::Encode, Some(cur), ctx)?;
+        }
+        Ok(self.output(cur))
+    }
+
+    /// Decodes `data` (or, when `None`, starts from the outermost replica).
+    fn decode(&self, data: Option<Vec<u8>>, ctx: &Ctx) -> Result<Decoded> {
+        let n = self.stages.len();
+        let mut tried = vec![false; n];
+        let mut recovered_by = None;
+        // `next` is the number of stages still to decode: stage next-1 is next.
+        let (mut cur, mut next) = match data {
+            Some(d) => (self.input(d)?, n),
+            None => {
+                let mut found = None;
+                for j in (0..n).rev() {
+                    if self.stages[j].recover.is_none() {
+                        continue;
+                    }
+                    tried[j] = true;
+                    let v = self.call(j, Op::Recover, None, ctx)?;
+                    if !matches!(v, Value::Nil) {
+                        found = Some((v, j));
+                        break;
+                    }
+                }
+                let Some((v, j)) = found else {
+                    return Err(FilterError::Damaged {
+                        at: format!("filter chain (recover) on {}", ctx.describe()),
+                        why: "no replica of it".into(),
+                    });
+                };
+                recovered_by = Some(self.stages[j].name.clone());
+                (v, j)
+            }
+        };
+        let mut first_damage: Option<FilterError> = None;
+        while next > 0 {
+            let k = next - 1;
+            match self.call(k, Op::Decode, Some(cur), ctx) {
+                Ok(v) => {
+                    cur = v;
+                    next = k;
+                }
+                Err(e) if e.is_damage() || matches!(e, FilterError::WrongKey { .. }) => {
+                    let first = first_damage.get_or_insert(e);
+                    let mut found = None;
+                    let mut notes = Vec::new();
+                    for (j, done) in tried.iter_mut().enumerate().skip(k + 1) {
+                        if *done || self.stages[j].recover.is_none() {
+                            continue;
+                        }
+                        *done = true;
+                        match self.call(j, Op::Recover, None, ctx) {
+                            Ok(Value::Nil) => {
+                                notes.push(format!("no replica in {}", self.stages[j].name))
+                            }
+                            Ok(v) => {
+                                found = Some((v, j));
+                                break;
+                            }
+                            // An unreadable replica: say so with the damage.
+                            Err(e) if !e.poisons_state() => notes.push(e.to_string()),
+                            Err(e) => return Err(e),
+                        }
+                    }
+                    match found {
+                        Some((v, j)) => {
+                            tracing::warn!(
+                                "{}; reading the replica from filter {}",
+                                first,
+                                self.stages[j].name
+                            );
+                            recovered_by = Some(self.stages[j].name.clone());
+                            cur = v;
+                            next = j;
+                        }
+                        None => {
+                            let mut e = first_damage.take().expect("set above");
+                            if let FilterError::Damaged { why, .. } = &mut e {
+                                if recovered_by.is_some() {
+                                    why.push_str(" (its replica is damaged too)");
+                                }
+                                for note in notes {
+                                    why.push_str(&format!("; {note}"));
+                                }
+                            }
+                            return Err(e);
+                        }
+                    }
+                }
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(Decoded {
+            data: self.output(cur),
+            recovered_by,
+        })
+    }
+}
