@@ -46,6 +46,11 @@ fix_podman_ulimits() {
     nproc=$(ulimit -Hu)
     [[ $nofile == unlimited ]] && nofile=1048576
     [[ $nproc == unlimited ]] && nproc=4194304
+    # podman 4.3 lowers its own RLIMIT_NPROC to kernel.pid_max before it
+    # starts crun; a container limit above that fails with EPERM in crun.
+    local pid_max
+    pid_max=$(cat /proc/sys/kernel/pid_max 2>/dev/null || echo 32768)
+    ((nproc > pid_max)) && nproc=$pid_max
     if ((nofile >= 1048576 && nproc >= 4194304)); then
         info "podman: hard rlimits (nofile $nofile, nproc $nproc) fit podman's defaults"
         return 0

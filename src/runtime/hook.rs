@@ -97,6 +97,20 @@ pub fn precreate(store_root: &Path, input: &mut impl Read, out: &mut impl Write)
     config["root"]["path"] = Value::String(rootfs.display().to_string());
     config["root"]["readonly"] = Value::Bool(false);
     config["annotations"][CONTAINER] = Value::String(c.name.clone());
+    // podman 4.3 builds the poststop state from its own annotations, not
+    // from the config printed here: remember its container ID.
+    if let Some(id) = podman_id(&config) {
+        let dir = hooks_dir(store_root);
+        let _ = std::fs::create_dir_all(&dir);
+        if let Err(e) = crate::store::write_atomic(&dir.join(&id), c.name.as_bytes()) {
+            let _ = containers.remove(&c.name, true);
+            return Err(crate::store::StoreError::Io {
+                context: "recording the podman container".into(),
+                source: e,
+            }
+            .into());
+        }
+    }
     if let Err(e) = print(out, &config) {
         let _ = containers.remove(&c.name, true);
         return Err(e);
@@ -104,10 +118,51 @@ pub fn precreate(store_root: &Path, input: &mut impl Read, out: &mut impl Write)
     Ok(())
 }
 
+/// Where precreate records podman container IDs: `fukastor/hooks/<id>`
+/// holds the name of the fukastor container made for it.
+fn hooks_dir(store_root: &Path) -> std::path::PathBuf {
+    Containers::new(store_root)
+        .paths()
+        .store
+        .join("fukastor/hooks")
+}
+
+fn is_container_id(id: &str) -> bool {
+    id.len() == 64 && id.bytes().all(|b| b.is_ascii_hexdigit())
+}
+
+/// podman's container ID, as it appears in the config it proposes: in the
+/// sources of its bind mounts (`…/overlay-containers/<id>/userdata/…`), or
+/// in the cgroup path (`…libpod-<id>…`).
+fn podman_id(config: &Value) -> Option<String> {
+    let from_mounts = config["mounts"].as_array().and_then(|ms| {
+        ms.iter().find_map(|m| {
+            let rest = m["source"].as_str()?.split("/overlay-containers/").nth(1)?;
+            let id = rest.split('/').next()?;
+            is_container_id(id).then(|| id.to_string())
+        })
+    });
+    from_mounts.or_else(|| {
+        let path = config["linux"]["cgroupsPath"].as_str()?;
+        let rest = path.split("libpod-").nth(1)?;
+        let id = rest.get(..64)?;
+        is_container_id(id).then(|| id.to_string())
+    })
+}
+
 /// `fukastor hook poststop`.
 pub fn poststop(store_root: &Path, input: &mut impl Read) -> Result<()> {
     let state = read_json(input, "container state")?;
-    let Some(name) = annotation(&state, CONTAINER).map(str::to_string) else {
+    let mapped = state["id"]
+        .as_str()
+        .filter(|id| is_container_id(id))
+        .and_then(|id| {
+            let f = hooks_dir(store_root).join(id);
+            let name = std::fs::read_to_string(&f).ok();
+            let _ = std::fs::remove_file(&f);
+            name
+        });
+    let Some(name) = annotation(&state, CONTAINER).map(str::to_string).or(mapped) else {
         // Not a container of ours (the hook matched on the image annotation
         // but precreate did not run, e.g. it failed): nothing to undo.
         return Ok(());
@@ -180,6 +235,27 @@ mod tests {
         assert_eq!(e.code(), "FK0806");
         // Nothing was created.
         assert!(!store.path().join("fukastor/containers").exists());
+    }
+
+    #[test]
+    fn podman_ids_are_found_and_checked() {
+        let id = "a".repeat(64);
+        let c: Value = serde_json::from_str(&format!(
+            r#"{{"mounts":[{{"source":"/var/lib/containers/storage/overlay-containers/{id}/userdata/hosts"}}]}}"#
+        ))
+        .unwrap();
+        assert_eq!(podman_id(&c).as_deref(), Some(id.as_str()));
+        let c: Value = serde_json::from_str(&format!(
+            r#"{{"linux":{{"cgroupsPath":"machine.slice:libpod:libpod-{id}.scope"}}}}"#
+        ))
+        .unwrap();
+        assert_eq!(podman_id(&c).as_deref(), Some(id.as_str()));
+        let c: Value = serde_json::from_str(
+            r#"{"mounts":[{"source":"/x/overlay-containers/../../etc/userdata"}]}"#,
+        )
+        .unwrap();
+        assert_eq!(podman_id(&c), None);
+        assert!(!is_container_id("../../etc/passwd"));
     }
 
     #[test]

@@ -209,7 +209,17 @@ impl fmt::Display for Run {
 }
 
 /// Runs a command with stdin closed and a timeout, capturing its output.
-pub fn run_command(mut cmd: Command) -> Run {
+pub fn run_command(cmd: Command) -> Run {
+    run_command_inner(cmd, None)
+}
+
+/// Runs a command with `input` on its stdin (then closed) and a timeout,
+/// capturing its output (for hooks, which read JSON on stdin).
+pub fn run_command_with_input(cmd: Command, input: &[u8]) -> Run {
+    run_command_inner(cmd, Some(input.to_vec()))
+}
+
+fn run_command_inner(mut cmd: Command, input: Option<Vec<u8>>) -> Run {
     let command = format!(
         "{} {}",
         cmd.get_program().to_string_lossy(),
@@ -220,11 +230,24 @@ pub fn run_command(mut cmd: Command) -> Run {
     );
     let start = Instant::now();
     let mut child = cmd
-        .stdin(Stdio::null())
+        .stdin(if input.is_some() {
+            Stdio::piped()
+        } else {
+            Stdio::null()
+        })
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
         .spawn()
         .unwrap_or_else(|e| panic!("cannot start `{command}`: {e}"));
+    // Fed from a thread: a child that does not read its stdin (or fails
+    // first) must not block the test.
+    let in_thread = input.map(|data| {
+        let mut stdin = child.stdin.take().unwrap();
+        std::thread::spawn(move || {
+            use std::io::Write;
+            let _ = stdin.write_all(&data);
+        })
+    });
     let mut out = child.stdout.take().unwrap();
     let mut err = child.stderr.take().unwrap();
     let out_thread = std::thread::spawn(move || {
@@ -253,6 +276,9 @@ pub fn run_command(mut cmd: Command) -> Run {
     };
     let stdout = out_thread.join().unwrap();
     let stderr = String::from_utf8_lossy(&err_thread.join().unwrap()).into_owned();
+    if let Some(t) = in_thread {
+        let _ = t.join();
+    }
     Run {
         command,
         status,

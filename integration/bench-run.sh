@@ -1,0 +1,400 @@
+#!/usr/bin/env bash
+#
+# bench-run.sh: how long it takes to run `true` in a fresh container with
+# fukastor, next to podman and to crun on a ready-made root directory (the
+# floor), and how much disk 20 stopped containers take with fukastor and with
+# podman. Run by hand as root (not part of the test suite); about 3 minutes
+# with the defaults once the fixtures are built.
+#
+# The image: a tag of integration/fixtures.sh's OCI layout (`bookworm` by
+# default: debootstrap --variant=minbase, ~5k files, 200 MB), imported once
+# into each tool's own storage:
+#   fukastor  fukastor --store $WORK/store pull oci:LAYOUT:TAG TAG
+#   podman    skopeo copy oci:LAYOUT:TAG containers-storage:localhost/bench/TAG
+#             into a private store (CONTAINERS_STORAGE_CONF: overlay driver,
+#             graphroot $WORK/podman/root) with a private containers.conf
+#             (CONTAINERS_CONF: only default_ulimits, computed as plugin/install.sh
+#             does, since podman's default rlimits exceed this kind of host's
+#             hard limits): the host's podman configuration and images are
+#             untouched.
+#   floor     umoci unpack --image LAYOUT:TAG $WORK/floor (a plain directory)
+#
+# Part "run": $RUNS rounds; each round runs every column once, in this order
+# (interleaved, so a slow phase of the shared machine hits all columns alike),
+# and times the whole command (wall clock, bash EPOCHREALTIME):
+#   fukastor-cold  fukastor run --rm --name bench-run TAG -- true, after waiting
+#                  for the volume server to exit (it stops 2 s after the last
+#                  volume is detached): what a lone run pays, server start included
+#   floor          crun run --bundle $WORK/floor-bundle fukastor-bench-floor: the
+#                  config.json fukastor itself wrote for TAG (same namespaces,
+#                  mounts, capabilities, `true`), with root.path = the unpacked
+#                  directory: the runtime alone, no root filesystem to assemble
+#   fukastor       fukastor run --rm ... TAG -- true right after another run (the
+#                  volume server is up): create (thin clone of a pre-formatted
+#                  ext4), mount (composefs image + loop device + ext4 + overlay),
+#                  config.json, crun run, umount, rm
+#   podman-nonet   podman run --rm --network none localhost/bench/TAG true
+#                  (fukastor's containers have a private network namespace with
+#                  loopback only: this is the like-for-like podman)
+#   podman         podman run --rm localhost/bench/TAG true (podman's default
+#                  network: netavark bridge)
+#   One untimed warm-up of each column first (fukastor's also builds its ext4
+#   template, once per store). Figures: median and worst of the $RUNS runs.
+#
+# Part "disk": $CONTAINERS stopped containers of TAG, two ways:
+#   created  fukastor create TAG --name cI          podman create --name cI IMG true
+#   ran      fukastor run --name rI TAG -- true     podman run --name rI --network none IMG true
+#            (no --rm: they stay, stopped)
+#   fukastor: growth of the volume pool's layer files (du -sB1 of
+#   $WORK/store/fukastor/pool/layers) plus the containers' records and bundles
+#   (fukastor/containers); podman: growth of its graphroot (du -sB1 of
+#   $WORK/podman/root: container layers, userdata, its database). Both measured
+#   after a `sync`; the image itself is in neither figure. fukastor's ext4
+#   template (built once per store and size, shared by every container) is
+#   shown apart.
+#
+# Goals (from the issue): fukastor run --rm within 1.5x of the crun floor, and
+# at most half of podman's time (checked against podman-nonet, the faster and
+# like-for-like podman column), both on medians.
+#
+# Usage: integration/bench-run.sh [--runs N] [--containers N] [--image TAG]
+#                                 [--kinds "COLUMN..."] [--no-install] [--keep]
+#   --runs        rounds of part "run" (default 20)
+#   --containers  containers of part "disk" (default 20; 0 skips it)
+#   --image       fixture tag (default bookworm)
+#   --kinds       columns of part "run" (default: all five above)
+#   --no-install  install nothing, build nothing
+#   --keep        keep $WORK's stores after the run
+# Environment:
+#   FUKASTOR_FIXTURES         fixtures directory (default /var/tmp/fukastor-fixtures)
+#   FUKASTOR_BENCH_RUN_DIR    work directory (default /var/tmp/fukastor-bench-run)
+#   FUKASTOR_BIN              fukastor binary (default: cargo build --release)
+# Output: the tables on stdout; raw figures in $WORK/results.tsv, every
+# command's output in $WORK/bench.log.
+
+# SC2016: backquotes in the table's printf formats are markdown.
+# SC2154: bench_run_us sets the variable named by its first argument.
+# shellcheck disable=SC2016,SC2154
+set -euo pipefail
+
+HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
+REPO=$(dirname "$HERE")
+export BENCH_NAME=bench-run
+# shellcheck source-path=SCRIPTDIR source=lib/bench-common.sh
+source "$HERE/lib/bench-common.sh"
+
+FIX=${FUKASTOR_FIXTURES:-/var/tmp/fukastor-fixtures}
+FIX=${FIX%/}
+LAYOUT=$FIX/oci
+WORK=${FUKASTOR_BENCH_RUN_DIR:-/var/tmp/fukastor-bench-run}
+WORK=${WORK%/}
+RUNS=20
+CONTAINERS=20
+IMAGE=bookworm
+KINDS="fukastor-cold floor fukastor podman-nonet podman"
+INSTALL=1
+KEEP=0
+
+while (($#)); do
+    case $1 in
+    --runs) RUNS=$2; shift 2 ;;
+    --containers) CONTAINERS=$2; shift 2 ;;
+    --image) IMAGE=$2; shift 2 ;;
+    --kinds) KINDS=$2; shift 2 ;;
+    --no-install) INSTALL=0; shift ;;
+    --keep) KEEP=1; shift ;;
+    -h | --help) sed -n '3,/^$/{s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
+    *) bench_die "unknown argument $1 (see --help)" ;;
+    esac
+done
+[[ $RUNS =~ ^[1-9][0-9]*$ ]] || bench_die "--runs wants a positive number"
+[[ $CONTAINERS =~ ^[0-9]+$ ]] || bench_die "--containers wants a number"
+for k in $KINDS; do
+    [[ $k == @(fukastor-cold|floor|fukastor|podman-nonet|podman) ]] || bench_die "unknown column $k"
+done
+read -r -a RUN_KINDS <<<"$KINDS"
+[[ $EUID -eq 0 ]] || bench_die "must run as root (containers, mounts, loop devices)"
+
+mkdir -p "$WORK"
+BENCH_LOG=$WORK/bench.log
+: >"$BENCH_LOG"
+RESULTS=$WORK/results.tsv
+: >"$RESULTS"
+T_START=$(bench_now_us)
+
+STORE=$WORK/store
+PODMAN_DIR=$WORK/podman
+FLOOR=$WORK/floor
+FLOOR_BUNDLE=$WORK/floor-bundle
+FLOOR_ID=fukastor-bench-floor
+PODMAN_IMAGE=localhost/bench/$IMAGE:latest
+
+# --- tools ------------------------------------------------------------------------
+
+if ((INSTALL)); then
+    bench_apt_install crun podman skopeo umoci jq util-linux e2fsprogs
+    if [[ -z ${FUKASTOR_BIN:-} ]]; then
+        bench_say "cargo build --release (fukastor)"
+        (cd "$REPO" && cargo build --release --quiet) >>"$BENCH_LOG" 2>&1 ||
+            bench_die "cargo build --release failed (see $BENCH_LOG)"
+    fi
+    if [[ ! -f $FIX/STAMP ]]; then
+        bench_say "building the fixtures (integration/fixtures.sh)"
+        "$HERE/fixtures.sh" >>"$BENCH_LOG" 2>&1 || bench_die "integration/fixtures.sh failed (see $BENCH_LOG)"
+    fi
+fi
+FK=${FUKASTOR_BIN:-$REPO/target/release/fukastor}
+[[ -x $FK ]] || bench_die "no fukastor binary at $FK (build it, or set FUKASTOR_BIN)"
+for t in crun podman skopeo umoci jq losetup; do
+    command -v "$t" >/dev/null || bench_die "$t is not installed (run without --no-install)"
+done
+[[ -f $LAYOUT/index.json ]] || bench_die "no fixtures in $FIX: run integration/fixtures.sh"
+[[ -n $(oci_manifest_of "$LAYOUT" "$IMAGE") ]] || bench_die "no tag $IMAGE in $LAYOUT"
+
+F() { "$FK" --store "$STORE" "$@"; }
+P() { env CONTAINERS_STORAGE_CONF="$PODMAN_DIR/storage.conf" CONTAINERS_CONF="$PODMAN_DIR/containers.conf" podman "$@"; }
+
+# --- clean-up ---------------------------------------------------------------------
+
+server_pid() { jq -r '.pid // empty' "$STORE/fukastor/vserve/server.json" 2>/dev/null || true; }
+
+# Waits (up to 15 s) for the volume server to exit and its mount to go.
+wait_server_gone() {
+    local i pid
+    for ((i = 0; i < 150; i++)); do
+        pid=$(server_pid)
+        if [[ -z $pid || ! -d /proc/$pid ]] && [[ -z $(bench_mounts_under "$STORE") ]]; then
+            return 0
+        fi
+        sleep 0.1
+    done
+    bench_say "the volume server of $STORE still runs after 15 s"
+    return 1
+}
+
+cleanup_all() {
+    local n m dev
+    crun delete --force "$FLOOR_ID" >/dev/null 2>&1 || true
+    if [[ -x $FK && -d $STORE ]]; then
+        for n in $(F --json ps 2>/dev/null | jq -r '.[].name' 2>/dev/null); do
+            crun delete --force "fukastor-$n" >/dev/null 2>&1 || true
+            F rm --force "$n" >>"$BENCH_LOG" 2>&1 || true
+        done
+        wait_server_gone || true
+    fi
+    if [[ -f $PODMAN_DIR/storage.conf ]]; then
+        P rm -a -f >>"$BENCH_LOG" 2>&1 || true
+    fi
+    while read -r m _; do
+        if [[ -n $m ]]; then umount -l "$m" 2>/dev/null || true; fi
+    done < <(bench_mounts_under "$WORK")
+    for dev in $(bench_loops_under "$WORK"); do losetup -d "$dev" 2>/dev/null || true; done
+}
+
+on_exit() {
+    local rc=$?
+    cleanup_all
+    if ((KEEP)); then
+        bench_say "kept the stores in $WORK"
+    else
+        rm -rf --one-file-system "$STORE" "$PODMAN_DIR" "$FLOOR" "$FLOOR_BUNDLE"
+    fi
+    exit "$rc"
+}
+trap on_exit EXIT
+trap 'exit 130' INT TERM
+
+cleanup_all
+rm -rf --one-file-system "$STORE" "$PODMAN_DIR" "$FLOOR" "$FLOOR_BUNDLE"
+
+# --- setup ------------------------------------------------------------------------
+
+# The rlimits podman can give containers here (as plugin/install.sh computes
+# them): podman's defaults are 1048576 files and 4194304 processes, and podman
+# lowers its own RLIMIT_NPROC to kernel.pid_max.
+podman_ulimits() {
+    local nofile nproc pid_max
+    nofile=$(ulimit -Hn) nproc=$(ulimit -Hu) pid_max=$(cat /proc/sys/kernel/pid_max)
+    [[ $nofile == unlimited ]] && nofile=1048576
+    [[ $nproc == unlimited ]] && nproc=4194304
+    ((nofile > 1048576)) && nofile=1048576
+    ((nproc > pid_max)) && nproc=$pid_max
+    ((nproc > 4194304)) && nproc=4194304
+    echo "default_ulimits = [\"nofile=$nofile:$nofile\", \"nproc=$nproc:$nproc\"]"
+}
+
+bench_say "importing $IMAGE into fukastor, podman's storage and a plain directory"
+bench_run_us t_pull F -q pull "oci:$LAYOUT:$IMAGE" "$IMAGE"
+# The warm-up run also builds the ext4 template; its config.json is the floor's.
+bench_run_us t_first F run --name bench-ref "$IMAGE" -- true
+bench_run_us t_unpack umoci unpack --image "$LAYOUT:$IMAGE" "$FLOOR"
+mkdir -p "$FLOOR_BUNDLE"
+jq --arg root "$FLOOR/rootfs" '.root = {path: $root, readonly: false}' \
+    "$STORE/fukastor/containers/bench-ref/bundle/config.json" >"$FLOOR_BUNDLE/config.json"
+F rm bench-ref >>"$BENCH_LOG" 2>&1
+
+mkdir -p "$PODMAN_DIR"
+cat >"$PODMAN_DIR/storage.conf" <<EOF
+[storage]
+driver = "overlay"
+graphroot = "$PODMAN_DIR/root"
+runroot = "$PODMAN_DIR/run"
+EOF
+printf '[containers]\n%s\n' "$(podman_ulimits)" >"$PODMAN_DIR/containers.conf"
+bench_run_us t_skopeo env CONTAINERS_STORAGE_CONF="$PODMAN_DIR/storage.conf" \
+    skopeo --insecure-policy copy -q "oci:$LAYOUT:$IMAGE" "containers-storage:$PODMAN_IMAGE"
+P run --rm --network none "$PODMAN_IMAGE" true >>"$BENCH_LOG" 2>&1 ||
+    bench_die "podman cannot run a container here (see $BENCH_LOG; integration/lib/host-fixes.sh lists what this kind of host needs)"
+printf 'setup\tfukastor-pull\t%s\nsetup\tfukastor-first-run\t%s\nsetup\tumoci-unpack\t%s\nsetup\tskopeo-copy\t%s\n' \
+    "$t_pull" "$t_first" "$t_unpack" "$t_skopeo" >>"$RESULTS"
+
+# --- part "run" -------------------------------------------------------------------
+
+run_one() {
+    local kind=$1 __out=$2
+    case $kind in
+    fukastor-cold)
+        wait_server_gone || bench_die "the volume server did not stop"
+        bench_run_us "$__out" F run --rm --name bench-run "$IMAGE" -- true
+        ;;
+    fukastor) bench_run_us "$__out" F run --rm --name bench-run "$IMAGE" -- true ;;
+    floor) bench_run_us "$__out" crun run --bundle "$FLOOR_BUNDLE" "$FLOOR_ID" ;;
+    podman-nonet) bench_run_us "$__out" P run --rm --network none "$PODMAN_IMAGE" true ;;
+    podman) bench_run_us "$__out" P run --rm "$PODMAN_IMAGE" true ;;
+    esac
+}
+
+declare -A SAMPLES=()
+bench_say "part run: warm-up"
+for k in "${RUN_KINDS[@]}"; do run_one "$k" t; done
+bench_say "part run: $RUNS rounds of: ${RUN_KINDS[*]}"
+for ((r = 1; r <= RUNS; r++)); do
+    for k in "${RUN_KINDS[@]}"; do
+        run_one "$k" t
+        SAMPLES[$k]+="$t "
+        printf 'run\t%s\t%d\t%s\n' "$k" "$r" "$t" >>"$RESULTS"
+    done
+done
+
+# --- part "disk" ------------------------------------------------------------------
+
+du_b() {
+    local total=0 d
+    for d in "$@"; do
+        [[ -e $d ]] && total=$((total + $(du -sB1 "$d" | cut -f1)))
+    done
+    echo "$total"
+}
+fk_disk() { du_b "$STORE/fukastor/pool/layers" "$STORE/fukastor/containers"; }
+pm_disk() { du_b "$PODMAN_DIR/root"; }
+
+# Waits until the volume pool stops shrinking (removed volumes are freed in
+# the background) and the server is gone.
+fk_settle() {
+    wait_server_gone || true
+    sync
+}
+
+declare -A DISK=()
+if ((CONTAINERS > 0)); then
+    bench_say "part disk: $CONTAINERS containers, created, then run"
+    fk_settle
+    TEMPLATE_USED=$(F --json volume ls | jq '[.[] | select(.name | startswith("template.")) | .used] | add // 0')
+    # fukastor, created.
+    sync
+    base=$(fk_disk)
+    for ((i = 1; i <= CONTAINERS; i++)); do F create "$IMAGE" --name "c$i" >>"$BENCH_LOG"; done
+    sync
+    DISK[fukastor_created]=$(($(fk_disk) - base))
+    for ((i = 1; i <= CONTAINERS; i++)); do F rm "c$i" >>"$BENCH_LOG"; done
+    fk_settle
+    # fukastor, ran once (stopped, with their bundles).
+    base=$(fk_disk)
+    for ((i = 1; i <= CONTAINERS; i++)); do F run --name "r$i" "$IMAGE" -- true >>"$BENCH_LOG" 2>&1; done
+    fk_settle
+    DISK[fukastor_ran]=$(($(fk_disk) - base))
+    for ((i = 1; i <= CONTAINERS; i++)); do F rm "r$i" >>"$BENCH_LOG"; done
+    # podman, created.
+    sync
+    base=$(pm_disk)
+    for ((i = 1; i <= CONTAINERS; i++)); do P create --name "c$i" "$PODMAN_IMAGE" true >>"$BENCH_LOG" 2>&1; done
+    sync
+    DISK[podman_created]=$(($(pm_disk) - base))
+    P rm -a -f >>"$BENCH_LOG" 2>&1
+    # podman, ran once.
+    sync
+    base=$(pm_disk)
+    for ((i = 1; i <= CONTAINERS; i++)); do
+        P run --name "r$i" --network none "$PODMAN_IMAGE" true >>"$BENCH_LOG" 2>&1
+    done
+    sync
+    DISK[podman_ran]=$(($(pm_disk) - base))
+    P rm -a -f >>"$BENCH_LOG" 2>&1
+    for key in "${!DISK[@]}"; do printf 'disk\t%s\t%s\n' "$key" "${DISK[$key]}" >>"$RESULTS"; done
+    printf 'disk\tfukastor_template\t%s\n' "$TEMPLATE_USED" >>"$RESULTS"
+fi
+
+# --- report -----------------------------------------------------------------------
+
+med() { read -r -a v <<<"${SAMPLES[$1]}"; bench_median "${v[@]}"; }
+worst() { read -r -a v <<<"${SAMPLES[$1]}"; bench_max "${v[@]}"; }
+ratio() { awk -v a="$1" -v b="$2" 'BEGIN { if (b > 0) printf "%.2f", a / b; else print "–" }'; }
+title() {
+    case $1 in
+    fukastor-cold) echo "fukastor run --rm (volume server not running)" ;;
+    floor) echo "crun run on an unpacked directory (the floor)" ;;
+    fukastor) echo "fukastor run --rm" ;;
+    podman-nonet) echo "podman run --rm --network none" ;;
+    podman) echo "podman run --rm" ;;
+    esac
+}
+kib_each() { awk -v b="$1" -v n="$CONTAINERS" 'BEGIN { printf "%.0f KiB", b / n / 1024 }'; }
+
+floor_med=
+[[ -n ${SAMPLES[floor]:-} ]] && floor_med=$(med floor)
+echo
+echo "## bench-run: \`true\` in a new container ($IMAGE, $RUNS runs each)"
+echo
+echo "$(bench_machine); work dir $(bench_fs_of "$WORK"); $(crun --version | head -n1); $(podman --version)"
+echo
+printf '| | median | worst | median / floor |\n|---|--:|--:|--:|\n'
+for k in floor fukastor fukastor-cold podman-nonet podman; do
+    [[ -n ${SAMPLES[$k]:-} ]] || continue
+    m=$(med "$k")
+    printf '| %s | %s | %s | %s |\n' "$(title "$k")" "$(bench_ms "$m")" "$(bench_ms "$(worst "$k")")" \
+        "$( [[ -n $floor_med ]] && ratio "$m" "$floor_med" || echo –)"
+done
+echo
+echo "Setup (once): fukastor pull $(bench_ms "$t_pull"), first fukastor run (ext4 template built) $(bench_ms "$t_first"), umoci unpack $(bench_ms "$t_unpack"), skopeo copy to podman's storage $(bench_ms "$t_skopeo")."
+if ((CONTAINERS > 0)); then
+    echo
+    echo "## bench-run: disk used by $CONTAINERS stopped containers of $IMAGE"
+    echo
+    printf '| | fukastor (volume layers + records) | podman (graphroot growth) |\n|---|--:|--:|\n'
+    printf '| created (`create`) | %s (%s each) | %s (%s each) |\n' \
+        "$(bench_mib "${DISK[fukastor_created]}") MiB" "$(kib_each "${DISK[fukastor_created]}")" \
+        "$(bench_mib "${DISK[podman_created]}") MiB" "$(kib_each "${DISK[podman_created]}")"
+    printf '| ran `true` once, stopped (`run` without --rm) | %s (%s each) | %s (%s each) |\n' \
+        "$(bench_mib "${DISK[fukastor_ran]}") MiB" "$(kib_each "${DISK[fukastor_ran]}")" \
+        "$(bench_mib "${DISK[podman_ran]}") MiB" "$(kib_each "${DISK[podman_ran]}")"
+    echo
+    echo "fukastor's ext4 template, built once per store and shared by all containers: $(bench_mib "$TEMPLATE_USED") MiB (not in the figures above)."
+fi
+
+echo
+echo "## Goals"
+goal() {
+    local what=$1 ok=$2
+    if ((ok)); then echo "- $what: **met**"; else echo "- $what: **not met**"; fi
+}
+if [[ -n ${SAMPLES[fukastor]:-} && -n $floor_med ]]; then
+    fm=$(med fukastor)
+    goal "fukastor run --rm within 1.5x of the crun floor (median $(bench_ms "$fm") vs $(bench_ms "$floor_med"): $(ratio "$fm" "$floor_med")x)" \
+        "$((fm * 2 <= floor_med * 3))"
+fi
+if [[ -n ${SAMPLES[fukastor]:-} && -n ${SAMPLES[podman-nonet]:-} ]]; then
+    fm=$(med fukastor) pm=$(med podman-nonet)
+    goal "fukastor run --rm at most half of podman's time (podman --network none, median $(bench_ms "$fm") vs $(bench_ms "$pm"): $(ratio "$fm" "$pm")x)" \
+        "$((fm * 2 <= pm))"
+fi
+bench_say "done in $(bench_secs $(($(bench_now_us) - T_START))) s; raw figures in $RESULTS, log in $BENCH_LOG"

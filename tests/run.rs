@@ -1,0 +1,1706 @@
+//! Running containers, end to end: the real binary, real crun and real
+//! podman (root), on fukastor's own containers (image mount + thin volume +
+//! overlay).
+//!
+//! - `fukastor run` prints the image's `/etc/os-release`; the container's exit
+//!   status is fukastor's; stdout and stderr pass through; `--rm` leaves no
+//!   container, no volume, no mount and no crun state.
+//! - The image config is honoured (Entrypoint + Cmd, Env, WorkingDir, User,
+//!   hostname = the container's name), and `-e`, `--workdir`, `--user` and a
+//!   command after `--` override it. The test image is the `busybox` fixture
+//!   with a config set by `umoci config`.
+//! - Inside the container, `/proc/self/mountinfo` shows an overlay root whose
+//!   lower layer is `STORE/fukastor/containers/NAME/lower`, which on the host
+//!   is the image's composefs mount.
+//! - Without `--rm` the container stays (`ps`: stopped) and `start` runs it
+//!   again with its writes kept; `start` of a container without a bundle fails
+//!   with a coded error.
+//! - `snapshot create --atomic` of a running container, rollback after it
+//!   stopped, `start`: what was written after the snapshot is gone, what was
+//!   written before is there.
+//! - 20 containers of one image share its objects: the store's objects do not
+//!   change, and the volume pool grows by the containers' own writes (plus a
+//!   bounded per-container overhead), not by 20 copies of the image.
+//! - podman 4.3 with the hooks installed by `plugin/install.sh` (into scratch
+//!   directories): `podman run --rm --hooks-dir DIR --annotation
+//!   io.fukastor.image=bookworm --rootfs EMPTYDIR ...` runs on a fukastor
+//!   rootfs, podman stores no image, and the poststop hook removes the
+//!   container; the installed `containers.conf` drop-in alone (via
+//!   `CONTAINERS_CONF`) also makes podman run the hooks.
+//! - `fukastor hook precreate` fed malformed JSON, an unknown image, or a
+//!   busy store (its exclusive lock held) exits non-zero with `error[FK` on
+//!   stderr and leaves nothing created or mounted.
+//!
+//! Missing root, crun, podman, umoci, skopeo, `/dev/fuse`, loop devices or
+//! the fixtures make a test FAIL with a message saying what is missing. Every
+//! test owns its store through a guard that, when dropped (also after a
+//! failure), deletes crun state, unmounts containers and whatever else of the
+//! store is mounted, detaches volumes, removes loop devices and stops the
+//! volume server.
+//!
+//! Run as root, one at a time:
+//! `cargo test --release --test run -- --test-threads=1`.
+
+mod common;
+
+use std::ffi::{OsStr, OsString};
+use std::fs::File;
+use std::os::unix::ffi::OsStrExt;
+use std::os::unix::fs::{FileTypeExt, MetadataExt};
+use std::os::unix::process::CommandExt;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::{Mutex, MutexGuard};
+use std::time::{Duration, Instant};
+
+use common::{
+    Run, Store, fixtures, fukastor_bin, require_root, require_tool, run_command,
+    run_command_with_input, scratch_dir, unescape_mountinfo,
+};
+
+static SERIAL: Mutex<()> = Mutex::new(());
+
+fn serial() -> MutexGuard<'static, ()> {
+    SERIAL.lock().unwrap_or_else(|e| e.into_inner())
+}
+
+const KIB: u64 = 1 << 10;
+const MIB: u64 = 1 << 20;
+
+// ---------------------------------------------------------------------------
+// Preconditions
+// ---------------------------------------------------------------------------
+
+/// Root, FUSE, loop devices, ext4 tools and crun: what `fukastor run` needs.
+fn require_containers() {
+    require_root();
+    match std::fs::metadata("/dev/fuse") {
+        Ok(m) if m.file_type().is_char_device() => {}
+        _ => panic!(
+            "/dev/fuse is missing: containers' writable layers are served through FUSE; \
+             load the fuse module (`modprobe fuse`) and create the node \
+             (`mknod -m 666 /dev/fuse c 10 229`)"
+        ),
+    }
+    match std::fs::metadata("/dev/loop-control") {
+        Ok(m) if m.file_type().is_char_device() => {}
+        _ => panic!(
+            "/dev/loop-control is missing: containers' writable layers are loop devices; \
+             load the loop module (`modprobe loop`)"
+        ),
+    }
+    require_tool("losetup", "util-linux");
+    require_tool("mkfs.ext4", "e2fsprogs");
+    require_tool("mount", "mount");
+    require_tool("crun", "crun");
+}
+
+fn require_podman() {
+    require_tool("podman", "podman");
+    require_tool("conmon", "conmon");
+}
+
+// ---------------------------------------------------------------------------
+// Small helpers
+// ---------------------------------------------------------------------------
+
+/// Runs an external tool with a timeout, capturing its output.
+fn tool<I, S>(program: &str, args: I) -> Run
+where
+    I: IntoIterator<Item = S>,
+    S: AsRef<OsStr>,
+{
+    let mut cmd = Command::new(program);
+    cmd.args(args);
+    run_command(cmd)
+}
+
+fn json_of(run: &Run) -> serde_json::Value {
+    serde_json::from_slice(&run.stdout)
+        .unwrap_or_else(|e| panic!("the output is not JSON ({e}): {run}"))
+}
+
+fn json_array(run: &Run) -> Vec<serde_json::Value> {
+    match json_of(run) {
+        serde_json::Value::Array(a) => a,
+        other => panic!("expected a JSON array, got {other}: {run}"),
+    }
+}
+
+/// The container's own exit status passed through: exactly `code`, and no
+/// fukastor error on stderr.
+fn assert_exit(run: &Run, code: i32, context: &str) {
+    assert_eq!(
+        run.status.code(),
+        Some(code),
+        "{context}: expected the container's exit status {code}: {run}"
+    );
+    assert!(
+        !run.stderr.contains("error[FK") && !run.stderr.contains("panicked"),
+        "{context}: fukastor reported an error although the container ran: {run}"
+    );
+}
+
+/// A failure of fukastor itself: non-zero, `error[FK…]` on stderr, no panic.
+fn assert_coded_error(run: &Run, prefix: &str, context: &str) {
+    assert!(
+        !run.success(),
+        "{context}: expected a failure with error[{prefix}…]: {run}"
+    );
+    assert!(
+        run.stderr.contains(&format!("error[{prefix}")),
+        "{context}: stderr must carry `error[{prefix}…]`: {run}"
+    );
+    assert!(!run.stderr.contains("panicked"), "{context}: {run}");
+}
+
+/// Bytes allocated on disk (st_blocks × 512) and the number of files under
+/// `dir` (not following symlinks; 0 when it does not exist).
+fn disk_usage(dir: &Path) -> (u64, u64) {
+    let mut bytes = 0;
+    let mut files = 0;
+    let mut stack = vec![dir.to_owned()];
+    while let Some(d) = stack.pop() {
+        let Ok(entries) = std::fs::read_dir(&d) else {
+            continue;
+        };
+        for e in entries.flatten() {
+            let Ok(m) = e.path().symlink_metadata() else {
+                continue;
+            };
+            if m.is_dir() {
+                stack.push(e.path());
+            } else {
+                bytes += m.blocks() * 512;
+                files += 1;
+            }
+        }
+    }
+    (bytes, files)
+}
+
+fn mib(bytes: u64) -> String {
+    format!("{:.1} MiB", bytes as f64 / MIB as f64)
+}
+
+/// SplitMix64, for content that does not compress or dedup.
+fn pseudo_random(seed: u64, n: usize) -> Vec<u8> {
+    let mut s = seed;
+    let mut out = Vec::with_capacity(n + 8);
+    while out.len() < n {
+        s = s.wrapping_add(0x9e37_79b9_7f4a_7c15);
+        let mut z = s;
+        z = (z ^ (z >> 30)).wrapping_mul(0xbf58_476d_1ce4_e5b9);
+        z = (z ^ (z >> 27)).wrapping_mul(0x94d0_49bb_1331_11eb);
+        out.extend_from_slice(&(z ^ (z >> 31)).to_le_bytes());
+    }
+    out.truncate(n);
+    out
+}
+
+// ---------------------------------------------------------------------------
+// Mount table, loop devices
+// ---------------------------------------------------------------------------
+
+#[derive(Debug, Clone)]
+struct MountEntry {
+    mount_point: PathBuf,
+    fstype: String,
+    source: String,
+    super_opts: String,
+}
+
+/// Parses mountinfo text (the host's, or what a container printed).
+fn parse_mountinfo(info: &str) -> Vec<MountEntry> {
+    info.lines()
+        .filter_map(|line| {
+            let (left, right) = line.split_once(" - ")?;
+            let mp = unescape_mountinfo(left.split(' ').nth(4)?);
+            let mut r = right.split(' ');
+            let fstype = r.next()?.to_owned();
+            let source = String::from_utf8_lossy(&unescape_mountinfo(r.next()?)).into_owned();
+            let super_opts =
+                String::from_utf8_lossy(&unescape_mountinfo(r.next().unwrap_or(""))).into_owned();
+            Some(MountEntry {
+                mount_point: PathBuf::from(OsStr::from_bytes(&mp)),
+                fstype,
+                source,
+                super_opts,
+            })
+        })
+        .collect()
+}
+
+fn mount_table() -> Vec<MountEntry> {
+    parse_mountinfo(&std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default())
+}
+
+/// The mount at exactly `mp` (the top one if stacked).
+fn mount_at(mp: &Path) -> Option<MountEntry> {
+    mount_table()
+        .into_iter()
+        .rev()
+        .find(|m| m.mount_point == mp)
+}
+
+/// The first lower layer of an overlay mount, from its super options
+/// (`lowerdir=A:B` or, with the new mount API, `lowerdir+=A`).
+fn overlay_first_lower(m: &MountEntry) -> Option<String> {
+    m.super_opts.split(',').find_map(|o| {
+        o.strip_prefix("lowerdir+=")
+            .or_else(|| o.strip_prefix("lowerdir="))
+            .map(|v| v.split(':').next().unwrap_or_default().to_owned())
+    })
+}
+
+/// Loop devices whose backing file is in the store.
+fn store_loops(store: &Path) -> Vec<PathBuf> {
+    let prefix = format!("{}/", store.display());
+    let mut out = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/sys/block") else {
+        return out;
+    };
+    for entry in dir.flatten() {
+        let name = entry.file_name().to_string_lossy().into_owned();
+        if !name.starts_with("loop") {
+            continue;
+        }
+        if let Ok(backing) = std::fs::read_to_string(entry.path().join("loop/backing_file"))
+            && backing.starts_with(&prefix)
+        {
+            out.push(PathBuf::from(format!("/dev/{name}")));
+        }
+    }
+    out.sort();
+    out
+}
+
+/// Mounts that belong to the store: under it, from it, or on its loop devices.
+fn store_mounts(store: &Path) -> Vec<MountEntry> {
+    let prefix = format!("{}/", store.display());
+    let loops: Vec<String> = store_loops(store)
+        .into_iter()
+        .map(|d| d.display().to_string())
+        .collect();
+    mount_table()
+        .into_iter()
+        .filter(|m| {
+            m.mount_point.starts_with(store)
+                || m.source.contains(&prefix)
+                || m.source.ends_with(&format!("@{}", store.display()))
+                || m.super_opts.contains(&prefix)
+                || loops.contains(&m.source)
+        })
+        .collect()
+}
+
+fn lazy_umount(path: &Path) {
+    let _ = Command::new("umount")
+        .arg("-l")
+        .arg(path)
+        .stdin(Stdio::null())
+        .stdout(Stdio::null())
+        .stderr(Stdio::null())
+        .status();
+}
+
+/// crun containers whose bundle is in the store (`crun list`; retried, as
+/// containers of other users of the machine come and go while it reads).
+fn crun_containers_of(store: &Path) -> Vec<String> {
+    let mut run = tool("crun", ["list"]);
+    for _ in 0..5 {
+        if run.success() {
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(200));
+        run = tool("crun", ["list"]);
+    }
+    if !run.success() {
+        eprintln!("crun list fails: {run}");
+    }
+    let prefix = store.display().to_string();
+    run.stdout_str()
+        .lines()
+        .skip(1)
+        .filter(|l| l.contains(&prefix))
+        .filter_map(|l| l.split_whitespace().next().map(str::to_owned))
+        .collect()
+}
+
+fn process_alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat"))
+        .ok()
+        .and_then(|s| {
+            s.rsplit_once(')')
+                .and_then(|(_, r)| r.split_whitespace().next().map(str::to_owned))
+        })
+        .is_some_and(|state| state != "Z" && state != "X")
+}
+
+fn is_fukastor_process(pid: u32) -> bool {
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+        return false;
+    };
+    let bin = fukastor_bin()
+        .canonicalize()
+        .unwrap_or_else(|_| fukastor_bin());
+    let exe = exe.as_os_str().as_bytes();
+    exe.strip_suffix(b" (deleted)").unwrap_or(exe) == bin.as_os_str().as_bytes()
+}
+
+// ---------------------------------------------------------------------------
+// The store and its clean-up
+// ---------------------------------------------------------------------------
+
+/// A throw-away store for containers. Dropping it (also after a failure)
+/// deletes the crun containers of its bundles, unmounts its containers and
+/// whatever else of it is mounted, detaches its volumes, removes leftover
+/// loop devices and stops its volume server, then deletes the directory.
+#[derive(Debug)]
+struct CStore {
+    store: Store,
+    /// Canonical path (the mount table spells paths canonically).
+    root: PathBuf,
+}
+
+impl std::ops::Deref for CStore {
+    type Target = Store;
+    fn deref(&self) -> &Store {
+        &self.store
+    }
+}
+
+impl CStore {
+    fn new() -> Self {
+        let store = Store::new();
+        let root = store.path().canonicalize().expect("canonical store path");
+        CStore { store, root }
+    }
+
+    fn path(&self) -> &Path {
+        &self.root
+    }
+
+    /// `-q pull SOURCE NAME`.
+    fn pull_named(&self, source: &str, name: &str) -> String {
+        let run = self.ok(["-q", "pull", source, name]);
+        run.stdout_str().trim().to_owned()
+    }
+
+    fn ps(&self) -> Vec<serde_json::Value> {
+        json_array(&self.ok(["--json", "ps"]))
+    }
+
+    fn ps_row(&self, name: &str) -> Option<serde_json::Value> {
+        self.ps().into_iter().find(|r| r["name"] == name)
+    }
+
+    fn volumes(&self) -> Vec<serde_json::Value> {
+        json_array(&self.ok(["--json", "volume", "ls"]))
+    }
+
+    fn container_dir(&self, name: &str) -> PathBuf {
+        self.root.join("fukastor/containers").join(name)
+    }
+
+    fn rootfs(&self, name: &str) -> PathBuf {
+        self.container_dir(name).join("rootfs")
+    }
+
+    fn server_pid(&self) -> Option<u32> {
+        let text = std::fs::read(self.root.join("fukastor/vserve/server.json")).ok()?;
+        let v: serde_json::Value = serde_json::from_slice(&text).ok()?;
+        v["pid"].as_u64().map(|p| p as u32)
+    }
+
+    /// No container, no container volume, no crun state; within 15 s (the
+    /// volume server stops 2 s after the last detach) no mount and no loop
+    /// device of the store.
+    fn assert_nothing_left(&self, context: &str) {
+        let ps = self.ps();
+        assert!(ps.is_empty(), "{context}: containers left: {ps:?}");
+        let vols: Vec<_> = self
+            .volumes()
+            .into_iter()
+            .filter(|v| v["name"].as_str().is_some_and(|n| n.starts_with("ctr.")))
+            .collect();
+        assert!(
+            vols.is_empty(),
+            "{context}: container volumes left: {vols:?}"
+        );
+        let crun = crun_containers_of(&self.root);
+        assert!(crun.is_empty(), "{context}: crun containers left: {crun:?}");
+        let deadline = Instant::now() + Duration::from_secs(15);
+        loop {
+            let mounts = store_mounts(&self.root);
+            let loops = store_loops(&self.root);
+            if mounts.is_empty() && loops.is_empty() {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "{context}: 15 s later the store still has mounts {mounts:#?} and loop devices \
+                 {loops:?}"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    fn cleanup(&self) {
+        let root = &self.root;
+        let names: Vec<String> = match self.store.run(["--json", "ps"]) {
+            run if run.success() => serde_json::from_slice::<Vec<serde_json::Value>>(&run.stdout)
+                .unwrap_or_default()
+                .into_iter()
+                .filter_map(|r| {
+                    let name = r["name"].as_str()?.to_owned();
+                    Some((name, r["state"] == "mounted"))
+                })
+                .map(|(name, mounted)| {
+                    if mounted {
+                        eprintln!("cleanup: container {name} is mounted");
+                    }
+                    name
+                })
+                .collect(),
+            _ => Vec::new(),
+        };
+        // crun state first: a container still running pins its rootfs.
+        let mut crun_ids: Vec<String> = names
+            .iter()
+            .map(|n| format!("fukastor-{n}"))
+            .filter(|id| tool("crun", ["state", id]).success())
+            .collect();
+        crun_ids.extend(crun_containers_of(root));
+        crun_ids.sort();
+        crun_ids.dedup();
+        for id in crun_ids {
+            eprintln!("cleanup: crun delete --force {id}");
+            let run = tool("crun", ["delete", "--force", &id]);
+            if !run.success() {
+                eprintln!("cleanup: {run}");
+            }
+        }
+        for name in &names {
+            let run = self.store.run(["container", "umount", name]);
+            if !run.success() && !run.stderr.contains("not mounted") {
+                eprintln!("cleanup: {run}");
+            }
+        }
+        let vserve_mnt = root.join("fukastor/vserve/mnt");
+        let mut left: Vec<MountEntry> = store_mounts(root)
+            .into_iter()
+            .filter(|m| m.mount_point != vserve_mnt)
+            .collect();
+        left.sort_by_key(|m| std::cmp::Reverse(m.mount_point.as_os_str().len()));
+        for m in left {
+            eprintln!(
+                "cleanup: umount -l {} ({} from {})",
+                m.mount_point.display(),
+                m.fstype,
+                m.source
+            );
+            lazy_umount(&m.mount_point);
+        }
+        let ls = self.store.run(["--json", "volume", "ls"]);
+        if ls.success()
+            && let Ok(serde_json::Value::Array(rows)) = serde_json::from_slice(&ls.stdout)
+        {
+            for row in rows {
+                if let (Some(name), false) = (row["name"].as_str(), row["device"].is_null()) {
+                    eprintln!("cleanup: volume detach {name}");
+                    let _ = self.store.run(["volume", "detach", name]);
+                }
+            }
+        }
+        for dev in store_loops(root) {
+            eprintln!("cleanup: losetup -d {}", dev.display());
+            let _ = tool("losetup", [OsStr::new("-d"), dev.as_os_str()]);
+        }
+        if let Some(pid) = self.server_pid()
+            && is_fukastor_process(pid)
+        {
+            let deadline = Instant::now() + Duration::from_secs(10);
+            while process_alive(pid) && Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            if process_alive(pid) {
+                eprintln!("cleanup: volume server {pid} still running, killing it");
+                if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
+                    let _ = rustix::process::kill_process(p, rustix::process::Signal::KILL);
+                }
+                std::thread::sleep(Duration::from_millis(500));
+            }
+        }
+        for m in store_mounts(root) {
+            lazy_umount(&m.mount_point);
+        }
+        for dev in store_loops(root) {
+            let _ = tool("losetup", [OsStr::new("-d"), dev.as_os_str()]);
+        }
+    }
+}
+
+impl Drop for CStore {
+    fn drop(&mut self) {
+        self.cleanup();
+    }
+}
+
+/// A fukastor command in the background (its own process group, output to
+/// files), killed with its group when dropped unfinished.
+#[derive(Debug)]
+struct Background {
+    child: Child,
+    what: String,
+    stdout: PathBuf,
+    stderr: PathBuf,
+}
+
+impl Background {
+    fn spawn(mut cmd: Command, what: &str, dir: &Path) -> Self {
+        let stdout = dir.join("stdout");
+        let stderr = dir.join("stderr");
+        cmd.stdin(Stdio::null())
+            .stdout(File::create(&stdout).unwrap())
+            .stderr(File::create(&stderr).unwrap())
+            .process_group(0);
+        let child = cmd
+            .spawn()
+            .unwrap_or_else(|e| panic!("cannot start {what}: {e}"));
+        Background {
+            child,
+            what: what.to_owned(),
+            stdout,
+            stderr,
+        }
+    }
+
+    fn try_wait(&mut self) -> Option<ExitStatus> {
+        self.child.try_wait().expect("wait for a child")
+    }
+
+    fn wait_for(&mut self, limit: Duration) -> Option<ExitStatus> {
+        let deadline = Instant::now() + limit;
+        loop {
+            if let Some(status) = self.try_wait() {
+                return Some(status);
+            }
+            if Instant::now() > deadline {
+                return None;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    fn output(&self) -> String {
+        format!(
+            "--- stdout:\n{}\n--- stderr:\n{}",
+            std::fs::read_to_string(&self.stdout).unwrap_or_default(),
+            std::fs::read_to_string(&self.stderr).unwrap_or_default()
+        )
+    }
+}
+
+impl Drop for Background {
+    fn drop(&mut self) {
+        if self.try_wait().is_none() {
+            eprintln!("cleanup: killing {} (pid {})", self.what, self.child.id());
+            if let Some(p) = rustix::process::Pid::from_raw(self.child.id() as i32) {
+                let _ = rustix::process::kill_process_group(p, rustix::process::Signal::KILL);
+            }
+            let _ = self.wait_for(Duration::from_secs(10));
+        }
+    }
+}
+
+/// The bytes of one file of an image, with `fukastor restore`.
+fn image_file(st: &CStore, image: &str, path: &str) -> Vec<u8> {
+    let dir = scratch_dir("fukastor-test-restore-");
+    let dest = dir.path().join("file");
+    st.ok([
+        OsStr::new("restore"),
+        OsStr::new(image),
+        OsStr::new(path),
+        dest.as_os_str(),
+    ]);
+    std::fs::read(&dest).unwrap_or_else(|e| panic!("read {}: {e}", dest.display()))
+}
+
+/// Checks the root line of a container's mountinfo: an overlay whose first
+/// lower layer is `STORE/fukastor/containers/NAME/lower` (any NAME when
+/// `name` is None); returns that NAME.
+fn assert_root_is_fukastor_overlay(st: &CStore, mountinfo: &str, name: Option<&str>) -> String {
+    let root = parse_mountinfo(mountinfo)
+        .into_iter()
+        .rev()
+        .find(|m| m.mount_point == Path::new("/"))
+        .unwrap_or_else(|| panic!("no `/` in the container's mountinfo:\n{mountinfo}"));
+    assert_eq!(
+        root.fstype, "overlay",
+        "the container's root is not an overlay: {root:?}"
+    );
+    let lower = overlay_first_lower(&root)
+        .unwrap_or_else(|| panic!("the container's root overlay has no lowerdir: {root:?}"));
+    let containers = format!("{}/fukastor/containers/", st.path().display());
+    let ctr = lower
+        .strip_prefix(&containers)
+        .and_then(|rest| rest.strip_suffix("/lower"))
+        .unwrap_or_else(|| {
+            panic!(
+                "the root overlay's lower layer is {lower}, not {containers}NAME/lower: {root:?}"
+            )
+        })
+        .to_owned();
+    if let Some(name) = name {
+        assert_eq!(
+            ctr, name,
+            "the root overlay is another container's: {root:?}"
+        );
+    }
+    ctr
+}
+
+/// On the host: `STORE/fukastor/containers/NAME/lower` is the image's
+/// composefs mount (an overlay with source `composefs:…`).
+fn assert_lower_is_composefs(st: &CStore, name: &str) {
+    let lower = st.container_dir(name).join("lower");
+    let m = mount_at(&lower)
+        .unwrap_or_else(|| panic!("{} is not mounted while {name} runs", lower.display()));
+    assert!(
+        m.fstype == "overlay" && m.source.starts_with("composefs:"),
+        "{}: expected the image's composefs mount (overlay, source composefs:…): {m:?}",
+        lower.display()
+    );
+}
+
+// ---------------------------------------------------------------------------
+// 1. run: output, exit status, --rm
+// ---------------------------------------------------------------------------
+
+#[test]
+fn run_prints_the_image_os_release_and_passes_exit_statuses_on() {
+    let _serial = serial();
+    require_containers();
+    let fx = fixtures();
+    let st = CStore::new();
+    st.pull_named(&fx.oci("bookworm"), "bookworm");
+    let expected = image_file(&st, "bookworm", "/usr/lib/os-release");
+    assert!(
+        String::from_utf8_lossy(&expected).contains("VERSION_CODENAME=bookworm"),
+        "the fixture's os-release: {}",
+        String::from_utf8_lossy(&expected)
+    );
+
+    // The first run also builds the ext4 template; time the second.
+    let run = st.run([
+        "run",
+        "--rm",
+        "--name",
+        "osr",
+        "bookworm",
+        "--",
+        "cat",
+        "/etc/os-release",
+    ]);
+    assert_exit(&run, 0, "cat /etc/os-release");
+    similar_asserts::assert_eq!(
+        String::from_utf8_lossy(&expected),
+        run.stdout_str(),
+        "the container's /etc/os-release is not the image's"
+    );
+    eprintln!("first run (template build included): {:.2?}", run.elapsed);
+    st.assert_nothing_left("after the first run --rm");
+
+    let run = st.run(["run", "--rm", "--name", "osr", "bookworm", "--", "true"]);
+    assert_exit(&run, 0, "true");
+    eprintln!("run --rm bookworm -- true: {:.2?}", run.elapsed);
+
+    for code in [7, 0, 1, 42, 255] {
+        let run = st.run([
+            "run",
+            "--rm",
+            "--name",
+            "ec",
+            "bookworm",
+            "--",
+            "sh",
+            "-c",
+            &format!("exit {code}"),
+        ]);
+        assert_exit(&run, code, &format!("sh -c 'exit {code}'"));
+    }
+    st.assert_nothing_left("after run --rm with exit statuses");
+
+    // stdout and stderr pass through, separately.
+    let run = st.run([
+        "run",
+        "--rm",
+        "--name",
+        "io",
+        "bookworm",
+        "--",
+        "sh",
+        "-c",
+        "echo to-stdout; echo to-stderr >&2",
+    ]);
+    assert_exit(&run, 0, "echo to both");
+    assert_eq!(run.stdout_str(), "to-stdout\n", "{run}");
+    assert!(
+        run.stderr.contains("to-stderr") && !run.stdout_str().contains("to-stderr"),
+        "{run}"
+    );
+
+    // Inside: an overlay root on the image mount of this container.
+    let run = st.run([
+        "run",
+        "--rm",
+        "--name",
+        "mi",
+        "bookworm",
+        "--",
+        "cat",
+        "/proc/self/mountinfo",
+    ]);
+    assert_exit(&run, 0, "cat /proc/self/mountinfo");
+    assert_root_is_fukastor_overlay(&st, &run.stdout_str(), Some("mi"));
+
+    // An unknown image and a missing command are fukastor's errors.
+    let run = st.run([
+        "run",
+        "--rm",
+        "--name",
+        "bad",
+        "no-such-image",
+        "--",
+        "true",
+    ]);
+    assert_coded_error(&run, "FK", "run of an unknown image");
+    let run = st.run([
+        "run",
+        "--rm",
+        "--name",
+        "nocmd",
+        "bookworm",
+        "--",
+        "/no/such/command",
+    ]);
+    assert!(
+        !run.success(),
+        "running a command that does not exist succeeded: {run}"
+    );
+    st.assert_nothing_left("after run --rm of all kinds");
+    st.assert_fsck_clean();
+}
+
+// ---------------------------------------------------------------------------
+// 2. The image config and its overrides
+// ---------------------------------------------------------------------------
+
+/// An OCI layout (in `dir`) with tag `cfg`: the busybox fixture with
+/// Entrypoint `/bin/sh -c`, Cmd `echo default-cmd; id -u`, Env FOO and
+/// SPACED, WorkingDir /home/user and User `user` (1000:1000 in its passwd).
+fn config_test_image(dir: &Path) -> String {
+    require_tool("skopeo", "skopeo");
+    require_tool("umoci", "umoci");
+    let fx = fixtures();
+    let layout = dir.join("layout");
+    tool(
+        "skopeo",
+        [
+            OsString::from("copy"),
+            OsString::from("-q"),
+            OsString::from(fx.oci("busybox")),
+            OsString::from(format!("oci:{}:base", layout.display())),
+        ],
+    )
+    .assert_success();
+    tool(
+        "umoci",
+        [
+            "config",
+            "--image",
+            &format!("{}:base", layout.display()),
+            "--tag",
+            "cfg",
+            "--config.env",
+            "FOO=from-image",
+            "--config.env",
+            "SPACED=a b",
+            "--config.workingdir",
+            "/home/user",
+            "--config.user",
+            "user",
+            "--config.entrypoint",
+            "/bin/sh",
+            "--config.entrypoint",
+            "-c",
+            "--config.cmd",
+            "echo default-cmd; id -u",
+        ],
+    )
+    .assert_success();
+    format!("oci:{}:cfg", layout.display())
+}
+
+const SHOW: &str = "echo \"FOO=$FOO\"; echo \"SPACED=$SPACED\"; echo \"NEW=$NEW\"; \
+                    echo \"PATH=$PATH\"; pwd; id -u; id -g; hostname";
+
+#[test]
+fn run_honours_the_image_config_and_its_overrides() {
+    let _serial = serial();
+    require_containers();
+    let scratch = scratch_dir("fukastor-test-cfg-");
+    let source = config_test_image(scratch.path());
+    let st = CStore::new();
+    st.pull_named(&source, "cfg");
+    let config = json_of(&st.ok(["inspect", "cfg"]));
+    eprintln!("image config: {}", config["config"]["config"]);
+
+    // No command: Entrypoint + Cmd, as the image's user.
+    let run = st.run(["run", "--rm", "--name", "dflt", "cfg"]);
+    assert_exit(&run, 0, "the image's own command");
+    assert_eq!(run.stdout_str(), "default-cmd\n1000\n", "{run}");
+
+    // A command replaces Cmd, not Entrypoint (`sh -c SCRIPT`).
+    let run = st.run(["run", "--rm", "--name", "img", "cfg", "--", SHOW]);
+    assert_exit(&run, 0, "the image's settings");
+    similar_asserts::assert_eq!(
+        run.stdout_str(),
+        "FOO=from-image\nSPACED=a b\nNEW=\nPATH=/bin\n/home/user\n1000\n1000\nimg\n",
+        "Env, WorkingDir, User and hostname from the image config"
+    );
+
+    // Overrides.
+    let run = st.run([
+        "run",
+        "--rm",
+        "--name",
+        "ovr",
+        "-e",
+        "FOO=from-cli",
+        "-e",
+        "NEW=new value",
+        "--workdir",
+        "/tmp",
+        "--user",
+        "nobody",
+        "cfg",
+        "--",
+        SHOW,
+    ]);
+    assert_exit(&run, 0, "-e, --workdir, --user nobody");
+    similar_asserts::assert_eq!(
+        run.stdout_str(),
+        "FOO=from-cli\nSPACED=a b\nNEW=new value\nPATH=/bin\n/tmp\n65534\n65534\novr\n",
+        "-e overrides and adds, --workdir and --user (a name in the image's passwd) replace"
+    );
+
+    for (user, uid, gid) in [
+        ("root", "0", "0"),
+        ("1234:5678", "1234", "5678"),
+        ("0", "0", "0"),
+    ] {
+        let run = st.run([
+            "run",
+            "--rm",
+            "--name",
+            "usr",
+            "--user",
+            user,
+            "cfg",
+            "--",
+            "id -u; id -g",
+        ]);
+        assert_exit(&run, 0, &format!("--user {user}"));
+        assert_eq!(
+            run.stdout_str(),
+            format!("{uid}\n{gid}\n"),
+            "--user {user}: {run}"
+        );
+    }
+
+    // A user the image does not know is fukastor's error, before anything runs.
+    let run = st.run([
+        "run",
+        "--rm",
+        "--name",
+        "nouser",
+        "--user",
+        "no-such-user",
+        "cfg",
+        "--",
+        "true",
+    ]);
+    assert_coded_error(&run, "FK08", "--user no-such-user");
+    assert!(
+        run.stdout.is_empty(),
+        "the container ran with an unknown user: {run}"
+    );
+    st.assert_nothing_left("after the config runs");
+}
+
+// ---------------------------------------------------------------------------
+// 3. Without --rm: ps, start
+// ---------------------------------------------------------------------------
+
+#[test]
+fn run_without_rm_keeps_the_container_and_start_runs_it_again() {
+    let _serial = serial();
+    require_containers();
+    let fx = fixtures();
+    let st = CStore::new();
+    st.pull_named(&fx.oci("busybox"), "busybox");
+    let script = "echo x >> /runs; n=$(wc -l < /runs); echo \"runs=$n\"; exit $((10 + n))";
+
+    let run = st.run(["run", "--name", "keep", "busybox", "--", "sh", "-c", script]);
+    assert_exit(&run, 11, "first run");
+    assert_eq!(run.stdout_str(), "runs=1\n", "{run}");
+    let row = st
+        .ps_row("keep")
+        .unwrap_or_else(|| panic!("`ps` does not list the container after run without --rm"));
+    assert_eq!(row["state"], "stopped", "{row}");
+    assert!(
+        mount_at(&st.rootfs("keep")).is_none(),
+        "the rootfs stays mounted after the container exited"
+    );
+    let vol = st
+        .volumes()
+        .into_iter()
+        .find(|v| v["name"] == "ctr.keep")
+        .unwrap_or_else(|| panic!("no volume ctr.keep"));
+    assert!(vol["device"].is_null(), "the volume stays attached: {vol}");
+    let bundle = st.container_dir("keep").join("bundle/config.json");
+    let spec: serde_json::Value = serde_json::from_slice(
+        &std::fs::read(&bundle)
+            .unwrap_or_else(|e| panic!("the bundle {} is missing: {e}", bundle.display())),
+    )
+    .expect("config.json is JSON");
+    assert_eq!(
+        spec["process"]["args"],
+        serde_json::json!(["sh", "-c", script]),
+        "{spec}"
+    );
+    assert_eq!(spec["hostname"], "keep", "{spec}");
+
+    let run = st.run(["start", "keep"]);
+    assert_exit(&run, 12, "start");
+    assert_eq!(
+        run.stdout_str(),
+        "runs=2\n",
+        "start must see the first run's write: {run}"
+    );
+    assert_eq!(st.ps_row("keep").unwrap()["state"], "stopped");
+    let run = st.run(["start", "keep"]);
+    assert_exit(&run, 13, "second start");
+
+    // A container made by `create` has no bundle; unknown containers fail.
+    st.ok(["create", "busybox", "--name", "plain"]);
+    assert_coded_error(
+        &st.run(["start", "plain"]),
+        "FK08",
+        "start without a bundle",
+    );
+    assert_coded_error(
+        &st.run(["start", "no-such"]),
+        "FK",
+        "start of an unknown container",
+    );
+    assert_eq!(st.ps_row("plain").unwrap()["state"], "stopped");
+
+    st.ok(["rm", "keep", "plain"]);
+    st.assert_nothing_left("after rm");
+    st.assert_fsck_clean();
+}
+
+// ---------------------------------------------------------------------------
+// 4. Snapshot of a running container, rollback, start
+// ---------------------------------------------------------------------------
+
+#[test]
+fn atomic_snapshot_of_a_running_container_then_rollback_and_start() {
+    let _serial = serial();
+    require_containers();
+    let fx = fixtures();
+    let out = scratch_dir("fukastor-test-snap-out-");
+    let st = CStore::new();
+    st.pull_named(&fx.oci("busybox"), "busybox");
+    // First run: writes /before, waits for /go (made by the test after the
+    // snapshot), writes /after. Any later run reports what it finds.
+    let script = "if [ -e /before ]; then \
+          a=absent; [ -e /after ] && a=present; g=absent; [ -e /go ] && g=present; \
+          echo \"second: before=$(cat /before) after=$a go=$g\"; exit 0; \
+        fi; \
+        echo before > /before; sync; \
+        i=0; while [ ! -e /go ]; do i=$((i + 1)); [ $i -gt 1200 ] && exit 9; sleep 0.1; done; \
+        echo after > /after; echo first-run-done";
+    let mut cmd = st.command();
+    cmd.args(["run", "--name", "snap", "busybox", "--", "sh", "-c", script]);
+    let mut bg = Background::spawn(cmd, "fukastor run --name snap", out.path());
+
+    let rootfs = st.rootfs("snap");
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while !rootfs.join("before").exists() {
+        if let Some(status) = bg.try_wait() {
+            panic!(
+                "the container exited ({status}) before writing /before:\n{}",
+                bg.output()
+            );
+        }
+        assert!(
+            Instant::now() < deadline,
+            "the container did not write /before within 60 s:\n{}",
+            bg.output()
+        );
+        std::thread::sleep(Duration::from_millis(50));
+    }
+
+    // While it runs: mounted, an overlay on the image's composefs mount.
+    assert_eq!(st.ps_row("snap").unwrap()["state"], "mounted");
+    let m = mount_at(&rootfs).expect("the rootfs is mounted while the container runs");
+    assert_eq!(m.fstype, "overlay", "{m:?}");
+    assert_eq!(
+        overlay_first_lower(&m).as_deref().map(PathBuf::from),
+        Some(st.container_dir("snap").join("lower")),
+        "{m:?}"
+    );
+    assert_lower_is_composefs(&st, "snap");
+    let state = tool("crun", ["state", "fukastor-snap"]);
+    state.assert_success();
+    let state = json_of(&state);
+    assert_eq!(
+        state["status"], "running",
+        "crun state while it runs: {state}"
+    );
+    assert_eq!(
+        state["bundle"].as_str().map(PathBuf::from),
+        Some(st.container_dir("snap").join("bundle")),
+        "{state}"
+    );
+
+    let t = Instant::now();
+    st.ok(["snapshot", "create", "snap", "--name", "s", "--atomic"]);
+    eprintln!(
+        "snapshot create --atomic of a running container: {:.2?}",
+        t.elapsed()
+    );
+    let refused = st.run(["snapshot", "rollback", "snap", "s"]);
+    assert_coded_error(&refused, "FK07", "rollback of a running container");
+    assert!(
+        rootfs.join("before").exists(),
+        "a refused rollback changed the rootfs"
+    );
+
+    std::fs::write(rootfs.join("go"), "go\n").unwrap();
+    let status = bg.wait_for(Duration::from_secs(60)).unwrap_or_else(|| {
+        panic!(
+            "the container did not finish 60 s after /go:\n{}",
+            bg.output()
+        )
+    });
+    assert!(status.success(), "fukastor run: {status}\n{}", bg.output());
+    assert!(bg.output().contains("first-run-done"), "{}", bg.output());
+    assert_eq!(st.ps_row("snap").unwrap()["state"], "stopped");
+    assert!(
+        mount_at(&rootfs).is_none(),
+        "still mounted after the container exited"
+    );
+
+    st.ok(["snapshot", "rollback", "snap", "s"]);
+    let run = st.run(["start", "snap"]);
+    assert_exit(&run, 0, "start after rollback");
+    assert_eq!(
+        run.stdout_str(),
+        "second: before=before after=absent go=absent\n",
+        "after rollback to a snapshot taken between /before and /go, /after: {run}"
+    );
+
+    st.ok(["rm", "snap"]);
+    st.assert_nothing_left("after rm");
+    st.assert_fsck_clean();
+}
+
+// ---------------------------------------------------------------------------
+// 5. Twenty containers share one image
+// ---------------------------------------------------------------------------
+
+/// What each container's writes may cost beyond their bytes: ext4 metadata,
+/// journal, the overlay's upper and work directories, the volume's records.
+/// Measured: about 120 KiB for one mount, one 256 KiB write and the umount.
+const PER_CONTAINER_OVERHEAD: u64 = MIB;
+
+#[test]
+fn twenty_containers_share_the_image_objects() {
+    const N: usize = 20;
+    const WRITE: usize = 256 * KIB as usize;
+    let _serial = serial();
+    require_containers();
+    let fx = fixtures();
+    let st = CStore::new();
+    st.pull_named(&fx.oci("bookworm"), "bookworm");
+    let os_release = image_file(&st, "bookworm", "/usr/lib/os-release");
+    let objects = st.path().join("objects");
+    let images = st.path().join("images");
+    let layers = st.path().join("fukastor/pool/layers");
+    let (objects_before, object_files_before) = disk_usage(&objects);
+    let (images_before, _) = disk_usage(&images);
+    let (layers_before, _) = disk_usage(&layers);
+
+    let t = Instant::now();
+    let mut roots = Vec::new();
+    for i in 0..N {
+        let name = format!("c{i:02}");
+        st.ok(["create", "bookworm", "--name", &name]);
+        let run = st.ok(["container", "mount", &name]);
+        let root = PathBuf::from(run.stdout_str().trim());
+        assert_eq!(root, st.rootfs(&name), "{run}");
+        assert_eq!(
+            std::fs::read(root.join("usr/lib/os-release")).unwrap(),
+            os_release,
+            "{name} does not show the image"
+        );
+        std::fs::write(root.join("own.bin"), pseudo_random(i as u64, WRITE)).unwrap();
+        std::fs::write(root.join("etc/hostname"), format!("{name}\n")).unwrap();
+        roots.push((name, root));
+    }
+    eprintln!("{N} containers created and mounted in {:.2?}", t.elapsed());
+    for (name, root) in &roots {
+        tool("sync", [OsStr::new("-f"), root.as_os_str()]).assert_success();
+        assert_eq!(
+            std::fs::read(root.join("own.bin")).unwrap(),
+            pseudo_random(name[1..].parse().unwrap(), WRITE)
+        );
+    }
+    for (name, _) in &roots {
+        st.ok(["container", "umount", name]);
+    }
+
+    let (objects_after, object_files_after) = disk_usage(&objects);
+    let (images_after, _) = disk_usage(&images);
+    let (layers_after, _) = disk_usage(&layers);
+    let template_used = st
+        .volumes()
+        .into_iter()
+        .filter(|v| {
+            v["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("template."))
+        })
+        .map(|v| v["used"].as_u64().unwrap_or(0))
+        .sum::<u64>();
+    let growth = layers_after.saturating_sub(layers_before);
+    let written = (N * WRITE) as u64;
+    eprintln!(
+        "image objects {} ({object_files_before} files; {N} copies would be {}); \
+         volume pool grew by {} ({} per container, ext4 template {}), containers wrote {}",
+        mib(objects_before),
+        mib(objects_before * N as u64),
+        mib(growth),
+        mib(growth.saturating_sub(template_used) / N as u64),
+        mib(template_used),
+        mib(written)
+    );
+    assert_eq!(
+        (objects_after, object_files_after),
+        (objects_before, object_files_before),
+        "the image objects changed with {N} containers"
+    );
+    assert_eq!(images_after, images_before, "the images directory changed");
+    assert!(
+        growth >= written,
+        "the pool grew by {growth} bytes, less than the {written} the containers wrote: \
+         are the writes stored?"
+    );
+    let bound = template_used + N as u64 * (WRITE as u64 + PER_CONTAINER_OVERHEAD);
+    assert!(
+        growth <= bound,
+        "the pool grew by {} for {N} containers that wrote {} each: more than the template \
+         ({}) plus {} per container",
+        mib(growth),
+        mib(WRITE as u64),
+        mib(template_used),
+        mib(WRITE as u64 + PER_CONTAINER_OVERHEAD)
+    );
+    assert!(
+        growth < objects_before,
+        "{N} containers cost {} of pool, more than one copy of the image ({})",
+        mib(growth),
+        mib(objects_before)
+    );
+
+    let names: Vec<&str> = roots.iter().map(|(n, _)| n.as_str()).collect();
+    let mut args = vec!["rm"];
+    args.extend(&names);
+    st.ok(&args);
+    st.assert_nothing_left("after removing the 20 containers");
+    st.assert_fsck_clean();
+}
+
+// ---------------------------------------------------------------------------
+// 6. podman with the hooks
+// ---------------------------------------------------------------------------
+
+/// A private podman storage (`--root`, `--runroot`) in a scratch directory,
+/// so the host's podman is untouched; dropping it removes its containers
+/// and unmounts what podman left there.
+#[derive(Debug)]
+struct PodmanRoot {
+    dir: tempfile::TempDir,
+}
+
+impl PodmanRoot {
+    fn new() -> Self {
+        PodmanRoot {
+            dir: scratch_dir("fukastor-test-podman-"),
+        }
+    }
+
+    fn command(&self) -> Command {
+        let mut cmd = Command::new("podman");
+        cmd.arg("--root")
+            .arg(self.dir.path().join("root"))
+            .arg("--runroot")
+            .arg(self.dir.path().join("runroot"))
+            .env_remove("CONTAINERS_CONF");
+        cmd
+    }
+
+    fn run<I, S>(&self, args: I) -> Run
+    where
+        I: IntoIterator<Item = S>,
+        S: AsRef<OsStr>,
+    {
+        let mut cmd = self.command();
+        cmd.args(args);
+        run_command(cmd)
+    }
+
+    /// `podman images -q` and `podman ps -aq` are both empty.
+    fn assert_empty(&self, context: &str) {
+        let images = self.run(["images", "-q"]);
+        images.assert_success();
+        assert!(
+            images.stdout_str().trim().is_empty(),
+            "{context}: podman stored images: {images}"
+        );
+        let ps = self.run(["ps", "-aq"]);
+        ps.assert_success();
+        assert!(
+            ps.stdout_str().trim().is_empty(),
+            "{context}: podman containers left: {ps}"
+        );
+    }
+}
+
+impl Drop for PodmanRoot {
+    fn drop(&mut self) {
+        let run = self.run(["rm", "-a", "-f"]);
+        if !run.stdout_str().trim().is_empty() {
+            eprintln!("cleanup: podman rm -a -f: {}", run.stdout_str().trim());
+        }
+        let dir = self.dir.path().canonicalize().unwrap_or_default();
+        let mut left: Vec<MountEntry> = mount_table()
+            .into_iter()
+            .filter(|m| m.mount_point.starts_with(&dir))
+            .collect();
+        left.sort_by_key(|m| std::cmp::Reverse(m.mount_point.as_os_str().len()));
+        for m in left {
+            eprintln!("cleanup: umount -l {}", m.mount_point.display());
+            lazy_umount(&m.mount_point);
+        }
+    }
+}
+
+/// Hard limits podman can hand to containers here: podman 4.3's defaults
+/// (1048576 files, 4194304 processes) exceed them on this kind of host, and
+/// podman lowers its own RLIMIT_NPROC to kernel.pid_max.
+fn podman_ulimits() -> (u64, u64) {
+    use rustix::process::{Resource, getrlimit};
+    let nofile = getrlimit(Resource::Nofile)
+        .maximum
+        .unwrap_or(1_048_576)
+        .min(1_048_576);
+    let pid_max: u64 = std::fs::read_to_string("/proc/sys/kernel/pid_max")
+        .ok()
+        .and_then(|s| s.trim().parse().ok())
+        .unwrap_or(4_194_304);
+    let nproc = getrlimit(Resource::Nproc)
+        .maximum
+        .unwrap_or(4_194_304)
+        .min(pid_max)
+        .min(4_194_304);
+    (nofile, nproc)
+}
+
+/// `plugin/install.sh` with scratch directories; returns (hooks dir, drop-in).
+fn install_plugin(st: &CStore, dir: &Path, expect: &str) -> (PathBuf, PathBuf) {
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("plugin/install.sh");
+    let hooks = dir.join("hooks.d");
+    let conf = dir.join("containers.conf.d");
+    let mut cmd = Command::new("bash");
+    cmd.arg(&script)
+        .arg("--prefix")
+        .arg(dir.join("prefix"))
+        .arg("--bin")
+        .arg(fukastor_bin())
+        .arg("--store")
+        .arg(st.path())
+        .arg("--hooks-dir")
+        .arg(&hooks)
+        .arg("--conf-dir")
+        .arg(&conf);
+    let run = run_command(cmd);
+    run.assert_success();
+    let out = run.stdout_str();
+    let actions: Vec<&str> = out
+        .lines()
+        .filter_map(|l| l.strip_prefix("install.sh: "))
+        .filter_map(|l| l.split_whitespace().next())
+        .filter(|w| ["installed", "updated", "unchanged"].contains(w))
+        .collect();
+    assert_eq!(actions.len(), 4, "install.sh reports 4 files: {run}");
+    assert!(
+        actions.iter().all(|a| *a == expect),
+        "install.sh: expected every file {expect}: {run}"
+    );
+    (hooks, conf.join("60-fukastor.conf"))
+}
+
+#[test]
+fn podman_runs_on_fukastor_through_the_hooks() {
+    let _serial = serial();
+    require_containers();
+    require_podman();
+    let fx = fixtures();
+    let scratch = scratch_dir("fukastor-test-plugin-");
+    let empty = scratch.path().join("empty-rootfs");
+    std::fs::create_dir(&empty).unwrap();
+    let st = CStore::new();
+    let podman = PodmanRoot::new();
+    st.pull_named(&fx.oci("bookworm"), "bookworm");
+    let os_release = String::from_utf8(image_file(&st, "bookworm", "/usr/lib/os-release")).unwrap();
+
+    // Install, twice: the second run changes nothing.
+    let (hooks, dropin) = install_plugin(&st, scratch.path(), "installed");
+    install_plugin(&st, scratch.path(), "unchanged");
+    let installed_bin = scratch.path().join("prefix/bin/fukastor");
+    for (file, stage) in [
+        ("fukastor-precreate.json", "precreate"),
+        ("fukastor-poststop.json", "poststop"),
+    ] {
+        let path = hooks.join(file);
+        let hook: serde_json::Value =
+            serde_json::from_slice(&std::fs::read(&path).unwrap()).expect("hooks.d JSON");
+        assert_eq!(hook["version"], "1.0.0", "{hook}");
+        assert_eq!(hook["stages"], serde_json::json!([stage]), "{hook}");
+        assert_eq!(
+            hook["hook"]["path"].as_str().map(PathBuf::from),
+            Some(installed_bin.clone()),
+            "{hook}"
+        );
+        assert_eq!(
+            hook["hook"]["args"],
+            serde_json::json!(["fukastor", "hook", stage]),
+            "{hook}"
+        );
+        let env: Vec<&str> = hook["hook"]["env"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter_map(|v| v.as_str())
+            .collect();
+        assert!(
+            env.contains(&format!("FUKASTOR_STORE={}", st.path().display()).as_str()),
+            "{hook}"
+        );
+        assert!(env.iter().any(|e| e.starts_with("PATH=")), "{hook}");
+    }
+    assert!(
+        std::fs::read(&installed_bin).unwrap() == std::fs::read(fukastor_bin()).unwrap(),
+        "install.sh did not copy the binary"
+    );
+
+    // 1. As in the README: --hooks-dir, and the rlimits on the command line.
+    let (nofile, nproc) = podman_ulimits();
+    let script = "cat /etc/os-release; echo @@@; cat /proc/self/mountinfo";
+    let mut cmd = podman.command();
+    cmd.arg("run")
+        .arg("--rm")
+        .arg("--hooks-dir")
+        .arg(&hooks)
+        .arg("--ulimit")
+        .arg(format!("nofile={nofile}:{nofile}"))
+        .arg("--ulimit")
+        .arg(format!("nproc={nproc}:{nproc}"))
+        .args(["--annotation", "io.fukastor.image=bookworm"])
+        .arg("--rootfs")
+        .arg(&empty)
+        .args(["sh", "-c", script]);
+    let run = run_command(cmd);
+    eprintln!("podman run --rm with the hooks: {:.2?}", run.elapsed);
+    assert!(run.success(), "podman run with the hooks: {run}");
+    let out = run.stdout_str();
+    let (release, mountinfo) = out
+        .split_once("@@@\n")
+        .unwrap_or_else(|| panic!("unexpected output: {run}"));
+    similar_asserts::assert_eq!(
+        release,
+        os_release,
+        "podman's container does not show bookworm's /etc/os-release"
+    );
+    let name = assert_root_is_fukastor_overlay(&st, mountinfo, None);
+    eprintln!("the precreate hook made container {name}");
+    podman.assert_empty("after podman run --rm");
+
+    // 2. The drop-in alone: no --hooks-dir, no --ulimit; a given name.
+    let mut cmd = podman.command();
+    cmd.env("CONTAINERS_CONF", &dropin)
+        .arg("run")
+        .arg("--rm")
+        .args(["--annotation", "io.fukastor.image=bookworm"])
+        .args(["--annotation", "io.fukastor.name=pm2"])
+        .arg("--rootfs")
+        .arg(&empty)
+        .args(["cat", "/proc/self/mountinfo"]);
+    let run = run_command(cmd);
+    assert!(
+        run.success(),
+        "podman run with CONTAINERS_CONF={} (hooks_dir and default_ulimits): {run}",
+        dropin.display()
+    );
+    assert_root_is_fukastor_overlay(&st, &run.stdout_str(), Some("pm2"));
+    podman.assert_empty("after the second podman run --rm");
+    // The poststop hook removed both containers (generated name and given).
+    st.assert_nothing_left(&format!(
+        "after two podman run --rm (containers {name} and pm2): the poststop hook removes them"
+    ));
+
+    // Without the annotation the hooks stay out of the way.
+    let mut cmd = podman.command();
+    cmd.env("CONTAINERS_CONF", &dropin)
+        .arg("run")
+        .arg("--rm")
+        .arg("--rootfs")
+        .arg(&empty)
+        .arg("/no-such-command");
+    let run = run_command(cmd);
+    assert!(
+        !run.success(),
+        "a container without the annotation ran on something else than its empty rootfs: {run}"
+    );
+    assert!(
+        st.ps().is_empty(),
+        "the hooks made a container for an unannotated podman container"
+    );
+
+    // Uninstall removes what install wrote.
+    let mut cmd = Command::new("bash");
+    cmd.arg(Path::new(env!("CARGO_MANIFEST_DIR")).join("plugin/install.sh"))
+        .arg("--prefix")
+        .arg(scratch.path().join("prefix"))
+        .arg("--hooks-dir")
+        .arg(&hooks)
+        .arg("--conf-dir")
+        .arg(dropin.parent().unwrap())
+        .arg("--uninstall");
+    run_command(cmd).assert_success();
+    for f in [
+        hooks.join("fukastor-precreate.json"),
+        hooks.join("fukastor-poststop.json"),
+        dropin.clone(),
+        installed_bin,
+    ] {
+        assert!(!f.exists(), "{} is left after --uninstall", f.display());
+    }
+    st.assert_fsck_clean();
+}
+
+// ---------------------------------------------------------------------------
+// 7. Hook failures
+// ---------------------------------------------------------------------------
+
+/// The podman container ID of the hand-made configs and states.
+const PODMAN_ID: &str = "0123456789abcdef0123456789abcdef0123456789abcdef0123456789abcdef";
+
+/// A runtime config as podman 4.3 proposes it (trimmed), annotated with `image`.
+fn proposed_config(image: Option<&str>, rootfs: &Path) -> serde_json::Value {
+    let mut annotations = serde_json::json!({
+        "io.container.manager": "libpod",
+        "org.opencontainers.image.stopSignal": "15"
+    });
+    if let Some(image) = image {
+        annotations["io.fukastor.image"] = image.into();
+    }
+    serde_json::json!({
+        "ociVersion": "1.0.2-dev",
+        "process": {
+            "user": {"uid": 0, "gid": 0},
+            "args": ["cat", "/etc/os-release"],
+            "env": ["PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin"],
+            "cwd": "/"
+        },
+        "root": {"path": rootfs.display().to_string()},
+        "hostname": &PODMAN_ID[..12],
+        "annotations": annotations,
+        "linux": {"cgroupsPath": format!("/libpod_parent/libpod-{PODMAN_ID}")}
+    })
+}
+
+fn hook(st: &CStore, stage: &str, input: &[u8], env: &[(&str, Option<&str>)]) -> Run {
+    let mut cmd = st.command();
+    cmd.args(["hook", stage]);
+    for (k, v) in env {
+        match v {
+            Some(v) => cmd.env(k, v),
+            None => cmd.env_remove(k),
+        };
+    }
+    run_command_with_input(cmd, input)
+}
+
+/// Nothing created, nothing mounted, no container record, no volume.
+fn assert_hook_left_nothing(st: &CStore, context: &str) {
+    st.assert_nothing_left(context);
+    let containers = st.path().join("fukastor/containers");
+    let left: Vec<_> = std::fs::read_dir(&containers)
+        .map(|d| d.flatten().map(|e| e.file_name()).collect())
+        .unwrap_or_default();
+    assert!(
+        left.is_empty(),
+        "{context}: {} holds {left:?}",
+        containers.display()
+    );
+}
+
+#[test]
+fn hooks_fail_with_coded_errors_and_leave_nothing_behind() {
+    let _serial = serial();
+    require_containers();
+    let fx = fixtures();
+    let scratch = scratch_dir("fukastor-test-hook-");
+    let st = CStore::new();
+    st.pull_named(&fx.oci("busybox"), "busybox");
+
+    // Without the annotation the config passes through unchanged.
+    let config = proposed_config(None, scratch.path());
+    let run = hook(&st, "precreate", config.to_string().as_bytes(), &[]);
+    run.assert_success();
+    assert_eq!(
+        json_of(&run),
+        config,
+        "a config without io.fukastor.image changed"
+    );
+    assert_hook_left_nothing(&st, "precreate without the annotation");
+
+    // Malformed input.
+    for (what, input) in [
+        (
+            "truncated JSON",
+            &b"{\"ociVersion\": \"1.0.2\", \"annotations\": {"[..],
+        ),
+        ("not JSON", b"this is not json"),
+        ("a JSON array", b"[]"),
+        ("no input", b""),
+    ] {
+        let run = hook(&st, "precreate", input, &[]);
+        assert_coded_error(&run, "FK", &format!("precreate with {what}"));
+        assert!(
+            run.stdout.is_empty(),
+            "precreate printed a config for {what}: {run}"
+        );
+        assert_hook_left_nothing(&st, &format!("precreate with {what}"));
+        let run = hook(&st, "poststop", input, &[]);
+        assert_coded_error(&run, "FK", &format!("poststop with {what}"));
+    }
+
+    // An unknown image.
+    let config = proposed_config(Some("no-such-image"), scratch.path());
+    let run = hook(&st, "precreate", config.to_string().as_bytes(), &[]);
+    assert_coded_error(&run, "FK", "precreate of an unknown image");
+    assert!(run.stdout.is_empty(), "{run}");
+    assert_hook_left_nothing(&st, "precreate of an unknown image");
+
+    // A busy store: its exclusive lock held (as by gc).
+    let config = proposed_config(Some("busybox"), scratch.path());
+    let lock_path = st.path().join("fukastor/lock");
+    let lock = std::fs::OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .open(&lock_path)
+        .unwrap_or_else(|e| panic!("open {}: {e}", lock_path.display()));
+    rustix::fs::flock(&lock, rustix::fs::FlockOperation::LockExclusive)
+        .expect("take the store lock");
+    let run = hook(
+        &st,
+        "precreate",
+        config.to_string().as_bytes(),
+        &[("FUKASTOR_LOCK_TIMEOUT", Some("2"))],
+    );
+    assert_coded_error(
+        &run,
+        "FK",
+        "precreate on a busy store (FUKASTOR_LOCK_TIMEOUT=2)",
+    );
+    assert!(run.stdout.is_empty(), "{run}");
+    eprintln!(
+        "precreate on a busy store, FUKASTOR_LOCK_TIMEOUT=2: failed after {:.2?}",
+        run.elapsed
+    );
+    // Without FUKASTOR_LOCK_TIMEOUT a hook must not hold podman up for long.
+    let run = hook(
+        &st,
+        "precreate",
+        config.to_string().as_bytes(),
+        &[("FUKASTOR_LOCK_TIMEOUT", None)],
+    );
+    assert_coded_error(&run, "FK", "precreate on a busy store (default wait)");
+    assert!(
+        run.elapsed < Duration::from_secs(30),
+        "precreate waited {:.1?} for a busy store: hooks hold podman up",
+        run.elapsed
+    );
+    eprintln!(
+        "precreate on a busy store, default wait: failed after {:.2?}",
+        run.elapsed
+    );
+    drop(lock);
+    assert_hook_left_nothing(&st, "precreate on a busy store");
+
+    // And the same config works once the store is free: a container is
+    // created and mounted, root.path points at it, everything else is kept.
+    let run = hook(&st, "precreate", config.to_string().as_bytes(), &[]);
+    run.assert_success();
+    let out = json_of(&run);
+    let name = out["annotations"]["io.fukastor.container"]
+        .as_str()
+        .unwrap_or_else(|| panic!("precreate did not add io.fukastor.container: {out}"))
+        .to_owned();
+    assert_eq!(
+        out["root"]["path"].as_str().map(PathBuf::from),
+        Some(st.rootfs(&name)),
+        "{out}"
+    );
+    assert_eq!(
+        out["process"], config["process"],
+        "precreate changed the process"
+    );
+    assert_eq!(out["hostname"], config["hostname"]);
+    assert!(
+        mount_at(&st.rootfs(&name)).is_some(),
+        "precreate did not mount the rootfs"
+    );
+    assert_eq!(st.ps_row(&name).unwrap()["state"], "mounted");
+    // poststop with that state removes it.
+    let state = serde_json::json!({
+        "ociVersion": "1.0.2-dev",
+        "id": PODMAN_ID,
+        "status": "stopped",
+        "bundle": scratch.path().display().to_string(),
+        "annotations": out["annotations"]
+    });
+    hook(&st, "poststop", state.to_string().as_bytes(), &[]).assert_success();
+    assert_hook_left_nothing(&st, "after poststop");
+    st.assert_fsck_clean();
+}
