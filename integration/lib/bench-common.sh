@@ -16,6 +16,14 @@
 #   bench_fs_of DIR               "ext4 on /dev/vda" for the filesystem holding DIR
 #   bench_mb BYTES                bytes -> MB (10^6) with one decimal
 #   bench_mib BYTES               bytes -> MiB (2^20) with one decimal
+#   bench_run_us OUTVAR CMD...    run CMD (a command or a shell function, in this shell;
+#                                 output to $BENCH_LOG) and store its wall time in
+#                                 microseconds in OUTVAR; exit with an error if it fails.
+#                                 No GNU time around it: for steps of a few milliseconds
+#   bench_max N...                largest of integers
+#   bench_ms US                   microseconds -> "1.2 ms" (below 1 s) or "1.23 s"
+#   bench_mounts_under DIR        mountpoints below DIR, deepest first: "TARGET FSTYPE"
+#   bench_loops_under DIR         loop devices whose backing file is below DIR
 #   oci_manifest_of LAYOUT TAG    digest (sha256:...) of the manifest tagged TAG
 #   oci_layers_of LAYOUT TAG      "digest mediatype" of each layer, one a line
 #   oci_layer_tar_size LAYOUT DIGEST MEDIATYPE
@@ -98,6 +106,37 @@ bench_fs_of() {
 
 bench_mb() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1e6 }'; }
 bench_mib() { awk -v b="$1" 'BEGIN { printf "%.1f", b / 1048576 }'; }
+
+bench_run_us() {
+    local __out=$1 t0 t1 rc=0
+    shift
+    printf '\n$ %s\n' "$*" >>"$BENCH_LOG"
+    t0=${EPOCHREALTIME/./}
+    "$@" >>"$BENCH_LOG" 2>&1 || rc=$?
+    t1=${EPOCHREALTIME/./}
+    if ((rc != 0)); then
+        printf '[%s] command failed (exit %d): %s\n--- last lines of %s:\n' \
+            "$BENCH_NAME" "$rc" "$*" "$BENCH_LOG" >&2
+        tail -n 30 "$BENCH_LOG" >&2
+        exit 1
+    fi
+    printf -v "$__out" '%s' $((t1 - t0))
+}
+
+bench_max() { printf '%s\n' "$@" | sort -n | tail -n1; }
+
+bench_ms() {
+    awk -v us="$1" 'BEGIN { if (us < 1e6) printf "%.1f ms", us / 1e3; else printf "%.2f s", us / 1e6 }'
+}
+
+bench_mounts_under() {
+    findmnt -rn -o TARGET,FSTYPE | awk -v p="${1%/}/" 'index($1, p) == 1' |
+        awk '{ print length($1), $0 }' | sort -rn | cut -d' ' -f2-
+}
+
+bench_loops_under() {
+    losetup -l -n -O NAME,BACK-FILE 2>/dev/null | awk -v p="${1%/}/" 'index($2, p) == 1 { print $1 }'
+}
 
 oci_manifest_of() {
     jq -r --arg t "$2" \
