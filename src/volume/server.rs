@@ -836,7 +836,7 @@ impl Ctx {
                         } else {
                             None
                         };
-                        let r = v.snapshot(name);
+                        let r = v.snapshot_index_in_background(name);
                         if let Some(mp) = frozen {
                             loopdev::freeze(&mp, false)?;
                         }

@@ -449,6 +449,30 @@ impl Volume {
         Ok(())
     }
 
+    /// Like [`Volume::snapshot`], but returns once the snapshot is durable
+    /// and writes the sealed layer's index file on a background thread, so
+    /// the caller waits the same whatever the amount of data. Until the
+    /// index is written (or if writing it fails, or a crash interrupts it:
+    /// its checksums then reject it) the layer is replayed when opened.
+    pub fn snapshot_index_in_background(&self, name: &str) -> Result<()> {
+        meta::check_name(name)?;
+        let sealed = {
+            let mut h = self.lock_head()?;
+            self.seal_locked(&mut h, Some(name))?
+        };
+        let backend = self.reg.shared.backend.clone();
+        let volume = self.name().to_string();
+        std::thread::spawn(move || {
+            if let Err(e) = layer_index::write(&*backend, &sealed) {
+                tracing::warn!(
+                    "volume {volume:?}: cannot write the index of layer {}: {e} (the layer will be replayed when needed)",
+                    sealed.id
+                );
+            }
+        });
+        Ok(())
+    }
+
     /// Makes the volume's stack snapshot `name`'s layers plus a new empty
     /// head. Writes since the snapshot are dropped (their layer is freed by
     /// [`Pool::reclaim`]). Durable when it returns.

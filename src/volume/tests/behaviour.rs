@@ -527,3 +527,30 @@ fn a_failed_snapshot_or_rollback_stops_the_volume_when_in_doubt() {
         );
     }
 }
+
+/// A snapshot whose index is written in the background: the index file
+/// appears, and the volume reopens with the same bytes (with or without
+/// it).
+#[test]
+fn snapshot_with_the_index_written_in_the_background() {
+    let dir = tempfile::tempdir().unwrap();
+    let pool = Pool::with_backend(Arc::new(StdBackend::new(dir.path()))).unwrap();
+    pool.create_volume("v", &VolumeOptions::new(16 * MIB))
+        .unwrap();
+    let v = pool.open_volume("v").unwrap();
+    let data = block(11).repeat(64);
+    v.write_at(MIB, &data).unwrap();
+    let sealed = *v.stats().layers.last().unwrap();
+    v.snapshot_index_in_background("s").unwrap();
+    v.write_at(MIB, &vec![0u8; data.len()]).unwrap();
+    let index = dir.path().join(format!("layers/{sealed}.index"));
+    let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
+    while !index.exists() && std::time::Instant::now() < deadline {
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
+    assert!(index.exists(), "the index of layer {sealed} was written");
+    v.close().unwrap();
+    pool.rollback("v", "s").unwrap();
+    let v = pool.open_volume("v").unwrap();
+    assert!(read(&v, MIB, data.len() as u64) == data);
+}
