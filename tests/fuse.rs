@@ -1076,10 +1076,12 @@ fn lifecycle_sigkill_leaves_a_dead_mount_that_umount_cleans() {
         is_mounted(m.path()),
         "the mount vanished with its killed server"
     );
-    assert_eq!(
-        errno_of(&m.path().join(BUSYBOX_FILE)),
-        Some(libc::ENOTCONN),
-        "access to a mount whose server was killed"
+    // ENOTCONN once the kernel saw the device close; ECONNABORTED for a
+    // request that raced with the abort (seen once in CI on a loaded host).
+    let errno = errno_of(&m.path().join(BUSYBOX_FILE));
+    assert!(
+        matches!(errno, Some(libc::ENOTCONN | libc::ECONNABORTED)),
+        "access to a mount whose server was killed gave {errno:?}, not ENOTCONN or ECONNABORTED"
     );
     // The killed server may linger as a zombie until its parent (init, since
     // `mount` exited) reaps it; it serves nothing either way.
