@@ -262,17 +262,7 @@ impl Pool {
             return Err(VolumeError::Busy(volume.to_string()));
         }
         let mut m = meta::read(self.backend(), volume)?;
-        let snap = m
-            .snapshot(snapshot)
-            .ok_or_else(|| VolumeError::SnapshotNotFound {
-                volume: volume.to_string(),
-                snapshot: snapshot.to_string(),
-            })?;
-        let mut layers = snap.layers.clone();
-        let id = st.new_layer_id();
-        layer::create(self.backend(), id)?;
-        layers.push(id);
-        m.layers = layers;
+        point_at_snapshot(self.backend(), &mut st, volume, &mut m, snapshot)?;
         meta::write(self.backend(), volume, &m)
     }
 
@@ -366,8 +356,33 @@ impl Pool {
     }
 }
 
-/// Checks a volume size.
-pub(crate) fn check_size(size: u64) -> Result<()> {
+/// Makes `m`'s stack snapshot `snapshot`'s layers plus a new empty head
+/// (created and synced here; the caller writes `m`). Holding the pool lock
+/// (`st`) is the caller's part.
+pub(crate) fn point_at_snapshot(
+    backend: &dyn Backend,
+    st: &mut PoolState,
+    volume: &str,
+    m: &mut VolumeMeta,
+    snapshot: &str,
+) -> Result<()> {
+    let snap = m
+        .snapshot(snapshot)
+        .ok_or_else(|| VolumeError::SnapshotNotFound {
+            volume: volume.to_string(),
+            snapshot: snapshot.to_string(),
+        })?;
+    let mut layers = snap.layers.clone();
+    let id = st.new_layer_id();
+    layer::create(backend, id)?;
+    layers.push(id);
+    m.layers = layers;
+    Ok(())
+}
+
+/// Checks a volume size: positive, a multiple of the block size, at most
+/// [`MAX_SIZE`](super::MAX_SIZE).
+pub fn check_size(size: u64) -> Result<()> {
     if size == 0 {
         return Err(VolumeError::BadSize(size, "a volume cannot be empty"));
     }

@@ -480,17 +480,7 @@ impl Volume {
         let mut h = self.lock_head()?;
         let mut st = lock(&self.reg.shared.state);
         let mut m = self.read_meta()?;
-        let snap = m
-            .snapshot(name)
-            .ok_or_else(|| VolumeError::SnapshotNotFound {
-                volume: self.name().to_string(),
-                snapshot: name.to_string(),
-            })?;
-        let mut layers = snap.layers.clone();
-        let id = st.new_layer_id();
-        layer::create(self.backend(), id)?;
-        layers.push(id);
-        m.layers = layers;
+        super::pool::point_at_snapshot(self.backend(), &mut st, self.name(), &mut m, name)?;
         meta::write(self.backend(), self.name(), &m).map_err(|e| self.fail_with(&mut h, e))?;
         let others = sharing(self.backend(), self.name(), &m);
         drop(st);
