@@ -34,8 +34,8 @@ use serde::{Deserialize, Serialize};
 use crate::error::Coded;
 use crate::mount::MountError;
 use crate::store::{LockMode, Store, StoreError, write_atomic};
+use crate::volume::VolumeError;
 use crate::volume::server::{self, Paths, Request, Response, TEMPLATE_SNAPSHOT};
-use crate::volume::{VolumeError, loopdev};
 
 /// Default size of a container's writable layer (thin: only what is
 /// written takes space).
@@ -272,7 +272,10 @@ impl Containers {
             .list()?
             .into_iter()
             .map(|c| {
-                let rootfs = c.mountpoint.clone().filter(|m| loopdev::is_mountpoint(m));
+                let rootfs = c
+                    .mountpoint
+                    .clone()
+                    .filter(|m| crate::mount::is_mountpoint(m));
                 ContainerEntry {
                     state: if rootfs.is_some() {
                         "mounted"
@@ -359,7 +362,11 @@ impl Containers {
     /// container returns where it is.
     pub fn mount(&self, name: &str, mountpoint: Option<&Path>) -> Result<PathBuf> {
         let mut c = self.get(name)?;
-        if let Some(mp) = c.mountpoint.clone().filter(|m| loopdev::is_mountpoint(m)) {
+        if let Some(mp) = c
+            .mountpoint
+            .clone()
+            .filter(|m| crate::mount::is_mountpoint(m))
+        {
             return Ok(mp);
         }
         let work = self.work_dir(name);
@@ -385,7 +392,7 @@ impl Containers {
         })?;
         // Steps, undone in reverse on failure.
         let mut undo = Undo::new(self, name);
-        if !loopdev::is_mountpoint(&lower) {
+        if !crate::mount::is_mountpoint(&lower) {
             let store = Store::open(&self.paths.store, LockMode::Shared)?;
             let id = crate::store::ObjectId::from_hex(&c.image_id).map_err(|_| {
                 StoreError::Damaged(format!("container {name}: bad image ID {}", c.image_id))
@@ -408,7 +415,7 @@ impl Containers {
             }
         };
         undo.volume = Some(c.volume.clone());
-        if !loopdev::is_mountpoint(&fs) {
+        if !crate::mount::is_mountpoint(&fs) {
             rustix::mount::mount(
                 device.as_str(),
                 &fs,
@@ -438,7 +445,7 @@ impl Containers {
         let mut c = self.get(name)?;
         let work = self.work_dir(name);
         if let Some(mp) = &c.mountpoint
-            && loopdev::is_mountpoint(mp)
+            && crate::mount::is_mountpoint(mp)
         {
             unmount(mp).map_err(|e| ContainerError::Umount(name.into(), e))?;
         }
@@ -448,7 +455,7 @@ impl Containers {
     }
 
     fn teardown(&self, name: &str, volume: &str, fs: &Path, lower: &Path) -> Result<()> {
-        if loopdev::is_mountpoint(fs) {
+        if crate::mount::is_mountpoint(fs) {
             unmount(fs).map_err(|e| ContainerError::Umount(name.into(), e))?;
         }
         match call(
@@ -461,7 +468,7 @@ impl Containers {
             Err(ContainerError::Volume(e)) if e.code() == "FK0716" => {}
             Err(e) => return Err(e),
         }
-        if loopdev::is_mountpoint(lower) {
+        if crate::mount::is_mountpoint(lower) {
             crate::mount::umount(&self.paths.store, lower)?;
         }
         Ok(())
@@ -475,9 +482,9 @@ impl Containers {
         let mounted = c
             .mountpoint
             .as_ref()
-            .is_some_and(|m| loopdev::is_mountpoint(m))
-            || loopdev::is_mountpoint(&work.join("fs"))
-            || loopdev::is_mountpoint(&work.join("lower"));
+            .is_some_and(|m| crate::mount::is_mountpoint(m))
+            || crate::mount::is_mountpoint(&work.join("fs"))
+            || crate::mount::is_mountpoint(&work.join("lower"));
         if mounted && !force {
             return Err(ContainerError::Mounted(name.into()));
         }
@@ -512,8 +519,8 @@ impl Containers {
                     && (c
                         .mountpoint
                         .as_ref()
-                        .is_some_and(|m| loopdev::is_mountpoint(m))
-                        || loopdev::is_mountpoint(&self.work_dir(target).join("fs")))
+                        .is_some_and(|m| crate::mount::is_mountpoint(m))
+                        || crate::mount::is_mountpoint(&self.work_dir(target).join("fs")))
                 {
                     return Err(ContainerError::Mounted(target.into()));
                 }

@@ -154,8 +154,9 @@ pub(crate) fn now() -> u64 {
         .map_or(0, |d| d.as_secs())
 }
 
-/// Our mounts, from `/proc/self/mountinfo`.
-pub fn list() -> Vec<MountEntry> {
+/// Every mount of this process's mount namespace, from
+/// `/proc/self/mountinfo` (mountpoint, source and type unescaped).
+pub fn table() -> Vec<MountEntry> {
     let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
         return Vec::new();
     };
@@ -166,15 +167,38 @@ pub fn list() -> Vec<MountEntry> {
             let mut r = right.split(' ');
             let fstype = r.next()?.to_string();
             let source = unescape(r.next()?);
-            // FUSE mounts show type `fuse` (or `fuse.fukastor` through fusermount).
-            let ours = (source.starts_with("composefs:") && source.contains('@'))
-                || (fstype.starts_with("fuse") && source.starts_with("fukastor:"));
-            ours.then(|| MountEntry {
+            Some(MountEntry {
                 mountpoint: PathBuf::from(mountpoint),
                 source,
                 fstype,
             })
         })
+        .collect()
+}
+
+/// Our mounts, from `/proc/self/mountinfo`.
+pub fn list() -> Vec<MountEntry> {
+    table()
+        .into_iter()
+        // FUSE mounts show type `fuse` (or `fuse.fukastor` through fusermount).
+        .filter(|m| {
+            (m.source.starts_with("composefs:") && m.source.contains('@'))
+                || (m.fstype.starts_with("fuse") && m.source.starts_with("fukastor:"))
+        })
+        .collect()
+}
+
+/// True when `path` is a mountpoint (any filesystem).
+pub fn is_mountpoint(path: &Path) -> bool {
+    table().iter().any(|m| m.mountpoint == path)
+}
+
+/// Where `source` (a device such as `/dev/loop3`) is mounted.
+pub fn mountpoints_of(source: &str) -> Vec<PathBuf> {
+    table()
+        .into_iter()
+        .filter(|m| m.source == source)
+        .map(|m| m.mountpoint)
         .collect()
 }
 
@@ -185,15 +209,20 @@ fn unescape(s: &str) -> String {
     let mut i = 0;
     while i < b.len() {
         if b[i] == b'\\'
-            && i + 3 < b.len()
+            && i + 4 <= b.len()
             && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
         {
-            out.push((b[i + 1] - b'0') * 64 + (b[i + 2] - b'0') * 8 + (b[i + 3] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
+            let v = b[i + 1..i + 4]
+                .iter()
+                .fold(0u16, |v, c| v * 8 + u16::from(c - b'0'));
+            if let Ok(v) = u8::try_from(v) {
+                out.push(v);
+                i += 4;
+                continue;
+            }
         }
+        out.push(b[i]);
+        i += 1;
     }
     String::from_utf8_lossy(&out).into_owned()
 }
@@ -264,5 +293,16 @@ fn lazy_unmount(mountpoint: &Path) -> Result<(), String> {
         Ok(())
     } else {
         Err(String::from_utf8_lossy(&out.stderr).trim().to_string())
+    }
+}
+
+#[cfg(test)]
+mod unescape_tests {
+    #[test]
+    fn mountinfo_escapes() {
+        assert_eq!(super::unescape(r"/a\040b"), "/a b");
+        assert_eq!(super::unescape(r"/end\134"), "/end\\");
+        assert_eq!(super::unescape(r"/bad\777"), r"/bad\777");
+        assert_eq!(super::unescape(r"/short\04"), r"/short\04");
     }
 }

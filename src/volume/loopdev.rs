@@ -1,6 +1,5 @@
 //! Loop devices over exported volume files, through util-linux's `losetup`
-//! (which uses `LOOP_CONFIGURE`), and the mount-table lookups attach,
-//! detach and `--atomic` snapshots need.
+//! (which uses `LOOP_CONFIGURE`), and freezing the filesystem on one.
 
 use std::path::{Path, PathBuf};
 use std::process::Command;
@@ -103,58 +102,6 @@ pub fn devices_backed_by(file: &Path, prefix: bool) -> Vec<(String, PathBuf)> {
     found
 }
 
-/// The mountpoints where block device `dev` is mounted, from this process's
-/// mount table.
-pub fn mountpoints_of(dev: &str) -> Vec<PathBuf> {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
-    info.lines()
-        .filter_map(|l| {
-            let (left, right) = l.split_once(" - ")?;
-            let source = right.split(' ').nth(1)?;
-            let mp = left.split(' ').nth(4)?;
-            (unescape(source) == dev).then(|| PathBuf::from(unescape(mp)))
-        })
-        .collect()
-}
-
-/// True when `path` is a mountpoint in this process's mount table.
-pub fn is_mountpoint(path: &Path) -> bool {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
-        return false;
-    };
-    let want = path.to_string_lossy();
-    info.lines()
-        .filter_map(|l| l.split(' ').nth(4))
-        .any(|mp| unescape(mp) == want)
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, …).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        if b[i] == b'\\'
-            && i + 4 <= b.len()
-            && b[i + 1..i + 4].iter().all(|c| (b'0'..=b'7').contains(c))
-        {
-            let v = b[i + 1..i + 4]
-                .iter()
-                .fold(0u16, |v, c| v * 8 + u16::from(c - b'0'));
-            if let Ok(v) = u8::try_from(v) {
-                out.push(v);
-                i += 4;
-                continue;
-            }
-        }
-        out.push(b[i]);
-        i += 1;
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// Freezes the filesystem mounted at `mountpoint` (FIFREEZE through
 /// util-linux's `fsfreeze`), or thaws it.
 pub fn freeze(mountpoint: &Path, frozen: bool) -> Result<()> {
@@ -172,15 +119,5 @@ pub fn freeze(mountpoint: &Path, frozen: bool) -> Result<()> {
             mountpoint.display(),
             String::from_utf8_lossy(&out.stderr).trim()
         )))
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #[test]
-    fn unescape_mountinfo() {
-        assert_eq!(super::unescape(r"/a\040b"), "/a b");
-        assert_eq!(super::unescape(r"/plain"), "/plain");
-        assert_eq!(super::unescape(r"/end\"), "/end\\");
     }
 }

@@ -792,7 +792,7 @@ impl Ctx {
                     .device(name)
                     .ok_or_else(|| VolumeError::NotAttached(name.clone()))?;
                 if loopdev::in_use(&device) {
-                    let at = loopdev::mountpoints_of(&device);
+                    let at = crate::mount::mountpoints_of(&device);
                     return Err(VolumeError::InUse {
                         volume: name.clone(),
                         device,
@@ -825,7 +825,7 @@ impl Ctx {
                     Some(v) => {
                         let frozen = if *atomic {
                             let device = self.device(volume).unwrap_or_default();
-                            let mp = loopdev::mountpoints_of(&device).into_iter().next();
+                            let mp = crate::mount::mountpoints_of(&device).into_iter().next();
                             let Some(mp) = mp else {
                                 return Err(VolumeError::Freeze(format!(
                                     "no filesystem is mounted on {device} (volume {volume:?})"
@@ -1042,7 +1042,7 @@ fn cleanup_stale(paths: &Paths, only: Option<&str>) -> usize {
         });
     if !live_server
         && loopdev::devices_backed_by(&paths.mnt, true).is_empty()
-        && loopdev::is_mountpoint(&paths.mnt)
+        && crate::mount::is_mountpoint(&paths.mnt)
     {
         match rustix::mount::unmount(&paths.mnt, rustix::mount::UnmountFlags::DETACH) {
             Ok(()) => n += 1,
