@@ -304,6 +304,9 @@ impl Containers {
 
     /// Creates container `name` (or a generated name) from `image`.
     pub fn create(&self, image: &str, name: Option<&str>, size: u64) -> Result<Container> {
+        // Before anything is written: a bad size would otherwise surface
+        // as a failed mkfs of the template.
+        crate::volume::check_size(size)?;
         let store = Store::open(&self.paths.store, LockMode::Shared)?;
         let (id, image_name) = store.resolve(image)?;
         drop(store);

@@ -101,7 +101,7 @@ use std::io;
 pub use backend::{Backend, BackendFile, StdBackend};
 pub use format::BLOCK_SIZE;
 pub use meta::{SnapshotInfo, VolumeInfo};
-pub use pool::{Pool, ReclaimReport, VolumeOptions};
+pub use pool::{Pool, ReclaimReport, VolumeOptions, check_size};
 pub use stack::{CompactReport, Volume, VolumeStats};
 
 use crate::error::Coded;
