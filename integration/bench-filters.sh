@@ -27,12 +27,35 @@
 #
 # Goal: at most 10 % overhead at 64 KiB blocks and above.
 #
-# Usage: integration/bench-filters.sh [ROUNDS] [MS]   (environment: FK_BENCH_FILTERS=a,b)
+# Part 2 (root, /dev/fuse): FUSE sequential read of a filtered tree.
+#   A tree of FK_BENCH_FUSE_FILES files (default 16) of FK_BENCH_FUSE_MIB MiB
+#   (default 16) of the same text-like data is committed with
+#   `pull dir:… --filter …` once per row, mounted with `mount --fuse`, and
+#   read with `cat` file after file after `drop_caches`, FK_BENCH_FUSE_ROUNDS
+#   times (default 5; the median is shown). The FUSE server decodes each
+#   object whole when it is opened, so the time includes decoding.
+#     native   the same image served with FUKASTOR_BENCH_NATIVE_FILTERS=1: the
+#              example filters' logic in Rust (src/filter/floor.rs), no Lua
+#     Lua      the normal server: the scripts run in Lua
+#   Row "none" is an unfiltered image through the same FUSE server (no
+#   passthrough): the cost of FUSE alone.
+#
+# Part 3: volume sequential writes (see the volume rows below).
+#
+# Usage: integration/bench-filters.sh [ROUNDS] [MS]
+#   environment: FK_BENCH_FILTERS=a,b (rows of part 1),
+#   FK_BENCH_PARTS=dispatch,fuse,volume (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 export FK_BENCH_ROUNDS="${1:-${FK_BENCH_ROUNDS:-5}}"
 export FK_BENCH_MS="${2:-${FK_BENCH_MS:-200}}"
+parts="${FK_BENCH_PARTS:-dispatch,fuse,volume}"
+has_part() { [[ ",$parts," == *",$1,"* ]]; }
+
+echo "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+
+if has_part dispatch; then
 
 echo "[bench-filters] building (release) and running; $FK_BENCH_ROUNDS rounds of ${FK_BENCH_MS} ms per cell" >&2
 out=$(cargo test --release --lib filter::bench -- --ignored --nocapture --test-threads 1 2>&1) || {
@@ -42,6 +65,89 @@ out=$(cargo test --release --lib filter::bench -- --ignored --nocapture --test-t
 }
 printf '%s\n' "$out" | grep -E '^ +[a-z+-]+ +[0-9]+ KiB:' >&2 || true
 echo
-echo "$(grep -m1 'model name' /proc/cpuinfo | cut -d: -f2- | sed 's/^ //'), $(nproc) cores, load $(cut -d' ' -f1-3 /proc/loadavg)"
+echo "## Lua dispatch (library, round trips of one block)"
 echo
 printf '%s\n' "$out" | grep '^|'
+fi
+
+if has_part fuse; then
+    [[ $(id -u) == 0 ]] || { echo "[bench-filters] ERROR: part fuse needs root (drop_caches, FUSE mounts)" >&2; exit 1; }
+    [[ -c /dev/fuse ]] || { echo "[bench-filters] ERROR: /dev/fuse is missing" >&2; exit 1; }
+    cargo build --release >&2
+    fk="$PWD/target/release/fukastor"
+    ex="$PWD/examples/filters"
+    files="${FK_BENCH_FUSE_FILES:-16}" mib="${FK_BENCH_FUSE_MIB:-16}" rounds="${FK_BENCH_FUSE_ROUNDS:-5}"
+    work=$(mktemp -d /var/tmp/fk-bench-filters.XXXXXX)
+    mnt="$work/mnt"
+    cleanup() {
+        mountpoint -q "$mnt" && { "$fk" --store "$work/store" umount "$mnt" || umount -l "$mnt"; }
+        rm -rf "$work"
+    }
+    trap cleanup EXIT
+    mkdir -p "$work/src" "$mnt" "$work/replica"
+    head -c 32 /dev/urandom | od -An -tx1 | tr -d ' \n' > "$work/key"
+    # Text-like data (zstd level 3 makes it about 4x smaller), the same in every file.
+    python3 - "$work/src/f0" "$mib" <<'PY'
+import random, sys
+words = [b"the ", b"store ", b"object ", b"layer ", b"block ", b"volume ", b"image ",
+         b"zstd ", b"lua ", b"filter ", b"fukastor ", b"\n", b"0x", b"42 ", b"= ", b"{ ", b"} "]
+rng = random.Random(7)
+out, n = [], 0
+want = int(sys.argv[2]) << 20
+while n < want:
+    w = words[rng.randrange(len(words))]
+    out.append(w); n += len(w)
+open(sys.argv[1], "wb").write(b"".join(out)[:want])
+PY
+    # Distinct files (distinct objects): a different first line in each.
+    for i in $(seq 1 $((files - 1))); do
+        { printf 'file %d\n' "$i"; tail -c +$((${#i} + 7)) "$work/src/f0"; } > "$work/src/f$i"
+    done
+    total=$((files * mib))
+    enc="$ex/encrypt.lua,key_file=$work/key"
+    rep="$ex/replicate.lua,dir=$work/replica"
+    declare -A rows=(
+        [none]=""
+        [checksum]="--filter $ex/checksum.lua"
+        [compress]="--filter $ex/compress.lua,level=3"
+        [encrypt]="--filter $enc"
+        [replicate]="--filter $rep"
+        [compress+encrypt+checksum]="--filter $ex/compress.lua --filter $enc --filter $ex/checksum.lua"
+    )
+    order=(none checksum compress encrypt replicate compress+encrypt+checksum)
+    median() { sort -n | awk '{a[NR]=$1} END {print (NR%2) ? a[(NR+1)/2] : (a[NR/2]+a[NR/2+1])/2}'; }
+    read_mbs() {   # prints MB/s (10^6) of one cold sequential read of the mounted tree
+        sync; echo 3 > /proc/sys/vm/drop_caches
+        local t0 t1
+        t0=$(date +%s.%N)
+        cat "$mnt"/f* > /dev/null
+        t1=$(date +%s.%N)
+        echo "$total $t0 $t1" | awk '{printf "%.1f\n", $1 * 1048576 / 1e6 / ($3 - $2)}'
+    }
+    serve_and_read() {   # $1 image, $2 native (0/1): median MB/s over the rounds
+        local r out=()
+        FUKASTOR_BENCH_NATIVE_FILTERS=$2 "$fk" --store "$work/store" -q mount "$1" "$mnt" --fuse >&2
+        for r in $(seq "$rounds"); do out+=("$(read_mbs)"); done
+        "$fk" --store "$work/store" umount "$mnt" >&2
+        printf '%s\n' "${out[@]}" | median
+    }
+    echo >&2 "[bench-filters] FUSE: $files files x $mib MiB, $rounds cold reads per cell"
+    table=$'| filter | native MB/s | Lua MB/s | Lua overhead |\n|---|---:|---:|---:|'
+    for row in "${order[@]}"; do
+        # shellcheck disable=SC2086
+        "$fk" --store "$work/store" -q pull "dir:$work/src" "img:${row//+/-}" ${rows[$row]} > /dev/null
+        lua=$(serve_and_read "img:${row//+/-}" 0)
+        if [[ $row == none ]]; then
+            table+=$'\n'"| none (FUSE only) | $lua | $lua | — |"
+            continue
+        fi
+        native=$(serve_and_read "img:${row//+/-}" 1)
+        over=$(awk -v n="$native" -v l="$lua" 'BEGIN {printf "%+.1f %%", (n / l - 1) * 100}')
+        table+=$'\n'"| $row | $native | $lua | $over |"
+        echo >&2 "[bench-filters] $row: native $native MB/s, Lua $lua MB/s"
+    done
+    echo
+    echo "## FUSE sequential read of a filtered tree ($files files x $mib MiB, cold cache, median of $rounds)"
+    echo
+    echo "$table"
+fi

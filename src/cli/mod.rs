@@ -53,6 +53,11 @@ pub enum Command {
         /// Worker threads [default: one per core].
         #[arg(long, env = "FUKASTOR_THREADS", default_value_t = 0)]
         threads: usize,
+        /// Store the objects encoded through a Lua filter:
+        /// SCRIPT[,NAME=VALUE…] (repeatable, in encode order). A filtered
+        /// image is served through FUSE only.
+        #[arg(long = "filter", value_name = "SCRIPT[,NAME=VALUE…]")]
+        filters: Vec<String>,
     },
     /// List images.
     Images,
@@ -327,13 +332,19 @@ fn run(cli: &Cli) -> CliResult {
             source,
             name,
             threads,
+            filters,
         } => {
             let src = Source::parse(source)?;
+            let stages = filters
+                .iter()
+                .map(|f| crate::filter::Stage::from_arg(f))
+                .collect::<Result<Vec<_>, _>>()?;
             let store = open(cli, LockMode::Shared)?;
             let progress = !cli.quiet && !cli.json && std::io::stderr().is_terminal();
             let opts = PullOptions::named(name.clone())
                 .progress(progress)
-                .threads(*threads);
+                .threads(*threads)
+                .filters(stages);
             let report = crate::oci::pull(&store, &src, source, &opts)?;
             output::pull(out, cli, &report)
         }
@@ -394,7 +405,7 @@ fn run(cli: &Cli) -> CliResult {
             let (id, _) = store.resolve(image)?;
             let tree = store.image_tree(&id)?;
             let rel = crate::tree::TreeBuilder::normalize(path.trim_start_matches('/').as_bytes())?;
-            let stats = crate::tree::restore(&store, &tree, &rel, dest)?;
+            let stats = crate::tree::restore(&store.objects_of(&id)?, &tree, &rel, dest)?;
             if !cli.quiet {
                 writeln!(
                     out,
@@ -444,7 +455,9 @@ fn run(cli: &Cli) -> CliResult {
             let store = open(cli, LockMode::Shared)?;
             let (id, name) = store.resolve(image)?;
             let label = name.map_or_else(|| id.to_hex()[..12].to_string(), |n| n.to_string());
-            let want_kernel = *kernel || (fuse.is_none() && rustix::process::geteuid().is_root());
+            let filtered = store.is_filtered(&id);
+            let want_kernel = *kernel
+                || (fuse.is_none() && !filtered && rustix::process::geteuid().is_root());
             let mut how = String::from("kernel: EROFS + overlayfs");
             let mut done = false;
             if want_kernel {
@@ -463,6 +476,10 @@ fn run(cli: &Cli) -> CliResult {
                 drop(store);
                 let pid = crate::fuse::spawn(&root, &id.to_hex(), mountpoint, &opts)?;
                 let kind = match (passthrough, rustix::process::geteuid().is_root()) {
+                    _ if filtered && passthrough => {
+                        "FUSE; the image is filtered, so reads are decoded by the server (no passthrough)"
+                    }
+                    _ if filtered => "FUSE, decoding filtered objects",
                     (true, true) => "FUSE with passthrough",
                     (true, false) => "FUSE; passthrough needs root, reads go through the server",
                     (false, _) => "FUSE",

@@ -159,13 +159,14 @@
 #[cfg(test)]
 mod bench;
 mod engine;
+pub mod floor;
 pub mod native;
 mod spec;
 #[cfg(test)]
 mod tests;
 
 pub use engine::{Chain, Decoded};
-pub use spec::{ChainSpec, FilterSpec, Param, Params, SPEC_VERSION, Script, Stage};
+pub use spec::{ChainSpec, FilterSpec, Param, Params, SPEC_VERSION, Script, Stage, save_scripts};
 
 use crate::error::Coded;
 

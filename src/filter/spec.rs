@@ -142,6 +142,66 @@ impl Stage {
         self.params.insert(name.to_owned(), value.into());
         self
     }
+
+    /// Parses what a user types after `--filter`: `SCRIPT[,NAME=VALUE…]`,
+    /// for example `examples/filters/compress.lua,level=9` or
+    /// `encrypt.lua,key_env=FK_KEY`. The script is read now; its name is
+    /// the file name without `.lua`. A value that parses as an integer is
+    /// an integer, `true`/`false` a boolean, anything else a string.
+    /// (A script path containing a comma cannot be given this way.)
+    pub fn from_arg(arg: &str) -> Result<Stage> {
+        let mut parts = arg.split(',');
+        let path = parts.next().unwrap_or_default();
+        if path.is_empty() {
+            return Err(FilterError::Load {
+                script: arg.to_owned(),
+                why: "no script path before the parameters".into(),
+            });
+        }
+        let mut stage = Stage::new(Script::from_file(Path::new(path))?);
+        if !valid_name(stage.script.name()) {
+            return Err(FilterError::Load {
+                script: path.to_owned(),
+                why: format!(
+                    "{:?} is not a valid filter name (1-64 of A-Za-z0-9._-)",
+                    stage.script.name()
+                ),
+            });
+        }
+        for kv in parts {
+            let Some((k, v)) = kv.split_once('=').filter(|(k, _)| !k.is_empty()) else {
+                return Err(FilterError::Load {
+                    script: path.to_owned(),
+                    why: format!("parameter {kv:?} is not NAME=VALUE"),
+                });
+            };
+            let value = match v {
+                "true" => Param::Bool(true),
+                "false" => Param::Bool(false),
+                _ => v.parse::<i64>().map_or_else(|_| Param::Str(v.to_owned()), Param::Int),
+            };
+            stage.params.insert(k.to_owned(), value);
+        }
+        Ok(stage)
+    }
+}
+
+/// Keeps each stage's script in `dir` as `<sha256>.lua` (what
+/// [`ChainSpec::resolve`] looks for first), written atomically; a script
+/// already there is left alone (same name, same text).
+pub fn save_scripts(stages: &[Stage], dir: &Path) -> std::io::Result<()> {
+    std::fs::create_dir_all(dir)?;
+    for s in stages {
+        let path = dir.join(format!("{}.lua", s.script.sha256()));
+        if path.exists() {
+            continue;
+        }
+        let tmp = dir.join(format!(".tmp-{}-{}.lua", std::process::id(), s.script.sha256()));
+        std::fs::write(&tmp, s.script.source())?;
+        std::fs::File::open(&tmp)?.sync_all()?;
+        std::fs::rename(&tmp, &path)?;
+    }
+    std::fs::File::open(dir)?.sync_all()
 }
 
 /// What a filtered object or volume records so the store stays

@@ -20,7 +20,7 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::Mutex;
+use std::sync::{Arc, Mutex, RwLock};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Duration;
 
@@ -33,6 +33,8 @@ use fuser::{
 use rustix::fs::{Mode, OFlags};
 
 use super::inodes::{Content, Inodes, NodeKind};
+use crate::error::Coded;
+use crate::store::{ObjectId, Objects};
 
 /// How long the kernel may cache entries and attributes: the tree is immutable.
 const TTL: Duration = Duration::from_secs(24 * 3600);
@@ -63,6 +65,10 @@ pub struct ImageFs {
     passthrough: AtomicBool,
     no_opendir: bool,
     backing: Mutex<HashMap<u64, (BackingId, u64)>>,
+    /// For a filtered image: how to decode objects, and the decoded content
+    /// of each open inode with its open count (freed with the last release).
+    filter: Option<crate::store::Objects>,
+    decoded: RwLock<HashMap<u64, Decoded>>,
     /// Counters.
     pub counters: std::sync::Arc<Counters>,
 }
@@ -71,8 +77,14 @@ thread_local! {
     static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_IO as usize]);
 }
 
-/// `fh` 0 means "served from the inode table"; otherwise it is a descriptor + 1.
+/// `fh` 0 means "served from the inode table"; [`DECODED`] "from the decoded
+/// content of the inode" (filtered images); otherwise it is a descriptor + 1.
 const IN_TABLE: u64 = 0;
+/// The decoded content of an open filtered inode, and how many opens share it.
+type Decoded = (Arc<[u8]>, u64);
+
+/// The file handle of an open filtered object (no descriptor is + 1 this large).
+const DECODED: u64 = u64::MAX;
 
 fn kind_of(kind: &NodeKind, attr: &fuser::FileAttr) -> FileType {
     match kind {
@@ -96,8 +108,48 @@ impl ImageFs {
             passthrough: AtomicBool::new(passthrough),
             no_opendir: false,
             backing: Mutex::default(),
+            filter: None,
+            decoded: RwLock::default(),
             counters,
         }
+    }
+
+    /// Serves the objects of `source`, decoding them when they are filtered.
+    /// (`objects` given to [`ImageFs::new`] must be `source`'s directory.)
+    pub fn with_filter(mut self, source: crate::store::Objects) -> Self {
+        if source.chain().is_some() {
+            self.filter = Some(source);
+        }
+        self
+    }
+
+    /// Opens a filtered object: decodes it whole (once per inode, shared by
+    /// its opens). A decode failure is EIO and a log line, never bad data.
+    fn open_decoded(&self, ino: u64, id: &ObjectId, size: u64, source: &Objects) -> Result<(), Errno> {
+        if let Some((_, n)) = self.decoded.write().expect("not poisoned").get_mut(&ino) {
+            *n += 1;
+            return Ok(());
+        }
+        // Decoding may take long: not under the lock. Two racing opens of
+        // the same inode both decode; the second finds the first's entry.
+        let data = match source.read(id, size) {
+            Ok(d) if d.len() as u64 == size => d,
+            Ok(d) => {
+                tracing::error!(
+                    "object {} of inode {ino}: decoded to {} bytes, the tree says {size}",
+                    id.to_hex(),
+                    d.len()
+                );
+                return Err(Errno::EIO);
+            }
+            Err(e) => {
+                tracing::error!("object {} of inode {ino}: {} {e}", id.to_hex(), e.code());
+                return Err(Errno::EIO);
+            }
+        };
+        let mut map = self.decoded.write().expect("not poisoned");
+        map.entry(ino).or_insert_with(|| (data.into(), 0)).1 += 1;
+        Ok(())
     }
 
     fn open_object(&self, id: &composefs::fsverity::Sha256HashValue) -> std::io::Result<OwnedFd> {
@@ -246,6 +298,12 @@ impl Filesystem for ImageFs {
         let Content::Object(id) = content else {
             return reply.opened(FileHandle(IN_TABLE), FopenFlags::FOPEN_KEEP_CACHE);
         };
+        if let Some(source) = &self.filter {
+            return match self.open_decoded(ino.0, id, node.attr.size, source) {
+                Ok(()) => reply.opened(FileHandle(DECODED), FopenFlags::FOPEN_KEEP_CACHE),
+                Err(e) => reply.error(e),
+            };
+        }
         let fd = match self.open_object(id) {
             Ok(fd) => fd,
             Err(e) => {
@@ -287,6 +345,18 @@ impl Filesystem for ImageFs {
     ) {
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
         let size = size.min(MAX_IO) as usize;
+        if fh.0 == DECODED {
+            let map = self.decoded.read().expect("not poisoned");
+            let Some((data, _)) = map.get(&ino.0) else {
+                return reply.error(Errno::EBADF);
+            };
+            let start = (offset as usize).min(data.len());
+            let end = start.saturating_add(size).min(data.len());
+            self.counters
+                .read_bytes
+                .fetch_add((end - start) as u64, Ordering::Relaxed);
+            return reply.data(&data[start..end]);
+        }
         if fh.0 != IN_TABLE {
             BUF.with_borrow_mut(|buf| {
                 let mut done = 0;
@@ -335,6 +405,16 @@ impl Filesystem for ImageFs {
         _flush: bool,
         reply: ReplyEmpty,
     ) {
+        if fh.0 == DECODED {
+            let mut map = self.decoded.write().expect("not poisoned");
+            if let Some((_, n)) = map.get_mut(&ino.0) {
+                *n -= 1;
+                if *n == 0 {
+                    map.remove(&ino.0);
+                }
+            }
+            return reply.ok();
+        }
         if fh.0 != IN_TABLE {
             let mut map = self.backing.lock().expect("not poisoned");
             if let Some((_, n)) = map.get_mut(&ino.0) {

@@ -77,17 +77,24 @@ pub fn serve(
     let tree = store.image_tree(id)?;
     let inodes = inodes::Inodes::new(&tree);
     drop(tree);
+    let source = store.objects_of(id)?;
     let objects: OwnedFd = rustix::fs::open(
-        store.objects_dir(),
+        source.dir(),
         OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
         Mode::empty(),
     )
     .map_err(|e| StoreError::Damaged(format!("objects directory: {e}")))?;
     let root = rustix::process::geteuid().is_root();
+    let chain = source.chain().cloned();
+    let passthrough = opts.passthrough && root && chain.is_none();
     let counters = Arc::new(fs::Counters::default());
-    let filesystem = fs::ImageFs::new(inodes, objects, opts.passthrough && root, counters.clone());
+    let filesystem = fs::ImageFs::new(inodes, objects, passthrough, counters.clone())
+        .with_filter(source);
     if opts.passthrough && !root {
         tracing::warn!("passthrough needs root; serving reads from the server");
+    }
+    if opts.passthrough && chain.is_some() {
+        tracing::warn!("the image is filtered: the server decodes every object, no passthrough");
     }
     let store_root = store.root().to_path_buf();
     let mut config = Config::default();
@@ -121,7 +128,7 @@ pub fn serve(
     if root {
         raise_readahead(&canonical);
     }
-    let mode = if opts.passthrough && root {
+    let mode = if passthrough {
         "fuse-passthrough"
     } else {
         "fuse"

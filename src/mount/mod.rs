@@ -49,6 +49,9 @@ pub enum MountError {
     /// The FUSE server failed to start.
     #[error("the FUSE server did not start: {0}")]
     Server(String),
+    /// A filtered image: the kernel would read encoded bytes.
+    #[error("image {0} is filtered (its objects are stored encoded by Lua filters); the kernel cannot read it")]
+    Filtered(String),
     /// Store trouble.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -63,6 +66,7 @@ impl Coded for MountError {
             MountError::NotOurs(_) => "FK0303",
             MountError::Umount(..) => "FK0304",
             MountError::Server(_) => "FK0305",
+            MountError::Filtered(_) => "FK0306",
             MountError::Store(e) => e.code(),
         }
     }
@@ -77,6 +81,9 @@ impl Coded for MountError {
             MountError::NotOurs(_) => "list mounts with `findmnt -t overlay`".into(),
             MountError::Umount(..) => "close files and shells using the mount, then try again".into(),
             MountError::Server(_) => "check that /dev/fuse exists and fuse3 (fusermount3) is installed; see the log above".into(),
+            MountError::Filtered(_) => {
+                "mount it through FUSE, which decodes: `fukastor mount --fuse IMAGE MOUNTPOINT`".into()
+            }
             MountError::Store(e) => e.hint(),
         }
     }
@@ -105,6 +112,9 @@ pub fn mount_kernel(
         Ok(m) if m.is_dir() => {}
         Ok(_) => return Err(MountError::Mountpoint(shown, "not a directory".into())),
         Err(e) => return Err(MountError::Mountpoint(shown, e.to_string())),
+    }
+    if store.is_filtered(id) {
+        return Err(MountError::Filtered(label.to_string()));
     }
     if !rustix::process::geteuid().is_root() {
         return Err(MountError::NotPrivileged(label.to_string()));

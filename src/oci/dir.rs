@@ -210,7 +210,7 @@ impl Walker<'_, '_> {
         if size > composefs::INLINE_CONTENT_MAX_V0 as u64 {
             if let Some(seen) = self.old.get(&cache_key) {
                 if let Ok(id) = ObjectId::from_hex(&seen.id) {
-                    if key(md, Some(&id)) == *seen && self.staging.store().has_object(&id) {
+                    if key(md, Some(&id)) == *seen && self.staging.has_object(&id) {
                         self.new.insert(cache_key, seen.clone());
                         return Ok(RegularFile::External(id, size));
                     }

@@ -100,7 +100,7 @@ use oci_spec::image::{Descriptor, Digest as OciDigest, ImageManifestBuilder, Med
 use sha2::{Digest, Sha256};
 
 use super::{OciError, Source};
-use crate::store::{ObjectId, Store, StoreError, Tree};
+use crate::store::{ObjectId, Objects, Store, StoreError, Tree};
 
 /// What an export wrote.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -132,7 +132,7 @@ pub fn export(store: &Store, id: &ObjectId, dest: &str) -> Result<ExportReport, 
     let tree = store.image_tree(id)?;
 
     let layout = Layout::open(&dir)?;
-    let layer = write_layer(store, &tree, &layout)?;
+    let layer = write_layer(&store.objects_of(id)?, &tree, &layout)?;
 
     let config = image_config(&record.config, &layer.diff_id, &id.to_hex());
     let config_bytes = serde_json::to_vec(&config).expect("JSON values serialize");
@@ -519,7 +519,7 @@ struct LayerBlob {
 
 type LayerSink = HashWriter<flate2::write::GzEncoder<HashWriter<BufWriter<File>>>>;
 
-fn write_layer(store: &Store, tree: &Tree, layout: &Layout) -> Result<LayerBlob, OciError> {
+fn write_layer(objects: &Objects, tree: &Tree, layout: &Layout) -> Result<LayerBlob, OciError> {
     let tmp = TmpFile::new(&layout.dir);
     let file = tmp.create()?;
     let sink: LayerSink = HashWriter::new(flate2::write::GzEncoder::new(
@@ -528,7 +528,7 @@ fn write_layer(store: &Store, tree: &Tree, layout: &Layout) -> Result<LayerBlob,
     ));
     let mut tar = TarOut {
         out: sink,
-        store,
+        objects,
         tree,
         dest: tmp.path.display().to_string(),
         buf: vec![0; COPY_BUF],
@@ -557,7 +557,7 @@ fn write_layer(store: &Store, tree: &Tree, layout: &Layout) -> Result<LayerBlob,
 /// The tar writer: ustar headers with PAX extended headers where needed.
 struct TarOut<'a> {
     out: LayerSink,
-    store: &'a Store,
+    objects: &'a Objects,
     tree: &'a Tree,
     /// Shown in write errors.
     dest: String,
@@ -802,7 +802,7 @@ impl TarOut<'_> {
                 self.pad(*size)
             }
             RegularFile::External(oid, size) | RegularFile::ExternalNoVerity(oid, size) => {
-                let mut src = self.store.open_object(oid)?;
+                let mut src = self.objects.reader(oid, *size)?;
                 let read_err = |e: io::Error| {
                     OciError::Store(StoreError::Io {
                         context: format!("reading object {}", oid.to_hex()),

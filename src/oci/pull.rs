@@ -35,6 +35,8 @@ pub struct PullOptions {
     pub progress: bool,
     /// Worker threads; the number of cores when 0.
     pub threads: usize,
+    /// Filters (`--filter`, in encode order): objects are stored encoded.
+    pub filters: Vec<crate::filter::Stage>,
 }
 
 impl PullOptions {
@@ -55,6 +57,12 @@ impl PullOptions {
     /// Sets the worker count (0: one per core).
     pub fn threads(mut self, n: usize) -> Self {
         self.threads = n;
+        self
+    }
+
+    /// Stores the objects encoded through these filters.
+    pub fn filters(mut self, stages: Vec<crate::filter::Stage>) -> Self {
+        self.filters = stages;
         self
     }
 }
@@ -188,7 +196,18 @@ pub fn pull(
         Some(n) => ImageName::parse(n)?,
         None => ImageName::parse(&source.default_name())?,
     };
-    let staging = store.staging()?;
+    // A filtered pull publishes into its chain's objects directory. It does
+    // not use the layer cache: cached entries name objects of `objects/`.
+    let chain = if opts.filters.is_empty() {
+        None
+    } else {
+        Some(store.new_chain(opts.filters.clone())?)
+    };
+    let staging = match &chain {
+        None => store.staging()?,
+        Some(c) => store.staging_into(store.chain_objects(c))?,
+    };
+    let use_cache = chain.is_none();
     let mut to_cache: Vec<(String, Vec<Entry>)> = Vec::new();
 
     let (layers, config, manifest_digest, config_digest, content_bytes) = match source {
@@ -218,6 +237,7 @@ pub fn pull(
                         let known = l
                             .diff_id
                             .as_deref()
+                            .filter(|_| use_cache)
                             .and_then(|d| layer_cache::get(store, d));
                         if let Some(entries) = known {
                             tracing::info!(
@@ -284,6 +304,7 @@ pub fn pull(
             // What to cache once the objects are published.
             to_cache = fresh
                 .into_iter()
+                .filter(|_| use_cache)
                 .map(|i| (infos[i].diff_id.clone(), entries[i].clone()))
                 .collect();
             let layers = entries
@@ -331,8 +352,21 @@ pub fn pull(
     let t = Instant::now();
     let erofs = mkfs_erofs(&tree);
     stats.erofs_bytes = erofs.len() as u64;
-    let id = staging.put(&erofs)?;
-    keep.insert(id.clone());
+    let erofs_id = staging.put(&erofs)?;
+    keep.insert(erofs_id.clone());
+    let (id, filter) = match &chain {
+        None => (erofs_id, None),
+        Some(c) => {
+            let digest = c.spec().digest();
+            let info = crate::store::FilterInfo {
+                chain: c.spec().clone(),
+                erofs: erofs_id.to_hex(),
+                erofs_size: erofs.len() as u64,
+                chain_digest: digest.clone(),
+            };
+            (crate::store::filtered_image_id(&erofs_id, &digest), Some(info))
+        }
+    };
     crate::failpoint("pull:staged");
     tracing::info!(
         "EROFS ({} bytes) built in {:.3}s",
@@ -340,6 +374,9 @@ pub fn pull(
         t.elapsed().as_secs_f64()
     );
     let t = Instant::now();
+    if let Some(c) = &chain {
+        store.keep_chain(&opts.filters, c)?;
+    }
     let published = staging.publish_only(Some(&keep))?;
     tracing::info!("objects published in {:.3}s", t.elapsed().as_secs_f64());
     let t = Instant::now();
@@ -356,6 +393,7 @@ pub fn pull(
         layers: infos,
         stats: stats.clone(),
         names: vec![name.to_string()],
+        filter,
     };
     let record = merge_names(store, &id, record);
     store.publish_image(&id, &record, Some(&name))?;

@@ -17,6 +17,7 @@ use composefs::fsverity::FsVerityHashValue;
 use serde::Serialize;
 
 use super::{ImageName, ObjectId, Result, Store, io_err, is_tmp_name, objects::verify_file};
+use crate::error::Coded;
 
 /// One problem found.
 #[derive(Debug, Clone, Serialize)]
@@ -135,9 +136,29 @@ pub(super) fn run(store: &Store, repair: bool) -> Result<FsckReport> {
     let mut live: HashSet<ObjectId> = HashSet::new();
     let mut good_images: HashSet<ObjectId> = HashSet::new();
     let mut records: HashMap<ObjectId, Vec<String>> = HashMap::new();
+    // Filtered objects already checked, per chain: intact or not.
+    let mut filtered_seen: HashMap<(String, ObjectId), bool> = HashMap::new();
     for id in store.image_ids()? {
         r.images += 1;
         let hex = id.to_hex();
+        if store.is_filtered(&id) {
+            match check_filtered(store, &id, repair, &mut filtered_seen, &mut r) {
+                Ok(Some(rec)) => {
+                    records.insert(id.clone(), rec.names);
+                    good_images.insert(id.clone());
+                }
+                Ok(None) => {}
+                // A chain that cannot run here (missing key or script) is
+                // a problem `--repair` must not "fix" by deleting data.
+                Err(e) => problem(
+                    &mut r,
+                    "filter-unavailable",
+                    format!("image {hex}: {} {e}", e.code()),
+                    false,
+                ),
+            }
+            continue;
+        }
         let mut broken = Vec::new();
         if !objects.contains_key(&id) {
             broken.push(
@@ -261,6 +282,149 @@ pub(super) fn run(store: &Store, repair: bool) -> Result<FsckReport> {
             r.garbage.bytes += len;
         }
     }
+    garbage_filtered(store, &filtered_seen, &mut r)?;
     r.clean = r.problems.iter().all(|p| p.repaired);
     Ok(r)
+}
+
+/// Checks a filtered image: its record, its EROFS and every object it
+/// references, each decoded through the chain and its digest recomputed.
+/// `Ok(Some(record))` when intact; `Ok(None)` when broken (a problem is
+/// recorded, and with `repair` the damaged objects and the image are
+/// removed); `Err` when the chain cannot run here.
+fn check_filtered(
+    store: &Store,
+    id: &ObjectId,
+    repair: bool,
+    seen: &mut HashMap<(String, ObjectId), bool>,
+    r: &mut FsckReport,
+) -> Result<Option<super::ImageRecord>> {
+    let hex = id.to_hex();
+    let before = r.problems.len();
+    let broken = |r: &mut FsckReport, why: String| {
+        r.problems.push(Problem {
+            kind: "broken-image",
+            detail: format!("image {hex}: {why}"),
+            repaired: repair,
+        });
+    };
+    let record = match store.record(id) {
+        Ok(rec) if rec.filter.is_some() => rec,
+        Ok(_) => {
+            broken(r, "its record has no filter chain".into());
+            if repair {
+                store.forget_image(id)?;
+            }
+            return Ok(None);
+        }
+        Err(e) => {
+            broken(r, e.to_string());
+            if repair {
+                store.forget_image(id)?;
+            }
+            return Ok(None);
+        }
+    };
+    let info = record.filter.clone().expect("checked");
+    let objects = store.objects_of(id)?;
+    let mut bad: Vec<(ObjectId, String)> = Vec::new();
+    let mut check = |oid: ObjectId, size: u64, r: &mut FsckReport| -> Result<bool> {
+        let key = (info.chain_digest.clone(), oid.clone());
+        if let Some(ok) = seen.get(&key) {
+            return Ok(*ok);
+        }
+        r.objects += 1;
+        let ok = match objects.read(&oid, size) {
+            Ok(plain) => {
+                let actual: ObjectId = composefs::fsverity::compute_verity(&plain);
+                if actual != oid {
+                    bad.push((oid.clone(), format!("decodes to digest {}", actual.to_hex())));
+                }
+                actual == oid
+            }
+            Err(super::StoreError::Filter(e)) if e.is_damage() => {
+                bad.push((oid.clone(), e.to_string()));
+                false
+            }
+            Err(super::StoreError::Damaged(why)) => {
+                bad.push((oid.clone(), why));
+                false
+            }
+            Err(e) => return Err(e),
+        };
+        seen.insert(key, ok);
+        Ok(ok)
+    };
+    let Ok(erofs) = ObjectId::from_hex(&info.erofs) else {
+        broken(r, "its record names no valid EROFS digest".into());
+        return Ok(None);
+    };
+    if !check(erofs.clone(), info.erofs_size, r)? {
+        broken(r, "its EROFS image is missing or damaged".into());
+    } else {
+        let tree = store.image_tree(id)?;
+        let mut missing = 0;
+        for (oid, size) in crate::tree::object_sizes(&tree) {
+            if !check(oid, size, r)? {
+                missing += 1;
+            }
+        }
+        if missing > 0 {
+            broken(r, format!("{missing} of its objects are missing or damaged"));
+        }
+    }
+    for (oid, why) in &bad {
+        r.problems.push(Problem {
+            kind: "corrupt-object",
+            detail: format!("filtered object {} (chain {}): {why}", oid.to_hex(), &info.chain_digest[..12]),
+            repaired: repair,
+        });
+        if repair {
+            let _ = fs::remove_file(objects.path(oid));
+        }
+    }
+    if r.problems.len() == before {
+        return Ok(Some(record));
+    }
+    if repair {
+        store.forget_image(id)?;
+    }
+    Ok(None)
+}
+
+/// Counts filtered objects no checked image references as garbage.
+fn garbage_filtered(
+    store: &Store,
+    seen: &HashMap<(String, ObjectId), bool>,
+    r: &mut FsckReport,
+) -> Result<()> {
+    let Ok(chains) = fs::read_dir(store.filters_dir().join("chains")) else {
+        return Ok(());
+    };
+    for c in chains.flatten() {
+        let digest = c.file_name().to_string_lossy().into_owned();
+        for i in 0..=255u8 {
+            let Ok(entries) = fs::read_dir(c.path().join(format!("objects/{i:02x}"))) else {
+                continue;
+            };
+            for entry in entries.flatten() {
+                let name = entry.file_name();
+                if is_tmp_name(&name) {
+                    r.garbage.temp_files += 1;
+                    continue;
+                }
+                let Some(id) = name
+                    .to_str()
+                    .and_then(|n| ObjectId::from_hex(format!("{i:02x}{n}")).ok())
+                else {
+                    continue;
+                };
+                if !seen.contains_key(&(digest.clone(), id)) {
+                    r.garbage.objects += 1;
+                    r.garbage.bytes += entry.metadata().map(|m| m.len()).unwrap_or(0);
+                }
+            }
+        }
+    }
+    Ok(())
 }

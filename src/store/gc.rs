@@ -1,6 +1,9 @@
 //! `gc`: remove what no name reaches.
 //!
-//! Images in `keep` (those mounted right now) count as named.
+//! Images in `keep` (those mounted right now) count as named. Objects are
+//! swept in `objects/` and in every filter chain's objects directory, each
+//! against the images stored through it; a chain whose images cannot be
+//! decoded here (a key that is not configured) is left alone.
 //!
 //! Runs under the exclusive store lock, so no import is in flight: every
 //! staging directory is a leftover, and every object not referenced by a
@@ -9,8 +12,9 @@
 //! step only deletes, so a `kill -9` during `gc` leaves a store that is still
 //! consistent, with less garbage.
 
-use std::collections::HashSet;
+use std::collections::{HashMap, HashSet};
 use std::fs;
+use std::path::PathBuf;
 
 use composefs::fsverity::FsVerityHashValue;
 use serde::Serialize;
@@ -55,20 +59,51 @@ pub(super) fn run(store: &Store, dry_run: bool, keep: &[ObjectId]) -> Result<GcR
 
     let mut named: HashSet<ObjectId> = store.refs()?.into_iter().map(|(_, id)| id).collect();
     named.extend(keep.iter().cloned());
-    let mut live: HashSet<ObjectId> = HashSet::new();
+    // Live objects per objects directory (`objects/`, and each chain's).
+    let mut live: HashMap<PathBuf, HashSet<ObjectId>> = HashMap::new();
+    // Chain directories whose images cannot be read (a key not configured
+    // here, say): nothing in them is removed.
+    let mut unsure: HashSet<PathBuf> = HashSet::new();
     for id in store.image_ids()? {
-        if named.contains(&id) {
-            let bytes = store.image_bytes(&id)?;
-            let refs =
-                composefs::erofs::reader::collect_objects::<ObjectId>(&bytes).map_err(|e| {
-                    super::StoreError::Damaged(format!("image {} cannot be read: {e}", id.to_hex()))
-                })?;
-            live.extend(refs);
-            live.insert(id);
-        } else {
+        if !named.contains(&id) {
             r.images += 1;
             if !dry_run {
                 store.forget_image(&id)?;
+            }
+            continue;
+        }
+        let objects = match store.objects_of(&id) {
+            Ok(o) => o,
+            Err(e) if store.is_filtered(&id) => {
+                tracing::warn!("gc: image {}: {e}; keeping its chain's objects", id.to_hex());
+                if let Ok(info) = store.filter_info(&id) {
+                    unsure.insert(store.chain_dir(&info.chain_digest).join("objects"));
+                } else {
+                    return Err(e);
+                }
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let dir = objects.dir().to_path_buf();
+        let bytes = match store.image_bytes(&id) {
+            Ok(b) => b,
+            Err(e) if objects.chain().is_some() => {
+                tracing::warn!("gc: image {}: {e}; keeping its chain's objects", id.to_hex());
+                unsure.insert(dir);
+                continue;
+            }
+            Err(e) => return Err(e),
+        };
+        let refs = composefs::erofs::reader::collect_objects::<ObjectId>(&bytes).map_err(|e| {
+            super::StoreError::Damaged(format!("image {} cannot be read: {e}", id.to_hex()))
+        })?;
+        let set = live.entry(dir).or_default();
+        set.extend(refs);
+        match store.record(&id)?.filter {
+            Some(f) => set.extend(ObjectId::from_hex(&f.erofs).ok()),
+            None => {
+                set.insert(id);
             }
         }
     }
@@ -88,31 +123,44 @@ pub(super) fn run(store: &Store, dry_run: bool, keep: &[ObjectId]) -> Result<GcR
             rm(&entry.path())?;
         }
     }
-    for i in 0..=255u8 {
-        let dir = root.join(format!("objects/{i:02x}"));
-        let Ok(entries) = fs::read_dir(&dir) else {
+    let mut dirs = vec![store.objects_dir()];
+    if let Ok(chains) = fs::read_dir(store.filters_dir().join("chains")) {
+        for c in chains.flatten() {
+            dirs.push(c.path().join("objects"));
+        }
+    }
+    let empty = HashSet::new();
+    for objects in dirs {
+        if unsure.contains(&objects) {
             continue;
-        };
-        for entry in entries {
-            let entry = entry.map_err(io_err("listing objects"))?;
-            let name = entry.file_name();
-            let id = name
-                .to_str()
-                .and_then(|n| ObjectId::from_hex(format!("{i:02x}{n}")).ok());
-            if id.as_ref().is_some_and(|id| live.contains(id)) {
+        }
+        let live = live.get(&objects).unwrap_or(&empty);
+        for i in 0..=255u8 {
+            let dir = objects.join(format!("{i:02x}"));
+            let Ok(entries) = fs::read_dir(&dir) else {
                 continue;
+            };
+            for entry in entries {
+                let entry = entry.map_err(io_err("listing objects"))?;
+                let name = entry.file_name();
+                let id = name
+                    .to_str()
+                    .and_then(|n| ObjectId::from_hex(format!("{i:02x}{n}")).ok());
+                if id.as_ref().is_some_and(|id| live.contains(id)) {
+                    continue;
+                }
+                if id.is_none() && !is_tmp_name(&name) {
+                    continue; // not ours: leave it for fsck to report
+                }
+                let md = entry.metadata().map_err(io_err("listing objects"))?;
+                if id.is_some() {
+                    r.objects += 1;
+                    r.bytes += md.blocks() * 512;
+                } else {
+                    r.temp_files += 1;
+                }
+                rm(&entry.path())?;
             }
-            if id.is_none() && !is_tmp_name(&name) {
-                continue; // not ours: leave it for fsck to report
-            }
-            let md = entry.metadata().map_err(io_err("listing objects"))?;
-            if id.is_some() {
-                r.objects += 1;
-                r.bytes += md.blocks() * 512;
-            } else {
-                r.temp_files += 1;
-            }
-            rm(&entry.path())?;
         }
     }
     for entry in fs::read_dir(root.join("fukastor/staging")).map_err(io_err("listing staging"))? {

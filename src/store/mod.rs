@@ -14,6 +14,7 @@
 //!   fukastor/records/<id>.json  what fukastor knows of an image (source, config, stats)
 //!   fukastor/staging/<pull>/  private staging of an import in progress
 //!   fukastor/cache/           caches; deletable at any time
+//!   fukastor/filters/         filtered images, their chains and encoded objects (see `filtered.rs`)
 //!   fukastor/lock             flock: shared by writers, exclusive by gc and fsck --repair
 //! ```
 //!
@@ -25,6 +26,7 @@
 //!   image whose objects could be missing after a crash.
 //! - `gc` runs under the exclusive lock, so it never sees a half-done import.
 
+mod filtered;
 mod fsck;
 mod gc;
 mod lock;
@@ -34,6 +36,7 @@ mod record;
 #[cfg(test)]
 mod tests;
 
+pub use filtered::{FilterInfo, Objects, filtered_image_id};
 pub use fsck::{FsckReport, Problem};
 pub use gc::GcReport;
 pub use lock::{LockMode, set_default_timeout as set_default_lock_timeout};
@@ -105,6 +108,9 @@ pub enum StoreError {
     /// An ID prefix that matches several images.
     #[error("the ID prefix {0:?} matches {1} images")]
     Ambiguous(String, usize),
+    /// A filter chain failed (loading it, or decoding an object).
+    #[error("{0}")]
+    Filter(crate::filter::FilterError),
 }
 
 impl Coded for StoreError {
@@ -118,6 +124,7 @@ impl Coded for StoreError {
             StoreError::NotFound(_) => "FK0110",
             StoreError::BadName(..) => "FK0111",
             StoreError::Ambiguous(..) => "FK0112",
+            StoreError::Filter(e) => e.code(),
         }
     }
 
@@ -139,6 +146,7 @@ impl Coded for StoreError {
                 "use lowercase letters, digits, '.', '_', '-' and '/', with an optional :TAG".into()
             }
             StoreError::Ambiguous(..) => "give more characters of the ID, or a name".into(),
+            StoreError::Filter(e) => e.hint(),
         }
     }
 }
@@ -279,7 +287,13 @@ impl Store {
 
     /// Starts a private staging area for one import.
     pub fn staging(&self) -> Result<Staging<'_>> {
-        Staging::new(self)
+        Staging::new(self, self.plain_objects())
+    }
+
+    /// Starts a staging area that publishes into `target` (a chain's
+    /// objects, encoding each object on the way in).
+    pub fn staging_into(&self, target: Objects) -> Result<Staging<'_>> {
+        Staging::new(self, target)
     }
 
     /// Flushes everything written to the store's filesystem.
@@ -301,8 +315,23 @@ impl Store {
     ) -> Result<()> {
         // The record before the link: an image link always has its record.
         record.write(&self.root, id)?;
-        let link = self.root.join("images").join(id.to_hex());
-        let target = PathBuf::from("../objects").join(id.to_object_pathname());
+        let (link, target) = match &record.filter {
+            None => (
+                self.root.join("images").join(id.to_hex()),
+                PathBuf::from("../objects").join(id.to_object_pathname()),
+            ),
+            Some(f) => {
+                let erofs = ObjectId::from_hex(&f.erofs)
+                    .map_err(|_| StoreError::Damaged("a filtered record without its EROFS".into()))?;
+                (
+                    self.filtered_link(id),
+                    PathBuf::from("../chains")
+                        .join(&f.chain_digest)
+                        .join("objects")
+                        .join(erofs.to_object_pathname()),
+                )
+            }
+        };
         symlink_atomic(&target, &link).map_err(io_err("writing the image link"))?;
         self.sync()?;
         crate::failpoint("pull:image-written");
@@ -322,7 +351,11 @@ impl Store {
         for _ in 0..depth {
             target.push("..");
         }
-        target.push("images");
+        if self.is_filtered(id) {
+            target.push("fukastor/filters/images");
+        } else {
+            target.push("images");
+        }
         target.push(id.to_hex());
         symlink_atomic(&target, &path).map_err(io_err("writing the name ref"))?;
         fsync_dir(parent).map_err(io_err("syncing the refs directory"))
@@ -428,17 +461,25 @@ impl Store {
         Err(StoreError::NotFound(spec.to_string()))
     }
 
-    /// Every image that has an `images/<id>` link.
+    /// Every image that has an `images/<id>` link, then every filtered
+    /// image (`fukastor/filters/images/<id>`).
     pub fn image_ids(&self) -> Result<Vec<ObjectId>> {
         let mut out = Vec::new();
-        for entry in fs::read_dir(self.root.join("images")).map_err(io_err("listing images"))? {
-            let entry = entry.map_err(io_err("listing images"))?;
-            if let Some(id) = entry
-                .file_name()
-                .to_str()
-                .and_then(|s| ObjectId::from_hex(s).ok())
-            {
-                out.push(id);
+        for dir in [self.root.join("images"), self.filters_dir().join("images")] {
+            let entries = match fs::read_dir(&dir) {
+                Ok(e) => e,
+                Err(e) if e.kind() == io::ErrorKind::NotFound => continue,
+                Err(e) => return Err(io_err("listing images")(e)),
+            };
+            for entry in entries {
+                let entry = entry.map_err(io_err("listing images"))?;
+                if let Some(id) = entry
+                    .file_name()
+                    .to_str()
+                    .and_then(|s| ObjectId::from_hex(s).ok())
+                {
+                    out.push(id);
+                }
             }
         }
         Ok(out)
@@ -454,8 +495,11 @@ impl Store {
         record.write(&self.root, id)
     }
 
-    /// Reads an image's EROFS bytes.
+    /// Reads an image's EROFS bytes (decoded, for a filtered image).
     pub fn image_bytes(&self, id: &ObjectId) -> Result<Vec<u8>> {
+        if self.is_filtered(id) {
+            return self.filtered_image_bytes(id);
+        }
         fs::read(self.root.join("images").join(id.to_hex())).map_err(|e| {
             if e.kind() == io::ErrorKind::NotFound {
                 StoreError::Damaged(format!("image {} is missing its EROFS image", id.to_hex()))
@@ -481,6 +525,7 @@ impl Store {
         let hex = id.to_hex();
         for p in [
             self.root.join("images").join(&hex),
+            self.filtered_link(id),
             self.root
                 .join("fukastor/records")
                 .join(format!("{hex}.json")),

@@ -20,12 +20,14 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use composefs::fsverity::{FsVerityHashValue, FsVerityHasher, compute_verity};
 use rustix::fs::{CWD, RenameFlags, renameat_with};
 
-use super::{ObjectId, Result, Store, io_err};
+use super::{ObjectId, Objects, Result, Store, io_err};
 
 /// The staging area of one import.
 #[derive(Debug)]
 pub struct Staging<'s> {
     store: &'s Store,
+    /// Where objects are published, and the chain that encodes them.
+    target: Objects,
     dir: PathBuf,
     staged: Mutex<HashSet<ObjectId>>,
     counter: AtomicU64,
@@ -43,7 +45,7 @@ pub struct PublishStats {
 }
 
 impl<'s> Staging<'s> {
-    pub(super) fn new(store: &'s Store) -> Result<Staging<'s>> {
+    pub(super) fn new(store: &'s Store, target: Objects) -> Result<Staging<'s>> {
         let nanos = std::time::SystemTime::now()
             .duration_since(std::time::UNIX_EPOCH)
             .map_or(0, |d| d.as_nanos());
@@ -54,6 +56,7 @@ impl<'s> Staging<'s> {
         fs::create_dir(&dir).map_err(io_err("creating a staging directory"))?;
         Ok(Staging {
             store,
+            target,
             dir,
             staged: Mutex::default(),
             counter: AtomicU64::new(0),
@@ -67,9 +70,28 @@ impl<'s> Staging<'s> {
         self.store
     }
 
+    /// Where this staging publishes (plain `objects/` or a chain's).
+    pub fn target(&self) -> &Objects {
+        &self.target
+    }
+
+    /// True when the object is published where this staging publishes.
+    pub fn has_object(&self, id: &ObjectId) -> bool {
+        self.target.has(id)
+    }
+
     /// True when `id` needs no writing: it is in the store or staged.
     fn known(&self, id: &ObjectId) -> bool {
-        self.store.has_object(id) || self.staged.lock().expect("not poisoned").contains(id)
+        self.target.has(id) || self.staged.lock().expect("not poisoned").contains(id)
+    }
+
+    /// The bytes to store for plain `data`: `data` itself, or its encoding
+    /// through the staging's chain.
+    fn encoded<'d>(&self, id: &ObjectId, data: &'d [u8]) -> Result<std::borrow::Cow<'d, [u8]>> {
+        Ok(match self.target.encode(id, data)? {
+            None => std::borrow::Cow::Borrowed(data),
+            Some(v) => std::borrow::Cow::Owned(v),
+        })
     }
 
     /// Stores `data` as an object and returns its ID.
@@ -78,6 +100,7 @@ impl<'s> Staging<'s> {
         if self.known(&id) {
             return Ok(id);
         }
+        let data = &*self.encoded(&id, data)?;
         let path = self.dir.join(id.to_hex());
         match fs::OpenOptions::new()
             .write(true)
@@ -135,7 +158,7 @@ impl<'s> Staging<'s> {
             .filter(|id| keep.is_none_or(|k| k.contains(id)))
         {
             let from = self.dir.join(id.to_hex());
-            let to = self.store.object_path(id);
+            let to = self.target.path(id);
             match renameat_with(CWD, &from, CWD, &to, RenameFlags::NOREPLACE) {
                 Ok(()) => {
                     stats.new_objects += 1;
@@ -196,6 +219,33 @@ impl ObjectWriter<'_, '_> {
             return Ok(id);
         }
         let dest = staging.dir.join(id.to_hex());
+        if staging.target.chain().is_some() {
+            // Filtered: the chain encodes whole objects, in memory.
+            let plain = fs::read(&path).map_err(io_err("reading a staged object"))?;
+            let _ = fs::remove_file(&path);
+            let data = staging.encoded(&id, &plain)?;
+            match fs::OpenOptions::new()
+                .write(true)
+                .create_new(true)
+                .mode(0o644)
+                .open(&dest)
+            {
+                Ok(mut f) => {
+                    f.write_all(&data).map_err(io_err("writing an object"))?;
+                    staging
+                        .new_bytes
+                        .fetch_add(data.len() as u64, Ordering::Relaxed);
+                    staging
+                        .staged
+                        .lock()
+                        .expect("not poisoned")
+                        .insert(id.clone());
+                }
+                Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io_err("writing an object")(e)),
+            }
+            return Ok(id);
+        }
         match renameat_with(CWD, &path, CWD, &dest, RenameFlags::NOREPLACE) {
             Ok(()) => {
                 staging.new_bytes.fetch_add(self.len, Ordering::Relaxed);

@@ -39,6 +39,9 @@ pub struct ImageRecord {
     /// The names the image was imported under.
     #[serde(default)]
     pub names: Vec<String>,
+    /// For an image pulled with `--filter`: its chain and plain EROFS.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filter: Option<super::FilterInfo>,
 }
 
 /// One layer of an OCI image.

@@ -24,6 +24,7 @@ fn record(id: &ObjectId, names: &[&str]) -> ImageRecord {
         layers: vec![],
         stats: ImageStats::default(),
         names: names.iter().map(|s| s.to_string()).collect(),
+        filter: None,
     }
 }
 

@@ -174,6 +174,19 @@ pub fn objects(tree: &Tree) -> HashSet<ObjectId> {
         .collect()
 }
 
+/// The objects a tree references, with their sizes.
+pub fn object_sizes(tree: &Tree) -> std::collections::HashMap<ObjectId, u64> {
+    tree.leaves
+        .iter()
+        .filter_map(|l| match &l.content {
+            LeafContent::Regular(
+                RegularFile::External(id, size) | RegularFile::ExternalNoVerity(id, size),
+            ) => Some((id.clone(), *size)),
+            _ => None,
+        })
+        .collect()
+}
+
 /// Writes the composefs dumpfile of a tree.
 pub fn write_dumpfile(out: &mut impl std::io::Write, tree: &Tree) -> std::io::Result<()> {
     // Keep the io::Error (a closed pipe must stay BrokenPipe).

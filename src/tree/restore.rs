@@ -20,7 +20,7 @@ use composefs::tree::{Directory, Inode, RegularFile};
 use rustix::fs::{AtFlags, CWD, Mode, Timespec, Timestamps, UTIME_OMIT};
 
 use super::{TreeError, lookup, show};
-use crate::store::{Store, Tree};
+use crate::store::{Objects, Tree};
 
 /// What `restore` copied.
 #[derive(Debug, Default, Clone, Copy)]
@@ -35,7 +35,7 @@ pub struct RestoreStats {
 
 /// Copies `path` (normalized, relative to the image root) of `tree` to `dest`.
 pub fn restore(
-    store: &Store,
+    objects: &Objects,
     tree: &Tree,
     path: &[u8],
     dest: &Path,
@@ -52,7 +52,7 @@ pub fn restore(
         return Err(dest_err("its parent directory does not exist"));
     }
     let mut r = Restorer {
-        store,
+        objects,
         tree,
         root: rustix::process::geteuid().is_root(),
         links: HashMap::new(),
@@ -71,7 +71,7 @@ pub fn restore(
 }
 
 struct Restorer<'a> {
-    store: &'a Store,
+    objects: &'a Objects,
     tree: &'a Tree,
     root: bool,
     links: HashMap<LeafId, PathBuf>,
@@ -117,7 +117,7 @@ impl Restorer<'_> {
                 match f {
                     RegularFile::Inline(data) => out.write_all(data).map_err(werr(at))?,
                     RegularFile::External(oid, size) | RegularFile::ExternalNoVerity(oid, size) => {
-                        let mut src = self.store.open_object(oid)?;
+                        let mut src = self.objects.reader(oid, *size)?;
                         let n = std::io::copy(&mut src, &mut out).map_err(werr(at))?;
                         if n != *size {
                             return Err(TreeError::Store(crate::store::StoreError::Damaged(

@@ -355,11 +355,20 @@ impl Store {
 
     /// `fukastor mount IMAGE MNT --kernel`; the guard unmounts when dropped.
     pub fn mount_kernel(&self, image: &str, mountpoint: &Path) -> MountGuard {
+        self.mount_with(image, mountpoint, "--kernel")
+    }
+
+    /// `fukastor mount IMAGE MNT --fuse`; the guard unmounts when dropped.
+    pub fn mount_fuse(&self, image: &str, mountpoint: &Path) -> MountGuard {
+        self.mount_with(image, mountpoint, "--fuse")
+    }
+
+    fn mount_with(&self, image: &str, mountpoint: &Path, flag: &str) -> MountGuard {
         let run = self.run([
             OsStr::new("mount"),
             OsStr::new(image),
             mountpoint.as_os_str(),
-            OsStr::new("--kernel"),
+            OsStr::new(flag),
         ]);
         let guard = MountGuard {
             store: self.path().to_owned(),
@@ -369,7 +378,7 @@ impl Store {
         if !run.success() {
             // The guard still cleans up a half-done mount.
             drop(guard);
-            panic!("kernel mount failed: {run}");
+            panic!("mount {flag} failed: {run}");
         }
         guard
     }
