@@ -14,7 +14,6 @@
 
 mod common;
 #[path = "support/oci.rs"]
-#[allow(dead_code)]
 mod support;
 
 use std::path::{Path, PathBuf};

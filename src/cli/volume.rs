@@ -22,6 +22,11 @@ pub enum VolumeCommand {
         /// A read-only file or block device the volume starts from, used in place.
         #[arg(long)]
         base: Option<PathBuf>,
+        /// Store every block through a Lua filter: SCRIPT[,NAME=VALUE…]
+        /// (repeatable; the order given is the encode order), e.g.
+        /// `--filter examples/filters/compress.lua,level=3`.
+        #[arg(long = "filter", value_name = "SCRIPT[,NAME=VALUE…]")]
+        filters: Vec<String>,
     },
     /// List volumes.
     Ls,
@@ -143,7 +148,17 @@ fn paths(cli: &Cli) -> Paths {
 pub fn volume(out: &mut impl Write, cli: &Cli, cmd: &VolumeCommand) -> CliResult {
     let paths = paths(cli);
     match cmd {
-        VolumeCommand::Create { name, size, base } => {
+        VolumeCommand::Create {
+            name,
+            size,
+            base,
+            filters,
+        } => {
+            let filters = if filters.is_empty() {
+                None
+            } else {
+                Some(filter_chain(&paths, filters)?)
+            };
             server::call(
                 &paths,
                 &Request::Create {
@@ -152,6 +167,7 @@ pub fn volume(out: &mut impl Write, cli: &Cli, cmd: &VolumeCommand) -> CliResult
                     base: base
                         .as_ref()
                         .map(|b| std::path::absolute(b).unwrap_or(b.clone())),
+                    filters,
                 },
             )?;
             Ok(())
@@ -170,14 +186,19 @@ pub fn volume(out: &mut impl Write, cli: &Cli, cmd: &VolumeCommand) -> CliResult
             }
             writeln!(
                 out,
-                "{:<32} {:>10} {:>10} {:>9}  DEVICE",
-                "NAME", "SIZE", "USED", "SNAPSHOTS"
+                "{:<32} {:>10} {:>10} {:>9}  {:<12} FILTERS",
+                "NAME", "SIZE", "USED", "SNAPSHOTS", "DEVICE"
             )
             .map_err(io)?;
             for v in volumes {
+                let filters = if v.filters.is_empty() {
+                    "-".to_string()
+                } else {
+                    v.filters.join(",")
+                };
                 writeln!(
                     out,
-                    "{:<32} {:>10} {:>10} {:>9}  {}",
+                    "{:<32} {:>10} {:>10} {:>9}  {:<12} {filters}",
                     v.name,
                     human(v.size),
                     human(v.used),
@@ -236,6 +257,27 @@ pub fn volume(out: &mut impl Write, cli: &Cli, cmd: &VolumeCommand) -> CliResult
             }
         }
     }
+}
+
+/// Reads the `--filter` arguments, builds the chain once (so that a
+/// missing script, a syntax error, a bad parameter or an unreadable key is
+/// a coded error, FK0900–FK0909, before anything is written), keeps the
+/// scripts in the pool's filter directory by digest, and returns the
+/// chain's spec as JSON for the server.
+fn filter_chain(paths: &Paths, args: &[String]) -> Result<String, CliError> {
+    use crate::filter::{Chain, Limits, Stage, save_scripts};
+    let stages = args
+        .iter()
+        .map(|a| Stage::from_arg(a))
+        .collect::<Result<Vec<_>, _>>()?;
+    let chain = Chain::new(stages.clone(), Limits::default())?;
+    let dir = paths.pool.join(crate::volume::FILTER_DIR);
+    save_scripts(&stages, &dir).map_err(|e| CliError {
+        code: "FK0700",
+        message: format!("saving filter scripts in {}: {e}", dir.display()),
+        hint: "check free space and permissions of the store".into(),
+    })?;
+    Ok(chain.spec().to_json())
 }
 
 /// A container's volume is removed with the container.

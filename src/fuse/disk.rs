@@ -17,9 +17,15 @@
 //! - `fallocate(PUNCH_HOLE | ZERO_RANGE)` (the loop device's discard and
 //!   write-zeroes) is [`Volume::discard`].
 //!
-//! Errors from the volume become `EIO` (logged once per kind with the
-//! volume's name); after a failed write the volume refuses further writes
-//! until it is detached and attached again.
+//! Errors from the volume become `EIO`, each logged as one error line with
+//! the volume's name, the error's code and what it names (for a filtered
+//! volume whose block fails to decode: the layer and block, FK0905 for
+//! damage, FK0906 for a wrong key, FK0901–FK0903 for a failing script).
+//! Only that request fails: the server goes on serving other blocks and
+//! volumes, and never returns bytes that did not pass their checks. After
+//! a failed write the volume refuses further writes until it is detached
+//! and attached again (a write refused by its filter chain, before
+//! anything was appended, is not such a failure).
 
 use std::cell::RefCell;
 use std::collections::BTreeMap;
@@ -34,6 +40,7 @@ use fuser::{
     ReplyEntry, ReplyOpen, ReplyStatfs, ReplyWrite, ReplyXattr, Request, WriteFlags,
 };
 
+use crate::error::Coded;
 use crate::volume::{BLOCK_SIZE, Volume, VolumeError};
 
 /// Attributes change only by attach and detach; keep the TTL short so a
@@ -200,7 +207,7 @@ impl DiskFs {
 
     fn fail(&self, disk: &Disk, what: &str, e: &VolumeError) -> Errno {
         self.counters.errors.fetch_add(1, Ordering::Relaxed);
-        tracing::error!("volume {:?}: {what}: {e}", disk.name);
+        tracing::error!("volume {:?}: {what}: {} {e}", disk.name, e.code());
         match e {
             VolumeError::OutOfRange { .. } => Errno::EINVAL,
             _ => Errno::EIO,

@@ -10,6 +10,11 @@
 //! is checked against its CRC on the way (a damaged block stops compaction
 //! with FK0710 rather than being laundered under a fresh checksum).
 //!
+//! A filtered volume's blocks are decoded (checked by the chain, a replica
+//! served if the chain has one) and encoded again for the new layer: the
+//! filter context names the layer a block is in (replicas are kept per
+//! layer), so stored bytes are never moved to another layer as they are.
+//!
 //! The new layer is written as ordinary records and commits, synced once at
 //! the end, then its index file, then the directory: when [`build`]
 //! returns, the layer is durable and may be named by metadata.
@@ -20,10 +25,12 @@ use std::sync::atomic::{AtomicBool, Ordering};
 
 use super::backend::{Backend, BackendFile};
 use super::crc::crc32c;
-use super::format::{BS, Kind, LAYER_HEADER_LEN, WRITE_RECORD_LEN};
+use super::filtered;
+use super::format::{BS, Kind, LAYER_HEADER_LEN, RECORD_HEADER_LEN};
 use super::layer::{self, Head, Pos};
 use super::layer_index::{self, Entry, LayerIndex, Net, NetEntry};
 use super::{Result, VolumeError, io_err};
+use crate::filter::Chain;
 
 /// Records between two commit records of the new layer (bounds what a
 /// replay of it holds in memory).
@@ -61,15 +68,18 @@ impl Job<'_> {
 
 /// Writes layer `id` holding the net content of `run` (bottom to top),
 /// without its discard ranges unless `keep_discards` (nothing below the run
-/// to mask), makes it and its index durable, and returns its file and
-/// index.
+/// to mask), makes it and its index durable, and returns its file, its
+/// index, and for each index entry the CRC of the record it came from.
+/// With `chain` (a filtered volume) every block is decoded and encoded
+/// again for the new layer.
 pub(crate) fn build(
     backend: &dyn Backend,
     id: u64,
     run: &[Source],
     keep_discards: bool,
     job: Job<'_>,
-) -> Result<(Arc<dyn BackendFile>, LayerIndex)> {
+    chain: Option<&Chain>,
+) -> Result<(Arc<dyn BackendFile>, LayerIndex, Vec<u32>)> {
     let mut net = Net::default();
     for (k, s) in run.iter().enumerate() {
         net.apply(&s.index, k as u32);
@@ -78,7 +88,7 @@ pub(crate) fn build(
     if !keep_discards {
         discards.clear();
     }
-    let file = layer::create(backend, id)?;
+    let file = layer::create(backend, id, chain.is_some())?;
     let ctx = || format!("writing layer {id}");
     let start = Pos {
         end: LAYER_HEADER_LEN,
@@ -98,15 +108,20 @@ pub(crate) fn build(
     head.append(staged).map_err(io_err(ctx()))?;
 
     let mut entries = Vec::new();
+    let mut was = Vec::new();
     let mut live = live.peekable();
     let mut group: Vec<NetEntry> = Vec::with_capacity(GROUP);
     let mut span = Vec::new();
+    let mut plain = vec![0u8; BS as usize];
     loop {
-        // A run of blocks laid out one record apart in one layer: one read.
+        // A run of blocks laid out one record after the other in one
+        // layer: one read.
         group.clear();
         while let Some(&e) = live.peek() {
             let follows = group.last().is_none_or(|p: &NetEntry| {
-                p.src == e.src && e.offset == p.offset + WRITE_RECORD_LEN && group.len() < GROUP
+                p.src == e.src
+                    && e.offset == p.offset + u64::from(p.len) + RECORD_HEADER_LEN
+                    && group.len() < GROUP
             });
             if !follows {
                 break;
@@ -119,30 +134,46 @@ pub(crate) fn build(
         };
         job.check()?;
         let src = &run[first.src as usize];
+        let last = group.last().expect("a group is not empty");
         span.resize(
-            ((group.len() as u64 - 1) * WRITE_RECORD_LEN + BS) as usize,
+            (last.offset + u64::from(last.len) - first.offset) as usize,
             0,
         );
         src.file
             .read_at(&mut span, first.offset)
             .map_err(io_err(format!("reading layer {}", src.id)))?;
         let mut staged = head.stage();
-        for (k, e) in group.iter().enumerate() {
-            let at = k * WRITE_RECORD_LEN as usize;
-            let payload = &span[at..at + BS as usize];
-            if crc32c(payload) != e.crc {
-                return Err(VolumeError::Corrupt {
-                    volume: job.volume.to_string(),
-                    block: e.block,
-                    layer: src.id,
-                });
-            }
-            let (offset, _) = staged.push_with_crc(Kind::Write, e.block, 1, payload, e.crc);
+        for e in &group {
+            let at = (e.offset - first.offset) as usize;
+            let payload = &span[at..at + e.len as usize];
+            let (offset, len, crc) = match chain {
+                None => {
+                    if crc32c(payload) != e.crc {
+                        return Err(VolumeError::Corrupt {
+                            volume: job.volume.to_string(),
+                            block: e.block,
+                            layer: src.id,
+                        });
+                    }
+                    let (offset, _) = staged.push_with_crc(Kind::Write, e.block, 1, payload, e.crc);
+                    (offset, BS as u32, e.crc)
+                }
+                Some(chain) => {
+                    let v = job.volume;
+                    filtered::decode(chain, v, src.id, e.block, payload, e.crc, &mut plain)?;
+                    let stored = filtered::encode(chain, v, id, e.block, &plain)?;
+                    let n = stored.len() as u64;
+                    let (offset, crc) = staged.push(Kind::FilteredWrite, e.block, n, &stored);
+                    (offset, n as u32, crc)
+                }
+            };
             entries.push(Entry {
                 block: e.block,
                 offset,
-                crc: e.crc,
+                len,
+                crc,
             });
+            was.push(e.crc);
         }
         head.append(staged).map_err(io_err(ctx()))?;
         if head.pending >= COMMIT_EVERY {
@@ -153,6 +184,7 @@ pub(crate) fn build(
     file.sync().map_err(io_err(ctx()))?;
     let ix = LayerIndex {
         id,
+        filtered: chain.is_some(),
         len: head.next.end,
         last_crc: head.last_crc,
         writes: entries.len() as u64,
@@ -163,5 +195,5 @@ pub(crate) fn build(
     backend
         .sync_dir(Path::new("layers"))
         .map_err(io_err(ctx()))?;
-    Ok((file, ix))
+    Ok((file, ix, was))
 }

@@ -2,6 +2,11 @@
 //! files"): a 32-byte layer header, then records, each a 40-byte record
 //! header followed, for a write, by one block of payload.
 //!
+//! Layers of a filtered volume ("Filtered volumes") are format version 2:
+//! their writes are [`Kind::FilteredWrite`] records, whose payload is what
+//! the volume's filter chain made of the block (any length up to
+//! [`MAX_STORED`], given by the record's `count`).
+//!
 //! Every integer is little-endian; every header carries a CRC-32C of its own
 //! bytes, so a torn or stale header is recognised and never trusted.
 
@@ -15,6 +20,17 @@ pub(crate) const BS: u64 = BLOCK_SIZE as u64;
 
 /// The format version written in layer headers and volume metadata.
 pub(crate) const FORMAT: u32 = 1;
+
+/// The format version of a filtered volume's metadata and layers.
+pub(crate) const FORMAT_FILTERED: u32 = 2;
+
+/// The longest stored payload of a filtered block. The merged index keeps
+/// a payload's length in 16 bits beside its offset (see `index.rs`).
+pub(crate) const MAX_STORED: u64 = 0xFFFF;
+
+/// Layer files never grow past this (256 TiB): the merged index keeps
+/// payload offsets in 48 bits.
+pub(crate) const MAX_LAYER_LEN: u64 = 1 << 48;
 
 /// Length of the header at the start of a layer data file.
 pub(crate) const LAYER_HEADER_LEN: u64 = 32;
@@ -33,6 +49,8 @@ const RECORD_MAGIC: [u8; 4] = *b"FKVR";
 pub(crate) struct LayerHeader {
     /// The layer's ID (its file is `layers/<id>.data`).
     pub id: u64,
+    /// A layer of a filtered volume (format version 2).
+    pub filtered: bool,
 }
 
 impl LayerHeader {
@@ -42,7 +60,12 @@ impl LayerHeader {
         b[0..8].copy_from_slice(&LAYER_MAGIC);
         b[8..16].copy_from_slice(&self.id.to_le_bytes());
         b[16..20].copy_from_slice(&BLOCK_SIZE.to_le_bytes());
-        b[20..24].copy_from_slice(&FORMAT.to_le_bytes());
+        let version = if self.filtered {
+            FORMAT_FILTERED
+        } else {
+            FORMAT
+        };
+        b[20..24].copy_from_slice(&version.to_le_bytes());
         let crc = crc32c(&b[0..28]);
         b[28..32].copy_from_slice(&crc.to_le_bytes());
         b
@@ -56,14 +79,17 @@ impl LayerHeader {
         if le32(&b[28..32]) != crc32c(&b[0..28]) {
             return Err("layer header checksum mismatch");
         }
-        if le32(&b[20..24]) != FORMAT {
-            return Err("unknown layer format version");
-        }
+        let filtered = match le32(&b[20..24]) {
+            FORMAT => false,
+            FORMAT_FILTERED => true,
+            _ => return Err("unknown layer format version"),
+        };
         if le32(&b[16..20]) != BLOCK_SIZE || le32(&b[24..28]) != 0 {
             return Err("unsupported block size");
         }
         Ok(LayerHeader {
             id: le64(&b[8..16]),
+            filtered,
         })
     }
 }
@@ -77,6 +103,9 @@ pub(crate) enum Kind {
     Discard = 2,
     /// Every record since the previous commit is durable and valid.
     Commit = 3,
+    /// A filtered block follows the header: `count` bytes, what the
+    /// volume's filter chain encoded (only in filtered layers).
+    FilteredWrite = 4,
 }
 
 /// A record header. Field meanings depend on `kind`:
@@ -86,6 +115,7 @@ pub(crate) enum Kind {
 /// | write | the virtual block | 1 | CRC-32C of the payload |
 /// | discard | the first block | number of blocks | 0 |
 /// | commit | 0 | records in the batch it commits | chain CRC of the batch |
+/// | filtered write | the virtual block | stored payload length | CRC-32C of the stored payload |
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct RecordHeader {
     pub kind: Kind,
@@ -125,6 +155,7 @@ impl RecordHeader {
             1 => Kind::Write,
             2 => Kind::Discard,
             3 => Kind::Commit,
+            4 => Kind::FilteredWrite,
             _ => return None,
         };
         let h = RecordHeader {
@@ -154,17 +185,21 @@ mod tests {
 
     #[test]
     fn layer_header_round_trip_and_damage() {
-        let h = LayerHeader {
-            id: 0x0102_0304_0506,
-        };
-        let b = h.encode();
-        assert_eq!(&b[0..8], b"FKVLAYR1");
-        assert_eq!(&b[8..16], &[6, 5, 4, 3, 2, 1, 0, 0]);
-        assert_eq!(LayerHeader::decode(&b), Ok(h));
-        for i in 0..b.len() {
-            let mut bad = b;
-            bad[i] ^= 0x10;
-            assert!(LayerHeader::decode(&bad).is_err(), "flip in byte {i}");
+        for filtered in [false, true] {
+            let h = LayerHeader {
+                id: 0x0102_0304_0506,
+                filtered,
+            };
+            let b = h.encode();
+            assert_eq!(&b[0..8], b"FKVLAYR1");
+            assert_eq!(&b[8..16], &[6, 5, 4, 3, 2, 1, 0, 0]);
+            assert_eq!(b[20], if filtered { 2 } else { 1 });
+            assert_eq!(LayerHeader::decode(&b), Ok(h));
+            for i in 0..b.len() {
+                let mut bad = b;
+                bad[i] ^= 0x10;
+                assert!(LayerHeader::decode(&bad).is_err(), "flip in byte {i}");
+            }
         }
     }
 

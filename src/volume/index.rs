@@ -9,7 +9,9 @@
 //! of [`CHUNK`] blocks (4 MiB of volume); a chunk is either uniform (all from
 //! the base, or all zeros: no memory) or an array of 16-byte slots. A volume
 //! of size S costs 16 bytes per 4 MiB of S at the top level plus 16 KiB per
-//! chunk holding data; discarding whole chunks frees their arrays.
+//! chunk holding data; discarding whole chunks frees their arrays. A slot
+//! keeps a payload's offset in its low 48 bits and its stored length (4096,
+//! or what a filter chain made of the block, at most 65535) in the high 16.
 //!
 //! The index also counts, for every layer slot, the blocks whose current
 //! content it holds (its **live** blocks): a layer's write records minus its
@@ -29,17 +31,27 @@ pub(crate) enum Lookup {
     /// Discarded: reads as zeros.
     Zero,
     /// In layer `layer` (a position in the volume's stack) at byte `offset`
-    /// of its data file, with CRC-32C `crc`.
-    Data { layer: u32, offset: u64, crc: u32 },
+    /// of its data file, `len` bytes stored (4096 unless filtered), with
+    /// CRC-32C `crc`.
+    Data {
+        layer: u32,
+        offset: u64,
+        len: u32,
+        crc: u32,
+    },
 }
 
-/// A packed [`Lookup`]: `layer` holds the stack position, or a marker.
+/// A packed [`Lookup`]: `layer` holds the stack position, or a marker;
+/// `at` the offset (low 48 bits) and the stored length (high 16 bits).
 #[derive(Clone, Copy)]
 struct Slot {
-    offset: u64,
+    at: u64,
     crc: u32,
     layer: u32,
 }
+
+const OFFSET_BITS: u32 = 48;
+const OFFSET_MASK: u64 = (1 << OFFSET_BITS) - 1;
 
 const BASE: u32 = u32::MAX;
 const ZERO: u32 = u32::MAX - 1;
@@ -51,16 +63,27 @@ impl Slot {
     fn pack(l: Lookup) -> Slot {
         match l {
             Lookup::Base => Slot {
-                offset: 0,
+                at: 0,
                 crc: 0,
                 layer: BASE,
             },
             Lookup::Zero => Slot {
-                offset: 0,
+                at: 0,
                 crc: 0,
                 layer: ZERO,
             },
-            Lookup::Data { layer, offset, crc } => Slot { offset, crc, layer },
+            // Offsets stay below 2^48 and lengths below 2^16 (format.rs:
+            // MAX_LAYER_LEN, MAX_STORED; replay and index files check both).
+            Lookup::Data {
+                layer,
+                offset,
+                len,
+                crc,
+            } => Slot {
+                at: (offset & OFFSET_MASK) | (u64::from(len) << OFFSET_BITS),
+                crc,
+                layer,
+            },
         }
     }
     fn unpack(self) -> Lookup {
@@ -69,7 +92,8 @@ impl Slot {
             ZERO => Lookup::Zero,
             layer => Lookup::Data {
                 layer,
-                offset: self.offset,
+                offset: self.at & OFFSET_MASK,
+                len: (self.at >> OFFSET_BITS) as u32,
                 crc: self.crc,
             },
         }
@@ -130,7 +154,8 @@ impl Index {
                 if s.layer == layer {
                     out.push(Entry {
                         block: chunk * CHUNK + i as u64,
-                        offset: s.offset,
+                        offset: s.at & OFFSET_MASK,
+                        len: (s.at >> OFFSET_BITS) as u32,
                         crc: s.crc,
                     });
                 }
@@ -222,7 +247,8 @@ mod tests {
         assert_eq!(ix.get(blocks - 1), Lookup::Base);
         let d = Lookup::Data {
             layer: 3,
-            offset: 1 << 40,
+            offset: (1 << 48) - 1,
+            len: 0xFFFF,
             crc: 0xabcd,
         };
         ix.set(CHUNK + 7, d);
@@ -246,6 +272,11 @@ mod tests {
             std::mem::size_of::<Chunk>() <= 24,
             "the top level's cost, in the docs"
         );
+        assert_eq!(
+            std::mem::size_of::<Slot>(),
+            16,
+            "a slot's cost, in the docs"
+        );
         assert_eq!(ix.get(blocks - 1), Lookup::Zero);
         assert!(matches!(ix.chunks[3], Chunk::Zero));
     }
@@ -256,6 +287,7 @@ mod tests {
         let d = |layer, offset| Lookup::Data {
             layer,
             offset,
+            len: 4096,
             crc: 0,
         };
         for b in 0..CHUNK + 10 {

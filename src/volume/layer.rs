@@ -20,7 +20,8 @@ use std::sync::Arc;
 use super::backend::{Backend, BackendFile};
 use super::crc::{crc32c, crc32c_append};
 use super::format::{
-    BS, Kind, LAYER_HEADER_LEN, LayerHeader, RECORD_HEADER_LEN, RecordHeader, WRITE_RECORD_LEN,
+    BS, Kind, LAYER_HEADER_LEN, LayerHeader, MAX_LAYER_LEN, MAX_STORED, RECORD_HEADER_LEN,
+    RecordHeader,
 };
 use super::{Result, VolumeError, io_err};
 
@@ -29,13 +30,17 @@ pub(crate) fn layer_path(id: u64) -> PathBuf {
     PathBuf::from(format!("layers/{id}.data"))
 }
 
-/// Creates an empty layer file (its header only) and makes it and its name
-/// durable.
-pub(crate) fn create(backend: &dyn Backend, id: u64) -> Result<Arc<dyn BackendFile>> {
+/// Creates an empty layer file (its header only; format version 2 if
+/// `filtered`) and makes it and its name durable.
+pub(crate) fn create(
+    backend: &dyn Backend,
+    id: u64,
+    filtered: bool,
+) -> Result<Arc<dyn BackendFile>> {
     let path = layer_path(id);
     let ctx = || format!("creating layer {}", path.display());
     let file = backend.create(&path).map_err(io_err(ctx()))?;
-    file.write_at(&LayerHeader { id }.encode(), 0)
+    file.write_at(&LayerHeader { id, filtered }.encode(), 0)
         .map_err(io_err(ctx()))?;
     file.sync().map_err(io_err(ctx()))?;
     backend.sync_dir("layers".as_ref()).map_err(io_err(ctx()))?;
@@ -45,8 +50,14 @@ pub(crate) fn create(backend: &dyn Backend, id: u64) -> Result<Arc<dyn BackendFi
 /// One replayed record.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) enum Rec {
-    /// Block `block` is at byte `offset` (of the payload) with CRC `crc`.
-    Write { block: u64, offset: u64, crc: u32 },
+    /// Block `block` is at byte `offset` (of the payload), `len` bytes
+    /// (`BS` unless filtered), with CRC `crc`.
+    Write {
+        block: u64,
+        offset: u64,
+        len: u32,
+        crc: u32,
+    },
     /// Blocks `first .. first + count` are zeros.
     Discard { first: u64, count: u64 },
 }
@@ -78,11 +89,14 @@ pub(crate) struct Replayed {
 
 /// Reads the layer `id` in `file`, checking its header, and calls `apply`
 /// with the records of every committed batch except the last, in order.
-/// `blocks` is the volume's size in blocks (records beyond it are damage).
+/// `blocks` is the volume's size in blocks (records beyond it are damage);
+/// `filtered` says whether the volume is filtered (a layer of the other
+/// kind, or a write record of the other kind, is damage).
 pub(crate) fn replay(
     file: &dyn BackendFile,
     id: u64,
     blocks: u64,
+    filtered: bool,
     mut apply: impl FnMut(Rec),
 ) -> Result<Replayed> {
     let ctx = || format!("reading layer {id}");
@@ -90,7 +104,15 @@ pub(crate) fn replay(
     let mut reader = Reader::new(file, len);
     let header = reader.get(0, LAYER_HEADER_LEN).map_err(io_err(ctx()))?;
     match header.map(LayerHeader::decode) {
-        Some(Ok(h)) if h.id == id => {}
+        Some(Ok(h)) if h.id == id && h.filtered == filtered => {}
+        Some(Ok(h)) if h.id == id => {
+            let what = if h.filtered {
+                "it is a filtered layer, in a volume without filters"
+            } else {
+                "it is an unfiltered layer, in a filtered volume"
+            };
+            return Err(damaged(id, what.into()));
+        }
         Some(Ok(h)) => return Err(damaged(id, format!("its header names layer {}", h.id))),
         Some(Err(why)) => return Err(damaged(id, why.to_string())),
         None => return Err(damaged(id, "the file is shorter than a header".into())),
@@ -115,20 +137,28 @@ pub(crate) fn replay(
         }
         let bad = |what: &str| damaged(id, format!("record {seq} at byte {pos}: {what}"));
         match h.kind {
-            Kind::Write => {
-                if h.count != 1 || h.block >= blocks {
+            Kind::Write | Kind::FilteredWrite => {
+                if (h.kind == Kind::FilteredWrite) != filtered {
+                    return Err(bad("a write record of the wrong kind for the layer"));
+                }
+                let stored = if filtered { h.count } else { BS };
+                if (!filtered && h.count != 1) || stored > MAX_STORED.max(BS) || h.block >= blocks {
                     return Err(bad("write outside the volume"));
                 }
-                if pos + WRITE_RECORD_LEN > len {
+                let offset = pos + RECORD_HEADER_LEN;
+                if offset + stored > len {
                     break; // torn payload
                 }
-                let offset = pos + RECORD_HEADER_LEN;
+                if offset + stored > MAX_LAYER_LEN {
+                    return Err(bad("past the largest layer"));
+                }
                 batch.push(Rec::Write {
                     block: h.block,
                     offset,
+                    len: stored as u32,
                     crc: h.crc,
                 });
-                pos += WRITE_RECORD_LEN;
+                pos = offset + stored;
             }
             Kind::Discard => {
                 if h.count == 0 || h.block.checked_add(h.count).is_none_or(|e| e > blocks) {
@@ -174,9 +204,13 @@ pub(crate) fn replay(
 
 /// Whether every write record of `batch` has a payload matching its CRC.
 pub(crate) fn verify(file: &dyn BackendFile, id: u64, batch: &[Rec]) -> Result<bool> {
-    let mut buf = vec![0u8; BS as usize];
+    let mut buf = Vec::with_capacity(BS as usize);
     for r in batch {
-        if let Rec::Write { offset, crc, .. } = *r {
+        if let Rec::Write {
+            offset, len, crc, ..
+        } = *r
+        {
+            buf.resize(len as usize, 0);
             file.read_at(&mut buf, offset)
                 .map_err(io_err(format!("reading layer {id}")))?;
             if crc32c(&buf) != crc {
@@ -273,6 +307,11 @@ impl Head {
     /// stops using this head: replay will cut it off).
     pub fn append(&mut self, staged: Staged) -> std::io::Result<()> {
         debug_assert_eq!(staged.at.end, self.next.end + staged.buf.len() as u64);
+        if staged.at.end + RECORD_HEADER_LEN > MAX_LAYER_LEN {
+            return Err(std::io::Error::other(
+                "the layer would grow past 256 TiB: take a snapshot or compact",
+            ));
+        }
         self.file.write_at(&staged.buf, self.next.end)?;
         self.next.end += staged.buf.len() as u64;
         self.next.seq += staged.records;
@@ -341,7 +380,7 @@ impl Staged {
     /// Stages a record (`payload` is the block of a write, empty otherwise)
     /// and returns the file offset its payload will have.
     pub fn push(&mut self, kind: Kind, block: u64, count: u64, payload: &[u8]) -> (u64, u32) {
-        let crc = if kind == Kind::Write {
+        let crc = if matches!(kind, Kind::Write | Kind::FilteredWrite) {
             crc32c(payload)
         } else {
             0

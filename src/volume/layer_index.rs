@@ -24,26 +24,35 @@ use std::path::PathBuf;
 
 use super::backend::{Backend, BackendFile};
 use super::crc::crc32c;
-use super::format::{BS, Kind, LAYER_HEADER_LEN, LayerHeader, RECORD_HEADER_LEN, RecordHeader};
+use super::format::{
+    BS, Kind, LAYER_HEADER_LEN, LayerHeader, MAX_LAYER_LEN, MAX_STORED, RECORD_HEADER_LEN,
+    RecordHeader,
+};
 use super::index::CHUNK;
 
 const MAGIC: [u8; 8] = *b"FKVINDX1";
 const VERSION: u32 = 1;
+/// The version of the index of a filtered layer: entries carry the stored
+/// payload's length.
+const VERSION_FILTERED: u32 = 2;
 /// Length of an index file's header.
 pub(crate) const HEADER_LEN: usize = 64;
 const RANGE_LEN: usize = 16;
 const ENTRY_LEN: usize = 20;
+const ENTRY_LEN_FILTERED: usize = 24;
 
 /// The path of a layer's index file, relative to the pool.
 pub(crate) fn index_path(id: u64) -> PathBuf {
     PathBuf::from(format!("layers/{id}.index"))
 }
 
-/// A data block of a layer: its payload's offset in the data file and CRC.
+/// A data block of a layer: its payload's offset in the data file, its
+/// length (4096 unless filtered) and its CRC.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub(crate) struct Entry {
     pub block: u64,
     pub offset: u64,
+    pub len: u32,
     pub crc: u32,
 }
 
@@ -52,6 +61,8 @@ pub(crate) struct Entry {
 pub(crate) struct LayerIndex {
     /// The layer.
     pub id: u64,
+    /// A filtered layer (index format version 2).
+    pub filtered: bool,
     /// The data file's length (the end of its last commit record).
     pub len: u64,
     /// The header CRC of its last commit record (0 for a layer without
@@ -78,7 +89,12 @@ fn le64(b: &[u8]) -> u64 {
 impl LayerIndex {
     /// The bytes of the index file.
     pub fn encode(&self) -> Vec<u8> {
-        let body_len = self.discards.len() * RANGE_LEN + self.entries.len() * ENTRY_LEN;
+        let (version, entry_len) = if self.filtered {
+            (VERSION_FILTERED, ENTRY_LEN_FILTERED)
+        } else {
+            (VERSION, ENTRY_LEN)
+        };
+        let body_len = self.discards.len() * RANGE_LEN + self.entries.len() * entry_len;
         let mut b = vec![0u8; HEADER_LEN];
         b.reserve(body_len);
         for &(first, count) in &self.discards {
@@ -89,13 +105,16 @@ impl LayerIndex {
             b.extend_from_slice(&e.block.to_le_bytes());
             b.extend_from_slice(&e.offset.to_le_bytes());
             b.extend_from_slice(&e.crc.to_le_bytes());
+            if self.filtered {
+                b.extend_from_slice(&e.len.to_le_bytes());
+            }
         }
         let body_crc = crc32c(&b[HEADER_LEN..]);
         b[0..8].copy_from_slice(&MAGIC);
         b[8..16].copy_from_slice(&self.id.to_le_bytes());
         b[16..24].copy_from_slice(&self.len.to_le_bytes());
         b[24..28].copy_from_slice(&self.last_crc.to_le_bytes());
-        b[28..32].copy_from_slice(&VERSION.to_le_bytes());
+        b[28..32].copy_from_slice(&version.to_le_bytes());
         b[32..40].copy_from_slice(&self.writes.to_le_bytes());
         b[40..48].copy_from_slice(&(self.discards.len() as u64).to_le_bytes());
         b[48..56].copy_from_slice(&(self.entries.len() as u64).to_le_bytes());
@@ -114,11 +133,13 @@ impl LayerIndex {
         if le32(&b[60..64]) != crc32c(&b[0..60]) {
             return Err("header checksum mismatch".into());
         }
-        if le32(&b[28..32]) != VERSION {
-            return Err("unknown index format version".into());
-        }
+        let (filtered, entry_len) = match le32(&b[28..32]) {
+            VERSION => (false, ENTRY_LEN),
+            VERSION_FILTERED => (true, ENTRY_LEN_FILTERED),
+            _ => return Err("unknown index format version".into()),
+        };
         let (nd, ne) = (le64(&b[40..48]), le64(&b[48..56]));
-        let body = (nd as u128) * RANGE_LEN as u128 + (ne as u128) * ENTRY_LEN as u128;
+        let body = (nd as u128) * RANGE_LEN as u128 + (ne as u128) * entry_len as u128;
         if body != (b.len() - HEADER_LEN) as u128 {
             return Err("length does not match its counts".into());
         }
@@ -137,11 +158,17 @@ impl LayerIndex {
                 block: le64(&b[at..]),
                 offset: le64(&b[at + 8..]),
                 crc: le32(&b[at + 16..]),
+                len: if filtered {
+                    le32(&b[at + 20..])
+                } else {
+                    BS as u32
+                },
             });
-            at += ENTRY_LEN;
+            at += entry_len;
         }
         Ok(LayerIndex {
             id: le64(&b[8..16]),
+            filtered,
             len: le64(&b[16..24]),
             last_crc: le32(&b[24..28]),
             writes: le64(&b[32..40]),
@@ -151,10 +178,14 @@ impl LayerIndex {
     }
 
     /// Checks that this index can describe layer `id` of a volume of
-    /// `blocks` blocks: sorted, within the volume and the data file.
-    fn check(&self, id: u64, blocks: u64) -> Result<(), String> {
+    /// `blocks` blocks (filtered or not): sorted, within the volume and the
+    /// data file.
+    fn check(&self, id: u64, blocks: u64, filtered: bool) -> Result<(), String> {
         if self.id != id {
             return Err(format!("it names layer {}", self.id));
+        }
+        if self.filtered != filtered || self.len > MAX_LAYER_LEN {
+            return Err("it describes another kind of layer".into());
         }
         if self.len < LAYER_HEADER_LEN || self.writes < self.entries.len() as u64 {
             return Err("impossible counts".into());
@@ -170,10 +201,18 @@ impl LayerIndex {
         let lowest = LAYER_HEADER_LEN + RECORD_HEADER_LEN;
         let mut prev = None;
         for e in &self.entries {
+            let len_ok = if filtered {
+                u64::from(e.len) <= MAX_STORED
+            } else {
+                u64::from(e.len) == BS
+            };
             let sound = e.block < blocks
                 && prev.is_none_or(|p| e.block > p)
                 && e.offset >= lowest
-                && e.offset.checked_add(BS).is_some_and(|end| end <= self.len);
+                && len_ok
+                && e.offset
+                    .checked_add(u64::from(e.len))
+                    .is_some_and(|end| end <= self.len);
             if !sound {
                 return Err(format!("entry for block {} is impossible", e.block));
             }
@@ -184,12 +223,14 @@ impl LayerIndex {
 }
 
 /// Reads the index of sealed layer `id` (data file `data`, `data_len`
-/// bytes, of a volume of `blocks` blocks) and checks that it describes that
-/// file. `Err` says why it cannot be used: the caller replays the layer.
+/// bytes, of a volume of `blocks` blocks, `filtered` or not) and checks
+/// that it describes that file. `Err` says why it cannot be used: the
+/// caller replays the layer.
 pub(crate) fn read(
     backend: &dyn Backend,
     id: u64,
     blocks: u64,
+    filtered: bool,
     data: &dyn BackendFile,
     data_len: u64,
 ) -> Result<LayerIndex, String> {
@@ -197,14 +238,14 @@ pub(crate) fn read(
     let file = backend.open(&index_path(id), false).map_err(err)?;
     let len = file.len().map_err(err)?;
     // No sound index is larger than this: do not allocate what damage says.
-    let limit = HEADER_LEN as u64 + blocks.saturating_mul((RANGE_LEN + ENTRY_LEN) as u64);
+    let limit = HEADER_LEN as u64 + blocks.saturating_mul((RANGE_LEN + ENTRY_LEN_FILTERED) as u64);
     if len > limit {
         return Err("it is too large".into());
     }
     let mut bytes = vec![0u8; len as usize];
     file.read_at(&mut bytes, 0).map_err(err)?;
     let ix = LayerIndex::decode(&bytes)?;
-    ix.check(id, blocks)?;
+    ix.check(id, blocks, filtered)?;
     if ix.len != data_len {
         return Err(format!(
             "it describes {} bytes, the layer has {data_len}",
@@ -217,7 +258,7 @@ pub(crate) fn read(
         let mut h = [0u8; LAYER_HEADER_LEN as usize];
         data.read_at(&mut h, 0).map_err(err)?;
         match LayerHeader::decode(&h) {
-            Ok(h) if h.id == id && ix.last_crc == 0 => {}
+            Ok(h) if h.id == id && h.filtered == filtered && ix.last_crc == 0 => {}
             _ => return Err("the layer's header does not match".into()),
         }
     } else {
@@ -259,6 +300,7 @@ struct NetSlot {
     offset: u64,
     crc: u32,
     src: u32,
+    len: u32,
 }
 
 /// A data block of a net content, and the layer (`src`) holding it.
@@ -267,11 +309,12 @@ pub(crate) struct NetEntry {
     pub block: u64,
     pub src: u32,
     pub offset: u64,
+    pub len: u32,
     pub crc: u32,
 }
 
 /// The net content of records or layers applied in order: data blocks (in
-/// 4 MiB chunks of slots, 16 bytes a block, only where something was
+/// 4 MiB chunks of slots, 24 bytes a block, only where something was
 /// written) and the union of discard ranges.
 #[derive(Debug, Default)]
 pub(crate) struct Net {
@@ -281,13 +324,18 @@ pub(crate) struct Net {
 }
 
 impl Net {
-    /// Block `block` is at `offset` of layer `src`.
-    pub fn write(&mut self, block: u64, src: u32, offset: u64, crc: u32) {
+    /// Block `block` is at `offset` of layer `src` (`len` bytes).
+    pub fn write(&mut self, block: u64, src: u32, offset: u64, len: u32, crc: u32) {
         let slots = self
             .chunks
             .entry(block / CHUNK)
             .or_insert_with(|| vec![NetSlot::default(); CHUNK as usize].into_boxed_slice());
-        slots[(block % CHUNK) as usize] = NetSlot { offset, crc, src };
+        slots[(block % CHUNK) as usize] = NetSlot {
+            offset,
+            crc,
+            src,
+            len,
+        };
     }
 
     /// Blocks `first .. first + count` are zeros.
@@ -310,7 +358,7 @@ impl Net {
             self.discard(first, count);
         }
         for e in &ix.entries {
-            self.write(e.block, src, e.offset, e.crc);
+            self.write(e.block, src, e.offset, e.len, e.crc);
         }
     }
 
@@ -334,6 +382,7 @@ impl Net {
                     block: c * CHUNK + i as u64,
                     src: s.src,
                     offset: s.offset,
+                    len: s.len,
                     crc: s.crc,
                 })
         });
@@ -348,6 +397,7 @@ mod tests {
     fn sample() -> LayerIndex {
         LayerIndex {
             id: 7,
+            filtered: false,
             len: 32 + 3 * 4136 + 40 + 40,
             last_crc: 0xabcd_ef01,
             writes: 3,
@@ -356,11 +406,13 @@ mod tests {
                 Entry {
                     block: 1,
                     offset: 72,
+                    len: 4096,
                     crc: 1,
                 },
                 Entry {
                     block: 12,
                     offset: 72 + 4136,
+                    len: 4096,
                     crc: 2,
                 },
             ],
@@ -374,9 +426,10 @@ mod tests {
         assert_eq!(b.len(), HEADER_LEN + 2 * RANGE_LEN + 2 * ENTRY_LEN);
         assert_eq!(&b[0..8], b"FKVINDX1");
         assert_eq!(LayerIndex::decode(&b).as_ref(), Ok(&ix));
-        assert_eq!(ix.check(7, 200), Ok(()));
-        assert!(ix.check(8, 200).is_err(), "another layer");
-        assert!(ix.check(7, 100).is_err(), "a range past the volume");
+        assert_eq!(ix.check(7, 200, false), Ok(()));
+        assert!(ix.check(8, 200, false).is_err(), "another layer");
+        assert!(ix.check(7, 100, false).is_err(), "a range past the volume");
+        assert!(ix.check(7, 200, true).is_err(), "not a filtered layer");
         for i in 0..b.len() {
             let mut bad = b.clone();
             bad[i] ^= 0x04;
@@ -385,10 +438,28 @@ mod tests {
         assert!(LayerIndex::decode(&b[..b.len() - 1]).is_err());
         let mut unsorted = ix.clone();
         unsorted.entries.swap(0, 1);
-        assert!(unsorted.check(7, 200).is_err());
+        assert!(unsorted.check(7, 200, false).is_err());
         let mut adjacent = ix.clone();
         adjacent.discards = vec![(10, 5), (15, 1)];
-        assert!(adjacent.check(7, 200).is_err(), "ranges are coalesced");
+        assert!(
+            adjacent.check(7, 200, false).is_err(),
+            "ranges are coalesced"
+        );
+
+        // A filtered layer's index: 24-byte entries with the stored length.
+        let mut f = ix.clone();
+        f.filtered = true;
+        f.len = 1 << 20;
+        f.entries[0].len = 17;
+        f.entries[1].len = 0xFFFF;
+        let b = f.encode();
+        assert_eq!(b.len(), HEADER_LEN + 2 * RANGE_LEN + 2 * ENTRY_LEN_FILTERED);
+        assert_eq!(b[28], 2, "version 2");
+        assert_eq!(LayerIndex::decode(&b).as_ref(), Ok(&f));
+        assert_eq!(f.check(7, 200, true), Ok(()));
+        assert!(f.check(7, 200, false).is_err(), "a filtered layer");
+        f.entries[1].offset = f.len - 0xFFFF + 1;
+        assert!(f.check(7, 200, true).is_err(), "a payload past the layer");
     }
 
     #[test]
@@ -398,10 +469,10 @@ mod tests {
         assert_eq!(r, vec![(0, 3), (10, 6), (30, 3)]);
 
         let mut net = Net::default();
-        net.write(5, 0, 100, 1);
-        net.write(CHUNK + 5, 0, 200, 2);
+        net.write(5, 0, 100, 4096, 1);
+        net.write(CHUNK + 5, 0, 200, 4096, 2);
         net.discard(4, CHUNK); // kills 5, not CHUNK + 5
-        net.write(6, 1, 300, 3); // discarded, then written again
+        net.write(6, 1, 300, 77, 3); // discarded, then written again
         let (discards, entries) = net.finish();
         let entries: Vec<NetEntry> = entries.collect();
         assert_eq!(discards, vec![(4, CHUNK)]);
@@ -412,12 +483,14 @@ mod tests {
                     block: 6,
                     src: 1,
                     offset: 300,
+                    len: 77,
                     crc: 3
                 },
                 NetEntry {
                     block: CHUNK + 5,
                     src: 0,
                     offset: 200,
+                    len: 4096,
                     crc: 2
                 },
             ]

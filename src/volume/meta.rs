@@ -11,8 +11,9 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::backend::Backend;
-use super::format::{BLOCK_SIZE, FORMAT};
+use super::format::{BLOCK_SIZE, FORMAT, FORMAT_FILTERED};
 use super::{Result, VolumeError, io_err};
+use crate::filter::ChainSpec;
 
 /// The base of a volume: a file or block device read in place.
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
@@ -33,8 +34,9 @@ pub(crate) struct SnapshotMeta {
 }
 
 /// The content of `volumes/<name>.json`.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct VolumeMeta {
+    /// 1, or 2 for a filtered volume.
     pub format: u32,
     pub size: u64,
     pub block_size: u32,
@@ -42,9 +44,18 @@ pub(crate) struct VolumeMeta {
     /// Layer IDs, bottom to top; the last one is the head.
     pub layers: Vec<u64>,
     pub snapshots: Vec<SnapshotMeta>,
+    /// The filter chain every block is encoded with (format 2 only);
+    /// clones inherit it. Absent for an unfiltered volume.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub filters: Option<ChainSpec>,
 }
 
 impl VolumeMeta {
+    /// Whether the volume's blocks go through a filter chain.
+    pub fn filtered(&self) -> bool {
+        self.filters.is_some()
+    }
+
     /// The snapshot named `name`.
     pub fn snapshot(&self, name: &str) -> Option<&SnapshotMeta> {
         self.snapshots.iter().find(|s| s.name == name)
@@ -75,6 +86,8 @@ pub struct VolumeInfo {
     pub layers: Vec<u64>,
     /// Its snapshots, oldest first.
     pub snapshots: Vec<SnapshotInfo>,
+    /// The names of its filters, in encode order (empty: not filtered).
+    pub filters: Vec<String>,
 }
 
 /// A snapshot of a volume.
@@ -98,6 +111,11 @@ impl VolumeInfo {
             base: m.base.as_ref().map(|b| (b.path.clone(), b.len)),
             layers: m.layers.clone(),
             snapshots: m.snapshots.iter().map(SnapshotInfo::new).collect(),
+            filters: m
+                .filters
+                .iter()
+                .flat_map(|c| c.filters.iter().map(|f| f.name.clone()))
+                .collect(),
         }
     }
 }
@@ -156,10 +174,11 @@ pub(crate) fn read(backend: &dyn Backend, name: &str) -> Result<VolumeMeta> {
     file.read_at(&mut bytes, 0).map_err(io_err(ctx()))?;
     let m: VolumeMeta = serde_json::from_slice(&bytes)
         .map_err(|e| VolumeError::Damaged(format!("{}: {e}", p.display())))?;
-    if m.format != FORMAT || m.block_size != BLOCK_SIZE {
+    if (m.format != FORMAT && m.format != FORMAT_FILTERED) || m.block_size != BLOCK_SIZE {
         return Err(VolumeError::Format(p.display().to_string()));
     }
     let sound = m.size > 0
+        && (m.format == FORMAT_FILTERED) == m.filters.as_ref().is_some_and(|c| !c.is_empty())
         && m.size % u64::from(BLOCK_SIZE) == 0
         && !m.layers.is_empty()
         && m.snapshots.iter().all(|s| check_name(&s.name).is_ok());

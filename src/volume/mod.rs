@@ -23,7 +23,10 @@
 //! layer and offset of its current content, so a read is one lookup.
 //! Opening a volume builds it from the sealed layers' index files (written
 //! when a layer is sealed) and a replay of the head, so it reads a few bytes
-//! per block, not the data. [`Volume::compact`] rewrites the live blocks of
+//! per block, not the data. A volume created with a filter chain
+//! ([`VolumeOptions::filters`], `filtered.rs`) stores each block as what the
+//! chain's `encode` made of it, in records that carry the stored length, and
+//! decodes it on every read. [`Volume::compact`] rewrites the live blocks of
 //! the layers only one volume uses into one layer, while the volume is in
 //! use; the garbage it would free is counted as blocks are overwritten
 //! ([`VolumeStats::garbage_bytes`]).
@@ -74,7 +77,8 @@
 //!
 //! # Files
 //!
-//! `crc.rs` (CRC-32C), `format.rs` (layer and record layout), `backend.rs`
+//! `crc.rs` (CRC-32C), `format.rs` (layer and record layout), `filtered.rs`
+//! (encoding and decoding blocks of filtered volumes), `backend.rs`
 //! (the I/O seam), `index.rs` (merged index), `layer.rs` (replay and the head
 //! writer), `layer_index.rs` (layer index files, net contents), `meta.rs`
 //! (metadata files), `pool.rs` (volumes, clones, reclaim), `stack.rs` (an
@@ -84,6 +88,7 @@
 mod backend;
 mod compact;
 mod crc;
+mod filtered;
 mod format;
 mod index;
 mod layer;
@@ -101,10 +106,11 @@ use std::io;
 pub use backend::{Backend, BackendFile, StdBackend};
 pub use format::BLOCK_SIZE;
 pub use meta::{SnapshotInfo, VolumeInfo};
-pub use pool::{Pool, ReclaimReport, VolumeOptions, check_size};
+pub use pool::{FILTER_DIR, Pool, ReclaimReport, VolumeOptions, check_size};
 pub use stack::{CompactReport, Volume, VolumeStats};
 
 use crate::error::Coded;
+use crate::filter::FilterError;
 
 /// The largest volume size: 16 TiB (the merged index's top level then takes
 /// 96 MiB of memory).
@@ -234,6 +240,22 @@ pub enum VolumeError {
         /// Why.
         reason: String,
     },
+    /// A filter chain failed: a script, a key, a replica, damage it found
+    /// (FK0900–FK0909, the filter's own code).
+    #[error("{0}")]
+    Filter(FilterError),
+    /// A filter chain's output does not fit a volume block: `encode` made
+    /// more than 65535 bytes of a block, or `decode` gave back other than
+    /// 4096 bytes.
+    #[error("volume {volume:?}: block {block}: {why}")]
+    FilterOutput {
+        /// The volume.
+        volume: String,
+        /// The virtual block.
+        block: u64,
+        /// What was wrong.
+        why: String,
+    },
     /// An error the volume server reported.
     #[error("{message}")]
     Remote {
@@ -248,10 +270,11 @@ pub enum VolumeError {
 
 /// Every code of this module, to give a code received from the server back
 /// its static form.
-const CODES: [&str; 22] = [
+const CODES: [&str; 33] = [
     "FK0700", "FK0701", "FK0702", "FK0703", "FK0704", "FK0705", "FK0706", "FK0707", "FK0708",
     "FK0709", "FK0710", "FK0711", "FK0712", "FK0713", "FK0714", "FK0715", "FK0716", "FK0717",
-    "FK0718", "FK0719", "FK0720", "FK0721",
+    "FK0718", "FK0719", "FK0720", "FK0721", "FK0722", "FK0900", "FK0901", "FK0902", "FK0903",
+    "FK0904", "FK0905", "FK0906", "FK0907", "FK0908", "FK0909",
 ];
 
 impl Coded for VolumeError {
@@ -279,6 +302,8 @@ impl Coded for VolumeError {
             VolumeError::Freeze(_) => "FK0719",
             VolumeError::Template(_) => "FK0720",
             VolumeError::Abandoned { .. } => "FK0721",
+            VolumeError::Filter(e) => e.code(),
+            VolumeError::FilterOutput { .. } => "FK0722",
             VolumeError::Remote { code, .. } => CODES
                 .iter()
                 .find(|c| **c == code.as_str())
@@ -340,6 +365,12 @@ impl Coded for VolumeError {
                  cancellation, makes compaction give up)"
                     .into()
             }
+            VolumeError::Filter(e) => e.hint(),
+            VolumeError::FilterOutput { .. } => {
+                "fix the filter script: decode must give back the 4096 bytes encode was given, \
+                 and encode must make at most 65535 bytes of them"
+                    .into()
+            }
             VolumeError::Remote { hint, .. } => hint.clone(),
         }
     }
@@ -347,6 +378,12 @@ impl Coded for VolumeError {
 
 /// Shorthand for results in this module.
 pub type Result<T, E = VolumeError> = std::result::Result<T, E>;
+
+impl From<FilterError> for VolumeError {
+    fn from(e: FilterError) -> Self {
+        VolumeError::Filter(e)
+    }
+}
 
 pub(crate) fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> VolumeError {
     let context = context.into();

@@ -11,6 +11,10 @@
 //! metadata references can never be referenced again (new references are
 //! only ever copied from existing ones), so reclaim deletes after releasing
 //! the lock. A layer's index file (`<id>.index`) goes with its data file.
+//!
+//! A pool opened on a directory keeps the scripts of its filtered volumes
+//! in `POOL/filters/<sha256>.lua` ([`crate::filter::save_scripts`] puts
+//! them there; a volume's metadata names them by digest).
 
 use std::collections::BTreeSet;
 use std::fmt;
@@ -18,12 +22,13 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex};
 
 use super::backend::{Backend, StdBackend};
-use super::format::{BLOCK_SIZE, BS, FORMAT};
+use super::format::{BLOCK_SIZE, BS, FORMAT, FORMAT_FILTERED};
 use super::layer::{self, layer_path};
 use super::layer_index::index_path;
 use super::meta::{self, BaseMeta, VolumeInfo, VolumeMeta};
 use super::stack::Volume;
 use super::{MAX_SIZE, Result, VolumeError, io_err, lock};
+use crate::filter::{Chain, ChainSpec, FilterError, Limits};
 
 /// How to create a volume.
 #[derive(Debug, Clone, Default)]
@@ -33,6 +38,10 @@ pub struct VolumeOptions {
     pub size: Option<u64>,
     /// A read-only file or block device the volume starts as (never copied).
     pub base: Option<PathBuf>,
+    /// The filter chain its blocks are stored through (`None`, or an empty
+    /// chain: stored as they are). Its scripts must be in the pool's filter
+    /// directory ([`Pool::filter_dir`]).
+    pub filters: Option<ChainSpec>,
 }
 
 impl VolumeOptions {
@@ -41,6 +50,7 @@ impl VolumeOptions {
         VolumeOptions {
             size: Some(size),
             base: None,
+            filters: None,
         }
     }
 
@@ -50,12 +60,20 @@ impl VolumeOptions {
         VolumeOptions {
             size: None,
             base: Some(base.into()),
+            filters: None,
         }
     }
 
     /// Sets the size in bytes.
     pub fn size(mut self, size: u64) -> VolumeOptions {
         self.size = Some(size);
+        self
+    }
+
+    /// Stores the volume's blocks through filter chain `spec` (in encode
+    /// order). Clones and snapshots inherit it.
+    pub fn filters(mut self, spec: ChainSpec) -> VolumeOptions {
+        self.filters = Some(spec);
         self
     }
 }
@@ -77,6 +95,8 @@ pub struct ReclaimReport {
 /// State shared by a pool and its open volumes.
 pub(crate) struct Shared {
     pub backend: Arc<dyn Backend>,
+    /// Where the scripts of filtered volumes are (`POOL/filters`).
+    pub filters: Option<PathBuf>,
     /// The pool's lock: held for every metadata change and layer creation.
     pub state: Mutex<PoolState>,
 }
@@ -116,17 +136,43 @@ impl fmt::Debug for Pool {
 
 const LAYERS: &str = "layers";
 
+/// The filter directory of a pool opened on a directory.
+pub const FILTER_DIR: &str = "filters";
+
+impl Shared {
+    /// Builds the chain `spec` describes, from the pool's filter directory.
+    pub fn chain(&self, spec: &ChainSpec) -> Result<Chain> {
+        let Some(dir) = &self.filters else {
+            return Err(FilterError::Spec {
+                why: "this pool has no filter directory".into(),
+            }
+            .into());
+        };
+        Ok(Chain::from_spec(spec, dir, Limits::default())?)
+    }
+}
+
 impl Pool {
     /// Opens the pool in directory `dir` on the host filesystem, creating it
     /// if missing.
     pub fn open(dir: &Path) -> Result<Pool> {
         std::fs::create_dir_all(dir).map_err(io_err(format!("creating {}", dir.display())))?;
-        Pool::with_backend(Arc::new(StdBackend::new(dir)))
+        Pool::with_backend_and_filters(Arc::new(StdBackend::new(dir)), Some(dir.join(FILTER_DIR)))
     }
 
     /// Opens the pool at the root of `backend`, creating its directories if
-    /// missing.
+    /// missing. It has no filter directory: filtered volumes cannot be
+    /// created or opened (FK0909).
     pub fn with_backend(backend: Arc<dyn Backend>) -> Result<Pool> {
+        Pool::with_backend_and_filters(backend, None)
+    }
+
+    /// Like [`Pool::with_backend`], with the scripts of filtered volumes in
+    /// directory `filters` of the host filesystem.
+    pub fn with_backend_and_filters(
+        backend: Arc<dyn Backend>,
+        filters: Option<PathBuf>,
+    ) -> Result<Pool> {
         // Sync the directories too: a name an interrupted operation left
         // in the page cache only must be durable before anything builds on it.
         for dir in [LAYERS, meta::DIR] {
@@ -156,6 +202,7 @@ impl Pool {
         Ok(Pool {
             shared: Arc::new(Shared {
                 backend,
+                filters,
                 state: Mutex::new(state),
             }),
         })
@@ -163,6 +210,12 @@ impl Pool {
 
     fn backend(&self) -> &dyn Backend {
         &*self.shared.backend
+    }
+
+    /// Where the scripts of filtered volumes are kept (`POOL/filters` for
+    /// a pool opened on a directory).
+    pub fn filter_dir(&self) -> Option<&Path> {
+        self.shared.filters.as_deref()
     }
 
     /// Creates a volume whose stack is its base and an empty head.
@@ -185,19 +238,30 @@ impl Pool {
             (None, None) => 0,
         };
         check_size(size)?;
+        let filters = opts.filters.clone().filter(|c| !c.is_empty());
+        if let Some(spec) = &filters {
+            // Scripts present, compiling, keys readable: before anything
+            // is written.
+            self.shared.chain(spec)?;
+        }
         let mut st = lock(&self.shared.state);
         if meta::exists(self.backend(), name)? {
             return Err(VolumeError::Exists(name.to_string()));
         }
         let id = st.new_layer_id();
-        layer::create(self.backend(), id)?;
+        layer::create(self.backend(), id, filters.is_some())?;
         let m = VolumeMeta {
-            format: FORMAT,
+            format: if filters.is_some() {
+                FORMAT_FILTERED
+            } else {
+                FORMAT
+            },
             size,
             block_size: BLOCK_SIZE,
             base,
             layers: vec![id],
             snapshots: vec![],
+            filters,
         };
         meta::write(self.backend(), name, &m)
     }
@@ -240,7 +304,7 @@ impl Pool {
                 snapshot: snapshot.to_string(),
             })?;
         let id = st.new_layer_id();
-        layer::create(self.backend(), id)?;
+        layer::create(self.backend(), id, src.filtered())?;
         let mut layers = snap.layers.clone();
         layers.push(id);
         let m = VolumeMeta {
@@ -374,7 +438,7 @@ pub(crate) fn point_at_snapshot(
         })?;
     let mut layers = snap.layers.clone();
     let id = st.new_layer_id();
-    layer::create(backend, id)?;
+    layer::create(backend, id, m.filtered())?;
     layers.push(id);
     m.layers = layers;
     Ok(())

@@ -144,6 +144,11 @@ pub enum Request {
         size: Option<u64>,
         /// Base file.
         base: Option<PathBuf>,
+        /// The filter chain ([`crate::filter::ChainSpec`] JSON), its scripts
+        /// already in the pool's filter directory (the client saves them
+        /// there: [`crate::filter::save_scripts`]).
+        #[serde(default, skip_serializing_if = "Option::is_none")]
+        filters: Option<String>,
     },
     /// `volume ls`.
     List,
@@ -239,6 +244,9 @@ pub struct VolumeEntry {
     pub device: Option<String>,
     /// The base file, if any.
     pub base: Option<PathBuf>,
+    /// Its filters' names, in encode order (empty: not filtered).
+    #[serde(default)]
+    pub filters: Vec<String>,
 }
 
 /// One snapshot, as `snapshot list` shows it.
@@ -698,13 +706,21 @@ impl Ctx {
 
     fn execute(&self, req: &Request) -> Result<Response> {
         match req {
-            Request::Create { name, size, base } => {
+            Request::Create {
+                name,
+                size,
+                base,
+                filters,
+            } => {
                 let mut opts = match base {
                     Some(b) => VolumeOptions::with_base(b.clone()),
                     None => VolumeOptions::new(size.unwrap_or(0)),
                 };
                 if let (Some(_), Some(s)) = (base, size) {
                     opts = opts.size(*s);
+                }
+                if let Some(json) = filters {
+                    opts = opts.filters(crate::filter::ChainSpec::from_json(json)?);
                 }
                 self.pool.create_volume(name, &opts)?;
                 Ok(Response::Ok)
@@ -732,6 +748,7 @@ impl Ctx {
                         used,
                         snapshots: info.snapshots.iter().map(|s| s.name.clone()).collect(),
                         base: info.base.map(|(p, _)| p),
+                        filters: info.filters,
                         name,
                     });
                 }

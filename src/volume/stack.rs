@@ -29,13 +29,15 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 
 use super::backend::{Backend, BackendFile};
 use super::compact::{self, Job, Source};
-use super::format::{BS, Kind, LAYER_HEADER_LEN, WRITE_RECORD_LEN};
+use super::filtered;
+use super::format::{BS, Kind, LAYER_HEADER_LEN, RECORD_HEADER_LEN, WRITE_RECORD_LEN};
 use super::index::{CHUNK, Index, Lookup, MAX_LAYERS};
 use super::layer::{self, Head, Pos, Rec, Staged, layer_path};
 use super::layer_index::{self, Entry, LayerIndex, Net, coalesce};
 use super::meta::{self, SnapshotInfo, SnapshotMeta, VolumeMeta};
 use super::pool::{Pool, Shared};
 use super::{Result, VolumeError, io_err, lock};
+use crate::filter::Chain;
 
 /// Most blocks appended with one write, or read with one read (1 MiB).
 const GROUP: u64 = 256;
@@ -51,6 +53,8 @@ pub struct Volume {
     mapped: RwLock<Mapped>,
     compacting: Mutex<()>,
     cancel: AtomicBool,
+    /// The filter chain of a filtered volume, built when it opened.
+    chain: Option<Chain>,
 }
 
 /// Figures about an open volume.
@@ -306,6 +310,10 @@ impl Volume {
                 Some(Base { file, len: b.len })
             }
         };
+        let chain = match &m.filters {
+            Some(spec) => Some(reg.shared.chain(spec)?),
+            None => None,
+        };
         let (mapped, head) = load(backend, &m, &others)?;
         Ok(Volume {
             reg,
@@ -315,6 +323,7 @@ impl Volume {
             mapped: RwLock::new(mapped),
             compacting: Mutex::new(()),
             cancel: AtomicBool::new(false),
+            chain,
         })
     }
 
@@ -326,6 +335,11 @@ impl Volume {
     /// The volume's size in bytes.
     pub fn size(&self) -> u64 {
         self.size
+    }
+
+    /// The filter chain its blocks are stored through, if any.
+    pub fn chain(&self) -> Option<&Chain> {
+        self.chain.as_ref()
     }
 
     /// The pool this volume belongs to.
@@ -612,14 +626,21 @@ impl Volume {
             };
             let index = match sealed.take_if(|ix| ix.id == id) {
                 Some(ix) => ix,
-                None => sealed_index(backend, id, blocks, &*file)?,
+                None => sealed_index(backend, id, blocks, self.chain.is_some(), &*file)?,
             };
             report.replaced.push(id);
             report.bytes_before += len;
             sources.push(Source { id, file, index });
         }
         let keep_discards = run.start > 0 || self.base.is_some();
-        let (file, cix) = compact::build(backend, new_id, &sources, keep_discards, job)?;
+        let (file, cix, was) = compact::build(
+            backend,
+            new_id,
+            &sources,
+            keep_discards,
+            job,
+            self.chain.as_ref(),
+        )?;
         drop(sources);
         job.check()?;
 
@@ -630,7 +651,7 @@ impl Volume {
         if m.layers != ids || self.read_mapped().ids() != ids {
             return Err(self.abandoned("its stack changed (a snapshot or rollback)"));
         }
-        self.check_compacted(&self.read_mapped(), run.clone(), &cix)?;
+        self.check_compacted(&self.read_mapped(), run.clone(), &cix, &was)?;
         m.layers.splice(run.clone(), [new_id]);
         meta::write(backend, self.name(), &m).map_err(|e| self.fail_with(&mut h, e))?;
         {
@@ -654,6 +675,7 @@ impl Volume {
                     let moved = Lookup::Data {
                         layer: c,
                         offset: e.offset,
+                        len: e.len,
                         crc: e.crc,
                     };
                     mp.index.set(e.block, moved);
@@ -677,17 +699,25 @@ impl Volume {
     }
 
     /// Checks, before the switch, that the new layer holds every block the
-    /// merged index finds in the run, with the same CRC: the index files
-    /// the new layer was made from agree with what the volume serves.
-    fn check_compacted(&self, mp: &Mapped, run: Range<usize>, cix: &LayerIndex) -> Result<()> {
+    /// merged index finds in the run, copied from a record with the same
+    /// CRC (`was[i]`: the CRC of the record entry `i` was copied or, for a
+    /// filtered volume, decoded from): the index files the new layer was
+    /// made from agree with what the volume serves.
+    fn check_compacted(
+        &self,
+        mp: &Mapped,
+        run: Range<usize>,
+        cix: &LayerIndex,
+        was: &[u32],
+    ) -> Result<()> {
         let run_slots: Vec<u32> = mp.stack[run].to_vec();
         let expected: u64 = run_slots.iter().map(|&s| mp.index.live(s)).sum();
         let mut found = 0u64;
-        for e in &cix.entries {
+        for (e, &was) in cix.entries.iter().zip(was) {
             if let Lookup::Data { layer, crc, .. } = mp.index.get(e.block)
                 && run_slots.contains(&layer)
             {
-                if crc != e.crc {
+                if crc != was {
                     found = u64::MAX;
                     break;
                 }
@@ -805,7 +835,7 @@ impl Volume {
             )));
         }
         let id = st.new_layer_id();
-        let file = layer::create(self.backend(), id)?;
+        let file = layer::create(self.backend(), id, self.chain.is_some())?;
         if let Some(name) = snapshot {
             let layers = m.layers.clone();
             m.snapshots.push(SnapshotMeta {
@@ -868,6 +898,7 @@ impl Volume {
         coalesce(&mut discards);
         LayerIndex {
             id: h.head.id,
+            filtered: self.chain.is_some(),
             len: h.head.next.end,
             last_crc: h.head.last_crc,
             writes: h.writes,
@@ -918,8 +949,22 @@ impl Volume {
                     block[(lo - start) as usize..(hi - start) as usize].copy_from_slice(part);
                     &block[..]
                 };
-                let (at, crc) = staged.push(Kind::Write, x, 1, payload);
-                placed.push((x, at, crc));
+                let (at, len, crc) = match &self.chain {
+                    None => {
+                        let (at, crc) = staged.push(Kind::Write, x, 1, payload);
+                        (at, BS as u32, crc)
+                    }
+                    Some(chain) => {
+                        // Under the head lock: the layer it is encoded for
+                        // is the one it is appended to, and a replica is
+                        // written in the order the records are.
+                        let stored = filtered::encode(chain, self.name(), h.head.id, x, payload)?;
+                        let n = stored.len() as u64;
+                        let (at, crc) = staged.push(Kind::FilteredWrite, x, n, &stored);
+                        (at, n as u32, crc)
+                    }
+                };
+                placed.push((x, at, len, crc));
             }
             self.append(h, staged)?;
             h.writes += placed.len() as u64;
@@ -928,8 +973,14 @@ impl Volume {
             }
             let mut m = self.write_mapped();
             let layer = m.head_slot();
-            for (x, offset, crc) in placed {
-                m.index.set(x, Lookup::Data { layer, offset, crc });
+            for (x, offset, len, crc) in placed {
+                let l = Lookup::Data {
+                    layer,
+                    offset,
+                    len,
+                    crc,
+                };
+                m.index.set(x, l);
             }
             b = group_end;
         }
@@ -955,16 +1006,23 @@ impl Volume {
                     self.read_base(first + i, &mut out[at..(j * BS) as usize])?;
                     i = j;
                 }
-                Lookup::Data { layer, offset, .. } => {
-                    // A run of blocks written together: one read.
+                Lookup::Data {
+                    layer, offset, len, ..
+                } => {
+                    // A run of blocks written together (each record right
+                    // after the previous one): one read.
+                    let mut next = offset + u64::from(len) + RECORD_HEADER_LEN;
                     let mut j = i + 1;
                     while j < n && j - i < GROUP {
                         match m.index.get(first + j) {
                             Lookup::Data {
                                 layer: l,
                                 offset: o,
+                                len,
                                 ..
-                            } if l == layer && o == offset + (j - i) * WRITE_RECORD_LEN => {}
+                            } if l == layer && o == next => {
+                                next = o + u64::from(len) + RECORD_HEADER_LEN;
+                            }
                             _ => break,
                         }
                         j += 1;
@@ -977,8 +1035,9 @@ impl Volume {
         Ok(())
     }
 
-    /// Reads `count` blocks from `first`, laid out one record apart in one
-    /// layer, and checks their CRCs.
+    /// Reads `count` blocks from `first`, laid out one record after the
+    /// other in one layer, and checks their CRCs (and decodes them, for a
+    /// filtered volume).
     fn read_run(&self, m: &Mapped, first: u64, count: u64, out: &mut [u8]) -> Result<()> {
         let Lookup::Data { layer, offset, .. } = m.index.get(first) else {
             unreachable!()
@@ -986,29 +1045,55 @@ impl Volume {
         let l = m.layer(layer);
         let (file, id) = (&l.file, l.id);
         let ctx = || format!("reading layer {id}");
-        if count == 1 {
-            file.read_at(out, offset).map_err(io_err(ctx()))?;
-        } else {
-            let mut span = vec![0u8; ((count - 1) * WRITE_RECORD_LEN + BS) as usize];
-            file.read_at(&mut span, offset).map_err(io_err(ctx()))?;
-            for k in 0..count as usize {
-                let from = k * WRITE_RECORD_LEN as usize;
-                out[k * BS as usize..(k + 1) * BS as usize]
-                    .copy_from_slice(&span[from..from + BS as usize]);
+        let Some(chain) = &self.chain else {
+            if count == 1 {
+                file.read_at(out, offset).map_err(io_err(ctx()))?;
+            } else {
+                let mut span = vec![0u8; ((count - 1) * WRITE_RECORD_LEN + BS) as usize];
+                file.read_at(&mut span, offset).map_err(io_err(ctx()))?;
+                for k in 0..count as usize {
+                    let from = k * WRITE_RECORD_LEN as usize;
+                    out[k * BS as usize..(k + 1) * BS as usize]
+                        .copy_from_slice(&span[from..from + BS as usize]);
+                }
             }
-        }
+            for k in 0..count {
+                let Lookup::Data { crc, .. } = m.index.get(first + k) else {
+                    unreachable!()
+                };
+                let block = &out[(k * BS) as usize..((k + 1) * BS) as usize];
+                if super::crc::crc32c(block) != crc {
+                    return Err(VolumeError::Corrupt {
+                        volume: self.name().to_string(),
+                        block: first + k,
+                        layer: id,
+                    });
+                }
+            }
+            return Ok(());
+        };
+        let Lookup::Data {
+            offset: last, len, ..
+        } = m.index.get(first + count - 1)
+        else {
+            unreachable!()
+        };
+        let mut span = vec![0u8; (last + u64::from(len) - offset) as usize];
+        file.read_at(&mut span, offset).map_err(io_err(ctx()))?;
         for k in 0..count {
-            let Lookup::Data { crc, .. } = m.index.get(first + k) else {
+            let Lookup::Data {
+                offset: at,
+                len,
+                crc,
+                ..
+            } = m.index.get(first + k)
+            else {
                 unreachable!()
             };
-            let block = &out[(k * BS) as usize..((k + 1) * BS) as usize];
-            if super::crc::crc32c(block) != crc {
-                return Err(VolumeError::Corrupt {
-                    volume: self.name().to_string(),
-                    block: first + k,
-                    layer: id,
-                });
-            }
+            let from = (at - offset) as usize;
+            let stored = &span[from..from + len as usize];
+            let block = &mut out[(k * BS) as usize..((k + 1) * BS) as usize];
+            filtered::decode(chain, self.name(), id, first + k, stored, crc, block)?;
         }
         Ok(())
     }
@@ -1074,10 +1159,11 @@ fn sealed_index(
     backend: &dyn Backend,
     id: u64,
     blocks: u64,
+    filtered: bool,
     file: &dyn BackendFile,
 ) -> Result<LayerIndex> {
     let len = file.len().map_err(io_err(format!("reading layer {id}")))?;
-    let why = match layer_index::read(backend, id, blocks, file, len) {
+    let why = match layer_index::read(backend, id, blocks, filtered, file, len) {
         Ok(ix) => return Ok(ix),
         Err(why) => why,
     };
@@ -1086,13 +1172,18 @@ fn sealed_index(
     let mut writes = 0u64;
     let (end, end_crc) = {
         let mut apply = |r: Rec| match r {
-            Rec::Write { block, offset, crc } => {
-                net.write(block, 0, offset, crc);
+            Rec::Write {
+                block,
+                offset,
+                len,
+                crc,
+            } => {
+                net.write(block, 0, offset, len, crc);
                 writes += 1;
             }
             Rec::Discard { first, count } => net.discard(first, count),
         };
-        let r = layer::replay(file, id, blocks, &mut apply)?;
+        let r = layer::replay(file, id, blocks, filtered, &mut apply)?;
         r.last.iter().copied().for_each(&mut apply);
         if r.len != r.end.end {
             return Err(VolumeError::Damaged(format!(
@@ -1105,6 +1196,7 @@ fn sealed_index(
     let (discards, entries) = net.finish();
     let ix = LayerIndex {
         id,
+        filtered,
         len: end,
         last_crc: end_crc,
         writes,
@@ -1113,6 +1205,7 @@ fn sealed_index(
             .map(|e| Entry {
                 block: e.block,
                 offset: e.offset,
+                len: e.len,
                 crc: e.crc,
             })
             .collect(),
@@ -1133,6 +1226,7 @@ fn load(
     shared: &BTreeSet<u64>,
 ) -> Result<(Mapped, HeadState)> {
     let blocks = m.size / BS;
+    let filtered = m.filtered();
     let mut index = Index::new(blocks);
     let mut slots = Vec::with_capacity(m.layers.len());
     let top = m.layers.len() - 1;
@@ -1148,7 +1242,7 @@ fn load(
             }
         })?;
         if !is_head {
-            let ix = sealed_index(backend, id, blocks, &*file)?;
+            let ix = sealed_index(backend, id, blocks, filtered, &*file)?;
             for &(first, count) in &ix.discards {
                 index.zero(first, count);
             }
@@ -1156,6 +1250,7 @@ fn load(
                 let l = Lookup::Data {
                     layer: slot,
                     offset: e.offset,
+                    len: e.len,
                     crc: e.crc,
                 };
                 index.set(e.block, l);
@@ -1174,12 +1269,18 @@ fn load(
             blocks,
         );
         let mut apply = |r: Rec| match r {
-            Rec::Write { block, offset, crc } => {
+            Rec::Write {
+                block,
+                offset,
+                len,
+                crc,
+            } => {
                 index.set(
                     block,
                     Lookup::Data {
                         layer: slot,
                         offset,
+                        len,
                         crc,
                     },
                 );
@@ -1191,7 +1292,7 @@ fn load(
                 state.discarded(first, count);
             }
         };
-        let r = layer::replay(&*file, id, blocks, &mut apply)?;
+        let r = layer::replay(&*file, id, blocks, filtered, &mut apply)?;
         let (next, last_crc) = if layer::verify(&*file, id, &r.last)? {
             r.last.iter().copied().for_each(&mut apply);
             (r.end, r.end_crc)

@@ -120,28 +120,63 @@ fn single_transient_failures() {
 /// random, partly torn, part of what was not synced.
 #[test]
 fn crash_at_every_step_of_every_operation() {
-    let ops = [
-        Op::Write,
-        Op::Discard,
-        Op::Flush,
-        Op::Close,
-        Op::Snapshot,
-        Op::Rollback,
-        Op::Clone,
-        Op::DeleteSnapshot,
-        Op::DeleteVolume,
-        Op::Reclaim,
-        Op::Compact,
-    ];
-    let mut runs = 0;
-    let mut beyond = 0;
-    let (mut compact_failed, mut compact_done) = (0, 0);
+    let r = crash_at_every_step(&ALL_OPS, 6, 16, 4, 90, &Harness::in_memory);
+    println!(
+        "crash at every step: {} runs, {} volumes recovered past their last durable state; \
+         compactions: {} stopped by the crash, {} completed before it",
+        r.runs, r.beyond, r.compact_failed, r.compact_done
+    );
+    assert!(r.beyond > 0);
+    assert!(r.compact_failed > 150 && r.compact_done > 10);
+}
+
+/// Every operation that writes.
+pub(super) const ALL_OPS: [Op; 11] = [
+    Op::Write,
+    Op::Discard,
+    Op::Flush,
+    Op::Close,
+    Op::Snapshot,
+    Op::Rollback,
+    Op::Clone,
+    Op::DeleteSnapshot,
+    Op::DeleteVolume,
+    Op::Reclaim,
+    Op::Compact,
+];
+
+/// What [`crash_at_every_step`] counted.
+#[derive(Debug, Default)]
+pub(super) struct StepRuns {
+    pub runs: u64,
+    pub beyond: u64,
+    pub compact_failed: u64,
+    pub compact_done: u64,
+}
+
+/// For each of `ops`, `seeds` harnesses (made by `make` from a seed), each
+/// stopped after its k-th backend operation within the operation under
+/// test for k in `0..steps` (compaction: `compact_seeds`, `compact_steps`:
+/// it has many more steps: seal, index, new layer, switch), crashed and
+/// checked.
+pub(super) fn crash_at_every_step(
+    ops: &[Op],
+    seeds: u64,
+    steps: u64,
+    compact_seeds: u64,
+    compact_steps: u64,
+    make: &dyn Fn(u64) -> Harness,
+) -> StepRuns {
+    let mut r = StepRuns::default();
     for (i, &op) in ops.iter().enumerate() {
-        // Compaction has many more steps: seal, index, new layer, switch.
-        let (seeds, steps) = if op == Op::Compact { (4, 90) } else { (6, 16) };
+        let (seeds, steps) = if op == Op::Compact {
+            (compact_seeds, compact_steps)
+        } else {
+            (seeds, steps)
+        };
         for seed in 0..seeds {
             for k in 0..steps {
-                let mut h = Harness::in_memory(seed * 1000 + i as u64 * 100 + k);
+                let mut h = make(seed * 1000 + i as u64 * 100 + k);
                 for _ in 0..30 {
                     h.step();
                 }
@@ -159,8 +194,8 @@ fn crash_at_every_step_of_every_operation() {
                 let before = h.stats.compactions;
                 h.run(op);
                 if op == Op::Compact {
-                    compact_failed += u64::from(h.failed);
-                    compact_done += h.stats.compactions - before;
+                    r.compact_failed += u64::from(h.failed);
+                    r.compact_done += h.stats.compactions - before;
                 }
                 let m = if k % 3 == 0 {
                     CrashMode::DropUnsynced
@@ -168,15 +203,10 @@ fn crash_at_every_step_of_every_operation() {
                     CrashMode::Random
                 };
                 h.recover(Some(m));
-                beyond += h.stats.beyond_durable;
-                runs += 1;
+                r.beyond += h.stats.beyond_durable;
+                r.runs += 1;
             }
         }
     }
-    println!(
-        "crash at every step: {runs} runs, {beyond} volumes recovered past their last durable state; \
-         compactions: {compact_failed} stopped by the crash, {compact_done} completed before it"
-    );
-    assert!(beyond > 0);
-    assert!(compact_failed > 150 && compact_done > 10);
+    r
 }

@@ -26,6 +26,11 @@
 //! Index files are accelerators: the harness damages or removes them now
 //! and then (in memory), and nothing read may change.
 //!
+//! With a filter chain ([`Harness::in_memory_filtered`]), every volume of
+//! the pool is filtered (clones inherit the chain) and everything above
+//! holds the same; the scripts and any replicas live on the host
+//! filesystem, outside the crashing backend.
+//!
 //! The harness stops issuing operations after the first failure, except in
 //! "chaos" phases where every backend operation fails (nothing can change
 //! on disk then), and recovers.
@@ -37,6 +42,7 @@ use std::sync::Arc;
 use super::super::{BLOCK_SIZE, Backend, Pool, Volume, VolumeError, VolumeOptions};
 use super::Rng;
 use super::mem::{CrashMode, Mem};
+use crate::filter::ChainSpec;
 
 const BS: u64 = BLOCK_SIZE as u64;
 
@@ -106,6 +112,8 @@ pub(crate) struct Harness {
     counter: u64,
     log: VecDeque<String>,
     pub stats: Stats,
+    /// The pool's filter directory, for a filtered pool.
+    filter_dir: Option<PathBuf>,
 }
 
 impl Harness {
@@ -119,10 +127,25 @@ impl Harness {
         base_path: PathBuf,
         put_base: impl FnOnce(&[u8]),
     ) -> Harness {
+        Harness::with_filters(seed, backend, mem, base_path, put_base, None)
+    }
+
+    /// [`Harness::new`], its volumes filtered through `filters` (a spec and
+    /// the directory holding its scripts).
+    pub fn with_filters(
+        seed: u64,
+        backend: Arc<dyn Backend>,
+        mem: Option<Mem>,
+        base_path: PathBuf,
+        put_base: impl FnOnce(&[u8]),
+        filters: Option<(ChainSpec, PathBuf)>,
+    ) -> Harness {
         let mut rng = Rng::new(seed);
         let blocks = *rng.pick(&[16, 64, 300, 300, 1100]); // 1100: across index chunks
         let size = blocks * BS;
-        let pool = Pool::with_backend(backend.clone()).expect("opening the pool");
+        let filter_dir = filters.as_ref().map(|(_, d)| d.clone());
+        let pool = Pool::with_backend_and_filters(backend.clone(), filter_dir.clone())
+            .expect("opening the pool");
         let mut data = vec![0u8; size as usize];
         let opts = if rng.chance(1, 3) {
             let len = rng.range(1, size + 3 * BS) as usize;
@@ -134,6 +157,10 @@ impl Harness {
             VolumeOptions::with_base(base_path).size(size)
         } else {
             VolumeOptions::new(size)
+        };
+        let opts = match filters {
+            Some((spec, _)) => opts.filters(spec),
+            None => opts,
         };
         pool.create_volume("v0", &opts).expect("creating v0");
         let vol = pool.open_volume("v0").expect("opening v0");
@@ -163,19 +190,27 @@ impl Harness {
             counter: 0,
             log: VecDeque::new(),
             stats: Stats::default(),
+            filter_dir,
         }
     }
 
     /// A harness on a fresh in-memory backend.
     pub fn in_memory(seed: u64) -> Harness {
+        Harness::in_memory_filtered(seed, None)
+    }
+
+    /// A harness on a fresh in-memory backend, its volumes filtered through
+    /// `filters` (a spec and the directory holding its scripts) if given.
+    pub fn in_memory_filtered(seed: u64, filters: Option<(ChainSpec, PathBuf)>) -> Harness {
         let mem = Mem::new(seed);
         let m2 = mem.clone();
-        Harness::new(
+        Harness::with_filters(
             seed,
             Arc::new(mem.clone()),
             Some(mem),
             "base.img".into(),
             move |b| m2.put_file("base.img", b),
+            filters,
         )
     }
 
@@ -619,10 +654,11 @@ impl Harness {
             }
         }
         self.strict = true;
-        self.pool = match Pool::with_backend(self.backend.clone()) {
-            Ok(p) => p,
-            Err(e) => self.die(format!("the pool does not reopen: {e}")),
-        };
+        self.pool =
+            match Pool::with_backend_and_filters(self.backend.clone(), self.filter_dir.clone()) {
+                Ok(p) => p,
+                Err(e) => self.die(format!("the pool does not reopen: {e}")),
+            };
         let existing = self
             .pool
             .volumes()

@@ -10,11 +10,17 @@
 //! - `behaviour.rs`: costs (snapshot, read), base files, reclaim, errors;
 //! - `compaction.rs`: layer index files (what opening costs, damage) and
 //!   compaction (what it frees, what it leaves alone, discards, costs,
-//!   concurrency).
+//!   concurrency);
+//! - `filters.rs`: filtered volumes: the model and crash tests with filter
+//!   chains, damage, encryption, misbehaving scripts, metadata;
+//! - `bench.rs`: sequential writes through filter chains (ignored: a
+//!   benchmark).
 
 mod behaviour;
+mod bench;
 mod compaction;
 mod crash;
+mod filters;
 mod harness;
 mod mem;
 mod model;
