@@ -40,7 +40,13 @@
 #   Row "none" is an unfiltered image through the same FUSE server (no
 #   passthrough): the cost of FUSE alone.
 #
-# Part 3: volume sequential writes (see the volume rows below).
+# Part 3: volume sequential writes. The ignored test volume::tests::bench
+#   (src/volume/tests/bench.rs): FK_BENCH_VOLUME_MIB MiB (default 256) of
+#   1 MiB writes + flush into a filtered volume on the host filesystem
+#   (TMPDIR), best of FK_BENCH_VOLUME_ROUNDS (default 3). A volume filters
+#   each 4 KiB block: one chain call per block.
+#     native   the same volume with its chain run by src/filter/floor.rs
+#     Lua      the scripts in Lua
 #
 # Usage: integration/bench-filters.sh [ROUNDS] [MS]
 #   environment: FK_BENCH_FILTERS=a,b (rows of part 1),
@@ -150,4 +156,18 @@ PY
     echo "## FUSE sequential read of a filtered tree ($files files x $mib MiB, cold cache, median of $rounds)"
     echo
     echo "$table"
+fi
+
+if has_part volume; then
+    echo >&2 "[bench-filters] volume writes"
+    vout=$(FK_BENCH_MIB="${FK_BENCH_VOLUME_MIB:-256}" FK_BENCH_ROUNDS="${FK_BENCH_VOLUME_ROUNDS:-3}" FK_BENCH_FILTERS= \
+        cargo test --release --lib volume::tests::bench -- --ignored --nocapture --test-threads 1 2>&1) || {
+        printf '%s\n' "$vout" >&2
+        echo "[bench-filters] ERROR: the volume benchmark failed" >&2
+        exit 1
+    }
+    echo
+    echo "## Volume sequential writes (4 KiB blocks, ${FK_BENCH_VOLUME_MIB:-256} MiB, best of ${FK_BENCH_VOLUME_ROUNDS:-3})"
+    echo
+    printf '%s\n' "$vout" | grep '^|'
 fi

@@ -35,6 +35,9 @@ struct ChainInner {
     stages: Vec<Stage>,
     spec: ChainSpec,
     limits: Limits,
+    /// The same chain run natively, when the benchmark switch is on
+    /// ([`super::floor`]); never otherwise.
+    floor: Option<super::floor::Floor>,
 }
 
 impl std::fmt::Debug for Chain {
@@ -72,11 +75,18 @@ impl Chain {
                 });
             }
         }
+        let spec = spec_of(&stages);
+        let floor = if super::floor::enabled() && !stages.is_empty() {
+            super::floor::Floor::for_spec(&spec)
+        } else {
+            None
+        };
         let inner = Arc::new(ChainInner {
             id: NEXT_CHAIN_ID.fetch_add(1, Ordering::Relaxed),
-            spec: spec_of(&stages),
+            spec,
             stages,
             limits,
+            floor,
         });
         if !inner.stages.is_empty() {
             let worker = Worker::new(&inner)?;
@@ -96,6 +106,12 @@ impl Chain {
         &self.inner.spec
     }
 
+    /// True when the chain runs natively (the benchmark floor,
+    /// [`super::floor`]) instead of in Lua.
+    pub fn runs_natively(&self) -> bool {
+        self.inner.floor.is_some()
+    }
+
     /// The limits it runs under.
     pub fn limits(&self) -> Limits {
         self.inner.limits
@@ -110,6 +126,9 @@ impl Chain {
     pub fn encode(&self, data: Vec<u8>, ctx: &Ctx) -> Result<Vec<u8>> {
         if self.is_empty() {
             return Ok(data);
+        }
+        if let Some(floor) = &self.inner.floor {
+            return floor.encode(data, ctx);
         }
         with_worker(&self.inner, |w| {
             w.begin(ctx, data.len());
@@ -127,6 +146,13 @@ impl Chain {
 
     /// [`Chain::decode`], also telling whether a replica was used.
     pub fn decode_report(&self, data: Vec<u8>, ctx: &Ctx) -> Result<Decoded> {
+        if let Some(floor) = &self.inner.floor {
+            let data = floor.decode(data, ctx)?;
+            return Ok(Decoded {
+                data,
+                recovered_by: None,
+            });
+        }
         if self.is_empty() {
             return Ok(Decoded {
                 data,

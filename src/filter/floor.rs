@@ -8,10 +8,13 @@
 //! bytes are interchangeable. The benchmarks use it to measure how much
 //! the Lua dispatch costs (`integration/bench-filters.sh`); it is switched
 //! on only by `FUKASTOR_BENCH_NATIVE_FILTERS=1`, never by default, because
-//! a user's chain is whatever their scripts say.
+//! a user's chain is whatever their scripts say. When it is on, every
+//! [`super::Chain`] built from such scripts runs its encode and decode
+//! here instead of in Lua.
 //!
 //! Replica recovery is not part of the floor: it measures the path where
-//! nothing is damaged.
+//! nothing is damaged (a damaged block is an error, not served from the
+//! replica).
 
 use std::path::PathBuf;
 
@@ -23,8 +26,21 @@ const CHECKSUM: &str = include_str!("../../examples/filters/checksum.lua");
 const ENCRYPT: &str = include_str!("../../examples/filters/encrypt.lua");
 const REPLICATE: &str = include_str!("../../examples/filters/replicate.lua");
 
+#[cfg(test)]
+static FORCE: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+
+/// For in-process benchmarks: chains built from now on use the floor (or not).
+#[cfg(test)]
+pub(crate) fn force(on: bool) {
+    FORCE.store(on, std::sync::atomic::Ordering::SeqCst);
+}
+
 /// True when the benchmark switch is on.
 pub fn enabled() -> bool {
+    #[cfg(test)]
+    if FORCE.load(std::sync::atomic::Ordering::SeqCst) {
+        return true;
+    }
     std::env::var_os("FUKASTOR_BENCH_NATIVE_FILTERS").is_some_and(|v| v == "1")
 }
 

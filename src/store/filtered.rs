@@ -35,7 +35,6 @@ use composefs::fsverity::{FsVerityHashValue, compute_verity};
 use serde::{Deserialize, Serialize};
 
 use super::{ObjectId, Result, Store, StoreError, io_err, write_atomic};
-use crate::filter::floor::Floor;
 use crate::filter::{Chain, ChainSpec, Ctx, FilterError, Limits, Stage, save_scripts};
 
 /// What an image record says about a filtered image.
@@ -56,8 +55,6 @@ pub struct FilterInfo {
 pub struct Objects {
     dir: PathBuf,
     chain: Option<Chain>,
-    /// The chain run natively, for benchmarks only (see [`crate::filter::floor`]).
-    floor: Option<std::sync::Arc<Floor>>,
 }
 
 impl Objects {
@@ -119,9 +116,6 @@ impl Objects {
             digest: id.to_hex(),
             size,
         };
-        if let Some(floor) = &self.floor {
-            return floor.decode(stored, &ctx).map_err(StoreError::Filter);
-        }
         let d = chain.decode_report(stored, &ctx).map_err(StoreError::Filter)?;
         if let Some(by) = &d.recovered_by {
             tracing::warn!(
@@ -142,11 +136,10 @@ impl Objects {
             digest: id.to_hex(),
             size: data.len() as u64,
         };
-        let out = match &self.floor {
-            Some(floor) => floor.encode(data.to_vec(), &ctx),
-            None => chain.encode(data.to_vec(), &ctx),
-        };
-        out.map(Some).map_err(StoreError::Filter)
+        chain
+            .encode(data.to_vec(), &ctx)
+            .map(Some)
+            .map_err(StoreError::Filter)
     }
 
     /// A reader of an object's plain bytes: the file itself when plain,
@@ -236,21 +229,14 @@ impl Store {
         Objects {
             dir: self.objects_dir(),
             chain: None,
-            floor: None,
         }
     }
 
     /// The objects of a chain (for pulling through it).
     pub fn chain_objects(&self, chain: &Chain) -> Objects {
-        let floor = if crate::filter::floor::enabled() {
-            Floor::for_spec(chain.spec()).map(std::sync::Arc::new)
-        } else {
-            None
-        };
         Objects {
             dir: self.chain_dir(&chain.spec().digest()).join("objects"),
             chain: Some(chain.clone()),
-            floor,
         }
     }
 

@@ -15,11 +15,9 @@
 //!
 //! - "Lua": a filtered volume, the example filter(s) run by the volume's
 //!   [`crate::filter::Chain`];
-//! - "native": the floor: an unfiltered volume, each 4 KiB block first
-//!   encoded by the same native helpers called from Rust (the output is
-//!   thrown away: it measures the helpers' CPU cost plus a plain write of
-//!   4 KiB records, while the Lua row writes the smaller or larger encoded
-//!   records);
+//! - "native": the floor: the same filtered volume with its chain run by
+//!   [`crate::filter::floor`] (the example filters' logic calling the same
+//!   native helpers from Rust, no Lua), so both sides store the same bytes;
 //! - overhead: how much longer a byte takes through Lua than through the
 //!   floor: native MB/s ÷ Lua MB/s − 1.
 //!
@@ -27,16 +25,12 @@
 //! repeated text (zstd level 3 makes it about 52 % of its size).
 //! `FK_BENCH_FILTERS=none,compress` limits the rows.
 
-use std::hint::black_box;
-use std::path::Path;
 use std::sync::Arc;
 use std::time::Instant;
 
 use super::super::{BLOCK_SIZE, Pool, StdBackend, VolumeOptions};
 use super::Rng;
 use super::filters::Env;
-use crate::filter::Ctx;
-use crate::filter::native::{self, Key};
 
 const BS: usize = BLOCK_SIZE as usize;
 const MIB: usize = 1 << 20;
@@ -53,27 +47,6 @@ fn data(seed: u64) -> Vec<u8> {
     out
 }
 
-/// Encodes one block with the native helpers of `filter`, from Rust.
-fn native_encode(filter: &str, key: &Key, replicas: &Path, ctx: &Ctx, block: &[u8]) {
-    let aad = ctx.aad();
-    for f in filter.split('+') {
-        match f {
-            "none" => {}
-            "compress" => {
-                black_box(native::zstd_compress(block, 3).unwrap());
-            }
-            "checksum" => {
-                black_box(native::checksum_seal(block));
-            }
-            "encrypt" => {
-                black_box(native::encrypt(key, &aad, block).unwrap());
-            }
-            "replicate" => native::replica_write(replicas, ctx, block).unwrap(),
-            other => unreachable!("{other}"),
-        }
-    }
-}
-
 /// Seconds to write `mib` MiB (1 MiB writes) and flush, through the
 /// filters `filter` (`+`-separated example names) run by Lua, or, with
 /// `native`, by their helpers from Rust in front of an unfiltered volume.
@@ -82,34 +55,23 @@ fn time_writes(env: &Env, filter: &str, native: bool, mib: usize) -> (f64, f64) 
     let backend = Arc::new(StdBackend::new(work.path()));
     let pool = Pool::with_backend_and_filters(backend, Some(env.filters())).unwrap();
     let mut opts = VolumeOptions::new((mib * MIB) as u64);
-    if filter != "none" && !native {
+    if filter != "none" {
         let names: Vec<&str> = filter.split('+').collect();
         opts = opts.filters(env.chain(&names));
     }
     pool.create_volume("bench", &opts).unwrap();
-    let v = pool.open_volume("bench").unwrap();
-    let key = {
-        env.chain(&["encrypt"]); // writes the key file
-        Key::from_file(&env.key()).unwrap()
-    };
-    let replicas = work.path().join("replicas");
-    let layer = *v.stats().layers.last().unwrap();
+    // The volume's chain is built when it is opened: natively or in Lua.
+    crate::filter::floor::force(native);
+    let v = pool.open_volume("bench");
+    crate::filter::floor::force(false);
+    let v = v.unwrap();
+    if let Some(chain) = v.chain() {
+        assert_eq!(chain.runs_natively(), native, "{filter}: the floor does not know this chain");
+    }
     let chunks: Vec<Vec<u8>> = (0..4).map(data).collect();
     let start = Instant::now();
     for i in 0..mib {
-        let chunk = &chunks[i % chunks.len()];
-        if native {
-            for (k, b) in chunk.chunks(BS).enumerate() {
-                let ctx = Ctx::Block {
-                    volume: "bench".into(),
-                    layer,
-                    block: (i * MIB / BS + k) as u64,
-                    size: BS as u64,
-                };
-                native_encode(filter, &key, &replicas, &ctx, b);
-            }
-        }
-        v.write_at((i * MIB) as u64, chunk).unwrap();
+        v.write_at((i * MIB) as u64, &chunks[i % chunks.len()]).unwrap();
     }
     v.flush().unwrap();
     let secs = start.elapsed().as_secs_f64();
