@@ -42,3 +42,20 @@ pub fn failpoint(name: &str) {
             rustix::process::kill_process(rustix::process::getpid(), rustix::process::Signal::KILL);
     }
 }
+
+/// Test hook for race tests: when `FUKASTOR_DELAYPOINT` is `name:MS`, the
+/// process sleeps MS milliseconds (at most 10 s) right here.
+#[doc(hidden)]
+pub fn delaypoint(name: &str) {
+    let Some(v) = std::env::var_os("FUKASTOR_DELAYPOINT") else {
+        return;
+    };
+    let v = v.to_string_lossy();
+    if let Some(ms) = v
+        .strip_prefix(name)
+        .and_then(|r| r.strip_prefix(':'))
+        .and_then(|ms| ms.parse::<u64>().ok())
+    {
+        std::thread::sleep(std::time::Duration::from_millis(ms.min(10_000)));
+    }
+}

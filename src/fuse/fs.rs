@@ -81,7 +81,7 @@ thread_local! {
 /// content of the inode" (filtered images); otherwise it is a descriptor + 1.
 const IN_TABLE: u64 = 0;
 /// The decoded content of an open filtered inode, and how many opens share it.
-type Decoded = (Arc<[u8]>, u64);
+type Decoded = (Arc<Vec<u8>>, u64);
 
 /// The file handle of an open filtered object (no descriptor is + 1 this large).
 const DECODED: u64 = u64::MAX;
@@ -148,7 +148,7 @@ impl ImageFs {
             }
         };
         let mut map = self.decoded.write().expect("not poisoned");
-        map.entry(ino).or_insert_with(|| (data.into(), 0)).1 += 1;
+        map.entry(ino).or_insert_with(|| (Arc::new(data), 0)).1 += 1;
         Ok(())
     }
 

@@ -165,7 +165,8 @@ pub fn serve(
     });
     let result = session.run();
     handle.close();
-    track::forget(&store_root, &canonical);
+    crate::delaypoint("fuse:exiting");
+    track::forget_own(&store_root, &canonical, std::process::id());
     tracing::info!(
         "served {} reads ({} bytes), {} opens ({} passthrough), {} lookups",
         counters.reads.load(std::sync::atomic::Ordering::Relaxed),

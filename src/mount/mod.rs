@@ -264,11 +264,14 @@ pub fn umount(store_root: &Path, mountpoint: &Path) -> Result<(), MountError> {
             if let Some(p) = rustix::process::Pid::from_raw(pid as i32) {
                 let _ = rustix::process::kill_process(p, rustix::process::Signal::TERM);
             }
+            // Wait for the mount to go, then for the server to exit (it
+            // forgets its tracking file on the way out), so that a mount
+            // right after this returns never meets the old server.
             let deadline = std::time::Instant::now() + std::time::Duration::from_secs(10);
             while std::time::Instant::now() < deadline
-                && list().iter().any(|m| m.mountpoint == canonical)
+                && (list().iter().any(|m| m.mountpoint == canonical) || track::alive(pid))
             {
-                std::thread::sleep(std::time::Duration::from_millis(10));
+                std::thread::sleep(std::time::Duration::from_millis(5));
             }
         }
         if list().iter().any(|m| m.mountpoint == canonical) {

@@ -64,6 +64,16 @@ pub fn forget(store_root: &Path, mountpoint: &Path) {
     let _ = fs::remove_file(path_for(store_root, mountpoint));
 }
 
+/// Forgets a mount only if its tracking file still names server `pid`. A
+/// server calls this on its way out: by then `umount` may have returned
+/// and a new server for the same mountpoint may have written its own file,
+/// which must stay.
+pub fn forget_own(store_root: &Path, mountpoint: &Path, pid: u32) {
+    if read(store_root, mountpoint).is_some_and(|t| t.pid == Some(pid)) {
+        forget(store_root, mountpoint);
+    }
+}
+
 /// Reads one tracking file.
 pub fn read(store_root: &Path, mountpoint: &Path) -> Option<Tracked> {
     fs::read(path_for(store_root, mountpoint))
