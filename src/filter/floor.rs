@@ -35,6 +35,18 @@ pub(crate) fn force(on: bool) {
     FORCE.store(on, std::sync::atomic::Ordering::SeqCst);
 }
 
+/// The text of an example filter shipped in `examples/filters/`
+/// (`compress`, `checksum`, `encrypt`, `replicate`), for the demo.
+pub fn example_script(name: &str) -> Option<&'static str> {
+    match name {
+        "compress" => Some(COMPRESS),
+        "checksum" => Some(CHECKSUM),
+        "encrypt" => Some(ENCRYPT),
+        "replicate" => Some(REPLICATE),
+        _ => None,
+    }
+}
+
 /// True when the benchmark switch is on.
 pub fn enabled() -> bool {
     #[cfg(test)]
