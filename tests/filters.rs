@@ -49,7 +49,11 @@ fn pull_filtered(store: &Store, source: &str, name: &str, filters: &[String]) ->
 /// The error code of a failed run (`error[FKnnnn]`), checking exit status 1
 /// and a hint line.
 fn code_of(run: &common::Run) -> String {
-    assert_eq!(run.status.code(), Some(1), "expected a coded failure: {run}");
+    assert_eq!(
+        run.status.code(),
+        Some(1),
+        "expected a coded failure: {run}"
+    );
     assert!(run.stderr.contains("  hint: "), "no hint line: {run}");
     let at = run
         .stderr
@@ -67,7 +71,14 @@ fn filtered_objects(store: &Store) -> Vec<PathBuf> {
             let ft = e.file_type().unwrap();
             if ft.is_dir() {
                 stack.push(e.path());
-            } else if ft.is_file() && e.path().parent().unwrap().parent().unwrap().ends_with("objects") {
+            } else if ft.is_file()
+                && e.path()
+                    .parent()
+                    .unwrap()
+                    .parent()
+                    .unwrap()
+                    .ends_with("objects")
+            {
                 out.push(e.path());
             }
         }
@@ -101,7 +112,10 @@ fn chains(keys: &Path, replica: &Path) -> Vec<(&'static str, Vec<String>)> {
             "compress+encrypt+checksum",
             vec![example("compress"), enc, example("checksum")],
         ),
-        ("compress+checksum+replicate", vec![example("compress"), example("checksum"), rep]),
+        (
+            "compress+checksum+replicate",
+            vec![example("compress"), example("checksum"), rep],
+        ),
     ]
 }
 
@@ -122,20 +136,42 @@ fn filtered_images_read_back_identical_through_fuse_restore_and_export() {
         let id = pull_filtered(&store, &source, &name, &filters);
         // Same tree, same dumpfile; a separate image with its own ID.
         let dump = store.ok(["dump", &name]).stdout;
-        assert!(dump == plain_dump, "{label}: the dumpfile differs from the unfiltered image's");
-        assert!(!store.path().join("images").join(&id).exists(), "{label}: a filtered image must not be in images/");
+        assert!(
+            dump == plain_dump,
+            "{label}: the dumpfile differs from the unfiltered image's"
+        );
+        assert!(
+            !store.path().join("images").join(&id).exists(),
+            "{label}: a filtered image must not be in images/"
+        );
         // The kernel refuses it, with the FUSE hint.
         let mp = scratch_dir("fk-filters-mnt-");
-        let run = store.run(["mount".as_ref(), name.as_ref(), mp.path().as_os_str(), "--kernel".as_ref()]);
+        let run = store.run([
+            "mount".as_ref(),
+            name.as_ref(),
+            mp.path().as_os_str(),
+            "--kernel".as_ref(),
+        ]);
         assert_eq!(code_of(&run), "FK0306", "{label}: {run}");
         // FUSE serves exactly the plain tree.
         let m = store.mount_fuse(&name, mp.path());
         let served = walk(m.path());
-        common::assert_trees_eq(label, "kernel mount (no filter)", &reference, "FUSE (filtered)", &served);
+        common::assert_trees_eq(
+            label,
+            "kernel mount (no filter)",
+            &reference,
+            "FUSE (filtered)",
+            &served,
+        );
         m.unmount();
         // restore gives the same bytes.
         let dest = work.path().join(format!("restore-{label}"));
-        store.ok(["restore".as_ref(), name.as_ref(), "/bin".as_ref(), dest.as_os_str()]);
+        store.ok([
+            "restore".as_ref(),
+            name.as_ref(),
+            "/bin".as_ref(),
+            dest.as_os_str(),
+        ]);
         assert_eq!(
             sha256_file(&dest.join("busybox")).unwrap(),
             sha256_file(&kernel.path().join("bin/busybox")).unwrap(),
@@ -143,21 +179,41 @@ fn filtered_images_read_back_identical_through_fuse_restore_and_export() {
         );
         // export, then pull back without a filter: the same dumpfile.
         let layout = work.path().join(format!("export-{label}"));
-        store.ok(["export".to_string(), name.clone(), format!("oci:{}:x", layout.display())]);
+        store.ok([
+            "export".to_string(),
+            name.clone(),
+            format!("oci:{}:x", layout.display()),
+        ]);
         let back = format!("back-{}:1", label.replace('+', "-"));
-        store.ok(["-q".to_string(), "pull".into(), format!("oci:{}:x", layout.display()), back.clone()]);
+        store.ok([
+            "-q".to_string(),
+            "pull".into(),
+            format!("oci:{}:x", layout.display()),
+            back.clone(),
+        ]);
         let back_dump = store.ok(["dump", &back]).stdout;
-        assert!(back_dump == plain_dump, "{label}: export and re-import changed the tree");
+        assert!(
+            back_dump == plain_dump,
+            "{label}: export and re-import changed the tree"
+        );
     }
     kernel.unmount();
     store.assert_fsck_clean();
     // Without its names, gc removes every filtered object and image.
     for (label, _) in chains(work.path(), &work.path().join("replica")) {
-        store.ok(["rmi".to_string(), format!("f-{}:1", label.replace('+', "-"))]);
+        store.ok([
+            "rmi".to_string(),
+            format!("f-{}:1", label.replace('+', "-")),
+        ]);
     }
     store.ok(["gc"]);
-    assert!(filtered_objects(&store).is_empty(), "gc left filtered objects behind");
-    let images = std::fs::read_dir(store.path().join("fukastor/filters/images")).unwrap().count();
+    assert!(
+        filtered_objects(&store).is_empty(),
+        "gc left filtered objects behind"
+    );
+    let images = std::fs::read_dir(store.path().join("fukastor/filters/images"))
+        .unwrap()
+        .count();
     assert_eq!(images, 0, "gc left filtered images behind");
     store.assert_fsck_clean();
 }
@@ -177,7 +233,12 @@ fn encrypted_store_holds_no_plaintext_and_a_wrong_key_is_coded() {
     std::fs::write(src.join("etc/small"), marker).unwrap();
     let key = key_file(work.path(), "key", 3);
     let enc = format!("{},key_file={}", example("encrypt"), key.display());
-    pull_filtered(&store, &format!("dir:{}", src.display()), "secret:1", &[example("compress"), enc]);
+    pull_filtered(
+        &store,
+        &format!("dir:{}", src.display()),
+        "secret:1",
+        &[example("compress"), enc],
+    );
 
     // No file of the store contains the marker (nor its first half).
     let mut stack = vec![store.path().to_path_buf()];
@@ -199,19 +260,35 @@ fn encrypted_store_holds_no_plaintext_and_a_wrong_key_is_coded() {
             }
         }
     }
-    assert!(files > 5, "the store has only {files} files: nothing was checked");
+    assert!(
+        files > 5,
+        "the store has only {files} files: nothing was checked"
+    );
 
     // The right key reads it back.
     let dest = work.path().join("out");
-    store.ok(["restore".as_ref(), "secret:1".as_ref(), "/etc".as_ref(), dest.as_os_str()]);
+    store.ok([
+        "restore".as_ref(),
+        "secret:1".as_ref(),
+        "/etc".as_ref(),
+        dest.as_os_str(),
+    ]);
     assert_eq!(std::fs::read_to_string(dest.join("big.txt")).unwrap(), big);
     assert_eq!(std::fs::read_to_string(dest.join("small")).unwrap(), marker);
 
     // Another key: FK0906 from every reader, never garbage.
     std::fs::write(&key, hex::encode([4u8; 32])).unwrap();
-    let run = store.run(["restore".as_ref(), "secret:1".as_ref(), "/etc".as_ref(), work.path().join("out2").as_os_str()]);
+    let run = store.run([
+        "restore".as_ref(),
+        "secret:1".as_ref(),
+        "/etc".as_ref(),
+        work.path().join("out2").as_os_str(),
+    ]);
     assert_eq!(code_of(&run), "FK0906", "{run}");
-    assert!(!work.path().join("out2").exists(), "a failed restore left files behind");
+    assert!(
+        !work.path().join("out2").exists(),
+        "a failed restore left files behind"
+    );
     let run = store.run(["dump", "secret:1"]);
     assert_eq!(code_of(&run), "FK0906", "{run}");
     // No key at all: FK0907.
@@ -221,8 +298,15 @@ fn encrypted_store_holds_no_plaintext_and_a_wrong_key_is_coded() {
     // fsck reports that it cannot check, and --repair deletes nothing.
     let before = filtered_objects(&store).len();
     let run = store.run(["fsck", "--repair"]);
-    assert!(!run.success() && run.stdout_str().contains("filter-unavailable"), "{run}");
-    assert_eq!(filtered_objects(&store).len(), before, "fsck --repair deleted data it could not read");
+    assert!(
+        !run.success() && run.stdout_str().contains("filter-unavailable"),
+        "{run}"
+    );
+    assert_eq!(
+        filtered_objects(&store).len(),
+        before,
+        "fsck --repair deleted data it could not read"
+    );
 }
 
 #[test]
@@ -239,10 +323,20 @@ fn flipped_byte_is_caught_by_checksum_and_served_from_the_replica() {
     let kernel = store.mount_kernel("plain:1", kmnt.path());
     let good = sha256_file(&kernel.path().join("bin/busybox")).unwrap();
     kernel.unmount();
-    pull_filtered(&store, &source, "sum:1", &[example("compress"), example("checksum")]);
+    pull_filtered(
+        &store,
+        &source,
+        "sum:1",
+        &[example("compress"), example("checksum")],
+    );
     let victim = filtered_objects(&store)[0].clone(); // the biggest: busybox
     flip_byte(&victim);
-    let run = store.run(["restore".as_ref(), "sum:1".as_ref(), "/bin".as_ref(), work.path().join("r1").as_os_str()]);
+    let run = store.run([
+        "restore".as_ref(),
+        "sum:1".as_ref(),
+        "/bin".as_ref(),
+        work.path().join("r1").as_os_str(),
+    ]);
     assert_eq!(code_of(&run), "FK0905", "{run}");
     let mp = scratch_dir("fk-filters-mnt-");
     let m = store.mount_fuse("sum:1", mp.path());
@@ -255,18 +349,33 @@ fn flipped_byte_is_caught_by_checksum_and_served_from_the_replica() {
         .filter(|e| e.path().extension().is_some_and(|x| x == "log"))
         .map(|e| std::fs::read_to_string(e.path()).unwrap_or_default())
         .collect::<String>();
-    assert!(log.contains("FK0905"), "the server did not log the damage:\n{log}");
+    assert!(
+        log.contains("FK0905"),
+        "the server did not log the damage:\n{log}"
+    );
     let run = store.run(["fsck"]);
-    assert!(!run.success() && run.stdout_str().contains("corrupt-object"), "{run}");
+    assert!(
+        !run.success() && run.stdout_str().contains("corrupt-object"),
+        "{run}"
+    );
 
     // checksum + replicate: the replica serves the good copy.
     let store = Store::new();
-    let rep = format!("{},dir={}", example("replicate"), work.path().join("replica").display());
+    let rep = format!(
+        "{},dir={}",
+        example("replicate"),
+        work.path().join("replica").display()
+    );
     pull_filtered(&store, &source, "rep:1", &[example("checksum"), rep]);
     let victim = filtered_objects(&store)[0].clone();
     flip_byte(&victim);
     let dest = work.path().join("r2");
-    store.ok(["restore".as_ref(), "rep:1".as_ref(), "/bin".as_ref(), dest.as_os_str()]);
+    store.ok([
+        "restore".as_ref(),
+        "rep:1".as_ref(),
+        "/bin".as_ref(),
+        dest.as_os_str(),
+    ]);
     assert_eq!(sha256_file(&dest.join("busybox")).unwrap(), good);
     let m = store.mount_fuse("rep:1", mp.path());
     assert_eq!(sha256_file(&m.path().join("bin/busybox")).unwrap(), good);
@@ -274,7 +383,12 @@ fn flipped_byte_is_caught_by_checksum_and_served_from_the_replica() {
     // Even a missing primary is served from the replica.
     std::fs::remove_file(&victim).unwrap();
     let dest = work.path().join("r3");
-    store.ok(["restore".as_ref(), "rep:1".as_ref(), "/bin".as_ref(), dest.as_os_str()]);
+    store.ok([
+        "restore".as_ref(),
+        "rep:1".as_ref(),
+        "/bin".as_ref(),
+        dest.as_os_str(),
+    ]);
     assert_eq!(sha256_file(&dest.join("busybox")).unwrap(), good);
 }
 
@@ -291,27 +405,78 @@ fn bad_filters_are_refused_and_leave_the_store_as_it_was() {
         p.display().to_string()
     };
     let cases: Vec<(String, &[&str])> = vec![
-        (work.path().join("missing.lua").display().to_string(), &["FK0900"]),
-        (write("noencode", "function decode(b) return b end"), &["FK0900"]),
-        (write("escape", "os.execute('touch /tmp/fk-escaped')\nfunction encode(b) return b end\nfunction decode(b) return b end"), &["FK0900", "FK0901"]),
-        (write("io", "function encode(b) io.open('/tmp/fk-escaped','w') return b end\nfunction decode(b) return b end"), &["FK0901"]),
-        (write("loop", "function encode(b) while true do end end\nfunction decode(b) return b end"), &["FK0903"]),
-        (write("bomb", "function encode(b) local s = string.rep('x', 1 << 40) return b end\nfunction decode(b) return b end"), &["FK0902", "FK0901"]),
-        (write("badret", "function encode(b) return 42 end\nfunction decode(b) return b end"), &["FK0904"]),
-        (format!("{},key_env=FK_TEST_NO_SUCH_VARIABLE", example("encrypt")), &["FK0907"]),
+        (
+            work.path().join("missing.lua").display().to_string(),
+            &["FK0900"],
+        ),
+        (
+            write("noencode", "function decode(b) return b end"),
+            &["FK0900"],
+        ),
+        (
+            write(
+                "escape",
+                "os.execute('touch /tmp/fk-escaped')\nfunction encode(b) return b end\nfunction decode(b) return b end",
+            ),
+            &["FK0900", "FK0901"],
+        ),
+        (
+            write(
+                "io",
+                "function encode(b) io.open('/tmp/fk-escaped','w') return b end\nfunction decode(b) return b end",
+            ),
+            &["FK0901"],
+        ),
+        (
+            write(
+                "loop",
+                "function encode(b) while true do end end\nfunction decode(b) return b end",
+            ),
+            &["FK0903"],
+        ),
+        (
+            write(
+                "bomb",
+                "function encode(b) local s = string.rep('x', 1 << 40) return b end\nfunction decode(b) return b end",
+            ),
+            &["FK0902", "FK0901"],
+        ),
+        (
+            write(
+                "badret",
+                "function encode(b) return 42 end\nfunction decode(b) return b end",
+            ),
+            &["FK0904"],
+        ),
+        (
+            format!("{},key_env=FK_TEST_NO_SUCH_VARIABLE", example("encrypt")),
+            &["FK0907"],
+        ),
         (format!("{},notaparam", example("compress")), &["FK0900"]),
     ];
     let before = support::snapshot(store.path());
     for (filter, codes) in cases {
         let run = store.run(["pull", &source, "bad:1", "--filter", &filter]);
         let code = code_of(&run);
-        assert!(codes.contains(&code.as_str()), "--filter {filter}: expected {codes:?}: {run}");
+        assert!(
+            codes.contains(&code.as_str()),
+            "--filter {filter}: expected {codes:?}: {run}"
+        );
         let after = support::snapshot(store.path());
         let diff = support::snapshot_diff(&before, &after);
-        assert!(diff.is_empty(), "--filter {filter} changed the store:\n{diff}");
-        assert!(!Path::new("/tmp/fk-escaped").exists(), "--filter {filter} escaped the sandbox");
+        assert!(
+            diff.is_empty(),
+            "--filter {filter} changed the store:\n{diff}"
+        );
+        assert!(
+            !Path::new("/tmp/fk-escaped").exists(),
+            "--filter {filter} escaped the sandbox"
+        );
     }
-    assert!(store.run(["inspect", "bad:1"]).status.code() == Some(1), "a refused pull left a name");
+    assert!(
+        store.run(["inspect", "bad:1"]).status.code() == Some(1),
+        "a refused pull left a name"
+    );
     store.assert_fsck_clean();
 }
 
@@ -325,29 +490,84 @@ fn a_filtered_pull_killed_at_each_step_leaves_only_garbage() {
         example("compress"),
         format!("{},key_file={}", example("encrypt"), key.display()),
     ];
-    for fp in ["pull:staged", "pull:objects-published", "pull:image-written", "pull:ref-written"] {
+    for fp in [
+        "pull:staged",
+        "pull:objects-published",
+        "pull:image-written",
+        "pull:ref-written",
+    ] {
         let store = Store::new();
         let mut cmd = store.command();
-        cmd.args(["-q", "pull", &source, "enc:1"]).env("FUKASTOR_FAILPOINT", fp);
+        cmd.args(["-q", "pull", &source, "enc:1"])
+            .env("FUKASTOR_FAILPOINT", fp);
         for f in &filters {
             cmd.arg("--filter").arg(f);
         }
         let run = common::run_command(cmd);
         use std::os::unix::process::ExitStatusExt;
-        assert_eq!(run.status.signal(), Some(9), "FUKASTOR_FAILPOINT={fp} must kill the pull: {run}");
+        assert_eq!(
+            run.status.signal(),
+            Some(9),
+            "FUKASTOR_FAILPOINT={fp} must kill the pull: {run}"
+        );
         // Only garbage (or, after the name, the complete image): fsck is clean.
         store.assert_fsck_clean();
         let named = store.run(["dump", "enc:1"]);
         if fp == "pull:ref-written" {
-            assert!(named.success(), "{fp}: the named image must be whole: {named}");
+            assert!(
+                named.success(),
+                "{fp}: the named image must be whole: {named}"
+            );
         } else {
-            assert_eq!(named.status.code(), Some(1), "{fp}: a name appeared before its image was durable: {named}");
+            assert_eq!(
+                named.status.code(),
+                Some(1),
+                "{fp}: a name appeared before its image was durable: {named}"
+            );
         }
         // gc then a new pull: the image reads back.
         store.ok(["gc"]);
         pull_filtered(&store, &source, "enc:1", &filters);
         let dest = work.path().join(format!("r-{}", fp.replace(':', "-")));
-        store.ok(["restore".as_ref(), "enc:1".as_ref(), "/bin/busybox".as_ref(), dest.as_os_str()]);
+        store.ok([
+            "restore".as_ref(),
+            "enc:1".as_ref(),
+            "/bin/busybox".as_ref(),
+            dest.as_os_str(),
+        ]);
         store.assert_fsck_clean();
     }
+}
+
+#[test]
+fn filter_limits_are_set_from_the_environment() {
+    let fx = fixtures();
+    let store = Store::new();
+    let work = scratch_dir("fk-filters-limits-");
+    let source = fx.oci("busybox");
+    let script = work.path().join("busy.lua");
+    // 100k loop iterations and a 10 MB string per call: within the defaults.
+    std::fs::write(
+        &script,
+        "function encode(b) local n = 0 for i = 1, 100000 do n = n + i end \
+         local s = string.rep('x', 10000000) return b end\n\
+         function decode(b) return b end",
+    )
+    .unwrap();
+    let script = script.display().to_string();
+    let pull = |env: &[(&str, &str)], name: &str| {
+        let mut cmd = store.command();
+        cmd.args(["-q", "pull", &source, name, "--filter", &script]);
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        common::run_command(cmd)
+    };
+    let run = pull(&[], "ok:1");
+    assert!(run.success(), "within the default limits: {run}");
+    let run = pull(&[("FUKASTOR_FILTER_INSTRUCTIONS", "20000")], "few:1");
+    assert_eq!(code_of(&run), "FK0903", "{run}");
+    let run = pull(&[("FUKASTOR_FILTER_MEMORY", "4000000")], "small:1");
+    assert_eq!(code_of(&run), "FK0902", "{run}");
+    store.assert_fsck_clean();
 }

@@ -1464,8 +1464,13 @@ fn remount_right_after_umount_is_tracked() {
         // Each server takes 300 ms between its unmount and its exit (where
         // it forgets its tracking file): the window the bug needed.
         let mut cmd = store.command();
-        cmd.args([OsStr::new("mount"), "busybox".as_ref(), mp.path().as_os_str(), "--fuse".as_ref()])
-            .env("FUKASTOR_DELAYPOINT", "fuse:exiting:300");
+        cmd.args([
+            OsStr::new("mount"),
+            "busybox".as_ref(),
+            mp.path().as_os_str(),
+            "--fuse".as_ref(),
+        ])
+        .env("FUKASTOR_DELAYPOINT", "fuse:exiting:300");
         let run = common::run_command(cmd);
         assert!(run.success(), "mount #{i}: {run}");
         // Later than the old server's exit: the new mount is still tracked.
@@ -1473,11 +1478,15 @@ fn remount_right_after_umount_is_tracked() {
         let canonical = std::fs::canonicalize(mp.path()).unwrap();
         let row = mounts_row(store.path(), None, &canonical);
         assert!(
-            row.as_ref().is_some_and(|r| r["pid"].as_u64().is_some_and(|p| alive(p as u32))),
+            row.as_ref()
+                .is_some_and(|r| r["pid"].as_u64().is_some_and(|p| alive(p as u32))),
             "mount #{i} is no longer tracked with a live server: {row:?}"
         );
         let n = std::fs::read(mp.path().join("bin/busybox")).map(|d| d.len());
-        assert!(n.as_ref().is_ok_and(|n| *n > 0), "mount #{i} does not serve: {n:?}");
+        assert!(
+            n.as_ref().is_ok_and(|n| *n > 0),
+            "mount #{i} does not serve: {n:?}"
+        );
         let run = store.run([std::ffi::OsStr::new("umount"), mp.path().as_os_str()]);
         assert!(run.success(), "umount #{i}: {run}");
     }

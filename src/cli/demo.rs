@@ -255,7 +255,11 @@ fn filtered<W: Write>(
         "read files back through FUSE (decoded by Lua) and compare with the host",
         || verify(mnt, files),
     )?;
-    writeln!(s.out, "    {n} files identical to the host's; server pid {pid}").map_err(io)?;
+    writeln!(
+        s.out,
+        "    {n} files identical to the host's; server pid {pid}"
+    )
+    .map_err(io)?;
     s.time("unmount the filtered image", || {
         Ok(crate::mount::umount(store_dir, mnt)?)
     })?;

@@ -456,8 +456,8 @@ fn run(cli: &Cli) -> CliResult {
             let (id, name) = store.resolve(image)?;
             let label = name.map_or_else(|| id.to_hex()[..12].to_string(), |n| n.to_string());
             let filtered = store.is_filtered(&id);
-            let want_kernel = *kernel
-                || (fuse.is_none() && !filtered && rustix::process::geteuid().is_root());
+            let want_kernel =
+                *kernel || (fuse.is_none() && !filtered && rustix::process::geteuid().is_root());
             let mut how = String::from("kernel: EROFS + overlayfs");
             let mut done = false;
             if want_kernel {

@@ -270,7 +270,7 @@ fn filter_chain(paths: &Paths, args: &[String]) -> Result<String, CliError> {
         .iter()
         .map(|a| Stage::from_arg(a))
         .collect::<Result<Vec<_>, _>>()?;
-    let chain = Chain::new(stages.clone(), Limits::default())?;
+    let chain = Chain::new(stages.clone(), Limits::configured())?;
     let dir = paths.pool.join(crate::volume::FILTER_DIR);
     save_scripts(&stages, &dir).map_err(|e| CliError {
         code: "FK0700",

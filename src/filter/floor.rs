@@ -161,8 +161,7 @@ mod tests {
             vec![
                 Stage::new(script("compress", COMPRESS)).param("level", 5),
                 Stage::new(script("checksum", CHECKSUM)),
-                Stage::new(script("encrypt", ENCRYPT))
-                    .param("key_file", key.display().to_string()),
+                Stage::new(script("encrypt", ENCRYPT)).param("key_file", key.display().to_string()),
                 Stage::new(script("replicate", REPLICATE))
                     .param("dir", replica.display().to_string()),
             ],
@@ -170,7 +169,9 @@ mod tests {
         )
         .unwrap();
         let floor = Floor::for_spec(chain.spec()).expect("the example scripts are recognised");
-        let data: Vec<u8> = (0..200_000u32).flat_map(|i| (i % 251).to_le_bytes()).collect();
+        let data: Vec<u8> = (0..200_000u32)
+            .flat_map(|i| (i % 251).to_le_bytes())
+            .collect();
         let ctx = Ctx::Object {
             digest: "ab".repeat(32),
             size: data.len() as u64,

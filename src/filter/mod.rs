@@ -243,6 +243,40 @@ pub struct Limits {
     pub buffers: usize,
 }
 
+impl Limits {
+    /// The limits users set: the defaults, each replaced by its
+    /// environment variable when set to a number: `FUKASTOR_FILTER_MEMORY`
+    /// (bytes of Lua heap per state), `FUKASTOR_FILTER_INSTRUCTIONS` (per
+    /// call), `FUKASTOR_FILTER_BUFFERS` (helper bytes per call). A value
+    /// that is not a number is ignored with a warning. What `pull`, the
+    /// FUSE server and volumes use.
+    pub fn configured() -> Limits {
+        let mut l = Limits::default();
+        let get = |name: &str| -> Option<u64> {
+            let v = std::env::var(name).ok()?;
+            match v.trim().parse::<u64>() {
+                Ok(n) if n > 0 => Some(n),
+                _ => {
+                    tracing::warn!(
+                        "{name}={v:?} is not a positive number of bytes or instructions; ignored"
+                    );
+                    None
+                }
+            }
+        };
+        if let Some(n) = get("FUKASTOR_FILTER_MEMORY") {
+            l.memory = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        if let Some(n) = get("FUKASTOR_FILTER_INSTRUCTIONS") {
+            l.instructions = n;
+        }
+        if let Some(n) = get("FUKASTOR_FILTER_BUFFERS") {
+            l.buffers = usize::try_from(n).unwrap_or(usize::MAX);
+        }
+        l
+    }
+}
+
 impl Default for Limits {
     fn default() -> Self {
         Limits {

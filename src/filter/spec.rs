@@ -178,7 +178,9 @@ impl Stage {
             let value = match v {
                 "true" => Param::Bool(true),
                 "false" => Param::Bool(false),
-                _ => v.parse::<i64>().map_or_else(|_| Param::Str(v.to_owned()), Param::Int),
+                _ => v
+                    .parse::<i64>()
+                    .map_or_else(|_| Param::Str(v.to_owned()), Param::Int),
             };
             stage.params.insert(k.to_owned(), value);
         }
@@ -196,7 +198,11 @@ pub fn save_scripts(stages: &[Stage], dir: &Path) -> std::io::Result<()> {
         if path.exists() {
             continue;
         }
-        let tmp = dir.join(format!(".tmp-{}-{}.lua", std::process::id(), s.script.sha256()));
+        let tmp = dir.join(format!(
+            ".tmp-{}-{}.lua",
+            std::process::id(),
+            s.script.sha256()
+        ));
         std::fs::write(&tmp, s.script.source())?;
         std::fs::File::open(&tmp)?.sync_all()?;
         std::fs::rename(&tmp, &path)?;

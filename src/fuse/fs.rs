@@ -20,8 +20,8 @@ use std::cell::RefCell;
 use std::collections::HashMap;
 use std::ffi::OsStr;
 use std::os::fd::{BorrowedFd, FromRawFd, IntoRawFd, OwnedFd, RawFd};
-use std::sync::{Arc, Mutex, RwLock};
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
 use composefs::fsverity::FsVerityHashValue;
@@ -125,7 +125,13 @@ impl ImageFs {
 
     /// Opens a filtered object: decodes it whole (once per inode, shared by
     /// its opens). A decode failure is EIO and a log line, never bad data.
-    fn open_decoded(&self, ino: u64, id: &ObjectId, size: u64, source: &Objects) -> Result<(), Errno> {
+    fn open_decoded(
+        &self,
+        ino: u64,
+        id: &ObjectId,
+        size: u64,
+        source: &Objects,
+    ) -> Result<(), Errno> {
         if let Some((_, n)) = self.decoded.write().expect("not poisoned").get_mut(&ino) {
             *n += 1;
             return Ok(());

@@ -88,8 +88,8 @@ pub fn serve(
     let chain = source.chain().cloned();
     let passthrough = opts.passthrough && root && chain.is_none();
     let counters = Arc::new(fs::Counters::default());
-    let filesystem = fs::ImageFs::new(inodes, objects, passthrough, counters.clone())
-        .with_filter(source);
+    let filesystem =
+        fs::ImageFs::new(inodes, objects, passthrough, counters.clone()).with_filter(source);
     if opts.passthrough && !root {
         tracing::warn!("passthrough needs root; serving reads from the server");
     }

@@ -50,7 +50,9 @@ pub enum MountError {
     #[error("the FUSE server did not start: {0}")]
     Server(String),
     /// A filtered image: the kernel would read encoded bytes.
-    #[error("image {0} is filtered (its objects are stored encoded by Lua filters); the kernel cannot read it")]
+    #[error(
+        "image {0} is filtered (its objects are stored encoded by Lua filters); the kernel cannot read it"
+    )]
     Filtered(String),
     /// Store trouble.
     #[error(transparent)]

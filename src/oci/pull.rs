@@ -364,7 +364,10 @@ pub fn pull(
                 erofs_size: erofs.len() as u64,
                 chain_digest: digest.clone(),
             };
-            (crate::store::filtered_image_id(&erofs_id, &digest), Some(info))
+            (
+                crate::store::filtered_image_id(&erofs_id, &digest),
+                Some(info),
+            )
         }
     };
     crate::failpoint("pull:staged");

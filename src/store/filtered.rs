@@ -116,7 +116,9 @@ impl Objects {
             digest: id.to_hex(),
             size,
         };
-        let d = chain.decode_report(stored, &ctx).map_err(StoreError::Filter)?;
+        let d = chain
+            .decode_report(stored, &ctx)
+            .map_err(StoreError::Filter)?;
         if let Some(by) = &d.recovered_by {
             tracing::warn!(
                 "object {}: the stored copy is damaged; served the copy of filter {by}",
@@ -166,7 +168,10 @@ fn missing_or_io(id: &ObjectId, e: std::io::Error) -> StoreError {
 
 /// The ID of the filtered image whose plain EROFS has digest `erofs`.
 pub fn filtered_image_id(erofs: &ObjectId, chain_digest: &str) -> ObjectId {
-    let text = format!("fukastor filtered image v1\n{}\n{chain_digest}", erofs.to_hex());
+    let text = format!(
+        "fukastor filtered image v1\n{}\n{chain_digest}",
+        erofs.to_hex()
+    );
     compute_verity(text.as_bytes())
 }
 
@@ -196,7 +201,7 @@ impl Store {
     /// Writes nothing: a script that does not load is refused with the
     /// store unchanged.
     pub fn new_chain(&self, stages: Vec<Stage>) -> Result<Chain> {
-        Chain::new(stages, Limits::default()).map_err(StoreError::Filter)
+        Chain::new(stages, Limits::configured()).map_err(StoreError::Filter)
     }
 
     /// Keeps the scripts of `stages` (the stages `chain` was built from) in
@@ -221,7 +226,8 @@ impl Store {
 
     /// The chain of a recorded spec, with the scripts the store keeps.
     pub fn chain(&self, spec: &ChainSpec) -> Result<Chain> {
-        Chain::from_spec(spec, &self.scripts_dir(), Limits::default()).map_err(StoreError::Filter)
+        Chain::from_spec(spec, &self.scripts_dir(), Limits::configured())
+            .map_err(StoreError::Filter)
     }
 
     /// The plain objects (`objects/`).

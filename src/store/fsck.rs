@@ -338,7 +338,10 @@ fn check_filtered(
             Ok(plain) => {
                 let actual: ObjectId = composefs::fsverity::compute_verity(&plain);
                 if actual != oid {
-                    bad.push((oid.clone(), format!("decodes to digest {}", actual.to_hex())));
+                    bad.push((
+                        oid.clone(),
+                        format!("decodes to digest {}", actual.to_hex()),
+                    ));
                 }
                 actual == oid
             }
@@ -370,13 +373,20 @@ fn check_filtered(
             }
         }
         if missing > 0 {
-            broken(r, format!("{missing} of its objects are missing or damaged"));
+            broken(
+                r,
+                format!("{missing} of its objects are missing or damaged"),
+            );
         }
     }
     for (oid, why) in &bad {
         r.problems.push(Problem {
             kind: "corrupt-object",
-            detail: format!("filtered object {} (chain {}): {why}", oid.to_hex(), &info.chain_digest[..12]),
+            detail: format!(
+                "filtered object {} (chain {}): {why}",
+                oid.to_hex(),
+                &info.chain_digest[..12]
+            ),
             repaired: repair,
         });
         if repair {

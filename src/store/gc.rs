@@ -75,7 +75,10 @@ pub(super) fn run(store: &Store, dry_run: bool, keep: &[ObjectId]) -> Result<GcR
         let objects = match store.objects_of(&id) {
             Ok(o) => o,
             Err(e) if store.is_filtered(&id) => {
-                tracing::warn!("gc: image {}: {e}; keeping its chain's objects", id.to_hex());
+                tracing::warn!(
+                    "gc: image {}: {e}; keeping its chain's objects",
+                    id.to_hex()
+                );
                 if let Ok(info) = store.filter_info(&id) {
                     unsure.insert(store.chain_dir(&info.chain_digest).join("objects"));
                 } else {
@@ -89,7 +92,10 @@ pub(super) fn run(store: &Store, dry_run: bool, keep: &[ObjectId]) -> Result<GcR
         let bytes = match store.image_bytes(&id) {
             Ok(b) => b,
             Err(e) if objects.chain().is_some() => {
-                tracing::warn!("gc: image {}: {e}; keeping its chain's objects", id.to_hex());
+                tracing::warn!(
+                    "gc: image {}: {e}; keeping its chain's objects",
+                    id.to_hex()
+                );
                 unsure.insert(dir);
                 continue;
             }

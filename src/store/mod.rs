@@ -321,8 +321,9 @@ impl Store {
                 PathBuf::from("../objects").join(id.to_object_pathname()),
             ),
             Some(f) => {
-                let erofs = ObjectId::from_hex(&f.erofs)
-                    .map_err(|_| StoreError::Damaged("a filtered record without its EROFS".into()))?;
+                let erofs = ObjectId::from_hex(&f.erofs).map_err(|_| {
+                    StoreError::Damaged("a filtered record without its EROFS".into())
+                })?;
                 (
                     self.filtered_link(id),
                     PathBuf::from("../chains")

@@ -148,7 +148,7 @@ impl Shared {
             }
             .into());
         };
-        Ok(Chain::from_spec(spec, dir, Limits::default())?)
+        Ok(Chain::from_spec(spec, dir, Limits::configured())?)
     }
 }
 

@@ -66,12 +66,17 @@ fn time_writes(env: &Env, filter: &str, native: bool, mib: usize) -> (f64, f64) 
     crate::filter::floor::force(false);
     let v = v.unwrap();
     if let Some(chain) = v.chain() {
-        assert_eq!(chain.runs_natively(), native, "{filter}: the floor does not know this chain");
+        assert_eq!(
+            chain.runs_natively(),
+            native,
+            "{filter}: the floor does not know this chain"
+        );
     }
     let chunks: Vec<Vec<u8>> = (0..4).map(data).collect();
     let start = Instant::now();
     for i in 0..mib {
-        v.write_at((i * MIB) as u64, &chunks[i % chunks.len()]).unwrap();
+        v.write_at((i * MIB) as u64, &chunks[i % chunks.len()])
+            .unwrap();
     }
     v.flush().unwrap();
     let secs = start.elapsed().as_secs_f64();
