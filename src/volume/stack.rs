@@ -874,8 +874,7 @@ impl Volume {
                 self.name()
             )));
         }
-        let id = st.new_layer_id();
-        let file = layer::create(self.backend(), id, self.chain.is_some())?;
+        let (id, file) = st.new_head(self.backend(), self.chain.is_some())?;
         if let Some(name) = snapshot {
             let layers = m.layers.clone();
             m.snapshots.push(SnapshotMeta {
