@@ -18,6 +18,8 @@
 //! live blocks are its garbage, which compaction frees. Keeping the counts
 //! costs a comparison per update.
 
+use std::sync::Arc;
+
 use super::layer_index::Entry;
 
 /// Blocks per chunk.
@@ -100,10 +102,51 @@ impl Slot {
     }
 }
 
+/// A chunk's slots are shared copy-on-write ([`Index::freeze`]): an update
+/// copies them first (16 KiB) only while a frozen copy still holds them.
 enum Chunk {
     Base,
     Zero,
-    Map(Box<[Slot]>),
+    Map(Arc<[Slot]>),
+}
+
+/// Chunks of an index as they were when [`Index::freeze`] took them,
+/// shared with the index until it changes them: what a sealed head held,
+/// taken under the head lock in time proportional to the number of chunks
+/// (not blocks), and turned into index entries later, without any lock.
+#[derive(Default)]
+pub(crate) struct Frozen(Vec<(u64, Arc<[Slot]>)>);
+
+impl std::fmt::Debug for Frozen {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Frozen").field("chunks", &self.0.len()).finish()
+    }
+}
+
+impl Frozen {
+    /// The blocks held by layer slot `layer` in the frozen chunks, in
+    /// block order (the chunks were frozen in increasing order).
+    pub fn collect(&self, layer: u32) -> Vec<Entry> {
+        let mut out = Vec::new();
+        for (chunk, slots) in &self.0 {
+            collect_slots(*chunk, slots, layer, &mut out);
+        }
+        out
+    }
+}
+
+/// Appends the blocks of chunk `chunk` (its slots) held by `layer`.
+fn collect_slots(chunk: u64, slots: &[Slot], layer: u32, out: &mut Vec<Entry>) {
+    for (i, s) in slots.iter().enumerate() {
+        if s.layer == layer {
+            out.push(Entry {
+                block: chunk * CHUNK + i as u64,
+                offset: s.at & OFFSET_MASK,
+                len: (s.at >> OFFSET_BITS) as u32,
+                crc: s.crc,
+            });
+        }
+    }
 }
 
 /// The merged index of one volume.
@@ -146,21 +189,18 @@ impl Index {
         self.live.get(layer as usize).copied().unwrap_or(0)
     }
 
-    /// Appends to `out` the blocks of chunk `chunk` held by layer slot
-    /// `layer`, in block order.
-    pub fn collect(&self, chunk: u64, layer: u32, out: &mut Vec<Entry>) {
-        if let Some(Chunk::Map(slots)) = self.chunks.get(chunk as usize) {
-            for (i, s) in slots.iter().enumerate() {
-                if s.layer == layer {
-                    out.push(Entry {
-                        block: chunk * CHUNK + i as u64,
-                        offset: s.at & OFFSET_MASK,
-                        len: (s.at >> OFFSET_BITS) as u32,
-                        crc: s.crc,
-                    });
-                }
-            }
-        }
+    /// Freezes chunks `chunks` (increasing; uniform ones are skipped, they
+    /// hold no layer's blocks): costs a reference count per chunk.
+    pub fn freeze(&self, chunks: impl IntoIterator<Item = u64>) -> Frozen {
+        Frozen(
+            chunks
+                .into_iter()
+                .filter_map(|c| match self.chunks.get(c as usize) {
+                    Some(Chunk::Map(slots)) => Some((c, slots.clone())),
+                    _ => None,
+                })
+                .collect(),
+        )
     }
 
     fn uncount(live: &mut [u64], old: Slot) {
@@ -188,14 +228,14 @@ impl Index {
                     Chunk::Zero => Lookup::Zero,
                     _ => Lookup::Base,
                 });
-                *uniform = Chunk::Map(vec![fill; CHUNK as usize].into_boxed_slice());
+                *uniform = Chunk::Map(vec![fill; CHUNK as usize].into());
                 match uniform {
                     Chunk::Map(slots) => slots,
                     _ => unreachable!(),
                 }
             }
         };
-        let slot = &mut slots[(b % CHUNK) as usize];
+        let slot = &mut Arc::make_mut(slots)[(b % CHUNK) as usize];
         Self::uncount(&mut self.live, *slot);
         *slot = Slot::pack(l);
         if let Lookup::Data { layer, .. } = l {
@@ -300,12 +340,39 @@ mod tests {
         assert_eq!((ix.live(0), ix.live(2)), (10, 0));
         ix.zero(CHUNK + 5, 100); // part of a chunk
         assert_eq!(ix.live(0), 5);
-        let mut out = Vec::new();
-        ix.collect(1, 0, &mut out);
+        let out = ix.freeze([1]).collect(0);
         assert_eq!(
             out.iter().map(|e| e.block).collect::<Vec<_>>(),
             (CHUNK..CHUNK + 5).collect::<Vec<_>>()
         );
         assert_eq!(out[0].offset, CHUNK + 1);
+    }
+
+    #[test]
+    fn frozen_chunks_keep_their_content_while_the_index_changes() {
+        let mut ix = Index::new(3 * CHUNK);
+        let d = |layer, offset| Lookup::Data {
+            layer,
+            offset,
+            len: 4096,
+            crc: offset as u32,
+        };
+        for b in 0..2 * CHUNK {
+            ix.set(b, d(0, b + 1));
+        }
+        let frozen = ix.freeze([0, 1, 2]); // chunk 2 is uniform: skipped
+        ix.set(5, d(1, 7)); // copies chunk 0
+        ix.zero(CHUNK, CHUNK); // drops chunk 1
+        ix.set(CHUNK + 3, d(1, 8));
+        let was = frozen.collect(0);
+        assert_eq!(was.len() as u64, 2 * CHUNK);
+        assert!(was.iter().enumerate().all(|(i, e)| e.block == i as u64
+            && e.offset == i as u64 + 1
+            && e.crc == i as u32 + 1));
+        assert!(frozen.collect(1).is_empty());
+        assert_eq!(ix.get(5), d(1, 7));
+        assert_eq!(ix.get(6), d(0, 7));
+        assert_eq!(ix.get(CHUNK + 2), Lookup::Zero);
+        assert_eq!((ix.live(0), ix.live(1)), (CHUNK - 1, 2));
     }
 }

@@ -704,7 +704,34 @@ impl Ctx {
         }
     }
 
+    /// Makes the pool's spare head layers again, on a thread, in a server
+    /// (a command without one ends before it could use them).
+    fn spares_later(&self) {
+        if self.served.is_some() {
+            let pool = self.pool.clone();
+            std::thread::spawn(move || {
+                if let Err(e) = pool.make_spares() {
+                    tracing::warn!("making a spare head layer: {e}");
+                }
+            });
+        }
+    }
+
     fn execute(&self, req: &Request) -> Result<Response> {
+        let r = self.execute_request(req);
+        if matches!(
+            req,
+            Request::Create { .. }
+                | Request::Snapshot { .. }
+                | Request::Rollback { .. }
+                | Request::Clone { .. }
+        ) {
+            self.spares_later();
+        }
+        r
+    }
+
+    fn execute_request(&self, req: &Request) -> Result<Response> {
         match req {
             Request::Create {
                 name,
@@ -1108,8 +1135,11 @@ pub fn serve(paths: &Paths) -> Result<()> {
             compactions: Default::default(),
         }),
     };
-    // Free what earlier crashes, rollbacks and removals left.
+    // Free what earlier crashes, rollbacks and removals left, and have a
+    // spare head ready for the first snapshot or rollback.
     ctx.reclaim_later();
+    ctx.pool.want_spare(false);
+    ctx.spares_later();
     let listener = bind(paths).map_err(super::io_err("binding the control socket"))?;
     listener
         .set_nonblocking(true)

@@ -8,6 +8,10 @@
 //!   appended in one order and a flush's sync completes before the next
 //!   record is appended (the replay argument in `layer.rs` needs this).
 //!   Compaction holds it only to seal the head and to switch stacks.
+//!   Sealing the head (snapshot, compaction) freezes the index chunks the
+//!   head wrote in (shared copy-on-write, [`Frozen`]) instead of copying
+//!   its entries, so the head lock is held for a time that does not grow
+//!   with the data; the sealed layer's index file is made from them later.
 //! - `mapped` (a read-write lock): the open layer files and the merged
 //!   index. Reads hold it shared; writers hold it exclusively only to update
 //!   the index after their records are in the file, so a read never sees a
@@ -31,7 +35,7 @@ use super::backend::{Backend, BackendFile};
 use super::compact::{self, Job, Source};
 use super::filtered;
 use super::format::{BS, Kind, LAYER_HEADER_LEN, RECORD_HEADER_LEN, WRITE_RECORD_LEN};
-use super::index::{CHUNK, Index, Lookup, MAX_LAYERS};
+use super::index::{CHUNK, Frozen, Index, Lookup, MAX_LAYERS};
 use super::layer::{self, Head, Pos, Rec, Staged, layer_path};
 use super::layer_index::{self, Entry, LayerIndex, Net, coalesce};
 use super::meta::{self, SnapshotInfo, SnapshotMeta, VolumeMeta};
@@ -123,6 +127,40 @@ struct HeadState {
     /// A bit per chunk of the merged index where the head wrote: where its
     /// blocks are when it is sealed and its index is made.
     touched: Vec<u64>,
+}
+
+/// A head just sealed: what its index file needs, taken under the head lock
+/// at a cost that does not grow with its data (its blocks stay in frozen
+/// chunks of the merged index until [`Sealed::index`] collects them).
+#[derive(Debug)]
+struct Sealed {
+    id: u64,
+    /// Its slot in the merged index when it was sealed.
+    slot: u32,
+    filtered: bool,
+    len: u64,
+    last_crc: u32,
+    writes: u64,
+    discards: Vec<(u64, u64)>,
+    frozen: Frozen,
+}
+
+impl Sealed {
+    /// The sealed layer's net content (for its index file).
+    fn index(self) -> LayerIndex {
+        let entries = self.frozen.collect(self.slot);
+        let mut discards = self.discards;
+        coalesce(&mut discards);
+        LayerIndex {
+            id: self.id,
+            filtered: self.filtered,
+            len: self.len,
+            last_crc: self.last_crc,
+            writes: self.writes,
+            discards,
+            entries,
+        }
+    }
 }
 
 impl HeadState {
@@ -459,7 +497,7 @@ impl Volume {
             let mut h = self.lock_head()?;
             self.seal_locked(&mut h, Some(name))?
         };
-        self.write_index(&sealed);
+        self.write_index(&sealed.index());
         Ok(())
     }
 
@@ -477,10 +515,11 @@ impl Volume {
         let backend = self.reg.shared.backend.clone();
         let volume = self.name().to_string();
         std::thread::spawn(move || {
-            if let Err(e) = layer_index::write(&*backend, &sealed) {
+            let ix = sealed.index();
+            if let Err(e) = layer_index::write(&*backend, &ix) {
                 tracing::warn!(
                     "volume {volume:?}: cannot write the index of layer {}: {e} (the layer will be replayed when needed)",
-                    sealed.id
+                    ix.id
                 );
             }
         });
@@ -569,7 +608,7 @@ impl Volume {
 
         // 2. Flush, and seal the head so that its garbage can go too.
         let mut report = CompactReport::default();
-        let (mut sealed, ids) = {
+        let (sealed, ids) = {
             let mut h = self.lock_head()?;
             self.flush_locked(&mut h)?;
             let garbage = self.stats_locked(&h).garbage_bytes;
@@ -585,6 +624,7 @@ impl Volume {
             };
             (sealed, self.read_mapped().ids())
         };
+        let mut sealed = sealed.map(Sealed::index);
         if let Some(ix) = &sealed {
             self.write_index(ix);
         }
@@ -814,9 +854,9 @@ impl Volume {
 
     /// Flushes and seals the head: writes the metadata with the head sealed
     /// (and in a new snapshot `snapshot`, if given) under a new empty head,
-    /// and switches to that head. Returns the sealed layer's net content,
-    /// for its index file (written by the caller, without the head lock).
-    fn seal_locked(&self, h: &mut HeadState, snapshot: Option<&str>) -> Result<LayerIndex> {
+    /// and switches to that head. Returns what the sealed layer's index file
+    /// needs (written by the caller, without the head lock).
+    fn seal_locked(&self, h: &mut HeadState, snapshot: Option<&str>) -> Result<Sealed> {
         self.flush_locked(h)?;
         let mut st = lock(&self.reg.shared.state);
         let mut m = self.read_meta()?;
@@ -834,8 +874,7 @@ impl Volume {
                 self.name()
             )));
         }
-        let id = st.new_layer_id();
-        let file = layer::create(self.backend(), id, self.chain.is_some())?;
+        let (id, file) = st.new_head(self.backend(), self.chain.is_some())?;
         if let Some(name) = snapshot {
             let layers = m.layers.clone();
             m.snapshots.push(SnapshotMeta {
@@ -880,30 +919,31 @@ impl Volume {
         Ok(sealed)
     }
 
-    /// The net content of the head (flushed), from the merged index.
-    fn capture(&self, h: &HeadState) -> LayerIndex {
+    /// The head's (flushed) content, from the merged index: the chunks it
+    /// wrote in are frozen, not copied, so this takes constant time per
+    /// 4 MiB chunk the head touched.
+    fn capture(&self, h: &mut HeadState) -> Sealed {
         debug_assert_eq!(h.head.pending, 0);
         let m = self.read_mapped();
-        let slot = m.head_slot();
-        let mut entries = Vec::new();
-        for (w, &bits) in h.touched.iter().enumerate() {
+        let touched = h.touched.iter().enumerate().flat_map(|(w, &bits)| {
             let mut bits = bits;
-            while bits != 0 {
-                let chunk = w as u64 * 64 + u64::from(bits.trailing_zeros());
-                m.index.collect(chunk, slot, &mut entries);
-                bits &= bits - 1;
-            }
-        }
-        let mut discards = h.discards.clone();
-        coalesce(&mut discards);
-        LayerIndex {
+            std::iter::from_fn(move || {
+                (bits != 0).then(|| {
+                    let chunk = w as u64 * 64 + u64::from(bits.trailing_zeros());
+                    bits &= bits - 1;
+                    chunk
+                })
+            })
+        });
+        Sealed {
             id: h.head.id,
+            slot: m.head_slot(),
             filtered: self.chain.is_some(),
             len: h.head.next.end,
             last_crc: h.head.last_crc,
             writes: h.writes,
-            discards,
-            entries,
+            discards: std::mem::take(&mut h.discards),
+            frozen: m.index.freeze(touched),
         }
     }
 

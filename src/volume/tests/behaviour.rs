@@ -554,3 +554,39 @@ fn snapshot_with_the_index_written_in_the_background() {
     let v = pool.open_volume("v").unwrap();
     assert!(read(&v, MIB, data.len() as u64) == data);
 }
+
+/// A spare head made ahead ([`Pool::make_spares`]) is what the next
+/// snapshot or rollback takes: two syncs fewer on its path (no layer file
+/// created), and reclaim leaves it alone while the pool is open; once the
+/// pool is closed, an unused spare is garbage.
+#[test]
+fn spare_heads_save_two_syncs_and_are_garbage_only_once_closed() {
+    let (mem, pool) = mem_pool(7);
+    pool.create_volume("v", &VolumeOptions::new(16 * MIB))
+        .unwrap();
+    let v = pool.open_volume("v").unwrap();
+    v.write_at(0, &block(1)).unwrap();
+    let without = cost(&mem, || v.snapshot("a").unwrap());
+    pool.make_spares().unwrap();
+    let spare = *layer_files(&mem).iter().max().unwrap();
+    assert_eq!(pool.reclaim().unwrap().layers, 0, "a spare is pinned");
+    assert!(layer_files(&mem).contains(&spare));
+    v.write_at(0, &block(2)).unwrap();
+    let with = cost(&mem, || v.snapshot("b").unwrap());
+    assert_eq!(v.stats().layers.last(), Some(&spare));
+    assert_eq!(with.syncs + 2, without.syncs, "{with:?} vs {without:?}");
+    pool.make_spares().unwrap();
+    let spare = *layer_files(&mem).iter().max().unwrap();
+    v.rollback("a").unwrap();
+    assert_eq!(v.stats().layers.last(), Some(&spare));
+    assert_eq!(read(&v, 0, BS), block(1));
+    pool.make_spares().unwrap();
+    let unused = *layer_files(&mem).iter().max().unwrap();
+    v.close().unwrap();
+    drop(pool);
+    let pool = Pool::with_backend(Arc::new(mem.clone())).unwrap();
+    pool.reclaim().unwrap();
+    assert!(!layer_files(&mem).contains(&unused));
+    let v = pool.open_volume("v").unwrap();
+    assert_eq!(read(&v, 0, BS), block(1));
+}

@@ -189,6 +189,9 @@ pub(super) fn crash_at_every_step(
                         h.run(Op::Write); // garbage for it to free
                     }
                 }
+                if (seed + k) % 2 == 1 {
+                    h.make_spares(); // the operation takes a spare head
+                }
                 h.mem.as_ref().unwrap().fail_after(k);
                 h.strict = false;
                 let before = h.stats.compactions;

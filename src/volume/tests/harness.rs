@@ -631,9 +631,21 @@ impl Harness {
     }
 
     fn reclaim(&mut self) {
+        if self.rng.chance(1, 2) {
+            return self.make_spares();
+        }
         self.note("reclaim".into());
         if let Err(e) = self.pool.reclaim() {
             self.failure("reclaim", e, vec![]);
+        }
+    }
+
+    /// Makes the pool's spare heads: the next snapshot, rollback, clone or
+    /// volume creation takes one instead of creating its head layer.
+    pub fn make_spares(&mut self) {
+        self.note("make spare heads".into());
+        if let Err(e) = self.pool.make_spares() {
+            self.failure("making spare heads", e, vec![]);
         }
     }
 
