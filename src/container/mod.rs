@@ -396,6 +396,7 @@ impl Containers {
         // Steps, undone in reverse on failure.
         let mut undo = Undo::new(self, name);
         if !crate::mount::is_mountpoint(&lower) {
+            let _s = tracing::debug_span!("image").entered();
             let store = Store::open(&self.paths.store, LockMode::Shared)?;
             let id = crate::store::ObjectId::from_hex(&c.image_id).map_err(|_| {
                 StoreError::Damaged(format!("container {name}: bad image ID {}", c.image_id))
@@ -403,6 +404,7 @@ impl Containers {
             crate::mount::mount_kernel(&store, &id, &c.image, &lower)?;
         }
         undo.lower = true;
+        let attach_span = tracing::debug_span!("attach").entered();
         let device = match call(
             &self.paths,
             &Request::Attach {
@@ -418,7 +420,9 @@ impl Containers {
             }
         };
         undo.volume = Some(c.volume.clone());
+        drop(attach_span);
         if !crate::mount::is_mountpoint(&fs) {
+            let _s = tracing::debug_span!("ext4").entered();
             rustix::mount::mount(
                 device.as_str(),
                 &fs,
@@ -434,6 +438,7 @@ impl Containers {
             })?;
         }
         undo.fs = true;
+        let _s = tracing::debug_span!("overlay").entered();
         overlay(&lower, &fs.join("upper"), &fs.join("work"), &target)
             .map_err(|e| ContainerError::Mount(name.into(), e))?;
         undo.disarm();
@@ -450,6 +455,7 @@ impl Containers {
         if let Some(mp) = &c.mountpoint
             && crate::mount::is_mountpoint(mp)
         {
+            let _s = tracing::debug_span!("overlay").entered();
             unmount(mp).map_err(|e| ContainerError::Umount(name.into(), e))?;
         }
         self.teardown(name, &c.volume, &work.join("fs"), &work.join("lower"))?;
@@ -459,8 +465,10 @@ impl Containers {
 
     fn teardown(&self, name: &str, volume: &str, fs: &Path, lower: &Path) -> Result<()> {
         if crate::mount::is_mountpoint(fs) {
+            let _s = tracing::debug_span!("ext4").entered();
             unmount(fs).map_err(|e| ContainerError::Umount(name.into(), e))?;
         }
+        let detach_span = tracing::debug_span!("detach").entered();
         match call(
             &self.paths,
             &Request::Detach {
@@ -471,7 +479,9 @@ impl Containers {
             Err(ContainerError::Volume(e)) if e.code() == "FK0716" => {}
             Err(e) => return Err(e),
         }
+        drop(detach_span);
         if crate::mount::is_mountpoint(lower) {
+            let _s = tracing::debug_span!("image").entered();
             crate::mount::umount(&self.paths.store, lower)?;
         }
         Ok(())

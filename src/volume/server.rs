@@ -486,6 +486,7 @@ impl Served {
         if session.is_some() {
             return Ok(());
         }
+        let _s = tracing::debug_span!("fuse-mount").entered();
         let mut config = fuser::Config::default();
         config.mount_options = vec![
             fuser::MountOption::FSName(format!("fukastor-volumes@{}", paths.store.display())),
@@ -511,6 +512,7 @@ impl Served {
     fn unmount_if_unused(&self) {
         if super::lock(&self.devices).is_empty() && self.disks.names().is_empty() {
             // Dropping the session unmounts and joins its threads.
+            let _s = tracing::debug_span!("fuse-unmount").entered();
             drop(super::lock(&self.session).take());
         }
     }
@@ -771,7 +773,10 @@ impl Ctx {
                 }
                 let volume = match self.compacting_volume(name) {
                     Some(v) => v,
-                    None => Arc::new(self.pool.open_volume(name)?),
+                    None => {
+                        let _s = tracing::debug_span!("open").entered();
+                        Arc::new(self.pool.open_volume(name)?)
+                    }
                 };
                 if let Err(e) = served.mount(&self.paths) {
                     let _ = volume.flush();
@@ -779,7 +784,11 @@ impl Ctx {
                 }
                 served.disks.insert(name, volume);
                 let file = self.paths.mnt.join(name);
-                match loopdev::attach(&file) {
+                let attached = {
+                    let _s = tracing::debug_span!("loop").entered();
+                    loopdev::attach(&file)
+                };
+                match attached {
                     Ok(device) => {
                         super::lock(&served.devices).insert(name.clone(), device.clone());
                         tracing::info!("attached {name} as {device}");
@@ -820,10 +829,16 @@ impl Ctx {
                             .join(", "),
                     });
                 }
-                loopdev::detach(&device)?;
+                {
+                    let _s = tracing::debug_span!("loop").entered();
+                    loopdev::detach(&device)?;
+                }
                 super::lock(&served.devices).remove(name);
                 let volume = served.disks.remove(name);
-                let flushed = volume.as_ref().map_or(Ok(()), |v| v.flush());
+                let flushed = {
+                    let _s = tracing::debug_span!("flush").entered();
+                    volume.as_ref().map_or(Ok(()), |v| v.flush())
+                };
                 served.unmount_if_unused();
                 flushed?;
                 tracing::info!("detached {name} ({device})");
@@ -1209,7 +1224,7 @@ fn handle(ctx: &Ctx, stream: UnixStream, stopping: bool) {
                 }
             }
             Ok(req) => {
-                tracing::debug!("request {req:?}");
+                let _s = tracing::debug_span!("request", ?req).entered();
                 ctx.execute(&req).unwrap_or_else(|e| error_response(&e))
             }
         },
