@@ -141,6 +141,11 @@ pub fn run(store_root: &Path, image: &str, opts: &RunOptions) -> Result<i32> {
     let _span = tracing::debug_span!("run").entered();
     which_crun()?;
     let containers = Containers::new(store_root);
+    // The container's mount will need the volume server: start it now, so
+    // that it gets ready while the container is created.
+    if let Err(e) = crate::volume::server::start(containers.paths()) {
+        tracing::debug!("starting the volume server early: {e}");
+    }
     let c = {
         let _s = tracing::debug_span!("create").entered();
         containers.create(image, opts.name.as_deref(), opts.size)?
@@ -170,7 +175,11 @@ fn run_created(
     };
     let rootfs = {
         let _s = tracing::debug_span!("mount").entered();
-        containers.mount(name, None)?
+        if opts.rm {
+            containers.mount_disposable(name)?
+        } else {
+            containers.mount(name, None)?
+        }
     };
     let result = (|| {
         let bundle_span = tracing::debug_span!("bundle").entered();
