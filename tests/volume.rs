@@ -1152,7 +1152,11 @@ fn the_export_outlives_detach_and_a_dead_one_is_cleared() {
     st.ok(["volume", "create", "v", "--size", "128M"]);
     // Within the attributes' 1 s TTL, with the same server.
     let dev = attach(&st, "v");
-    assert_eq!(st.live_server(), pid, "the server changed between the attaches");
+    assert_eq!(
+        st.live_server(),
+        pid,
+        "the server changed between the attaches"
+    );
     assert_eq!(
         blockdev("--getsize64", &dev),
         128 * MIB,
@@ -1167,7 +1171,10 @@ fn the_export_outlives_detach_and_a_dead_one_is_cleared() {
         mnt.display()
     );
     kill9(pid);
-    assert!(wait_gone(pid, Duration::from_secs(10)), "the server survived SIGKILL");
+    assert!(
+        wait_gone(pid, Duration::from_secs(10)),
+        "the server survived SIGKILL"
+    );
     let dev = attach(&st, "v");
     assert_eq!(blockdev("--getsize64", &dev), 128 * MIB);
     detach(&st, "v");

@@ -280,7 +280,8 @@ impl Containers {
             .list()?
             .into_iter()
             .map(|c| {
-                let rootfs = Some(self.mountpoint_of(&c)).filter(|m| crate::mount::is_mountpoint(m));
+                let rootfs =
+                    Some(self.mountpoint_of(&c)).filter(|m| crate::mount::is_mountpoint(m));
                 ContainerEntry {
                     state: if rootfs.is_some() {
                         "mounted"

@@ -79,7 +79,11 @@ fn loop_ioctl(fd: &OwnedFd, request: u32, arg: Option<&sys::LoopConfig>) -> std:
 }
 
 fn open(path: &Path, flags: OFlags) -> std::io::Result<OwnedFd> {
-    Ok(rustix::fs::open(path, flags | OFlags::CLOEXEC, Mode::empty())?)
+    Ok(rustix::fs::open(
+        path,
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
 }
 
 /// Binds a free loop device to `file` with 4096-byte sectors, with direct
@@ -135,11 +139,16 @@ fn configure(file: &Path, direct: bool) -> std::io::Result<String> {
 /// returns the device path. Falls back to buffered I/O (with a log line)
 /// when the kernel refuses direct I/O on the file.
 pub fn attach(file: &Path) -> Result<String> {
-    let failed = |e: std::io::Error| VolumeError::Loop(format!("binding a loop device to {}: {e}", file.display()));
+    let failed = |e: std::io::Error| {
+        VolumeError::Loop(format!("binding a loop device to {}: {e}", file.display()))
+    };
     match configure(file, true) {
         Ok(dev) => Ok(dev),
         Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
-            tracing::warn!("a loop device with direct I/O on {} failed ({e}); using buffered I/O", file.display());
+            tracing::warn!(
+                "a loop device with direct I/O on {} failed ({e}); using buffered I/O",
+                file.display()
+            );
             configure(file, false).map_err(failed)
         }
         Err(e) => Err(failed(e)),
