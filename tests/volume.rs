@@ -6,6 +6,10 @@
 //!   device, size, 4096-byte sectors, direct I/O, backed by the server's
 //!   file), data surviving detach/attach, refusals (rm while attached, bad
 //!   sizes and names, duplicates) with FK07 codes, `--base FILE`.
+//! - The export (the server's FUSE mount) outlives a detach: a volume
+//!   attached again under the name just detached has its own size; a server
+//!   SIGKILLed while nothing is attached leaves a dead export that the next
+//!   server clears.
 //! - Crash: ext4 on a volume, a writer that fsyncs file after file and logs
 //!   each completed fsync on another filesystem, the volume server SIGKILLed
 //!   at seeded random moments (`FUKASTOR_TEST_SEED` repeats a run); after
@@ -1128,6 +1132,56 @@ while :; do
     i=$((i + 1))
 done
 "#;
+
+/// The server keeps its FUSE export mounted from the first attach until it
+/// stops. A volume attached again under a name just detached (same inode
+/// in the export) gets a loop device of its own size, not the cached one;
+/// and a server killed while nothing is attached leaves a dead export that
+/// the next server clears before it serves.
+#[test]
+fn the_export_outlives_detach_and_a_dead_one_is_cleared() {
+    let _serial = serial();
+    require_volumes();
+    let st = VStore::new();
+    st.ok(["volume", "create", "v", "--size", "64M"]);
+    let dev = attach(&st, "v");
+    assert_eq!(blockdev("--getsize64", &dev), 64 * MIB);
+    let pid = st.live_server();
+    detach(&st, "v");
+    st.ok(["volume", "rm", "v"]);
+    st.ok(["volume", "create", "v", "--size", "128M"]);
+    // Within the attributes' 1 s TTL, with the same server.
+    let dev = attach(&st, "v");
+    assert_eq!(
+        st.live_server(),
+        pid,
+        "the server changed between the attaches"
+    );
+    assert_eq!(
+        blockdev("--getsize64", &dev),
+        128 * MIB,
+        "{} has the size of the volume detached before it",
+        dev.display()
+    );
+    detach(&st, "v");
+    let mnt = st.path().join("fukastor/vserve/mnt");
+    assert!(
+        mount_at(&mnt).is_some(),
+        "the export is no longer mounted at {} after the detach (the server still runs)",
+        mnt.display()
+    );
+    kill9(pid);
+    assert!(
+        wait_gone(pid, Duration::from_secs(10)),
+        "the server survived SIGKILL"
+    );
+    let dev = attach(&st, "v");
+    assert_eq!(blockdev("--getsize64", &dev), 128 * MIB);
+    detach(&st, "v");
+    st.ok(["volume", "rm", "v"]);
+    st.assert_server_exits("after the last detach");
+    st.assert_fsck_clean();
+}
 
 fn writer_content(tag: &str, i: u64, n: usize) -> Vec<u8> {
     let line = format!("{tag}-{i}\n");

@@ -268,14 +268,21 @@ pub fn main() -> i32 {
         (_, 1) => "info",
         _ => "debug",
     };
-    let _ = tracing_subscriber::fmt()
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_env("FUKASTOR_LOG")
-                .unwrap_or_else(|_| level.into()),
-        )
+    let explicit = tracing_subscriber::EnvFilter::try_from_env("FUKASTOR_LOG");
+    let timed = explicit.is_ok();
+    let logger = tracing_subscriber::fmt()
+        .with_env_filter(explicit.unwrap_or_else(|_| level.into()))
         .with_writer(std::io::stderr)
-        .without_time()
-        .try_init();
+        // Spans (debug level: the steps of `run` and of the volume
+        // server's requests) print their duration when they close.
+        .with_span_events(tracing_subscriber::fmt::format::FmtSpan::CLOSE);
+    // Timestamps (and span durations) only when FUKASTOR_LOG asks for a
+    // filter: the plain messages of -v stay short.
+    let _ = if timed {
+        logger.try_init()
+    } else {
+        logger.without_time().try_init()
+    };
     let result = match &cli.command {
         Command::Run {
             rm,

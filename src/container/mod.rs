@@ -20,11 +20,17 @@
 //! A crash between leaves a volume `ctr.<name>` without a record; the next
 //! `create` of that name removes it first.
 //!
-//! `mount`: image at `lower`, attach the volume, ext4 at `fs`, overlay at
-//! the mountpoint, then the record names the mountpoint. A failure undoes
-//! the steps already done, in reverse. A crash leaves some of these mounts;
+//! `mount`: image at `lower` (on a thread) while the volume is attached and
+//! its ext4 mounted at `fs`, then the overlay at the mountpoint; the record
+//! names the mountpoint only when it is not the default `rootfs` (so
+//! mounting and unmounting there write no record). A failure undoes the
+//! steps already done, in reverse. A crash leaves some of these mounts;
 //! `container umount` (and `rm --force`) undoes whatever it finds, each
-//! step tolerating the ones already gone.
+//! step tolerating the ones already gone. `umount` unmounts the overlay and
+//! the ext4, then detaches the volume while the image is unmounted.
+//!
+//! `run --rm` mounts with [`Containers::mount_disposable`]: ext4
+//! `nobarrier`, so the container costs the volume one flush, at its detach.
 
 use std::path::{Path, PathBuf};
 
@@ -132,7 +138,9 @@ pub struct Container {
     pub size: u64,
     /// Unix seconds.
     pub created: u64,
-    /// Where its root filesystem is mounted, when it is.
+    /// Where its root filesystem is mounted, when it is mounted somewhere
+    /// else than its own `rootfs` directory (`container mount NAME DIR`);
+    /// `None`: there, when it is mounted (the mount table tells).
     pub mountpoint: Option<PathBuf>,
 }
 
@@ -272,10 +280,8 @@ impl Containers {
             .list()?
             .into_iter()
             .map(|c| {
-                let rootfs = c
-                    .mountpoint
-                    .clone()
-                    .filter(|m| crate::mount::is_mountpoint(m));
+                let rootfs =
+                    Some(self.mountpoint_of(&c)).filter(|m| crate::mount::is_mountpoint(m));
                 ContainerEntry {
                     state: if rootfs.is_some() {
                         "mounted"
@@ -360,23 +366,51 @@ impl Containers {
         Ok(c)
     }
 
+    /// Where container `c`'s root filesystem is mounted when it is: the
+    /// mountpoint its record names, else its own `rootfs` directory.
+    fn mountpoint_of(&self, c: &Container) -> PathBuf {
+        c.mountpoint
+            .clone()
+            .unwrap_or_else(|| self.work_dir(&c.name).join("rootfs"))
+    }
+
     /// Mounts container `name`'s root filesystem at `mountpoint` (default:
     /// its `rootfs` directory); returns the mountpoint. Mounting a mounted
-    /// container returns where it is.
+    /// container returns where it is. The record is written only for a
+    /// mountpoint other than the default.
     pub fn mount(&self, name: &str, mountpoint: Option<&Path>) -> Result<PathBuf> {
+        self.mount_with(name, mountpoint, false)
+    }
+
+    /// Mounts container `name` at its `rootfs` for a run after which it is
+    /// removed (`run --rm`): its ext4 is mounted `nobarrier`, so neither it
+    /// nor the unmounts send the volume a flush (each one an `fdatasync` of
+    /// the volume's layer on the host); the detach flushes once. A crash
+    /// before that detach leaves the volume as it was cloned (volumes keep
+    /// what their last flush committed, nothing after it): a container the
+    /// crash left behind comes back empty, never torn; what its processes
+    /// fsynced is not kept, as it would not have been by the removal.
+    pub fn mount_disposable(&self, name: &str) -> Result<PathBuf> {
+        self.mount_with(name, None, true)
+    }
+
+    fn mount_with(
+        &self,
+        name: &str,
+        mountpoint: Option<&Path>,
+        disposable: bool,
+    ) -> Result<PathBuf> {
         let mut c = self.get(name)?;
-        if let Some(mp) = c
-            .mountpoint
-            .clone()
-            .filter(|m| crate::mount::is_mountpoint(m))
-        {
-            return Ok(mp);
+        let current = self.mountpoint_of(&c);
+        if crate::mount::is_mountpoint(&current) {
+            return Ok(current);
         }
         let work = self.work_dir(name);
         let (lower, fs) = (work.join("lower"), work.join("fs"));
+        let default = work.join("rootfs");
         let target = match mountpoint {
             Some(m) => m.to_path_buf(),
-            None => work.join("rootfs"),
+            None => default.clone(),
         };
         for d in [&lower, &fs] {
             std::fs::create_dir_all(d).map_err(|e| StoreError::Io {
@@ -393,16 +427,59 @@ impl Containers {
         let target = std::fs::canonicalize(&target).map_err(|e| {
             ContainerError::Mount(name.into(), format!("mountpoint {}: {e}", target.display()))
         })?;
-        // Steps, undone in reverse on failure.
+        // Steps, undone in reverse on failure. The image mount (here) and
+        // the attach (the volume server) need nothing from each other: the
+        // image is mounted on a thread while the volume is attached and its
+        // ext4 mounted.
         let mut undo = Undo::new(self, name);
-        if !crate::mount::is_mountpoint(&lower) {
+        let image = || -> Result<()> {
+            if crate::mount::is_mountpoint(&lower) {
+                return Ok(());
+            }
+            let _s = tracing::debug_span!("image").entered();
             let store = Store::open(&self.paths.store, LockMode::Shared)?;
             let id = crate::store::ObjectId::from_hex(&c.image_id).map_err(|_| {
                 StoreError::Damaged(format!("container {name}: bad image ID {}", c.image_id))
             })?;
             crate::mount::mount_kernel(&store, &id, &c.image, &lower)?;
+            Ok(())
+        };
+        let (image, volume) = std::thread::scope(|s| {
+            let image = s.spawn(image);
+            let volume = self.attach_fs(&c, &fs, disposable, &mut undo);
+            let image = image
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (image, volume)
+        });
+        undo.lower = image.is_ok();
+        image?;
+        volume?;
+        {
+            let _s = tracing::debug_span!("overlay").entered();
+            overlay(&lower, &fs.join("upper"), &fs.join("work"), &target)
+                .map_err(|e| ContainerError::Mount(name.into(), e))?;
         }
-        undo.lower = true;
+        undo.disarm();
+        let recorded = (target != default).then_some(target.clone());
+        if c.mountpoint != recorded {
+            c.mountpoint = recorded;
+            self.put(&c)?;
+        }
+        Ok(target)
+    }
+
+    /// Attaches container `c`'s volume and mounts its ext4 at `fs`
+    /// (`nobarrier` when `disposable`), noting each step done in `undo`.
+    fn attach_fs(
+        &self,
+        c: &Container,
+        fs: &Path,
+        disposable: bool,
+        undo: &mut Undo<'_>,
+    ) -> Result<()> {
+        let name = c.name.as_str();
+        let attach_span = tracing::debug_span!("attach").entered();
         let device = match call(
             &self.paths,
             &Request::Attach {
@@ -418,13 +495,15 @@ impl Containers {
             }
         };
         undo.volume = Some(c.volume.clone());
-        if !crate::mount::is_mountpoint(&fs) {
+        drop(attach_span);
+        if !crate::mount::is_mountpoint(fs) {
+            let _s = tracing::debug_span!("ext4").entered();
             rustix::mount::mount(
                 device.as_str(),
-                &fs,
+                fs,
                 "ext4",
                 rustix::mount::MountFlags::NOATIME,
-                None,
+                disposable.then_some(c"nobarrier"),
             )
             .map_err(|e| {
                 ContainerError::Mount(
@@ -434,12 +513,7 @@ impl Containers {
             })?;
         }
         undo.fs = true;
-        overlay(&lower, &fs.join("upper"), &fs.join("work"), &target)
-            .map_err(|e| ContainerError::Mount(name.into(), e))?;
-        undo.disarm();
-        c.mountpoint = Some(target.clone());
-        self.put(&c)?;
-        Ok(target)
+        Ok(())
     }
 
     /// Unmounts container `name`: overlay, ext4, volume, image, each one
@@ -447,34 +521,55 @@ impl Containers {
     pub fn umount(&self, name: &str) -> Result<()> {
         let mut c = self.get(name)?;
         let work = self.work_dir(name);
-        if let Some(mp) = &c.mountpoint
-            && crate::mount::is_mountpoint(mp)
-        {
-            unmount(mp).map_err(|e| ContainerError::Umount(name.into(), e))?;
+        let mp = self.mountpoint_of(&c);
+        if crate::mount::is_mountpoint(&mp) {
+            let _s = tracing::debug_span!("overlay").entered();
+            unmount(&mp).map_err(|e| ContainerError::Umount(name.into(), e))?;
         }
         self.teardown(name, &c.volume, &work.join("fs"), &work.join("lower"))?;
+        if c.mountpoint.is_none() {
+            return Ok(());
+        }
         c.mountpoint = None;
         self.put(&c)
     }
 
+    /// Unmounts the ext4, then detaches the volume (the volume server) and
+    /// unmounts the image (here, on a thread) at the same time.
     fn teardown(&self, name: &str, volume: &str, fs: &Path, lower: &Path) -> Result<()> {
         if crate::mount::is_mountpoint(fs) {
+            let _s = tracing::debug_span!("ext4").entered();
             unmount(fs).map_err(|e| ContainerError::Umount(name.into(), e))?;
         }
-        match call(
-            &self.paths,
-            &Request::Detach {
-                name: volume.into(),
-            },
-        ) {
-            Ok(_) => {}
-            Err(ContainerError::Volume(e)) if e.code() == "FK0716" => {}
-            Err(e) => return Err(e),
-        }
-        if crate::mount::is_mountpoint(lower) {
-            crate::mount::umount(&self.paths.store, lower)?;
-        }
-        Ok(())
+        let image = || -> Result<()> {
+            if crate::mount::is_mountpoint(lower) {
+                let _s = tracing::debug_span!("image").entered();
+                crate::mount::umount(&self.paths.store, lower)?;
+            }
+            Ok(())
+        };
+        let (detached, image) = std::thread::scope(|s| {
+            let image = s.spawn(image);
+            let detached = {
+                let _s = tracing::debug_span!("detach").entered();
+                match call(
+                    &self.paths,
+                    &Request::Detach {
+                        name: volume.into(),
+                    },
+                ) {
+                    Ok(_) => Ok(()),
+                    Err(ContainerError::Volume(e)) if e.code() == "FK0716" => Ok(()),
+                    Err(e) => Err(e),
+                }
+            };
+            let image = image
+                .join()
+                .unwrap_or_else(|p| std::panic::resume_unwind(p));
+            (detached, image)
+        });
+        detached?;
+        image
     }
 
     /// Removes container `name` and its volume. A mounted container is
@@ -482,10 +577,7 @@ impl Containers {
     pub fn remove(&self, name: &str, force: bool) -> Result<()> {
         let c = self.get(name)?;
         let work = self.work_dir(name);
-        let mounted = c
-            .mountpoint
-            .as_ref()
-            .is_some_and(|m| crate::mount::is_mountpoint(m))
+        let mounted = crate::mount::is_mountpoint(&self.mountpoint_of(&c))
             || crate::mount::is_mountpoint(&work.join("fs"))
             || crate::mount::is_mountpoint(&work.join("lower"));
         if mounted && !force {
@@ -519,10 +611,7 @@ impl Containers {
         match self.get(target) {
             Ok(c) => {
                 if need_unmounted
-                    && (c
-                        .mountpoint
-                        .as_ref()
-                        .is_some_and(|m| crate::mount::is_mountpoint(m))
+                    && (crate::mount::is_mountpoint(&self.mountpoint_of(&c))
                         || crate::mount::is_mountpoint(&self.work_dir(target).join("fs")))
                 {
                     return Err(ContainerError::Mounted(target.into()));

@@ -6,7 +6,9 @@
 //! `umount` or by a server that unmounts on SIGTERM. A file whose mount is
 //! gone from the mount table is stale and is ignored (and removed by the next
 //! `umount` or `mounts`). `gc` keeps the objects of every image that is
-//! mounted according to a live tracking file.
+//! mounted according to a live tracking file. Tracking files are not
+//! fsynced: after a crash of the system no mount is left for them to
+//! describe, and one that cannot be parsed is ignored.
 
 use std::fs;
 use std::path::{Path, PathBuf};
@@ -14,7 +16,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 use sha2::Digest;
 
-use crate::store::{Store, StoreError, write_atomic};
+use crate::store::{Store, StoreError, write_atomic_volatile};
 
 /// One tracked mount.
 #[derive(Debug, Clone, Serialize, Deserialize, PartialEq, Eq)]
@@ -45,14 +47,15 @@ pub fn path_for(store_root: &Path, mountpoint: &Path) -> PathBuf {
     dir(store_root).join(format!("{}.json", &h[..16]))
 }
 
-/// Records a mount.
+/// Records a mount. Without an fsync: mounts do not outlive the system,
+/// and a file a crash left empty or torn is ignored like a stale one.
 pub fn record(store_root: &Path, t: &Tracked) -> Result<(), StoreError> {
     fs::create_dir_all(dir(store_root)).map_err(|e| StoreError::Io {
         context: "creating fukastor/mounts".into(),
         source: e,
     })?;
     let data = serde_json::to_vec_pretty(t).expect("serializes");
-    write_atomic(&path_for(store_root, &t.mountpoint), &data).map_err(|e| StoreError::Io {
+    write_atomic_volatile(&path_for(store_root, &t.mountpoint), &data).map_err(|e| StoreError::Io {
         context: "recording a mount".into(),
         source: e,
     })

@@ -138,14 +138,24 @@ fn bundle_dir(store_root: &Path, name: &str) -> PathBuf {
 
 /// `fukastor run`: returns the container's exit status.
 pub fn run(store_root: &Path, image: &str, opts: &RunOptions) -> Result<i32> {
+    let _span = tracing::debug_span!("run").entered();
     which_crun()?;
     let containers = Containers::new(store_root);
-    let c = containers.create(image, opts.name.as_deref(), opts.size)?;
+    // The container's mount will need the volume server: start it now, so
+    // that it gets ready while the container is created.
+    if let Err(e) = crate::volume::server::start(containers.paths()) {
+        tracing::debug!("starting the volume server early: {e}");
+    }
+    let c = {
+        let _s = tracing::debug_span!("create").entered();
+        containers.create(image, opts.name.as_deref(), opts.size)?
+    };
     let result = run_created(store_root, &containers, &c.name, &c.image_id, opts);
-    if opts.rm
-        && let Err(e) = containers.remove(&c.name, true)
-    {
-        tracing::warn!("removing container {}: {e}", c.name);
+    if opts.rm {
+        let _s = tracing::debug_span!("remove").entered();
+        if let Err(e) = containers.remove(&c.name, true) {
+            tracing::warn!("removing container {}: {e}", c.name);
+        }
     }
     result
 }
@@ -163,8 +173,16 @@ fn run_created(
             .map_err(|_| StoreError::Damaged(format!("container {name}: bad image ID")))?;
         store.record(&id)?.config
     };
-    let rootfs = containers.mount(name, None)?;
+    let rootfs = {
+        let _s = tracing::debug_span!("mount").entered();
+        if opts.rm {
+            containers.mount_disposable(name)?
+        } else {
+            containers.mount(name, None)?
+        }
+    };
     let result = (|| {
+        let bundle_span = tracing::debug_span!("bundle").entered();
         let image = spec::ImageProcess::from_config(&config);
         let spec = spec::build(name, &rootfs, &image, &opts.process)?;
         let bundle = bundle_dir(store_root, name);
@@ -180,8 +198,11 @@ fn run_created(
                 source: e,
             }
         })?;
+        drop(bundle_span);
+        let _s = tracing::debug_span!("crun").entered();
         crun_run(&bundle, name)
     })();
+    let _s = tracing::debug_span!("umount").entered();
     if let Err(e) = containers.umount(name) {
         tracing::warn!("unmounting container {name}: {e}");
     }

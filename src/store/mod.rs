@@ -581,11 +581,25 @@ fn parse_image_link(target: &Path) -> Option<ObjectId> {
 
 /// Writes `data` to `path` through a temporary file and a rename.
 pub(crate) fn write_atomic(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace_file(path, data, true)
+}
+
+/// Like [`write_atomic`] without the fsync: while the system runs, readers
+/// see the old content or the new, never a part; after a crash of the
+/// system the file may be empty or missing. For files that describe what
+/// runs now (mounts), which a reboot makes stale anyway.
+pub(crate) fn write_atomic_volatile(path: &Path, data: &[u8]) -> io::Result<()> {
+    replace_file(path, data, false)
+}
+
+fn replace_file(path: &Path, data: &[u8], sync: bool) -> io::Result<()> {
     use std::io::Write;
     let tmp = tmp_sibling(path);
     let mut f = fs::File::create(&tmp)?;
     f.write_all(data)?;
-    f.sync_all()?;
+    if sync {
+        f.sync_all()?;
+    }
     drop(f);
     fs::rename(&tmp, path).inspect_err(|_| {
         let _ = fs::remove_file(&tmp);

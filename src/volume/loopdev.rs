@@ -1,63 +1,168 @@
-//! Loop devices over exported volume files, through util-linux's `losetup`
-//! (which uses `LOOP_CONFIGURE`), and freezing the filesystem on one.
+//! Loop devices over exported volume files, bound and unbound with the
+//! loop driver's ioctls (`LOOP_CTL_GET_FREE`, `LOOP_CONFIGURE`,
+//! `LOOP_CLR_FD`: what util-linux's `losetup --find` and `losetup -d` do,
+//! without starting a process for each), and freezing the filesystem on one.
 
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::{Path, PathBuf};
 use std::process::Command;
 
+use rustix::fs::{Mode, OFlags};
+
 use super::{Result, VolumeError};
+
+/// `<linux/loop.h>`: the ioctls and structures used here (libc has none).
+mod sys {
+    pub const LOOP_CTL_GET_FREE: u32 = 0x4C82;
+    pub const LOOP_CONFIGURE: u32 = 0x4C0A;
+    pub const LOOP_CLR_FD: u32 = 0x4C01;
+    pub const LO_FLAGS_DIRECT_IO: u32 = 16;
+    pub const LO_NAME_SIZE: usize = 64;
+
+    /// `struct loop_info64`.
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct LoopInfo64 {
+        pub lo_device: u64,
+        pub lo_inode: u64,
+        pub lo_rdevice: u64,
+        pub lo_offset: u64,
+        pub lo_sizelimit: u64,
+        pub lo_number: u32,
+        pub lo_encrypt_type: u32,
+        pub lo_encrypt_key_size: u32,
+        pub lo_flags: u32,
+        pub lo_file_name: [u8; LO_NAME_SIZE],
+        pub lo_crypt_name: [u8; LO_NAME_SIZE],
+        pub lo_encrypt_key: [u8; 32],
+        pub lo_init: [u64; 2],
+    }
+
+    /// `struct loop_config`, the argument of `LOOP_CONFIGURE` (Linux 5.8+).
+    #[repr(C)]
+    #[derive(Clone, Copy)]
+    pub struct LoopConfig {
+        pub fd: u32,
+        pub block_size: u32,
+        pub info: LoopInfo64,
+        pub reserved: [u64; 8],
+    }
+
+    // The sizes the kernel's uapi header gives them.
+    const _: () = assert!(std::mem::size_of::<LoopInfo64>() == 232);
+    const _: () = assert!(std::mem::size_of::<LoopConfig>() == 304);
+}
+
+/// How many times a free device is looked for when another process takes
+/// the one the driver named first.
+const FIND_TRIES: usize = 32;
+
+/// `ioctl(fd, request, arg)` for the three loop requests above.
+///
+/// `arg` is null (`LOOP_CTL_GET_FREE`, `LOOP_CLR_FD`: the kernel reads no
+/// argument) or points to a whole `LoopConfig` (`LOOP_CONFIGURE`, which
+/// copies `size_of::<LoopConfig>()` bytes in, checked against the uapi size
+/// above, and writes nothing back); the caller keeps it alive across the
+/// call. Returns the ioctl's non-negative result.
+#[allow(unsafe_code)]
+fn loop_ioctl(fd: &OwnedFd, request: u32, arg: Option<&sys::LoopConfig>) -> std::io::Result<i32> {
+    let ptr = arg.map_or(std::ptr::null(), std::ptr::from_ref);
+    // SAFETY: `fd` is an open descriptor owned by the caller for the whole
+    // call; `ptr` is null or points to an initialised `#[repr(C)]` value of
+    // the exact layout the request reads (see above), borrowed for the call.
+    let r = unsafe { libc::ioctl(fd.as_raw_fd(), request as _, ptr) };
+    if r < 0 {
+        Err(std::io::Error::last_os_error())
+    } else {
+        Ok(r)
+    }
+}
+
+fn open(path: &Path, flags: OFlags) -> std::io::Result<OwnedFd> {
+    Ok(rustix::fs::open(
+        path,
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+    )?)
+}
+
+/// Binds a free loop device to `file` with 4096-byte sectors, with direct
+/// I/O or not; returns the device path.
+fn configure(file: &Path, direct: bool) -> std::io::Result<String> {
+    let mut flags = OFlags::RDWR;
+    if direct {
+        flags |= OFlags::DIRECT;
+    }
+    let backing = open(file, flags)?;
+    let control = open(Path::new("/dev/loop-control"), OFlags::RDWR)?;
+    let mut info = sys::LoopInfo64 {
+        lo_device: 0,
+        lo_inode: 0,
+        lo_rdevice: 0,
+        lo_offset: 0,
+        lo_sizelimit: 0,
+        lo_number: 0,
+        lo_encrypt_type: 0,
+        lo_encrypt_key_size: 0,
+        lo_flags: if direct { sys::LO_FLAGS_DIRECT_IO } else { 0 },
+        lo_file_name: [0; sys::LO_NAME_SIZE],
+        lo_crypt_name: [0; sys::LO_NAME_SIZE],
+        lo_encrypt_key: [0; 32],
+        lo_init: [0; 2],
+    };
+    // As losetup does: the name LOOP_GET_STATUS reports (truncated).
+    let name = file.as_os_str().as_encoded_bytes();
+    let n = name.len().min(sys::LO_NAME_SIZE - 1);
+    info.lo_file_name[..n].copy_from_slice(&name[..n]);
+    let config = sys::LoopConfig {
+        fd: backing.as_raw_fd() as u32,
+        block_size: super::BLOCK_SIZE,
+        info,
+        reserved: [0; 8],
+    };
+    let mut last = None;
+    for _ in 0..FIND_TRIES {
+        let n = loop_ioctl(&control, sys::LOOP_CTL_GET_FREE, None)?;
+        let dev = format!("/dev/loop{n}");
+        let fd = open(Path::new(&dev), OFlags::RDWR)?;
+        match loop_ioctl(&fd, sys::LOOP_CONFIGURE, Some(&config)) {
+            Ok(_) => return Ok(dev),
+            // Another process bound it between the two calls.
+            Err(e) if e.raw_os_error() == Some(libc::EBUSY) => last = Some(e),
+            Err(e) => return Err(e),
+        }
+    }
+    Err(last.unwrap_or_else(|| std::io::Error::other("no free loop device")))
+}
 
 /// Binds a free loop device to `file` with 4096-byte sectors and direct I/O;
 /// returns the device path. Falls back to buffered I/O (with a log line)
 /// when the kernel refuses direct I/O on the file.
 pub fn attach(file: &Path) -> Result<String> {
-    let run = |direct: bool| {
-        Command::new("losetup")
-            .args(["--find", "--show", "--sector-size", "4096"])
-            .arg(format!("--direct-io={}", if direct { "on" } else { "off" }))
-            .arg(file)
-            .output()
+    let failed = |e: std::io::Error| {
+        VolumeError::Loop(format!("binding a loop device to {}: {e}", file.display()))
     };
-    let out = run(true).map_err(|e| VolumeError::Loop(format!("running losetup: {e}")))?;
-    let out = if out.status.success() {
-        out
-    } else {
-        tracing::warn!(
-            "losetup with direct I/O failed ({}); using buffered I/O",
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-        run(false).map_err(|e| VolumeError::Loop(format!("running losetup: {e}")))?
-    };
-    if !out.status.success() {
-        return Err(VolumeError::Loop(format!(
-            "losetup {}: {}",
-            file.display(),
-            String::from_utf8_lossy(&out.stderr).trim()
-        )));
+    match configure(file, true) {
+        Ok(dev) => Ok(dev),
+        Err(e) if e.raw_os_error() == Some(libc::EINVAL) => {
+            tracing::warn!(
+                "a loop device with direct I/O on {} failed ({e}); using buffered I/O",
+                file.display()
+            );
+            configure(file, false).map_err(failed)
+        }
+        Err(e) => Err(failed(e)),
     }
-    let dev = String::from_utf8_lossy(&out.stdout).trim().to_string();
-    if !dev.starts_with("/dev/") {
-        return Err(VolumeError::Loop(format!("losetup printed {dev:?}")));
-    }
-    Ok(dev)
 }
 
-/// Unbinds loop device `dev`.
+/// Unbinds loop device `dev` (the kernel lets go of the file once the last
+/// opener of the device has closed it).
 pub fn detach(dev: &str) -> Result<()> {
-    let out = Command::new("losetup")
-        .arg("-d")
-        .arg(dev)
-        .output()
-        .map_err(|e| VolumeError::Loop(format!("running losetup: {e}")))?;
-    if out.status.success() {
-        Ok(())
-    } else {
-        Err(VolumeError::Loop(format!(
-            "losetup -d {dev}: {}",
-            String::from_utf8_lossy(&out.stderr).trim()
-        )))
-    }
+    open(Path::new(dev), OFlags::RDONLY)
+        .and_then(|fd| loop_ioctl(&fd, sys::LOOP_CLR_FD, None))
+        .map(|_| ())
+        .map_err(|e| VolumeError::Loop(format!("unbinding {dev}: {e}")))
 }
-
 /// True when something holds `dev` open exclusively (a mounted filesystem,
 /// a device-mapper table, another exclusive opener).
 pub fn in_use(dev: &str) -> bool {

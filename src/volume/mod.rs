@@ -346,7 +346,7 @@ impl Coded for VolumeError {
             }
             VolumeError::Format(_) => "use a newer fukastor".into(),
             VolumeError::Server(_) => {
-                "see fukastor/vserve/server.log in the store; volumes need root, losetup and /dev/fuse".into()
+                "see fukastor/vserve/server.log in the store; volumes need root, the loop driver and /dev/fuse".into()
             }
             VolumeError::Attached(_) => "detach it first: `fukastor volume detach NAME`".into(),
             VolumeError::NotAttached(_) => {

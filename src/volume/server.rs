@@ -432,6 +432,17 @@ fn try_lock(paths: &Paths) -> Result<Option<OwnedFd>> {
     }
 }
 
+/// Starts the server in the background unless one answers, for a command
+/// that is about to attach a volume (`run`): the server then starts while
+/// the command does its other work, and that work's requests (a clone)
+/// are served by it instead of opening the pool in the command.
+pub fn start(paths: &Paths) -> Result<()> {
+    if connect(paths).is_ok() {
+        return Ok(());
+    }
+    spawn(paths)
+}
+
 /// Starts `fukastor volume-serve` for the store in its own process group.
 fn spawn(paths: &Paths) -> Result<()> {
     std::fs::create_dir_all(&paths.dir)
@@ -466,7 +477,9 @@ struct Ctx {
 struct Served {
     disks: DiskFs,
     devices: std::sync::Mutex<std::collections::BTreeMap<String, String>>,
-    /// The FUSE session, mounted while something is attached.
+    /// The FUSE session: mounted by the first attach, unmounted when the
+    /// server stops (mounting it for each container cost a mount, two
+    /// threads and an unmount per `run`).
     session: std::sync::Mutex<Option<fuser::BackgroundSession>>,
     /// Compactions running on background threads, by volume.
     compactions: Arc<std::sync::Mutex<BTreeMap<String, CompactJob>>>,
@@ -486,6 +499,7 @@ impl Served {
         if session.is_some() {
             return Ok(());
         }
+        let _s = tracing::debug_span!("fuse-mount").entered();
         let mut config = fuser::Config::default();
         config.mount_options = vec![
             fuser::MountOption::FSName(format!("fukastor-volumes@{}", paths.store.display())),
@@ -507,12 +521,19 @@ impl Served {
         Ok(())
     }
 
-    /// Unmounts the export when nothing is attached.
-    fn unmount_if_unused(&self) {
-        if super::lock(&self.devices).is_empty() && self.disks.names().is_empty() {
-            // Dropping the session unmounts and joins its threads.
-            drop(super::lock(&self.session).take());
+    /// Stops exporting `name` and makes the kernel forget its directory
+    /// entry, so that a volume attached later under the same name (same
+    /// inode number, maybe another size) is looked up again, with its own
+    /// attributes, instead of served from the cache.
+    fn unexport(&self, name: &str) -> Option<Arc<Volume>> {
+        let volume = self.disks.remove(name);
+        if let Some(s) = super::lock(&self.session).as_ref() {
+            // ENOENT: the kernel had no entry cached.
+            let _ = s
+                .notifier()
+                .inval_entry(fuser::INodeNo::ROOT, name.as_ref());
         }
+        volume
     }
 }
 
@@ -798,7 +819,10 @@ impl Ctx {
                 }
                 let volume = match self.compacting_volume(name) {
                     Some(v) => v,
-                    None => Arc::new(self.pool.open_volume(name)?),
+                    None => {
+                        let _s = tracing::debug_span!("open").entered();
+                        Arc::new(self.pool.open_volume(name)?)
+                    }
                 };
                 if let Err(e) = served.mount(&self.paths) {
                     let _ = volume.flush();
@@ -806,17 +830,20 @@ impl Ctx {
                 }
                 served.disks.insert(name, volume);
                 let file = self.paths.mnt.join(name);
-                match loopdev::attach(&file) {
+                let attached = {
+                    let _s = tracing::debug_span!("loop").entered();
+                    loopdev::attach(&file)
+                };
+                match attached {
                     Ok(device) => {
                         super::lock(&served.devices).insert(name.clone(), device.clone());
                         tracing::info!("attached {name} as {device}");
                         Ok(Response::Device { device })
                     }
                     Err(e) => {
-                        if let Some(v) = served.disks.remove(name) {
+                        if let Some(v) = served.unexport(name) {
                             let _ = v.flush();
                         }
-                        served.unmount_if_unused();
                         Err(e)
                     }
                 }
@@ -847,12 +874,16 @@ impl Ctx {
                             .join(", "),
                     });
                 }
-                loopdev::detach(&device)?;
+                {
+                    let _s = tracing::debug_span!("loop").entered();
+                    loopdev::detach(&device)?;
+                }
                 super::lock(&served.devices).remove(name);
-                let volume = served.disks.remove(name);
-                let flushed = volume.as_ref().map_or(Ok(()), |v| v.flush());
-                served.unmount_if_unused();
-                flushed?;
+                let volume = served.unexport(name);
+                {
+                    let _s = tracing::debug_span!("flush").entered();
+                    volume.as_ref().map_or(Ok(()), |v| v.flush())?;
+                }
                 tracing::info!("detached {name} ({device})");
                 if let Some(v) = volume {
                     self.compact_if_worth(name, v);
@@ -1101,8 +1132,6 @@ fn cleanup_stale(paths: &Paths, only: Option<&str>) -> usize {
 /// SIGINT or SIGHUP when nothing is attached (with volumes attached those
 /// signals only flush them: detach them first).
 pub fn serve(paths: &Paths) -> Result<()> {
-    std::fs::create_dir_all(&paths.mnt)
-        .map_err(super::io_err(format!("creating {}", paths.mnt.display())))?;
     // Wait for a server that is stopping to let go of the pool.
     let deadline = Instant::now() + Duration::from_secs(10);
     let lock = loop {
@@ -1123,7 +1152,11 @@ pub fn serve(paths: &Paths) -> Result<()> {
     if let Err(e) = rustix::process::configure_io_flusher_behavior(true) {
         tracing::warn!("PR_SET_IO_FLUSHER: {e} (the server may deadlock under memory pressure)");
     }
+    // Before looking at `mnt`: a dead server's mount there fails every
+    // stat with ENOTCONN.
     cleanup_stale(paths, None);
+    std::fs::create_dir_all(&paths.mnt)
+        .map_err(super::io_err(format!("creating {}", paths.mnt.display())))?;
 
     let ctx = Ctx {
         paths: paths.clone(),
@@ -1239,7 +1272,7 @@ fn handle(ctx: &Ctx, stream: UnixStream, stopping: bool) {
                 }
             }
             Ok(req) => {
-                tracing::debug!("request {req:?}");
+                let _s = tracing::debug_span!("request", ?req).entered();
                 ctx.execute(&req).unwrap_or_else(|e| error_response(&e))
             }
         },
