@@ -173,6 +173,15 @@ fn build_image(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
 }
 
 /// Compares each host file with its copy under `mnt`; returns how many.
+/// "1 file", "3 files".
+fn files_n(n: usize) -> String {
+    if n == 1 {
+        "1 file".into()
+    } else {
+        format!("{n} files")
+    }
+}
+
 fn verify(mnt: &Path, files: &[(String, PathBuf)]) -> CliResult<usize> {
     let mut n = 0;
     for (rel, host) in files {
@@ -257,7 +266,8 @@ fn filtered<W: Write>(
     )?;
     writeln!(
         s.out,
-        "    {n} files identical to the host's; server pid {pid}"
+        "    {} identical to the host's; server pid {pid}",
+        files_n(n)
     )
     .map_err(io)?;
     s.time("unmount the filtered image", || {
@@ -505,7 +515,7 @@ fn run_in(out: &mut impl Write, base: &Path) -> CliResult {
             "read files back through the mount and compare with the host",
             || verify(&mnt, &files),
         )?;
-        writeln!(s.out, "    {checked} files identical to the host's").map_err(io)?;
+        writeln!(s.out, "    {} identical to the host's", files_n(checked)).map_err(io)?;
         let motd = fs::read_to_string(mnt.join("etc/motd")).unwrap_or_default();
         writeln!(s.out, "    /etc/motd: {}", motd.trim()).map_err(io)?;
         let gone = !mnt.join("usr/share/demo/manual-copy.txt").exists();
@@ -561,7 +571,8 @@ fn run_in(out: &mut impl Write, base: &Path) -> CliResult {
         )?;
         writeln!(
             s.out,
-            "    {n} files identical to the host's; server pid {pid}"
+            "    {} identical to the host's; server pid {pid}",
+            files_n(n)
         )
         .map_err(io)?;
         s.time(&format!("unmount {how} (the server exits)"), || {

@@ -119,7 +119,9 @@ pub(crate) struct Frozen(Vec<(u64, Arc<[Slot]>)>);
 
 impl std::fmt::Debug for Frozen {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Frozen").field("chunks", &self.0.len()).finish()
+        f.debug_struct("Frozen")
+            .field("chunks", &self.0.len())
+            .finish()
     }
 }
 
