@@ -527,6 +527,13 @@ fn a_filtered_pull_killed_at_each_step_leaves_only_garbage() {
         }
         // gc then a new pull: the image reads back.
         store.ok(["gc"]);
+        if fp != "pull:ref-written" {
+            assert_eq!(
+                dir_names(&store.path().join("fukastor/filters/chains")),
+                Vec::<String>::new(),
+                "{fp}: gc left the unnamed chain"
+            );
+        }
         pull_filtered(&store, &source, "enc:1", &filters);
         let dest = work.path().join(format!("r-{}", fp.replace(':', "-")));
         store.ok([
@@ -537,6 +544,69 @@ fn a_filtered_pull_killed_at_each_step_leaves_only_garbage() {
         ]);
         store.assert_fsck_clean();
     }
+}
+
+/// The names in `dir` (none when it does not exist), sorted.
+fn dir_names(dir: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// `gc` removes a chain no named image is stored through, and the scripts
+/// only it named; another chain, its scripts and its image stay readable.
+/// `--dry-run` counts them and removes nothing.
+#[test]
+fn gc_removes_unused_chains_and_their_scripts() {
+    let fx = fixtures();
+    let store = Store::new();
+    let source = fx.oci("busybox");
+    let compress = example("compress");
+    let checksum = example("checksum");
+    pull_filtered(
+        &store,
+        &source,
+        "c:1",
+        &[compress.clone(), checksum.clone()],
+    );
+    pull_filtered(&store, &source, "k:1", std::slice::from_ref(&checksum));
+    let chains = store.path().join("fukastor/filters/chains");
+    let scripts = store.path().join("fukastor/filters/scripts");
+    assert_eq!(dir_names(&chains).len(), 2);
+    assert_eq!(dir_names(&scripts).len(), 2);
+    let kept = store.ok(["dump", "k:1"]).stdout_str();
+    store.ok(["rmi", "c:1"]);
+    let dry = store.ok(["--json", "gc", "--dry-run"]);
+    let report: serde_json::Value = serde_json::from_str(dry.stdout_str().trim()).unwrap();
+    assert_eq!(
+        (report["chains"].as_u64(), report["scripts"].as_u64()),
+        (Some(1), Some(1)),
+        "{dry}"
+    );
+    assert_eq!(dir_names(&chains).len(), 2, "--dry-run removed a chain");
+    let run = store.ok(["gc"]);
+    assert!(
+        run.stdout_str()
+            .contains("1 unused filter chains, 1 unused filter scripts"),
+        "{run}"
+    );
+    assert_eq!(dir_names(&chains).len(), 1);
+    let compress_sha = sha256_file(Path::new(&compress)).unwrap();
+    let checksum_sha = sha256_file(Path::new(&checksum)).unwrap();
+    assert_eq!(dir_names(&scripts), vec![format!("{checksum_sha}.lua")]);
+    assert_ne!(compress_sha, checksum_sha);
+    similar_asserts::assert_eq!(store.ok(["dump", "k:1"]).stdout_str(), kept);
+    store.assert_fsck_clean();
+    // The removed chain comes back with the next pull through it.
+    pull_filtered(&store, &source, "c:2", &[compress, checksum]);
+    similar_asserts::assert_eq!(store.ok(["dump", "c:2"]).stdout_str(), kept);
+    store.assert_fsck_clean();
 }
 
 #[test]

@@ -210,7 +210,7 @@ pub(super) fn gc(out: &mut impl Write, cli: &Cli, r: &GcReport) -> CliResult {
         return json(out, r);
     }
     let verb = if r.dry_run { "would remove" } else { "removed" };
-    writeln!(
+    write!(
         out,
         "{verb} {} objects ({}), {} unnamed images, {} unfinished imports, {} temporary files",
         r.objects,
@@ -219,7 +219,16 @@ pub(super) fn gc(out: &mut impl Write, cli: &Cli, r: &GcReport) -> CliResult {
         r.staging_dirs,
         r.temp_files
     )
-    .map_err(io)
+    .map_err(io)?;
+    if r.chains + r.scripts > 0 {
+        write!(
+            out,
+            ", {} unused filter chains, {} unused filter scripts",
+            r.chains, r.scripts
+        )
+        .map_err(io)?;
+    }
+    writeln!(out).map_err(io)
 }
 
 pub(super) fn mounts(out: &mut impl Write, cli: &Cli, store_root: &std::path::Path) -> CliResult {

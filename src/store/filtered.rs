@@ -180,7 +180,7 @@ impl Store {
         self.root().join("fukastor/filters")
     }
 
-    fn scripts_dir(&self) -> PathBuf {
+    pub(super) fn scripts_dir(&self) -> PathBuf {
         self.filters_dir().join("scripts")
     }
 

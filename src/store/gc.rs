@@ -8,9 +8,12 @@
 //! Runs under the exclusive store lock, so no import is in flight: every
 //! staging directory is a leftover, and every object not referenced by a
 //! named image is garbage. Removes, in this order: unnamed images (link and
-//! record), unreferenced objects, staging directories, temporary files. Each
-//! step only deletes, so a `kill -9` during `gc` leaves a store that is still
-//! consistent, with less garbage.
+//! record), unreferenced objects, the directories of filter chains no named
+//! image is stored through (`chain.json` first) and the scripts no remaining
+//! chain names, staging directories, temporary files. Each step only
+//! deletes, so a `kill -9` during `gc` leaves a store that is still
+//! consistent, with less garbage (a chain directory without `chain.json` is
+//! garbage to the next `gc`, and `pull` makes it again when it needs it).
 
 use std::collections::{HashMap, HashSet};
 use std::fs;
@@ -20,6 +23,7 @@ use composefs::fsverity::FsVerityHashValue;
 use serde::Serialize;
 
 use super::{ObjectId, Result, Store, io_err, is_tmp_name};
+use crate::filter::ChainSpec;
 
 /// What `gc` removed (or, with `--dry-run`, would remove).
 #[derive(Debug, Clone, Default, Serialize)]
@@ -36,6 +40,13 @@ pub struct GcReport {
     pub staging_dirs: u64,
     /// Temporary files.
     pub temp_files: u64,
+    /// Filter chains no named image is stored through (their directory,
+    /// with the objects counted above).
+    #[serde(default)]
+    pub chains: u64,
+    /// Filter scripts no remaining chain names.
+    #[serde(default)]
+    pub scripts: u64,
 }
 
 pub(super) fn run(store: &Store, dry_run: bool, keep: &[ObjectId]) -> Result<GcReport> {
@@ -169,6 +180,7 @@ pub(super) fn run(store: &Store, dry_run: bool, keep: &[ObjectId]) -> Result<GcR
             }
         }
     }
+    sweep_chains(store, &live, &unsure, dry_run, &mut r)?;
     for entry in fs::read_dir(root.join("fukastor/staging")).map_err(io_err("listing staging"))? {
         let entry = entry.map_err(io_err("listing staging"))?;
         r.staging_dirs += 1;
@@ -180,4 +192,75 @@ pub(super) fn run(store: &Store, dry_run: bool, keep: &[ObjectId]) -> Result<GcR
         store.sync()?;
     }
     Ok(r)
+}
+
+/// Removes the directories of filter chains that hold no live object (`live`
+/// is keyed by objects directory) and are not `unsure`, then the scripts
+/// that no remaining chain names. A remaining `chain.json` that cannot be
+/// read keeps every script.
+fn sweep_chains(
+    store: &Store,
+    live: &HashMap<PathBuf, HashSet<ObjectId>>,
+    unsure: &HashSet<PathBuf>,
+    dry_run: bool,
+    r: &mut GcReport,
+) -> Result<()> {
+    let Ok(chains) = fs::read_dir(store.filters_dir().join("chains")) else {
+        return Ok(());
+    };
+    let mut named: HashSet<String> = HashSet::new();
+    let mut keep_all = false;
+    for c in chains {
+        let dir = c.map_err(io_err("listing filter chains"))?.path();
+        let objects = dir.join("objects");
+        if live.contains_key(&objects) || unsure.contains(&objects) {
+            match fs::read_to_string(dir.join("chain.json"))
+                .ok()
+                .and_then(|t| ChainSpec::from_json(&t).ok())
+            {
+                Some(spec) => named.extend(spec.filters.into_iter().map(|f| f.sha256)),
+                None => keep_all = true,
+            }
+            continue;
+        }
+        r.chains += 1;
+        if !dry_run {
+            // chain.json first: what is left after a kill is visibly
+            // unfinished, and garbage to the next gc.
+            match fs::remove_file(dir.join("chain.json")) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_err("removing a filter chain")(e));
+                }
+                _ => {}
+            }
+            fs::remove_dir_all(&dir).map_err(io_err("removing a filter chain"))?;
+        }
+    }
+    if keep_all {
+        return Ok(());
+    }
+    let Ok(scripts) = fs::read_dir(store.scripts_dir()) else {
+        return Ok(());
+    };
+    for entry in scripts {
+        let path = entry.map_err(io_err("listing filter scripts"))?.path();
+        let used = path
+            .file_name()
+            .and_then(|n| n.to_str())
+            .and_then(|n| n.strip_suffix(".lua"))
+            .is_some_and(|h| named.contains(h));
+        if used {
+            continue;
+        }
+        r.scripts += 1;
+        if !dry_run {
+            match fs::remove_file(&path) {
+                Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                    return Err(io_err("removing a filter script")(e));
+                }
+                _ => {}
+            }
+        }
+    }
+    Ok(())
 }
