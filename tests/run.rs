@@ -854,8 +854,31 @@ fn run_honours_the_image_config_and_its_overrides() {
     let source = config_test_image(scratch.path());
     let st = CStore::new();
     st.pull_named(&source, "cfg");
+    // The same files with busybox's own config, pulled after it: one image
+    // ID, and each name keeps its config.
+    let plain = source.replace(":cfg", ":base");
+    st.pull_named(&plain, "plain");
     let config = json_of(&st.ok(["inspect", "cfg"]));
+    let plain_config = json_of(&st.ok(["inspect", "plain"]));
+    assert_eq!(
+        config["id"], plain_config["id"],
+        "umoci config changed the files"
+    );
+    assert_ne!(config["config"], plain_config["config"]);
     eprintln!("image config: {}", config["config"]["config"]);
+    let run = st.run([
+        "run",
+        "--rm",
+        "--name",
+        "plain",
+        "plain",
+        "--",
+        "sh",
+        "-c",
+        "echo \"FOO=$FOO\"; pwd",
+    ]);
+    assert_exit(&run, 0, "the plain image");
+    assert_eq!(run.stdout_str(), "FOO=\n/\n", "{run}");
 
     // No command: Entrypoint + Cmd, as the image's user.
     let run = st.run(["run", "--rm", "--name", "dflt", "cfg"]);

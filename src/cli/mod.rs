@@ -361,8 +361,13 @@ fn run(cli: &Cli) -> CliResult {
         }
         Command::Inspect { image } => {
             let store = open(cli, LockMode::Shared)?;
-            let (id, _) = store.resolve(image)?;
-            let record = store.record(&id)?;
+            let (id, asked) = store.resolve(image)?;
+            let mut record = store.record(&id)?;
+            // The config (and its digest) of the name asked for.
+            if let Some(c) = asked.and_then(|n| record.named_configs.get(&n.to_string())) {
+                record.config_digest = c.config_digest.clone();
+                record.config = c.config.clone();
+            }
             let names: Vec<String> = store
                 .refs()?
                 .into_iter()
@@ -382,10 +387,11 @@ fn run(cli: &Cli) -> CliResult {
         Command::Tag { image, name } => {
             let store = open(cli, LockMode::Shared)?;
             let name = ImageName::parse(name)?;
-            let (id, _) = store.resolve(image)?;
+            let (id, from) = store.resolve(image)?;
             let mut record = store.record(&id)?;
-            if !record.names.contains(&name.to_string()) {
-                record.names.push(name.to_string());
+            let before = record.clone();
+            record.add_name(&name.to_string(), from.map(|f| f.to_string()).as_deref());
+            if record != before {
                 store.write_record(&id, &record)?;
             }
             store.set_ref(&name, &id)?;
@@ -435,8 +441,9 @@ fn run(cli: &Cli) -> CliResult {
         }
         Command::Export { image, dest } => {
             let store = open(cli, LockMode::Shared)?;
-            let (id, _) = store.resolve(image)?;
-            let r = crate::oci::export(&store, &id, dest)?;
+            let (id, name) = store.resolve(image)?;
+            let name = name.map(|n| n.to_string());
+            let r = crate::oci::export(&store, &id, name.as_deref(), dest)?;
             if cli.json {
                 writeln!(out, "{}", serde_json::to_string(&r).expect("serializes")).map_err(io)
             } else if cli.quiet {

@@ -124,8 +124,14 @@ const TMP_PREFIX: &str = ".fukastor-tmp-";
 /// Copy buffer for file contents.
 const COPY_BUF: usize = 256 << 10;
 
-/// Exports image `id` to `dest` (`oci:DIR[:TAG]`).
-pub fn export(store: &Store, id: &ObjectId, dest: &str) -> Result<ExportReport, OciError> {
+/// Exports image `id` to `dest` (`oci:DIR[:TAG]`), with the config of
+/// `name` (the name it was asked for by, if any).
+pub fn export(
+    store: &Store,
+    id: &ObjectId,
+    name: Option<&str>,
+    dest: &str,
+) -> Result<ExportReport, OciError> {
     let (dir, tag) = parse_dest(dest)?;
     // Read everything from the store before touching the destination.
     let record = store.record(id)?;
@@ -134,7 +140,7 @@ pub fn export(store: &Store, id: &ObjectId, dest: &str) -> Result<ExportReport, 
     let layout = Layout::open(&dir)?;
     let layer = write_layer(&store.objects_of(id)?, &tree, &layout)?;
 
-    let config = image_config(&record.config, &layer.diff_id, &id.to_hex());
+    let config = image_config(record.config_for(name), &layer.diff_id, &id.to_hex());
     let config_bytes = serde_json::to_vec(&config).expect("JSON values serialize");
     let config_digest = layout.put_bytes(&config_bytes)?;
 

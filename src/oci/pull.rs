@@ -397,6 +397,7 @@ pub fn pull(
         stats: stats.clone(),
         names: vec![name.to_string()],
         filter,
+        named_configs: Default::default(),
     };
     let record = merge_names(store, &id, record);
     store.publish_image(&id, &record, Some(&name))?;
@@ -421,14 +422,11 @@ pub fn pull(
 }
 
 /// When the same image is pulled again under another name, keep both names
-/// in its record.
+/// in its record, each with its config.
 fn merge_names(store: &Store, id: &ObjectId, mut record: ImageRecord) -> ImageRecord {
     if let Ok(old) = store.record(id) {
-        for n in old.names {
-            if !record.names.contains(&n) {
-                record.names.push(n);
-            }
-        }
+        let name = record.names[0].clone();
+        record.merge_old(&name, &old);
     }
     record
 }

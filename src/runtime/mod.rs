@@ -19,7 +19,7 @@ use std::process::Command;
 
 use composefs::fsverity::FsVerityHashValue;
 
-use crate::container::{ContainerError, Containers};
+use crate::container::{Container, ContainerError, Containers};
 use crate::error::Coded;
 use crate::store::{LockMode, ObjectId, Store, StoreError};
 
@@ -150,7 +150,7 @@ pub fn run(store_root: &Path, image: &str, opts: &RunOptions) -> Result<i32> {
         let _s = tracing::debug_span!("create").entered();
         containers.create(image, opts.name.as_deref(), opts.size)?
     };
-    let result = run_created(store_root, &containers, &c.name, &c.image_id, opts);
+    let result = run_created(store_root, &containers, &c, opts);
     if opts.rm {
         let _s = tracing::debug_span!("remove").entered();
         if let Err(e) = containers.remove(&c.name, true) {
@@ -163,15 +163,17 @@ pub fn run(store_root: &Path, image: &str, opts: &RunOptions) -> Result<i32> {
 fn run_created(
     store_root: &Path,
     containers: &Containers,
-    name: &str,
-    image_id: &str,
+    c: &Container,
     opts: &RunOptions,
 ) -> Result<i32> {
+    let name = c.name.as_str();
+    // The config of the name the container was created from (two names
+    // can be one image ID with different configs).
     let config = {
         let store = Store::open(store_root, LockMode::Shared)?;
-        let id = ObjectId::from_hex(image_id)
+        let id = ObjectId::from_hex(&c.image_id)
             .map_err(|_| StoreError::Damaged(format!("container {name}: bad image ID")))?;
-        store.record(&id)?.config
+        store.record(&id)?.config_for(Some(&c.image)).clone()
     };
     let rootfs = {
         let _s = tracing::debug_span!("mount").entered();

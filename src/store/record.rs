@@ -6,6 +6,7 @@
 //! atomically before the image's name, and carry the names the image was
 //! imported under so that `fsck --repair` can restore a lost name.
 
+use std::collections::BTreeMap;
 use std::fs;
 use std::path::Path;
 
@@ -42,6 +43,73 @@ pub struct ImageRecord {
     /// For an image pulled with `--filter`: its chain and plain EROFS.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub filter: Option<super::FilterInfo>,
+    /// Names whose config is not `config`: two images with the same files
+    /// and different configs (a rebuild that changed only `CMD` or `ENV`)
+    /// are one image ID, and each name keeps the config it was pulled with.
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub named_configs: BTreeMap<String, NamedConfig>,
+}
+
+/// The config of one name of an image, when it differs from the record's.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct NamedConfig {
+    /// The config digest, for OCI sources.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub config_digest: Option<String>,
+    /// The OCI image config.
+    pub config: serde_json::Value,
+}
+
+impl ImageRecord {
+    /// The config of the image as named `name` (`None`: by its ID): the one
+    /// that name was pulled or tagged with.
+    pub fn config_for(&self, name: Option<&str>) -> &serde_json::Value {
+        name.and_then(|n| self.named_configs.get(n))
+            .map_or(&self.config, |c| &c.config)
+    }
+
+    /// `self` is a new pull of `name` (its `config` this pull's); `old` the
+    /// record the image had. Keeps `old`'s names, each with the config it
+    /// had.
+    pub fn merge_old(&mut self, name: &str, old: &ImageRecord) {
+        for n in &old.names {
+            if n == name {
+                continue;
+            }
+            if !self.names.contains(n) {
+                self.names.push(n.clone());
+            }
+            let had = old.config_for(Some(n));
+            if *had != self.config {
+                let digest = old
+                    .named_configs
+                    .get(n)
+                    .map_or(&old.config_digest, |c| &c.config_digest);
+                self.named_configs.insert(
+                    n.clone(),
+                    NamedConfig {
+                        config_digest: digest.clone(),
+                        config: had.clone(),
+                    },
+                );
+            }
+        }
+    }
+
+    /// Adds name `new` with the config of `from` (`None`: the image's ID).
+    pub fn add_name(&mut self, new: &str, from: Option<&str>) {
+        if !self.names.iter().any(|n| n == new) {
+            self.names.push(new.to_string());
+        }
+        match from.and_then(|f| self.named_configs.get(f)).cloned() {
+            Some(c) => {
+                self.named_configs.insert(new.to_string(), c);
+            }
+            None => {
+                self.named_configs.remove(new);
+            }
+        }
+    }
 }
 
 /// One layer of an OCI image.
@@ -112,5 +180,67 @@ impl ImageRecord {
                 id.to_hex()
             ))
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn rec(name: &str, config: serde_json::Value) -> ImageRecord {
+        ImageRecord {
+            id: "00".into(),
+            source: "test".into(),
+            imported: 0,
+            manifest_digest: None,
+            config_digest: Some(format!("sha256:{name}")),
+            config,
+            layers: vec![],
+            stats: ImageStats::default(),
+            names: vec![name.into()],
+            filter: None,
+            named_configs: BTreeMap::new(),
+        }
+    }
+
+    #[test]
+    fn each_name_keeps_the_config_it_was_pulled_or_tagged_with() {
+        let (a, b) = (
+            serde_json::json!({"Cmd": ["a"]}),
+            serde_json::json!({"Cmd": ["b"]}),
+        );
+        let first = rec("x:a", a.clone());
+        // Pulled again as x:b with another config.
+        let mut r = rec("x:b", b.clone());
+        r.merge_old("x:b", &first);
+        assert_eq!(r.names, ["x:b", "x:a"]);
+        assert_eq!(
+            (r.config_for(Some("x:a")), r.config_for(Some("x:b"))),
+            (&a, &b)
+        );
+        assert_eq!(r.config_for(None), &b);
+        assert_eq!(
+            r.named_configs["x:a"].config_digest.as_deref(),
+            Some("sha256:x:a")
+        );
+        // x:a pulled again: its own config is the record's now, x:b keeps b.
+        let mut again = rec("x:a", a.clone());
+        again.merge_old("x:a", &r);
+        assert_eq!(
+            (again.config_for(Some("x:a")), again.config_for(Some("x:b"))),
+            (&a, &b)
+        );
+        assert!(!again.named_configs.contains_key("x:a"));
+        // A tag takes the config of the name it was made from.
+        again.add_name("y:1", Some("x:b"));
+        again.add_name("y:2", Some("x:a"));
+        again.add_name("y:3", None);
+        assert_eq!(again.config_for(Some("y:1")), &b);
+        assert_eq!(again.config_for(Some("y:2")), &a);
+        assert_eq!(again.config_for(Some("y:3")), &a);
+        // The same config under two names is not stored twice.
+        let mut same = rec("z:1", a.clone());
+        same.merge_old("z:1", &rec("z:0", a.clone()));
+        assert!(same.named_configs.is_empty());
     }
 }

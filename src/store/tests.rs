@@ -25,6 +25,7 @@ fn record(id: &ObjectId, names: &[&str]) -> ImageRecord {
         stats: ImageStats::default(),
         names: names.iter().map(|s| s.to_string()).collect(),
         filter: None,
+        named_configs: Default::default(),
     }
 }
 
