@@ -52,7 +52,8 @@
 #     Lua      the scripts in Lua
 #
 # Usage: integration/bench-filters.sh [ROUNDS] [MS]
-#   environment: FK_BENCH_FILTERS=a,b (rows of part 1),
+#   environment: FK_BENCH_FILTERS=a,b (rows of part 1), FK_BENCH_SIZES=64,1024
+#   (block sizes of part 1, KiB),
 #   FK_BENCH_PARTS=dispatch,fuse,volume (default: all)
 set -euo pipefail
 cd "$(dirname "$0")/.."

@@ -15,7 +15,8 @@
 //! interleaved, so a busy machine hurts both alike. MB/s is plain bytes
 //! (10^6) through encode + decode per second. Overhead is how much longer
 //! a byte takes through Lua: native MB/s ÷ Lua MB/s − 1.
-//! `FK_BENCH_FILTERS=checksum,encrypt` limits the run to some rows.
+//! `FK_BENCH_FILTERS=checksum,encrypt` limits the run to some rows,
+//! `FK_BENCH_SIZES=64,1024` to some block sizes (KiB).
 
 use std::path::Path;
 use std::time::{Duration, Instant};
@@ -67,7 +68,7 @@ fn native_for<'a>(name: &str, key: &'a Key, dir: &'a Path, ctx: &'a Ctx) -> Nati
         }),
         "checksum" => Box::new(|d| {
             let e = native::checksum_seal(&d);
-            native::checksum_open(&e).unwrap()
+            native::checksum_strip(e).unwrap()
         }),
         "replicate" => Box::new(move |d| {
             native::replica_write(dir, ctx, &d).unwrap();
@@ -77,7 +78,7 @@ fn native_for<'a>(name: &str, key: &'a Key, dir: &'a Path, ctx: &'a Ctx) -> Nati
             let e = native::zstd_compress(&d, 3).unwrap();
             let e = native::encrypt(key, &aad, &e).unwrap();
             let e = native::checksum_seal(&e);
-            let p = native::checksum_open(&e).unwrap();
+            let p = native::checksum_strip(e).unwrap();
             let p = native::decrypt(key, &aad, &p).unwrap();
             native::zstd_decompress(&p, 64 << 20).unwrap()
         }),
@@ -127,7 +128,13 @@ fn filter_bench_dispatch() {
         .into_iter()
         .filter(|f| only.is_empty() || only.split(',').any(|o| o == *f))
         .collect();
-    let sizes = [4usize << 10, 64 << 10, 1 << 20];
+    let sizes: Vec<usize> = match std::env::var("FK_BENCH_SIZES") {
+        Ok(v) if !v.is_empty() => v
+            .split(',')
+            .map(|k| k.parse::<usize>().unwrap() << 10)
+            .collect(),
+        _ => vec![4 << 10, 64 << 10, 1 << 20],
+    };
 
     let mut rows = Vec::new();
     for filter in filters {

@@ -279,7 +279,62 @@ fn call_state(lua: &Lua) -> Rc<CallState> {
 }
 
 /// A bytes object: a Rust buffer that scripts pass around without copying.
-struct Bytes(Vec<u8>);
+/// It is a read-only view (`start..end`) of a shared buffer, so a helper
+/// whose result is part of its input (`checksum_open`, `b:sub`) returns a
+/// view instead of a copy; bytes objects are never modified, so a view
+/// cannot be told apart from a copy.
+struct Bytes {
+    buf: Rc<Vec<u8>>,
+    start: usize,
+    end: usize,
+}
+
+impl Bytes {
+    fn new(data: Vec<u8>) -> Bytes {
+        Bytes {
+            end: data.len(),
+            buf: Rc::new(data),
+            start: 0,
+        }
+    }
+
+    fn as_slice(&self) -> &[u8] {
+        &self.buf[self.start..self.end]
+    }
+
+    fn len(&self) -> usize {
+        self.end - self.start
+    }
+
+    /// A view of `range` (relative to this view) sharing the buffer.
+    fn view(&self, range: std::ops::Range<usize>) -> Bytes {
+        debug_assert!(range.start <= range.end && range.end <= self.len());
+        Bytes {
+            buf: self.buf.clone(),
+            start: self.start + range.start,
+            end: self.start + range.end,
+        }
+    }
+
+    /// The bytes as a vector: the buffer itself when nothing else shares
+    /// it and the view is most of it (trimmed in place), a copy otherwise
+    /// (so a small view does not keep a large allocation).
+    fn into_vec(self) -> Vec<u8> {
+        if self.len() < self.buf.len() / 2 {
+            return self.as_slice().to_vec();
+        }
+        match Rc::try_unwrap(self.buf) {
+            Ok(mut v) => {
+                v.truncate(self.end);
+                if self.start > 0 {
+                    v.drain(..self.start);
+                }
+                v
+            }
+            Err(shared) => shared[self.start..self.end].to_vec(),
+        }
+    }
+}
 
 /// An opaque key.
 struct KeyHandle(Key);
@@ -298,6 +353,12 @@ fn ext(e: FilterError) -> mlua::Error {
 
 /// Makes a bytes object, charging it to the call's buffer budget.
 fn new_bytes(lua: &Lua, data: Vec<u8>) -> mlua::Result<AnyUserData> {
+    new_bytes_from(lua, Bytes::new(data))
+}
+
+/// Makes a bytes object of `data` (a buffer or a view), charging its
+/// length to the call's buffer budget (a view is charged like a copy).
+fn new_bytes_from(lua: &Lua, data: Bytes) -> mlua::Result<AnyUserData> {
     let st = call_state(lua);
     let used = st.buffer_used.get().saturating_add(data.len());
     if used > st.buffer_budget.get() {
@@ -311,7 +372,7 @@ fn new_bytes(lua: &Lua, data: Vec<u8>) -> mlua::Result<AnyUserData> {
         }));
     }
     st.buffer_used.set(used);
-    let ud = lua.create_userdata(Bytes(data))?;
+    let ud = lua.create_userdata(data)?;
     st.created.borrow_mut().push(ud.clone());
     Ok(ud)
 }
@@ -321,7 +382,7 @@ fn with_bytes<R>(v: &Value, f: impl FnOnce(&[u8]) -> R) -> mlua::Result<R> {
     match v {
         Value::String(s) => Ok(f(&s.as_bytes())),
         Value::UserData(ud) => match ud.borrow::<Bytes>() {
-            Ok(b) => Ok(f(&b.0)),
+            Ok(b) => Ok(f(b.as_slice())),
             Err(mlua::Error::UserDataDestructed) => Err(mlua::Error::runtime(
                 "a bytes object from an earlier call (buffers live for one call)",
             )),
@@ -360,19 +421,19 @@ fn lua_range(len: usize, i: Option<i64>, j: Option<i64>) -> std::ops::Range<usiz
 
 impl UserData for Bytes {
     fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("len", |_, this, ()| Ok(this.0.len()));
-        methods.add_meta_method(MetaMethod::Len, |_, this, ()| Ok(this.0.len()));
+        methods.add_method("len", |_, this, ()| Ok(this.len()));
+        methods.add_meta_method(MetaMethod::Len, |_, this, ()| Ok(this.len()));
         methods.add_method("str", |lua, this, (i, j): (Option<i64>, Option<i64>)| {
-            lua.create_string(&this.0[lua_range(this.0.len(), i, j)])
+            lua.create_string(&this.as_slice()[lua_range(this.len(), i, j)])
         });
         methods.add_method("sub", |lua, this, (i, j): (Option<i64>, Option<i64>)| {
-            new_bytes(lua, this.0[lua_range(this.0.len(), i, j)].to_vec())
+            new_bytes_from(lua, this.view(lua_range(this.len(), i, j)))
         });
         methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
-            Ok(format!("bytes({})", this.0.len()))
+            Ok(format!("bytes({})", this.len()))
         });
         methods.add_meta_method(MetaMethod::Eq, |_, this, other: Value| {
-            with_bytes(&other, |o| o == this.0.as_slice())
+            with_bytes(&other, |o| o == this.as_slice())
         });
         methods.add_meta_function(MetaMethod::Concat, |lua, (a, b): (Value, Value)| {
             let mut out = with_bytes(&a, <[u8]>::to_vec)?;
@@ -382,10 +443,14 @@ impl UserData for Bytes {
     }
 }
 
-fn current_ctx(lua: &Lua) -> mlua::Result<Ctx> {
-    call_state(lua).ctx.borrow().clone().ok_or_else(|| {
-        mlua::Error::runtime("this helper works only inside encode, decode or recover")
-    })
+/// Runs `f` on the call's own [`Ctx`] (borrowed, not copied).
+fn with_ctx<R>(lua: &Lua, f: impl FnOnce(&Ctx) -> R) -> mlua::Result<R> {
+    match &*call_state(lua).ctx.borrow() {
+        Some(ctx) => Ok(f(ctx)),
+        None => Err(mlua::Error::runtime(
+            "this helper works only inside encode, decode or recover",
+        )),
+    }
 }
 
 fn is_memory_error(e: &mlua::Error) -> bool {
@@ -457,6 +522,15 @@ fn fk_table(lua: &Lua) -> mlua::Result<Table> {
     fk.set(
         "checksum_open",
         lua.create_function(|lua, v: Value| {
+            // The body of a bytes object is a view of it: no copy.
+            if let Value::UserData(ud) = &v {
+                if let Ok(b) = ud.borrow::<Bytes>() {
+                    let body = native::checksum_verify(b.as_slice()).map_err(ext)?.len();
+                    let view = b.view(0..body);
+                    drop(b);
+                    return new_bytes_from(lua, view);
+                }
+            }
             let out = with_bytes(&v, native::checksum_open)?.map_err(ext)?;
             new_bytes(lua, out)
         })?,
@@ -482,7 +556,7 @@ fn fk_table(lua: &Lua) -> mlua::Result<Table> {
         "encrypt",
         lua.create_function(|lua, (k, v): (AnyUserData, Value)| {
             let key = k.borrow::<KeyHandle>()?;
-            let aad = current_ctx(lua)?.aad();
+            let aad = with_ctx(lua, Ctx::aad)?;
             let out = with_bytes(&v, |b| native::encrypt(&key.0, &aad, b))?.map_err(ext)?;
             new_bytes(lua, out)
         })?,
@@ -491,7 +565,7 @@ fn fk_table(lua: &Lua) -> mlua::Result<Table> {
         "decrypt",
         lua.create_function(|lua, (k, v): (AnyUserData, Value)| {
             let key = k.borrow::<KeyHandle>()?;
-            let aad = current_ctx(lua)?.aad();
+            let aad = with_ctx(lua, Ctx::aad)?;
             let out = with_bytes(&v, |b| native::decrypt(&key.0, &aad, b))?.map_err(ext)?;
             new_bytes(lua, out)
         })?,
@@ -499,17 +573,20 @@ fn fk_table(lua: &Lua) -> mlua::Result<Table> {
     fk.set(
         "replica_write",
         lua.create_function(|lua, (dir, v): (String, Value)| {
-            let ctx = current_ctx(lua)?;
-            with_bytes(&v, |b| native::replica_write(Path::new(&dir), &ctx, b))?.map_err(ext)?;
+            with_ctx(lua, |ctx| {
+                with_bytes(&v, |b| native::replica_write(Path::new(&dir), ctx, b))
+            })??
+            .map_err(ext)?;
             Ok(v)
         })?,
     )?;
     fk.set(
         "replica_read",
         lua.create_function(|lua, dir: String| {
-            let ctx = current_ctx(lua)?;
             let max = call_state(lua).remaining();
-            match native::replica_read(Path::new(&dir), &ctx, max).map_err(ext)? {
+            match with_ctx(lua, |ctx| native::replica_read(Path::new(&dir), ctx, max))?
+                .map_err(ext)?
+            {
                 Some(data) => Ok(Some(new_bytes(lua, data)?)),
                 None => Ok(None),
             }
@@ -866,11 +943,15 @@ impl Worker {
 
     /// Frees every buffer the call made: nothing outlives the call.
     fn finish(&self) {
+        self.free_buffers();
+        *self.st.ctx.borrow_mut() = None;
+    }
+
+    fn free_buffers(&self) {
         let created = std::mem::take(&mut *self.st.created.borrow_mut());
         for ud in created {
             let _ = ud.destroy();
         }
-        *self.st.ctx.borrow_mut() = None;
     }
 
     /// Drops a buffer the engine frees itself from the end-of-call list.
@@ -916,18 +997,23 @@ impl Worker {
     fn input(&self, data: Vec<u8>) -> Result<Value> {
         let ud = self
             .lua
-            .create_userdata(Bytes(data))
+            .create_userdata(Bytes::new(data))
             .map_err(|e| self.classify(&e, "filter input"))?;
         self.st.created.borrow_mut().push(ud.clone());
         Ok(Value::UserData(ud))
     }
 
-    /// Takes the result out of Lua: a bytes object is moved, a string copied.
+    /// Takes the result out of Lua: a bytes object is moved, a string
+    /// copied. The call's other buffers are freed first, so a result that
+    /// is a view of one of them (`checksum_open`) is trimmed in place
+    /// rather than copied.
     fn output(&self, v: Value) -> Vec<u8> {
         match v {
             Value::UserData(ud) => {
                 self.forget(&ud);
-                ud.take::<Bytes>().map(|b| b.0).unwrap_or_default()
+                let taken = ud.take::<Bytes>();
+                self.free_buffers();
+                taken.map(Bytes::into_vec).unwrap_or_default()
             }
             Value::String(s) => s.as_bytes().to_vec(),
             _ => Vec::new(),

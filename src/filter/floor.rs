@@ -136,7 +136,7 @@ impl Floor {
                     })?;
                     native::zstd_decompress(&data, max)?
                 }
-                Step::Checksum => native::checksum_open(&data)?,
+                Step::Checksum => native::checksum_strip(data)?,
                 Step::Encrypt(key) => native::decrypt(key, &ctx.aad(), &data)?,
                 Step::Replicate(_) => data,
             };

@@ -35,7 +35,10 @@
 //! * `bytes`: the data, as a **bytes object** (userdata holding a Rust
 //!   buffer, so a 1 MiB block is never copied into Lua). `#b` and
 //!   `b:len()` give its length, `b:str([i [, j]])` copies (part of) it into
-//!   a Lua string, `b:sub(i [, j])` gives a new bytes object,
+//!   a Lua string, `b:sub(i [, j])` gives a new bytes object (a view of
+//!   the same buffer, like the body `fk.checksum_open` returns: bytes
+//!   objects never change, so a view is a copy that costs nothing; it is
+//!   charged to the buffer budget like a copy),
 //!   `tostring(b)`, `b == other` and `b .. x` work. Every helper that takes
 //!   bytes accepts a bytes object or a Lua string, and `encode`/`decode`
 //!   may return either; anything else is FK0904. Bytes objects are valid

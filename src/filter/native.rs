@@ -133,6 +133,14 @@ pub fn checksum_open(data: &[u8]) -> Result<Vec<u8>> {
     Ok(body.to_vec())
 }
 
+/// [`checksum_open`] on an owned buffer: checks the trailer and cuts it
+/// off in place, without copying the body.
+pub fn checksum_strip(mut data: Vec<u8>) -> Result<Vec<u8>> {
+    let body = checksum_verify(&data)?.len();
+    data.truncate(body);
+    Ok(data)
+}
+
 /// Checks the trailer and returns the body, without copying.
 pub fn checksum_verify(data: &[u8]) -> Result<&[u8]> {
     if data.len() < CHECKSUM_LEN {

@@ -820,3 +820,44 @@ fn filter_a_million_calls_leave_memory_flat() {
         "Lua heap grew from {lua0} to {lua1}"
     );
 }
+
+#[test]
+fn filter_views_behave_like_copies() {
+    let _g = serial();
+    // `checksum_open` and `b:sub` of a bytes object return views of it;
+    // nothing a script can do tells them from copies, and what a call
+    // returns is exactly the view's bytes (large or small part of a buffer).
+    let chain = inline(
+        "views",
+        r#"function encode(b)
+             local s = fk.checksum_seal(b)
+             local body = fk.checksum_open(s)
+             assert(body == b and #s == #b + 4 and #body == #b and s:str(1, #b) == b:str())
+             local mid = body:sub(2, -2)
+             assert(mid:str() == b:str(2, -2) and mid:sub(2):str() == b:str(3, -2))
+             assert(#mid:sub(5, 4) == 0 and body:sub(-3) == b:sub(-3))
+             local ok, err = pcall(fk.checksum_open, s:sub(2))
+             assert(not ok and fk.is_damaged(err))
+             if #b > 100 then return mid:sub(1, 3) end
+             return mid
+           end
+           function decode(b) return fk.checksum_open(fk.checksum_seal(b)) end"#,
+    );
+    let data: Vec<u8> = (0..5000u32).map(|i| (i % 251) as u8).collect();
+    assert_eq!(chain.encode(data.clone(), &obj(1)).unwrap(), data[1..4]);
+    assert_eq!(
+        chain.encode(data[..50].to_vec(), &obj(1)).unwrap(),
+        data[1..49]
+    );
+    assert_eq!(chain.decode(data.clone(), &obj(1)).unwrap(), data);
+    // The body of a stored frame, its trailer stripped, through the chain.
+    let chain = inline(
+        "open",
+        "function encode(b) return fk.checksum_seal(b) end\n\
+         function decode(b) return fk.checksum_open(b) end",
+    );
+    let enc = round_trip(&chain, &data, &obj(2));
+    let mut bad = enc.clone();
+    bad[10] ^= 1;
+    assert_code(chain.decode(bad, &obj(2)), "FK0905");
+}
