@@ -253,26 +253,38 @@ fn filtered<W: Write>(
     )
     .map_err(io)?;
     drop(store);
-    let pid = s.time(
-        "mount the filtered image through FUSE (the kernel mount refuses it)",
-        || {
-            let opts = crate::fuse::ServeOptions::new(false, 0);
-            Ok(crate::fuse::spawn(store_dir, "demo:filtered", mnt, &opts)?)
-        },
-    )?;
-    let n = s.time(
-        "read files back through FUSE (decoded by Lua) and compare with the host",
-        || verify(mnt, files),
-    )?;
+    fuse_round_trip(
+        s,
+        (store_dir, "demo:filtered", mnt, files),
+        false,
+        [
+            "mount the filtered image through FUSE (the kernel mount refuses it)",
+            "read files back through FUSE (decoded by Lua) and compare with the host",
+            "unmount the filtered image",
+        ],
+    )
+}
+
+/// Mounts `image` through FUSE at `mnt`, checks `files` against the host,
+/// unmounts; `steps` names the three timed steps.
+fn fuse_round_trip<W: Write>(
+    s: &mut Steps<'_, W>,
+    (store_dir, image, mnt, files): (&Path, &str, &Path, &[(String, PathBuf)]),
+    passthrough: bool,
+    steps: [&str; 3],
+) -> CliResult {
+    let pid = s.time(steps[0], || {
+        let opts = crate::fuse::ServeOptions::new(passthrough, 0);
+        Ok(crate::fuse::spawn(store_dir, image, mnt, &opts)?)
+    })?;
+    let n = s.time(steps[1], || verify(mnt, files))?;
     writeln!(
         s.out,
         "    {} identical to the host's; server pid {pid}",
         files_n(n)
     )
     .map_err(io)?;
-    s.time("unmount the filtered image", || {
-        Ok(crate::mount::umount(store_dir, mnt)?)
-    })?;
+    s.time(steps[2], || Ok(crate::mount::umount(store_dir, mnt)?))?;
     Ok(())
 }
 
@@ -558,26 +570,16 @@ fn run_in(out: &mut impl Write, base: &Path) -> CliResult {
             writeln!(s.out, "==> {how}: not run, passthrough needs root").map_err(io)?;
             continue;
         }
-        let pid = s.time(
-            &format!("mount it through {how} (a server that outlives the command)"),
-            || {
-                let opts = crate::fuse::ServeOptions::new(passthrough, 0);
-                Ok(crate::fuse::spawn(&store_dir, "demo:latest", &mnt, &opts)?)
-            },
+        fuse_round_trip(
+            &mut s,
+            (&store_dir, "demo:latest", &mnt, &files),
+            passthrough,
+            [
+                &format!("mount it through {how} (a server that outlives the command)"),
+                &format!("read files back through {how} and compare with the host"),
+                &format!("unmount {how} (the server exits)"),
+            ],
         )?;
-        let n = s.time(
-            &format!("read files back through {how} and compare with the host"),
-            || verify(&mnt, &files),
-        )?;
-        writeln!(
-            s.out,
-            "    {} identical to the host's; server pid {pid}",
-            files_n(n)
-        )
-        .map_err(io)?;
-        s.time(&format!("unmount {how} (the server exits)"), || {
-            Ok(crate::mount::umount(&store_dir, &mnt)?)
-        })?;
     }
     filtered(&mut s, &store_dir, &spelled, &mnt, &files)?;
     if root {
