@@ -16,7 +16,9 @@ use std::fs;
 use composefs::fsverity::FsVerityHashValue;
 use serde::Serialize;
 
-use super::{ImageName, ObjectId, Result, Store, io_err, is_tmp_name, objects::verify_file};
+use super::{
+    ImageName, ObjectId, Result, Store, io_err, is_tmp_name, object_id_of, objects::verify_file,
+};
 use crate::error::Coded;
 
 /// One problem found.
@@ -99,10 +101,7 @@ pub(super) fn run(store: &Store, repair: bool) -> Result<FsckReport> {
                 r.garbage.temp_files += 1;
                 continue;
             }
-            let Some(id) = name
-                .to_str()
-                .and_then(|n| ObjectId::from_hex(format!("{i:02x}{n}")).ok())
-            else {
+            let Some(id) = object_id_of(i, &name) else {
                 problem(
                     &mut r,
                     "stray-file",
@@ -423,10 +422,7 @@ fn garbage_filtered(
                     r.garbage.temp_files += 1;
                     continue;
                 }
-                let Some(id) = name
-                    .to_str()
-                    .and_then(|n| ObjectId::from_hex(format!("{i:02x}{n}")).ok())
-                else {
+                let Some(id) = object_id_of(i, &name) else {
                     continue;
                 };
                 if !seen.contains_key(&(digest.clone(), id)) {

@@ -22,7 +22,7 @@ use std::path::PathBuf;
 use composefs::fsverity::FsVerityHashValue;
 use serde::Serialize;
 
-use super::{ObjectId, Result, Store, io_err, is_tmp_name};
+use super::{ObjectId, Result, Store, io_err, is_tmp_name, object_id_of};
 use crate::filter::ChainSpec;
 
 /// What `gc` removed (or, with `--dry-run`, would remove).
@@ -160,9 +160,7 @@ pub(super) fn run(store: &Store, dry_run: bool, keep: &[ObjectId]) -> Result<GcR
             for entry in entries {
                 let entry = entry.map_err(io_err("listing objects"))?;
                 let name = entry.file_name();
-                let id = name
-                    .to_str()
-                    .and_then(|n| ObjectId::from_hex(format!("{i:02x}{n}")).ok());
+                let id = object_id_of(i, &name);
                 if id.as_ref().is_some_and(|id| live.contains(id)) {
                     continue;
                 }
