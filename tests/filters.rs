@@ -46,6 +46,22 @@ fn pull_filtered(store: &Store, source: &str, name: &str, filters: &[String]) ->
     run.stdout_str().trim().to_owned()
 }
 
+/// `restore IMAGE PATH DEST`.
+fn restore(store: &Store, image: &str, path: &str, dest: &Path) -> common::Run {
+    use std::ffi::OsStr;
+    store.run([
+        OsStr::new("restore"),
+        OsStr::new(image),
+        OsStr::new(path),
+        dest.as_os_str(),
+    ])
+}
+
+/// `restore IMAGE PATH DEST`, which must succeed.
+fn restore_ok(store: &Store, image: &str, path: &str, dest: &Path) {
+    restore(store, image, path, dest).assert_success();
+}
+
 /// The error code of a failed run (`error[FKnnnn]`), checking exit status 1
 /// and a hint line.
 fn code_of(run: &common::Run) -> String {
@@ -166,12 +182,7 @@ fn filtered_images_read_back_identical_through_fuse_restore_and_export() {
         m.unmount();
         // restore gives the same bytes.
         let dest = work.path().join(format!("restore-{label}"));
-        store.ok([
-            "restore".as_ref(),
-            name.as_ref(),
-            "/bin".as_ref(),
-            dest.as_os_str(),
-        ]);
+        restore_ok(&store, &name, "/bin", &dest);
         assert_eq!(
             sha256_file(&dest.join("busybox")).unwrap(),
             sha256_file(&kernel.path().join("bin/busybox")).unwrap(),
@@ -267,23 +278,13 @@ fn encrypted_store_holds_no_plaintext_and_a_wrong_key_is_coded() {
 
     // The right key reads it back.
     let dest = work.path().join("out");
-    store.ok([
-        "restore".as_ref(),
-        "secret:1".as_ref(),
-        "/etc".as_ref(),
-        dest.as_os_str(),
-    ]);
+    restore_ok(&store, "secret:1", "/etc", &dest);
     assert_eq!(std::fs::read_to_string(dest.join("big.txt")).unwrap(), big);
     assert_eq!(std::fs::read_to_string(dest.join("small")).unwrap(), marker);
 
     // Another key: FK0906 from every reader, never garbage.
     std::fs::write(&key, hex::encode([4u8; 32])).unwrap();
-    let run = store.run([
-        "restore".as_ref(),
-        "secret:1".as_ref(),
-        "/etc".as_ref(),
-        work.path().join("out2").as_os_str(),
-    ]);
+    let run = restore(&store, "secret:1", "/etc", &work.path().join("out2"));
     assert_eq!(code_of(&run), "FK0906", "{run}");
     assert!(
         !work.path().join("out2").exists(),
@@ -331,12 +332,7 @@ fn flipped_byte_is_caught_by_checksum_and_served_from_the_replica() {
     );
     let victim = filtered_objects(&store)[0].clone(); // the biggest: busybox
     flip_byte(&victim);
-    let run = store.run([
-        "restore".as_ref(),
-        "sum:1".as_ref(),
-        "/bin".as_ref(),
-        work.path().join("r1").as_os_str(),
-    ]);
+    let run = restore(&store, "sum:1", "/bin", &work.path().join("r1"));
     assert_eq!(code_of(&run), "FK0905", "{run}");
     let mp = scratch_dir("fk-filters-mnt-");
     let m = store.mount_fuse("sum:1", mp.path());
@@ -370,12 +366,7 @@ fn flipped_byte_is_caught_by_checksum_and_served_from_the_replica() {
     let victim = filtered_objects(&store)[0].clone();
     flip_byte(&victim);
     let dest = work.path().join("r2");
-    store.ok([
-        "restore".as_ref(),
-        "rep:1".as_ref(),
-        "/bin".as_ref(),
-        dest.as_os_str(),
-    ]);
+    restore_ok(&store, "rep:1", "/bin", &dest);
     assert_eq!(sha256_file(&dest.join("busybox")).unwrap(), good);
     let m = store.mount_fuse("rep:1", mp.path());
     assert_eq!(sha256_file(&m.path().join("bin/busybox")).unwrap(), good);
@@ -383,12 +374,7 @@ fn flipped_byte_is_caught_by_checksum_and_served_from_the_replica() {
     // Even a missing primary is served from the replica.
     std::fs::remove_file(&victim).unwrap();
     let dest = work.path().join("r3");
-    store.ok([
-        "restore".as_ref(),
-        "rep:1".as_ref(),
-        "/bin".as_ref(),
-        dest.as_os_str(),
-    ]);
+    restore_ok(&store, "rep:1", "/bin", &dest);
     assert_eq!(sha256_file(&dest.join("busybox")).unwrap(), good);
 }
 
@@ -536,12 +522,7 @@ fn a_filtered_pull_killed_at_each_step_leaves_only_garbage() {
         }
         pull_filtered(&store, &source, "enc:1", &filters);
         let dest = work.path().join(format!("r-{}", fp.replace(':', "-")));
-        store.ok([
-            "restore".as_ref(),
-            "enc:1".as_ref(),
-            "/bin/busybox".as_ref(),
-            dest.as_os_str(),
-        ]);
+        restore_ok(&store, "enc:1", "/bin/busybox", &dest);
         store.assert_fsck_clean();
     }
 }
