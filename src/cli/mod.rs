@@ -362,12 +362,9 @@ fn run(cli: &Cli) -> CliResult {
         Command::Inspect { image } => {
             let store = open(cli, LockMode::Shared)?;
             let (id, asked) = store.resolve(image)?;
-            let mut record = store.record(&id)?;
-            // The config (and its digest) of the name asked for.
-            if let Some(c) = asked.and_then(|n| record.named_configs.get(&n.to_string())) {
-                record.config_digest = c.config_digest.clone();
-                record.config = c.config.clone();
-            }
+            let record = store
+                .record(&id)?
+                .as_named(asked.map(|n| n.to_string()).as_deref());
             let names: Vec<String> = store
                 .refs()?
                 .into_iter()

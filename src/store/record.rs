@@ -68,6 +68,16 @@ impl ImageRecord {
             .map_or(&self.config, |c| &c.config)
     }
 
+    /// The record as `name` shows it: `config` and `config_digest` are
+    /// that name's (what `inspect NAME` prints).
+    pub fn as_named(mut self, name: Option<&str>) -> ImageRecord {
+        if let Some(c) = name.and_then(|n| self.named_configs.remove(n)) {
+            self.config_digest = c.config_digest;
+            self.config = c.config;
+        }
+        self
+    }
+
     /// `self` is a new pull of `name` (its `config` this pull's); `old` the
     /// record the image had. Keeps `old`'s names, each with the config it
     /// had.
@@ -238,6 +248,12 @@ mod tests {
         assert_eq!(again.config_for(Some("y:1")), &b);
         assert_eq!(again.config_for(Some("y:2")), &a);
         assert_eq!(again.config_for(Some("y:3")), &a);
+        let shown = again.clone().as_named(Some("y:1"));
+        assert_eq!(
+            (&shown.config, shown.config_digest.as_deref()),
+            (&b, Some("sha256:x:b"))
+        );
+        assert_eq!(again.clone().as_named(None).config, a);
         // The same config under two names is not stored twice.
         let mut same = rec("z:1", a.clone());
         same.merge_old("z:1", &rec("z:0", a.clone()));
