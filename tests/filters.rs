@@ -308,6 +308,16 @@ fn encrypted_store_holds_no_plaintext_and_a_wrong_key_is_coded() {
         before,
         "fsck --repair deleted data it could not read"
     );
+    // Nor its name, so gc keeps it too; with the key back it reads again.
+    store.ok(["gc"]);
+    assert_eq!(
+        filtered_objects(&store).len(),
+        before,
+        "gc after fsck --repair"
+    );
+    std::fs::write(&key, hex::encode([3u8; 32])).unwrap();
+    restore_ok(&store, "secret:1", "/etc", &work.path().join("out3"));
+    store.assert_fsck_clean();
 }
 
 #[test]

@@ -137,6 +137,9 @@ pub(super) fn run(store: &Store, repair: bool) -> Result<FsckReport> {
     let mut records: HashMap<ObjectId, Vec<String>> = HashMap::new();
     // Filtered objects already checked, per chain: intact or not.
     let mut filtered_seen: HashMap<(String, ObjectId), bool> = HashMap::new();
+    // Filtered images whose chain cannot run here: not known to be broken,
+    // so their names stay and their chain's objects are not garbage.
+    let mut unsure: HashSet<ObjectId> = HashSet::new();
     for id in store.image_ids()? {
         r.images += 1;
         let hex = id.to_hex();
@@ -149,12 +152,15 @@ pub(super) fn run(store: &Store, repair: bool) -> Result<FsckReport> {
                 Ok(None) => {}
                 // A chain that cannot run here (missing key or script) is
                 // a problem `--repair` must not "fix" by deleting data.
-                Err(e) => problem(
-                    &mut r,
-                    "filter-unavailable",
-                    format!("image {hex}: {} {e}", e.code()),
-                    false,
-                ),
+                Err(e) => {
+                    problem(
+                        &mut r,
+                        "filter-unavailable",
+                        format!("image {hex}: {} {e}", e.code()),
+                        false,
+                    );
+                    unsure.insert(id.clone());
+                }
             }
             continue;
         }
@@ -230,7 +236,7 @@ pub(super) fn run(store: &Store, repair: bool) -> Result<FsckReport> {
                 .ok()
                 .and_then(|t| super::parse_image_link(&t));
             match target {
-                Some(id) if good_images.contains(&id) => {
+                Some(id) if good_images.contains(&id) || unsure.contains(&id) => {
                     named.insert(id);
                 }
                 _ => {
@@ -281,7 +287,11 @@ pub(super) fn run(store: &Store, repair: bool) -> Result<FsckReport> {
             r.garbage.bytes += len;
         }
     }
-    garbage_filtered(store, &filtered_seen, &mut r)?;
+    let unsure_chains: HashSet<String> = unsure
+        .iter()
+        .filter_map(|id| store.filter_info(id).ok().map(|i| i.chain_digest))
+        .collect();
+    garbage_filtered(store, &filtered_seen, &unsure_chains, &mut r)?;
     r.clean = r.problems.iter().all(|p| p.repaired);
     Ok(r)
 }
@@ -359,6 +369,9 @@ fn check_filtered(
     };
     let Ok(erofs) = ObjectId::from_hex(&info.erofs) else {
         broken(r, "its record names no valid EROFS digest".into());
+        if repair {
+            store.forget_image(id)?;
+        }
         return Ok(None);
     };
     if !check(erofs.clone(), info.erofs_size, r)? {
@@ -384,7 +397,7 @@ fn check_filtered(
             detail: format!(
                 "filtered object {} (chain {}): {why}",
                 oid.to_hex(),
-                &info.chain_digest[..12]
+                info.chain_digest.get(..12).unwrap_or(&info.chain_digest)
             ),
             repaired: repair,
         });
@@ -405,6 +418,7 @@ fn check_filtered(
 fn garbage_filtered(
     store: &Store,
     seen: &HashMap<(String, ObjectId), bool>,
+    unsure: &HashSet<String>,
     r: &mut FsckReport,
 ) -> Result<()> {
     let Ok(chains) = fs::read_dir(store.filters_dir().join("chains")) else {
@@ -412,6 +426,9 @@ fn garbage_filtered(
     };
     for c in chains.flatten() {
         let digest = c.file_name().to_string_lossy().into_owned();
+        if unsure.contains(&digest) {
+            continue;
+        }
         for i in 0..=255u8 {
             let Ok(entries) = fs::read_dir(c.path().join(format!("objects/{i:02x}"))) else {
                 continue;
