@@ -172,7 +172,6 @@ fn build_image(dir: &Path) -> std::io::Result<Vec<(String, PathBuf)>> {
     Ok(files)
 }
 
-/// Compares each host file with its copy under `mnt`; returns how many.
 /// "1 file", "3 files".
 fn files_n(n: usize) -> String {
     if n == 1 {
@@ -182,6 +181,7 @@ fn files_n(n: usize) -> String {
     }
 }
 
+/// Compares each host file with its copy under `mnt`; returns how many.
 fn verify(mnt: &Path, files: &[(String, PathBuf)]) -> CliResult<usize> {
     let mut n = 0;
     for (rel, host) in files {
@@ -217,8 +217,6 @@ impl<W: Write> Steps<'_, W> {
 
 const CONTAINER: &str = "demo-ctr";
 
-/// A container: its writable layer on a thin volume, a snapshot, a write
-/// after it, a rollback that drops that write.
 /// The image again, stored through Lua filters (compress, then checksum)
 /// and read back through FUSE, which decodes.
 fn filtered<W: Write>(
@@ -288,6 +286,8 @@ fn fuse_round_trip<W: Write>(
     Ok(())
 }
 
+/// A container: its writable layer on a thin volume, a snapshot, a write
+/// after it, a rollback that drops that write.
 fn containers<W: Write>(s: &mut Steps<'_, W>, store_dir: &Path) -> CliResult {
     let c = Containers::new(store_dir);
     let made = s.time(

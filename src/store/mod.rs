@@ -625,7 +625,6 @@ fn tmp_sibling(path: &Path) -> PathBuf {
     path.with_file_name(name)
 }
 
-/// True for a temporary name made by [`tmp_sibling`].
 /// The object an entry of an objects directory's fan-out directory `fanout`
 /// (`objects/XX/`, or a chain's) names: `None` for anything else.
 pub(crate) fn object_id_of(fanout: u8, name: &OsStr) -> Option<ObjectId> {
@@ -633,6 +632,7 @@ pub(crate) fn object_id_of(fanout: u8, name: &OsStr) -> Option<ObjectId> {
         .and_then(|n| ObjectId::from_hex(format!("{fanout:02x}{n}")).ok())
 }
 
+/// True for a temporary name made by [`tmp_sibling`].
 pub(crate) fn is_tmp_name(name: &OsStr) -> bool {
     name.as_bytes().starts_with(b".tmp-")
 }
