@@ -131,7 +131,7 @@ fn crash_at_every_step_of_every_operation() {
 }
 
 /// Every operation that writes.
-pub(super) const ALL_OPS: [Op; 11] = [
+pub(super) const ALL_OPS: [Op; 12] = [
     Op::Write,
     Op::Discard,
     Op::Flush,
@@ -142,6 +142,7 @@ pub(super) const ALL_OPS: [Op; 11] = [
     Op::DeleteSnapshot,
     Op::DeleteVolume,
     Op::Reclaim,
+    Op::MakeSpares,
     Op::Compact,
 ];
 

@@ -77,6 +77,7 @@ pub(crate) enum Op {
     Reopen,
     DeleteVolume,
     Reclaim,
+    MakeSpares,
     ReadAll,
     Compact,
     DamageIndex,
@@ -300,7 +301,8 @@ impl Harness {
             84..=85 => Op::DropUnflushed,
             86..=87 => Op::Reopen,
             88..=89 => Op::DeleteVolume,
-            90..=91 => Op::Reclaim,
+            90 => Op::Reclaim,
+            91 => Op::MakeSpares,
             92..=94 => Op::Compact,
             95 => Op::DamageIndex,
             _ => Op::ReadAll,
@@ -330,6 +332,7 @@ impl Harness {
             Op::Reopen => self.reopen(),
             Op::DeleteVolume => self.delete_volume(),
             Op::Reclaim => self.reclaim(),
+            Op::MakeSpares => self.make_spares(),
             Op::ReadAll => self.read_all(&name),
             Op::Compact => self.compact(&name),
             Op::DamageIndex => self.damage_index(),
@@ -631,9 +634,6 @@ impl Harness {
     }
 
     fn reclaim(&mut self) {
-        if self.rng.chance(1, 2) {
-            return self.make_spares();
-        }
         self.note("reclaim".into());
         if let Err(e) = self.pool.reclaim() {
             self.failure("reclaim", e, vec![]);
