@@ -243,11 +243,15 @@ mod tests {
         assert!(!again.named_configs.contains_key("x:a"));
         // A tag takes the config of the name it was made from.
         again.add_name("y:1", Some("x:b"));
-        again.add_name("y:2", Some("x:a"));
-        again.add_name("y:3", None);
         assert_eq!(again.config_for(Some("y:1")), &b);
-        assert_eq!(again.config_for(Some("y:2")), &a);
-        assert_eq!(again.config_for(Some("y:3")), &a);
+        // Tagged again, from a name with the record's own config (or from
+        // no name): the config it had before is dropped.
+        for (tag, from) in [("y:2", Some("x:a")), ("y:3", None)] {
+            again.add_name(tag, Some("x:b"));
+            assert_eq!(again.config_for(Some(tag)), &b, "{tag}");
+            again.add_name(tag, from);
+            assert_eq!(again.config_for(Some(tag)), &a, "{tag}");
+        }
         let shown = again.clone().as_named(Some("y:1"));
         assert_eq!(
             (&shown.config, shown.config_digest.as_deref()),

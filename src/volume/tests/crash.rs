@@ -151,6 +151,8 @@ pub(super) const ALL_OPS: [Op; 12] = [
 pub(super) struct StepRuns {
     pub runs: u64,
     pub beyond: u64,
+    /// Reads checked against the model on volumes with a filter chain.
+    pub filtered_reads: u64,
     pub compact_failed: u64,
     pub compact_done: u64,
 }
@@ -208,6 +210,7 @@ pub(super) fn crash_at_every_step(
                 };
                 h.recover(Some(m));
                 r.beyond += h.stats.beyond_durable;
+                r.filtered_reads += h.stats.filtered_reads_checked;
                 r.runs += 1;
             }
         }

@@ -118,7 +118,7 @@ fn fsx_with_filter_chains() {
     for (c, names) in CHAINS.iter().enumerate() {
         let env = Env::new();
         let spec = env.chain(names);
-        let (mut reads, mut compactions, mut recoveries) = (0, 0, 0);
+        let (mut reads, mut filtered, mut compactions, mut recoveries) = (0, 0, 0, 0);
         for seed in 0..2 {
             let filters = Some((spec.clone(), env.filters()));
             let mut h = Harness::in_memory_filtered(500 + 10 * c as u64 + seed, filters);
@@ -130,6 +130,7 @@ fn fsx_with_filter_chains() {
             }
             h.recover(Some(CrashMode::DropUnsynced));
             reads += h.stats.reads_checked;
+            filtered += h.stats.filtered_reads_checked;
             compactions += h.stats.compactions;
             recoveries += h.stats.recoveries;
         }
@@ -137,6 +138,9 @@ fn fsx_with_filter_chains() {
             "fsx with {names:?}: {reads} reads checked, {compactions} compactions, {recoveries} recoveries"
         );
         assert!(reads > 300 && compactions > 5, "{names:?}");
+        // Every volume of the run (v0, its clones, reopened ones) decoded
+        // through the chain: none fell back to plain blocks.
+        assert_eq!(filtered, reads, "{names:?}: reads of unfiltered volumes");
     }
 }
 
@@ -152,10 +156,18 @@ fn crash_at_every_step_with_filters() {
         let r = crash_at_every_step(&ALL_OPS, 2, 16, 2, 60, &make);
         println!(
             "crash at every step with {names:?}: {} runs, {} past the last durable state, \
-             compactions: {} stopped, {} completed",
-            r.runs, r.beyond, r.compact_failed, r.compact_done
+             {} filtered reads checked, compactions: {} stopped, {} completed",
+            r.runs, r.beyond, r.filtered_reads, r.compact_failed, r.compact_done
         );
         assert!(r.compact_failed > 30 && r.compact_done > 0, "{names:?}");
+        assert!(
+            r.beyond > 0,
+            "{names:?}: no crash left more than the last flush"
+        );
+        assert!(
+            r.filtered_reads > 100,
+            "{names:?}: too few filtered reads checked"
+        );
     }
 }
 

@@ -88,6 +88,9 @@ pub(crate) enum Op {
 pub(crate) struct Stats {
     pub ops: u64,
     pub reads_checked: u64,
+    /// Of `reads_checked`, those of a volume that decodes its blocks
+    /// through a filter chain.
+    pub filtered_reads_checked: u64,
     pub failures: u64,
     pub recoveries: u64,
     /// Recoveries where a volume came back in a state other than `dur`.
@@ -448,6 +451,9 @@ impl Harness {
                     ));
                 }
                 self.stats.reads_checked += 1;
+                if t.vol.as_ref().unwrap().chain().is_some() {
+                    self.stats.filtered_reads_checked += 1;
+                }
             }
             Err(e) => self.failure("read", e, vec![]),
         }
