@@ -352,8 +352,15 @@ impl Filesystem for ImageFs {
         self.counters.reads.fetch_add(1, Ordering::Relaxed);
         let size = size.min(MAX_IO) as usize;
         if fh.0 == DECODED {
-            let map = self.decoded.read().expect("not poisoned");
-            let Some((data, _)) = map.get(&ino.0) else {
+            // Replying copies up to 1 MiB into the kernel: not under the
+            // lock that opens and releases of other files take to write.
+            let data = self
+                .decoded
+                .read()
+                .expect("not poisoned")
+                .get(&ino.0)
+                .map(|(d, _)| Arc::clone(d));
+            let Some(data) = data else {
                 return reply.error(Errno::EBADF);
             };
             let start = (offset as usize).min(data.len());
