@@ -188,9 +188,11 @@ struct Served {
     opens: u64,
     passthrough_opens: u64,
     lookups: u64,
+    flushes: u64,
 }
 
-/// Parses "served N reads (B bytes), O opens (P passthrough), L lookups".
+/// Parses "served N reads (B bytes), O opens (P passthrough), L lookups,
+/// F flushes".
 fn parse_served(log: &str) -> Option<Served> {
     let line = log
         .lines()
@@ -203,12 +205,13 @@ fn parse_served(log: &str) -> Option<Served> {
         .map(|s| s.parse().unwrap())
         .collect();
     match nums[..] {
-        [reads, bytes, opens, passthrough_opens, lookups] => Some(Served {
+        [reads, bytes, opens, passthrough_opens, lookups, flushes] => Some(Served {
             reads,
             bytes,
             opens,
             passthrough_opens,
             lookups,
+            flushes,
         }),
         _ => None,
     }
@@ -962,6 +965,16 @@ fn passthrough_bypasses_the_server() {
         plain.reads > 0 && plain.bytes >= bytes,
         "plain FUSE must serve the reads itself: {plain:?} for {bytes} bytes"
     );
+    // close() waits for a FLUSH round trip unless the server once answers
+    // ENOSYS: then the kernel sends no more.
+    for (mode, s) in [("passthrough", &pt), ("plain", &plain)] {
+        assert!(
+            s.opens >= files.len() as u64 && s.flushes <= 1,
+            "{mode}: {} opens but {} flushes: {s:?}",
+            s.opens,
+            s.flushes
+        );
+    }
     assert!(
         pt.passthrough_opens >= files.len() as u64,
         "{} files opened through the passthrough mount but only {} passthrough opens: {pt:?}\n{pt_log}",

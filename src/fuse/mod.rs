@@ -168,7 +168,7 @@ pub fn serve(
     crate::delaypoint("fuse:exiting");
     track::forget_own(&store_root, &canonical, std::process::id());
     tracing::info!(
-        "served {} reads ({} bytes), {} opens ({} passthrough), {} lookups",
+        "served {} reads ({} bytes), {} opens ({} passthrough), {} lookups, {} flushes",
         counters.reads.load(std::sync::atomic::Ordering::Relaxed),
         counters
             .read_bytes
@@ -178,6 +178,7 @@ pub fn serve(
             .passthrough_opens
             .load(std::sync::atomic::Ordering::Relaxed),
         counters.lookups.load(std::sync::atomic::Ordering::Relaxed),
+        counters.flushes.load(std::sync::atomic::Ordering::Relaxed),
     );
     result.map_err(|e| MountError::Server(e.to_string()))
 }
