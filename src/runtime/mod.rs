@@ -194,11 +194,16 @@ fn run_created(
         })?;
         let data =
             serde_json::to_vec_pretty(&spec).map_err(|e| RuntimeError::Config(e.to_string()))?;
-        crate::store::write_atomic(&bundle.join("config.json"), &data).map_err(|e| {
-            StoreError::Io {
-                context: "writing config.json".into(),
-                source: e,
-            }
+        // A kept container's bundle must survive a crash (`start` runs it
+        // again); a disposable one is gone with the container.
+        let write = if opts.rm {
+            crate::store::write_atomic_volatile
+        } else {
+            crate::store::write_atomic
+        };
+        write(&bundle.join("config.json"), &data).map_err(|e| StoreError::Io {
+            context: "writing config.json".into(),
+            source: e,
         })?;
         drop(bundle_span);
         let _s = tracing::debug_span!("crun").entered();
