@@ -656,3 +656,49 @@ fn filter_limits_are_set_from_the_environment() {
     assert_eq!(code_of(&run), "FK0902", "{run}");
     store.assert_fsck_clean();
 }
+
+/// A record whose chain digest is not its chain's (here: another chain of
+/// the store, so its objects would be looked for, and kept, in the wrong
+/// directory) is refused as damaged by every reader; `fsck` reports it and
+/// `--repair` forgets the image; the other image is untouched.
+#[test]
+fn a_record_naming_another_chain_is_damaged() {
+    let fx = fixtures();
+    let store = Store::new();
+    let source = fx.oci("busybox");
+    let id = pull_filtered(
+        &store,
+        &source,
+        "c:1",
+        &[example("compress"), example("checksum")],
+    );
+    pull_filtered(&store, &source, "k:1", &[example("checksum")]);
+    let kept = store.ok(["dump", "k:1"]).stdout_str();
+    let chains = dir_names(&store.path().join("fukastor/filters/chains"));
+    let path = store
+        .path()
+        .join("fukastor/records")
+        .join(format!("{id}.json"));
+    let mut record: serde_json::Value =
+        serde_json::from_slice(&std::fs::read(&path).unwrap()).unwrap();
+    let own = record["filter"]["chain_digest"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let other = chains.iter().find(|c| **c != own).expect("two chains");
+    record["filter"]["chain_digest"] = other.clone().into();
+    std::fs::write(&path, serde_json::to_vec_pretty(&record).unwrap()).unwrap();
+
+    let run = store.run(["dump", "c:1"]);
+    assert_eq!(code_of(&run), "FK0104", "{run}");
+    assert!(run.stderr.contains("chain digest"), "{run}");
+    let run = store.run(["fsck"]);
+    assert!(
+        !run.success() && run.stdout_str().contains("broken-image"),
+        "{run}"
+    );
+    store.ok(["fsck", "--repair"]);
+    store.ok(["gc"]);
+    similar_asserts::assert_eq!(store.ok(["dump", "k:1"]).stdout_str(), kept);
+    store.assert_fsck_clean();
+}

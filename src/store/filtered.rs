@@ -50,6 +50,30 @@ pub struct FilterInfo {
     pub erofs_size: u64,
 }
 
+impl FilterInfo {
+    /// Checks that this section belongs to filtered image `id`: its chain
+    /// digest is its chain's, and `id` is made of that digest and its EROFS
+    /// digest (what [`filtered_image_id`] computed when it was pulled).
+    /// Returns the plain EROFS image's ID.
+    pub fn check(&self, id: &ObjectId) -> Result<ObjectId> {
+        let damaged = |why: &str| {
+            StoreError::Damaged(format!(
+                "the record of filtered image {}: {why}",
+                id.to_hex()
+            ))
+        };
+        let erofs = ObjectId::from_hex(&self.erofs)
+            .map_err(|_| damaged("its EROFS digest is not valid"))?;
+        if self.chain_digest != self.chain.digest() {
+            return Err(damaged("its chain digest is not its chain's"));
+        }
+        if filtered_image_id(&erofs, &self.chain_digest) != *id {
+            return Err(damaged("its EROFS and chain are not this image's"));
+        }
+        Ok(erofs)
+    }
+}
+
 /// Where an image's objects are and how to read them.
 #[derive(Debug, Clone)]
 pub struct Objects {
@@ -256,22 +280,27 @@ impl Store {
         Ok(self.chain_objects(&chain))
     }
 
-    /// The filter section of a filtered image's record.
+    /// The filter section of a filtered image's record, checked against
+    /// the image's ID ([`FilterInfo::check`]).
     pub fn filter_info(&self, id: &ObjectId) -> Result<FilterInfo> {
-        self.record(id)?.filter.ok_or_else(|| {
+        Ok(self.checked_filter_info(id)?.0)
+    }
+
+    /// [`Store::filter_info`] and the plain EROFS image's ID.
+    fn checked_filter_info(&self, id: &ObjectId) -> Result<(FilterInfo, ObjectId)> {
+        let info = self.record(id)?.filter.ok_or_else(|| {
             StoreError::Damaged(format!(
                 "filtered image {} has a record without its filter chain",
                 id.to_hex()
             ))
-        })
+        })?;
+        let erofs = info.check(id)?;
+        Ok((info, erofs))
     }
 
     /// The plain EROFS bytes of filtered image `id`.
     pub(super) fn filtered_image_bytes(&self, id: &ObjectId) -> Result<Vec<u8>> {
-        let info = self.filter_info(id)?;
-        let erofs = ObjectId::from_hex(&info.erofs).map_err(|_| {
-            StoreError::Damaged(format!("the record of image {} is not valid", id.to_hex()))
-        })?;
+        let (info, erofs) = self.checked_filter_info(id)?;
         let chain = self.chain(&info.chain)?;
         self.chain_objects(&chain).read(&erofs, info.erofs_size)
     }

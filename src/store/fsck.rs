@@ -317,15 +317,17 @@ fn check_filtered(
             repaired: repair,
         });
     };
-    let record = match store.record(id) {
-        Ok(rec) if rec.filter.is_some() => rec,
-        Ok(_) => {
-            broken(r, "its record has no filter chain".into());
-            if repair {
-                store.forget_image(id)?;
-            }
-            return Ok(None);
-        }
+    // The record, and its filter section checked against the image's ID.
+    let checked = store.record(id).and_then(|rec| {
+        let info = rec
+            .filter
+            .clone()
+            .ok_or_else(|| super::StoreError::Damaged("its record has no filter chain".into()))?;
+        info.check(id)?;
+        Ok((info, rec))
+    });
+    let (info, record) = match checked {
+        Ok(ok) => ok,
         Err(e) => {
             broken(r, e.to_string());
             if repair {
@@ -334,7 +336,6 @@ fn check_filtered(
             return Ok(None);
         }
     };
-    let info = record.filter.clone().expect("checked");
     let objects = store.objects_of(id)?;
     let mut bad: Vec<(ObjectId, String)> = Vec::new();
     let mut check = |oid: ObjectId, size: u64, r: &mut FsckReport| -> Result<bool> {
