@@ -399,7 +399,7 @@ pub fn pull(
         filter,
         named_configs: Default::default(),
     };
-    let record = merge_names(store, &id, record);
+    let record = merge_names(store, &id, &name.to_string(), record);
     store.publish_image(&id, &record, Some(&name))?;
     tracing::info!(
         "image published (with syncfs) in {:.3}s",
@@ -423,10 +423,11 @@ pub fn pull(
 
 /// When the same image is pulled again under another name, keep both names
 /// in its record, each with its config.
-fn merge_names(store: &Store, id: &ObjectId, mut record: ImageRecord) -> ImageRecord {
+/// `record` (of image `id`, just pulled as `name`) with the names and
+/// per-name configs of the image's earlier record, if there is one.
+fn merge_names(store: &Store, id: &ObjectId, name: &str, mut record: ImageRecord) -> ImageRecord {
     if let Ok(old) = store.record(id) {
-        let name = record.names[0].clone();
-        record.merge_old(&name, &old);
+        record.merge_old(name, &old);
     }
     record
 }

@@ -42,10 +42,8 @@ pub struct GcReport {
     pub temp_files: u64,
     /// Filter chains no named image is stored through (their directory,
     /// with the objects counted above).
-    #[serde(default)]
     pub chains: u64,
     /// Filter scripts no remaining chain names.
-    #[serde(default)]
     pub scripts: u64,
 }
 

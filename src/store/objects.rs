@@ -70,11 +70,6 @@ impl<'s> Staging<'s> {
         self.store
     }
 
-    /// Where this staging publishes (plain `objects/` or a chain's).
-    pub fn target(&self) -> &Objects {
-        &self.target
-    }
-
     /// True when the object is published where this staging publishes.
     pub fn has_object(&self, id: &ObjectId) -> bool {
         self.target.has(id)
