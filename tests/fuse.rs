@@ -330,12 +330,13 @@ impl Mounted {
                 eprintln!("cleanup: fukastor umount failed: {run}");
             }
         }
-        if let Some(pid) = self.pid {
-            if !wait_gone(pid, Duration::from_secs(10)) && is_our_server(pid, &self.mp) {
-                eprintln!("cleanup: server {pid} still running, killing it");
-                signal(pid, rustix::process::Signal::KILL);
-                wait_gone(pid, Duration::from_secs(10));
-            }
+        if let Some(pid) = self.pid
+            && !wait_gone(pid, Duration::from_secs(10))
+            && is_our_server(pid, &self.mp)
+        {
+            eprintln!("cleanup: server {pid} still running, killing it");
+            signal(pid, rustix::process::Signal::KILL);
+            wait_gone(pid, Duration::from_secs(10));
         }
         if is_mounted(&self.mp) {
             eprintln!("cleanup: {} still mounted, detaching it", self.mp.display());

@@ -544,8 +544,7 @@ fn run_in(out: &mut impl Write, base: &Path) -> CliResult {
         {
             writeln!(
                 s.out,
-                "    {} -c echo: {}",
-                "bin/sh",
+                "    bin/sh -c echo: {}",
                 String::from_utf8_lossy(&o.stdout).trim()
             )
             .map_err(io)?;

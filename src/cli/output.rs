@@ -87,8 +87,8 @@ pub(super) fn images(out: &mut impl Write, cli: &Cli, store: &Store) -> CliResul
     }
     writeln!(
         out,
-        "{:<40} {:<12} {:>10} {:>8}  {}",
-        "NAME", "ID", "SIZE", "FILES", "SOURCE"
+        "{:<40} {:<12} {:>10} {:>8}  SOURCE",
+        "NAME", "ID", "SIZE", "FILES"
     )
     .map_err(io)?;
     for r in rows {

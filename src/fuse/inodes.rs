@@ -50,8 +50,11 @@ pub struct Node {
     /// What it is.
     pub kind: NodeKind,
     /// Extended attributes, sorted by name.
-    pub xattrs: Box<[(Box<OsStr>, Box<[u8]>)]>,
+    pub xattrs: Xattrs,
 }
+
+/// Extended attributes: (name, value) pairs sorted by name.
+pub type Xattrs = Box<[(Box<OsStr>, Box<[u8]>)]>;
 
 /// The inode table of one image.
 #[derive(Debug)]
@@ -91,7 +94,7 @@ fn attr(ino: u64, st: &Stat, kind: FileType, size: u64, nlink: u32, rdev: u64) -
     }
 }
 
-fn xattrs(st: &Stat) -> Box<[(Box<OsStr>, Box<[u8]>)]> {
+fn xattrs(st: &Stat) -> Xattrs {
     st.xattrs
         .iter()
         .map(|(k, v)| (k.clone(), v.clone()))

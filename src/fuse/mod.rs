@@ -269,11 +269,11 @@ fn raise_readahead(mountpoint: &Path) {
         return;
     };
     let want = mountpoint.to_string_lossy();
-    let dev = info.lines().filter_map(|l| {
+    let mut dev = info.lines().filter_map(|l| {
         let f: Vec<&str> = l.split(' ').collect();
         (f.len() > 4 && f[4] == want).then(|| f[2].to_string())
     });
-    if let Some(dev) = dev.last() {
+    if let Some(dev) = dev.next_back() {
         let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
         if let Err(e) = std::fs::write(&path, format!("{}", fs::MAX_IO / 1024)) {
             tracing::info!("could not raise readahead ({path}: {e})");

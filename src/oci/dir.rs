@@ -113,10 +113,10 @@ pub(super) fn scan(
     let mut layers = vec![entries];
     // Record in the cache what the pool computed.
     for (_, e, r) in &results {
-        if let (Ok(id), Some(entry)) = (r, layers[0].get(*e)) {
-            if let Some(seen) = new.get_mut(&hex::encode(&entry.path)) {
-                seen.id = id.to_hex();
-            }
+        if let (Ok(id), Some(entry)) = (r, layers[0].get(*e))
+            && let Some(seen) = new.get_mut(&hex::encode(&entry.path))
+        {
+            seen.id = id.to_hex();
         }
     }
     patch(&mut layers, results);
@@ -207,15 +207,14 @@ impl Walker<'_, '_> {
         };
         let size = md.size();
         let cache_key = hex::encode(rel);
-        if size > composefs::INLINE_CONTENT_MAX_V0 as u64 {
-            if let Some(seen) = self.old.get(&cache_key) {
-                if let Ok(id) = ObjectId::from_hex(&seen.id) {
-                    if key(md, Some(&id)) == *seen && self.staging.has_object(&id) {
-                        self.new.insert(cache_key, seen.clone());
-                        return Ok(RegularFile::External(id, size));
-                    }
-                }
-            }
+        if size > composefs::INLINE_CONTENT_MAX_V0 as u64
+            && let Some(seen) = self.old.get(&cache_key)
+            && let Ok(id) = ObjectId::from_hex(&seen.id)
+            && key(md, Some(&id)) == *seen
+            && self.staging.has_object(&id)
+        {
+            self.new.insert(cache_key, seen.clone());
+            return Ok(RegularFile::External(id, size));
         }
         let mut f = fs::File::open(path).map_err(derr)?;
         if size >= STREAM_THRESHOLD {

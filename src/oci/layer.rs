@@ -180,10 +180,10 @@ pub(crate) fn decode(
     let mut archive = tar::Archive::new(tar_reader);
     let mut result = parse_entries(&mut archive, index, &label, staging, jobs, abort);
     // Drain: the digests cover every byte, padding and trailing data included.
-    if result.is_ok() {
-        if let Err(e) = io::copy(&mut archive.into_inner(), &mut io::sink()) {
-            result = Err(tar_err(&label, e));
-        }
+    if result.is_ok()
+        && let Err(e) = io::copy(&mut archive.into_inner(), &mut io::sink())
+    {
+        result = Err(tar_err(&label, e));
     }
     let digest_of = |st: &Arc<Mutex<HashState>>| {
         format!(
@@ -208,14 +208,14 @@ pub(crate) fn decode(
                 return Err(e);
             }
             let actual = digest_of(&tar_state);
-            if let Some(expected) = &diff_id {
-                if &actual != expected {
-                    return Err(OciError::DiffIdMismatch {
-                        layer: label,
-                        expected: expected.clone(),
-                        actual,
-                    });
-                }
+            if let Some(expected) = &diff_id
+                && &actual != expected
+            {
+                return Err(OciError::DiffIdMismatch {
+                    layer: label,
+                    expected: expected.clone(),
+                    actual,
+                });
             }
             let size = blob_state.lock().expect("not poisoned").count;
             let tar_bytes = tar_state.lock().expect("not poisoned").count;
@@ -244,10 +244,8 @@ pub(crate) fn decode(
                 }
             };
             drop(st);
-            if drained {
-                if let Some(mismatch) = blob_mismatch(digest_of(&blob_state)) {
-                    return Err(mismatch);
-                }
+            if drained && let Some(mismatch) = blob_mismatch(digest_of(&blob_state)) {
+                return Err(mismatch);
             }
             match e {
                 OciError::Tar { why, .. } if decoder_failed.load(Ordering::Relaxed) => {

@@ -171,10 +171,10 @@ pub(super) fn with_pool<'a, T: Send>(
 /// Puts the pool's object IDs in place of the placeholders.
 pub(super) fn patch(layers: &mut [Vec<Entry>], results: Vec<JobResult>) {
     for (l, e, r) in results {
-        if let (Ok(id), Some(entry)) = (r, layers.get_mut(l).and_then(|es| es.get_mut(e))) {
-            if let EntryKind::File(RegularFile::Sparse(len)) = entry.kind {
-                entry.kind = EntryKind::File(RegularFile::External(id, len));
-            }
+        if let (Ok(id), Some(entry)) = (r, layers.get_mut(l).and_then(|es| es.get_mut(e)))
+            && let EntryKind::File(RegularFile::Sparse(len)) = entry.kind
+        {
+            entry.kind = EntryKind::File(RegularFile::External(id, len));
         }
     }
 }
@@ -222,10 +222,10 @@ pub fn pull(
         }
         _ => {
             let opened = source::open(source)?;
-            if opts.name.is_none() {
-                if let (Source::DockerArchive(_, None), Some(n)) = (source, &opened.source_name) {
-                    name = ImageName::parse(n)?;
-                }
+            if opts.name.is_none()
+                && let (Source::DockerArchive(_, None), Some(n)) = (source, &opened.source_name)
+            {
+                name = ImageName::parse(n)?;
             }
             let total: u64 = opened.layers.iter().filter_map(|l| l.size).sum();
             let bar = progress_bar(opts.progress, total);

@@ -18,6 +18,9 @@ use super::{OciError, Source};
 /// Largest JSON document read (index, manifest, config).
 const MAX_JSON: u64 = 16 << 20;
 
+/// A blob being read, and its size.
+type OpenBlob = (Box<dyn Read + Send>, u64);
+
 /// Where the blobs are.
 #[derive(Debug)]
 enum Blobs {
@@ -28,7 +31,7 @@ enum Blobs {
 }
 
 impl Blobs {
-    fn open(&self, path: &str) -> Result<Option<(Box<dyn Read + Send>, u64)>, OciError> {
+    fn open(&self, path: &str) -> Result<Option<OpenBlob>, OciError> {
         match self {
             Blobs::Dir(dir) => {
                 if path.split('/').any(|c| c == ".." || c.is_empty()) {
@@ -141,14 +144,14 @@ impl OpenedImage {
         let (r, len) = self.blobs.open(&l.path)?.ok_or_else(|| {
             OciError::MissingBlob(l.digest.clone().unwrap_or_else(|| l.path.clone()))
         })?;
-        if let Some(size) = l.size {
-            if size != len {
-                return Err(OciError::DigestMismatch {
-                    what: format!("layer {}", l.digest.as_deref().unwrap_or(&l.path)),
-                    expected: format!("{size} bytes"),
-                    actual: format!("{len} bytes"),
-                });
-            }
+        if let Some(size) = l.size
+            && size != len
+        {
+            return Err(OciError::DigestMismatch {
+                what: format!("layer {}", l.digest.as_deref().unwrap_or(&l.path)),
+                expected: format!("{size} bytes"),
+                actual: format!("{len} bytes"),
+            });
         }
         Ok(r)
     }
@@ -196,14 +199,14 @@ fn read_verified(
             actual,
         });
     }
-    if let Some(s) = size {
-        if s != data.len() as u64 {
-            return Err(OciError::DigestMismatch {
-                what: what.into(),
-                expected: format!("{s} bytes"),
-                actual: format!("{} bytes", data.len()),
-            });
-        }
+    if let Some(s) = size
+        && s != data.len() as u64
+    {
+        return Err(OciError::DigestMismatch {
+            what: what.into(),
+            expected: format!("{s} bytes"),
+            actual: format!("{} bytes", data.len()),
+        });
     }
     Ok(data)
 }

@@ -263,11 +263,11 @@ pub(super) fn run(store: &Store, repair: bool) -> Result<FsckReport> {
         let mut restored = false;
         if repair {
             for n in &names {
-                if let Ok(name) = ImageName::parse(n) {
-                    if store.lookup_ref(&name)?.is_none() {
-                        store.set_ref(&name, id)?;
-                        restored = true;
-                    }
+                if let Ok(name) = ImageName::parse(n)
+                    && store.lookup_ref(&name)?.is_none()
+                {
+                    store.set_ref(&name, id)?;
+                    restored = true;
                 }
             }
         }

@@ -435,10 +435,10 @@ impl Store {
     /// Resolves what a user typed: a name (`:latest` implied), or a unique
     /// prefix (4 hex digits or more) of an image ID.
     pub fn resolve(&self, spec: &str) -> Result<(ObjectId, Option<ImageName>)> {
-        if let Ok(name) = ImageName::parse(spec) {
-            if let Some(id) = self.lookup_ref(&name)? {
-                return Ok((id, Some(name)));
-            }
+        if let Ok(name) = ImageName::parse(spec)
+            && let Some(id) = self.lookup_ref(&name)?
+        {
+            return Ok((id, Some(name)));
         }
         let prefix = spec.strip_prefix("sha256:").unwrap_or(spec);
         if prefix.len() >= 4 && prefix.len() <= 64 && prefix.bytes().all(|b| b.is_ascii_hexdigit())

@@ -141,8 +141,8 @@ impl TreeBuilder {
             if hidden == b".wh..opq" {
                 let doomed: Vec<Box<OsStr>> = dir
                     .entries()
+                    .filter(|(n, _)| !this_layer.contains(&join(parent, n.as_bytes())))
                     .map(|(n, _)| Box::from(n))
-                    .filter(|n: &Box<OsStr>| !this_layer.contains(&join(parent, n.as_bytes())))
                     .collect();
                 for n in doomed {
                     dir.remove(&n);
