@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use mlua::chunk::ChunkMode;
+use mlua::state::{GcGenParams, GcMode};
 use mlua::{
     AnyUserData, Function, HookTriggers, Lua, LuaOptions, MetaMethod, MultiValue, StdLib, Table,
     UserData, UserDataMethods, Value, VmState,
@@ -243,7 +244,10 @@ enum Abort {
 /// What the hook and the helpers share about the call in progress.
 struct CallState {
     limits: Limits,
+    /// The call's context, while `active`. Kept between calls so its
+    /// strings are overwritten in place instead of allocated per call.
     ctx: RefCell<Option<Ctx>>,
+    active: Cell<bool>,
     created: RefCell<Vec<AnyUserData>>,
     buffer_used: Cell<usize>,
     buffer_budget: Cell<usize>,
@@ -262,7 +266,10 @@ impl CallState {
                 .buffers
                 .saturating_add(input_len.saturating_add(plain).saturating_mul(8)),
         );
-        *self.ctx.borrow_mut() = ctx.cloned();
+        if let Some(ctx) = ctx {
+            assign_ctx(&mut self.ctx.borrow_mut(), ctx);
+        }
+        self.active.set(ctx.is_some());
     }
 
     fn remaining(&self) -> usize {
@@ -270,6 +277,54 @@ impl CallState {
             .get()
             .saturating_sub(self.buffer_used.get())
     }
+}
+
+/// `*dst = Some(src.clone())`, reusing `dst`'s string when it has one.
+fn assign_ctx(dst: &mut Option<Ctx>, src: &Ctx) {
+    match (dst.as_mut(), src) {
+        (Some(Ctx::Object { digest, size }), Ctx::Object { digest: d, size: s }) => {
+            digest.clone_from(d);
+            *size = *s;
+        }
+        (
+            Some(Ctx::Block {
+                volume,
+                layer,
+                block,
+                size,
+            }),
+            Ctx::Block {
+                volume: v,
+                layer: l,
+                block: b,
+                size: s,
+            },
+        ) => {
+            volume.clone_from(v);
+            (*layer, *block, *size) = (*l, *b, *s);
+        }
+        _ => *dst = Some(src.clone()),
+    }
+}
+
+/// Makes a small Lua value from Rust (a bytes object's userdata, a string)
+/// without mlua's protected call. While a heap limit is set, mlua wraps
+/// every allocation it makes in a `pcall`, which costs more than the
+/// allocation itself; here the limit is lifted for the one allocation
+/// (which then cannot fail short of the process running out of memory,
+/// as in any Lua state without a limit) and checked right after, so the
+/// heap overshoots the limit by that one object at most and the call
+/// fails with the heap error as it would have.
+fn unguarded<R>(lua: &Lua, st: &CallState, f: impl FnOnce() -> mlua::Result<R>) -> mlua::Result<R> {
+    let _ = lua.set_memory_limit(0);
+    let r = f();
+    let _ = lua.set_memory_limit(st.limits.memory);
+    let r = r?;
+    if lua.used_memory() > st.limits.memory {
+        st.abort.set(Some(Abort::Heap));
+        return Err(mlua::Error::MemoryError("not enough memory".into()));
+    }
+    Ok(r)
 }
 
 fn call_state(lua: &Lua) -> Rc<CallState> {
@@ -314,6 +369,26 @@ impl Bytes {
             start: self.start + range.start,
             end: self.start + range.end,
         }
+    }
+
+    /// `fk.checksum_seal` without copying: when this object is the only
+    /// one using its buffer and covers all of it, the trailer is appended
+    /// to the buffer and the sealed bytes are a view of it. This object
+    /// still shows the bytes it showed (its view ends before the trailer),
+    /// so nothing a script can do tells this from a copy. `None` when the
+    /// buffer is shared or only partly viewed (then the caller copies).
+    fn seal_in_place(&mut self) -> Option<Bytes> {
+        let (start, end) = (self.start, self.end);
+        let buf = Rc::get_mut(&mut self.buf)?;
+        if start != 0 || end != buf.len() {
+            return None;
+        }
+        *buf = native::checksum_append(std::mem::take(buf));
+        Some(Bytes {
+            end: buf.len(),
+            buf: self.buf.clone(),
+            start: 0,
+        })
     }
 
     /// The bytes as a vector: the buffer itself when nothing else shares
@@ -372,7 +447,7 @@ fn new_bytes_from(lua: &Lua, data: Bytes) -> mlua::Result<AnyUserData> {
         }));
     }
     st.buffer_used.set(used);
-    let ud = lua.create_userdata(data)?;
+    let ud = unguarded(lua, &st, || lua.create_userdata(data))?;
     st.created.borrow_mut().push(ud.clone());
     Ok(ud)
 }
@@ -445,9 +520,10 @@ impl UserData for Bytes {
 
 /// Runs `f` on the call's own [`Ctx`] (borrowed, not copied).
 fn with_ctx<R>(lua: &Lua, f: impl FnOnce(&Ctx) -> R) -> mlua::Result<R> {
-    match &*call_state(lua).ctx.borrow() {
-        Some(ctx) => Ok(f(ctx)),
-        None => Err(mlua::Error::runtime(
+    let st = call_state(lua);
+    match &*st.ctx.borrow() {
+        Some(ctx) if st.active.get() => Ok(f(ctx)),
+        _ => Err(mlua::Error::runtime(
             "this helper works only inside encode, decode or recover",
         )),
     }
@@ -515,6 +591,13 @@ fn fk_table(lua: &Lua) -> mlua::Result<Table> {
     fk.set(
         "checksum_seal",
         lua.create_function(|lua, v: Value| {
+            if let Value::UserData(ud) = &v
+                && let Ok(mut b) = ud.borrow_mut::<Bytes>()
+                && let Some(sealed) = b.seal_in_place()
+            {
+                drop(b);
+                return new_bytes_from(lua, sealed);
+            }
             let out = with_bytes(&v, native::checksum_seal)?;
             new_bytes(lua, out)
         })?,
@@ -523,13 +606,13 @@ fn fk_table(lua: &Lua) -> mlua::Result<Table> {
         "checksum_open",
         lua.create_function(|lua, v: Value| {
             // The body of a bytes object is a view of it: no copy.
-            if let Value::UserData(ud) = &v {
-                if let Ok(b) = ud.borrow::<Bytes>() {
-                    let body = native::checksum_verify(b.as_slice()).map_err(ext)?.len();
-                    let view = b.view(0..body);
-                    drop(b);
-                    return new_bytes_from(lua, view);
-                }
+            if let Value::UserData(ud) = &v
+                && let Ok(b) = ud.borrow::<Bytes>()
+            {
+                let body = native::checksum_verify(b.as_slice()).map_err(ext)?.len();
+                let view = b.view(0..body);
+                drop(b);
+                return new_bytes_from(lua, view);
             }
             let out = with_bytes(&v, native::checksum_open)?.map_err(ext)?;
             new_bytes(lua, out)
@@ -732,6 +815,8 @@ struct Worker {
     stages: Vec<StageFns>,
     call_object: Function,
     call_block: Function,
+    /// The last ctx's digest or volume name, as a Lua string.
+    name: RefCell<Option<mlua::LuaString>>,
     st: Rc<CallState>,
     lua: Lua,
 }
@@ -800,6 +885,7 @@ impl Worker {
         let st = Rc::new(CallState {
             limits,
             ctx: RefCell::new(None),
+            active: Cell::new(false),
             created: RefCell::new(Vec::new()),
             buffer_used: Cell::new(0),
             buffer_budget: Cell::new(limits.buffers),
@@ -848,6 +934,7 @@ impl Worker {
         }
         drop(globals);
 
+        lua.gc_set_mode(GcMode::Generational(GcGenParams::default()));
         // Limits apply from here on: to loading the scripts, too.
         lua.set_memory_limit(limits.memory).map_err(state_err)?;
         let hook_st = st.clone();
@@ -872,6 +959,7 @@ impl Worker {
             stages: Vec::with_capacity(inner.stages.len()),
             call_object,
             call_block,
+            name: RefCell::new(None),
             st,
             lua,
         };
@@ -937,6 +1025,25 @@ impl Worker {
         out
     }
 
+    /// The Lua string of the ctx's digest (objects) or volume name
+    /// (blocks): made once and reused while the calls are about the same
+    /// object or volume (a Lua string is a value: sharing it is invisible).
+    fn ctx_name(&self, ctx: &Ctx) -> mlua::Result<mlua::LuaString> {
+        let name = match ctx {
+            Ctx::Object { digest, .. } => digest,
+            Ctx::Block { volume, .. } => volume,
+        };
+        let mut cached = self.name.borrow_mut();
+        if let Some(s) = &*cached
+            && *s.as_bytes() == *name.as_bytes()
+        {
+            return Ok(s.clone());
+        }
+        let s = unguarded(&self.lua, &self.st, || self.lua.create_string(name))?;
+        *cached = Some(s.clone());
+        Ok(s)
+    }
+
     fn begin(&self, ctx: &Ctx, input_len: usize) {
         self.st.reset(Some(ctx), input_len);
     }
@@ -944,12 +1051,13 @@ impl Worker {
     /// Frees every buffer the call made: nothing outlives the call.
     fn finish(&self) {
         self.free_buffers();
-        *self.st.ctx.borrow_mut() = None;
+        self.st.active.set(false);
     }
 
+    /// Destroys the call's buffers (keeping the list's allocation for the
+    /// next call; destroying runs no Lua and no code of ours).
     fn free_buffers(&self) {
-        let created = std::mem::take(&mut *self.st.created.borrow_mut());
-        for ud in created {
+        for ud in self.st.created.borrow_mut().drain(..) {
             let _ = ud.destroy();
         }
     }
@@ -995,10 +1103,10 @@ impl Worker {
     }
 
     fn input(&self, data: Vec<u8>) -> Result<Value> {
-        let ud = self
-            .lua
-            .create_userdata(Bytes::new(data))
-            .map_err(|e| self.classify(&e, "filter input"))?;
+        let ud = unguarded(&self.lua, &self.st, || {
+            self.lua.create_userdata(Bytes::new(data))
+        })
+        .map_err(|e| self.classify(&e, "filter input"))?;
         self.st.created.borrow_mut().push(ud.clone());
         Ok(Value::UserData(ud))
     }
@@ -1044,18 +1152,16 @@ impl Worker {
             },
         };
         let input = input.unwrap_or(Value::Nil);
+        let name = self
+            .ctx_name(ctx)
+            .map_err(|e| self.classify(&e, &place()))?;
         let out: Value = match ctx {
-            Ctx::Object { digest, size } => {
-                self.call_object.call((f, input, digest.as_str(), *size))
-            }
+            Ctx::Object { size, .. } => self.call_object.call((f, input, &name, *size)),
             Ctx::Block {
-                volume,
-                layer,
-                block,
-                size,
+                layer, block, size, ..
             } => self
                 .call_block
-                .call((f, input, volume.as_str(), *layer, *block, *size)),
+                .call((f, input, &name, *layer, *block, *size)),
         }
         .map_err(|e| self.classify(&e, &place()))?;
         let ok = match &out {
@@ -1098,12 +1204,14 @@ impl Worker {
     /// Decodes `data` (or, when `None`, starts from the outermost replica).
     fn decode(&self, data: Option<Vec<u8>>, ctx: &Ctx) -> Result<Decoded> {
         let n = self.stages.len();
-        let mut tried = vec![false; n];
+        // Which stages' `recover` ran: only needed (and allocated) on damage.
+        let mut tried = Vec::new();
         let mut recovered_by = None;
         // `next` is the number of stages still to decode: stage next-1 is next.
         let (mut cur, mut next) = match data {
             Some(d) => (self.input(d)?, n),
             None => {
+                tried.resize(n, false);
                 let mut found = None;
                 for j in (0..n).rev() {
                     if self.stages[j].recover.is_none() {
@@ -1136,6 +1244,7 @@ impl Worker {
                 }
                 Err(e) if e.is_damage() || matches!(e, FilterError::WrongKey { .. }) => {
                     let first = first_damage.get_or_insert(e);
+                    tried.resize(n, false);
                     let mut found = None;
                     let mut notes = Vec::new();
                     for (j, done) in tried.iter_mut().enumerate().skip(k + 1) {
