@@ -411,6 +411,15 @@ impl Bytes {
     }
 }
 
+/// Frees a bytes object's buffer now; the object is dead to scripts from
+/// then on ("a bytes object from an earlier call"). Taking the value out
+/// does this without the protected call and `__gc` dispatch of
+/// `AnyUserData::destroy`. Every userdata the engine frees is a bytes
+/// object; one already freed is left alone.
+fn destroy(ud: &AnyUserData) {
+    let _ = ud.take::<Bytes>();
+}
+
 /// An opaque key.
 struct KeyHandle(Key);
 
@@ -815,8 +824,8 @@ struct Worker {
     stages: Vec<StageFns>,
     call_object: Function,
     call_block: Function,
-    /// The last ctx's digest or volume name, as a Lua string.
-    name: RefCell<Option<mlua::LuaString>>,
+    /// The last ctx's digest or volume name, and it as a Lua string.
+    name: RefCell<Option<(String, mlua::LuaString)>>,
     st: Rc<CallState>,
     lua: Lua,
 }
@@ -1028,20 +1037,18 @@ impl Worker {
     /// The Lua string of the ctx's digest (objects) or volume name
     /// (blocks): made once and reused while the calls are about the same
     /// object or volume (a Lua string is a value: sharing it is invisible).
-    fn ctx_name(&self, ctx: &Ctx) -> mlua::Result<mlua::LuaString> {
+    fn ctx_name(&self, ctx: &Ctx) -> mlua::Result<std::cell::Ref<'_, mlua::LuaString>> {
         let name = match ctx {
             Ctx::Object { digest, .. } => digest,
             Ctx::Block { volume, .. } => volume,
         };
-        let mut cached = self.name.borrow_mut();
-        if let Some(s) = &*cached
-            && *s.as_bytes() == *name.as_bytes()
-        {
-            return Ok(s.clone());
+        if !matches!(&*self.name.borrow(), Some((n, _)) if n == name) {
+            let s = unguarded(&self.lua, &self.st, || self.lua.create_string(name))?;
+            *self.name.borrow_mut() = Some((name.clone(), s));
         }
-        let s = unguarded(&self.lua, &self.st, || self.lua.create_string(name))?;
-        *cached = Some(s.clone());
-        Ok(s)
+        Ok(std::cell::Ref::map(self.name.borrow(), |c| {
+            &c.as_ref().expect("set above").1
+        }))
     }
 
     fn begin(&self, ctx: &Ctx, input_len: usize) {
@@ -1055,10 +1062,10 @@ impl Worker {
     }
 
     /// Destroys the call's buffers (keeping the list's allocation for the
-    /// next call; destroying runs no Lua and no code of ours).
+    /// next call; dropping a buffer runs no Lua and no code of ours).
     fn free_buffers(&self) {
         for ud in self.st.created.borrow_mut().drain(..) {
-            let _ = ud.destroy();
+            destroy(&ud);
         }
     }
 
@@ -1156,20 +1163,27 @@ impl Worker {
             .ctx_name(ctx)
             .map_err(|e| self.classify(&e, &place()))?;
         let out: Value = match ctx {
-            Ctx::Object { size, .. } => self.call_object.call((f, input, &name, *size)),
+            Ctx::Object { size, .. } => self.call_object.call((f, input, &*name, *size)),
             Ctx::Block {
                 layer, block, size, ..
             } => self
                 .call_block
-                .call((f, input, &name, *layer, *block, *size)),
+                .call((f, input, &*name, *layer, *block, *size)),
         }
         .map_err(|e| self.classify(&e, &place()))?;
-        let ok = match &out {
-            Value::String(_) => true,
-            Value::UserData(ud) => ud.borrow::<Bytes>().is_ok(),
-            Value::Nil => matches!(op, Op::Recover),
+        drop(name);
+        // The stage returned its input (known to be a live bytes object).
+        let same = match (&out, &prev) {
+            (Value::UserData(o), Some(p)) => o.to_pointer() == p.to_pointer(),
             _ => false,
         };
+        let ok = same
+            || match &out {
+                Value::String(_) => true,
+                Value::UserData(ud) => ud.borrow::<Bytes>().is_ok(),
+                Value::Nil => matches!(op, Op::Recover),
+                _ => false,
+            };
         if !ok {
             return Err(FilterError::BadReturn {
                 at: place(),
@@ -1183,12 +1197,11 @@ impl Worker {
         }
         // The stage's input is dead now: free it early (peak memory stays
         // at about two buffers whatever the chain's length).
-        if let Some(prev) = prev {
-            let same = matches!(&out, Value::UserData(o) if o.to_pointer() == prev.to_pointer());
-            if !same {
-                self.forget(&prev);
-                let _ = prev.destroy();
-            }
+        if let Some(prev) = prev
+            && !same
+        {
+            self.forget(&prev);
+            destroy(&prev);
         }
         Ok(out)
     }
