@@ -91,7 +91,7 @@ impl Chain {
         });
         if !inner.stages.is_empty() {
             let worker = Worker::new(&inner)?;
-            put_back(inner.id, worker);
+            put_back(inner.id, Box::new(worker));
         }
         Ok(Chain { inner })
     }
@@ -200,10 +200,11 @@ impl Chain {
 }
 
 thread_local! {
-    static WORKERS: RefCell<Vec<(u64, Worker)>> = const { RefCell::new(Vec::new()) };
+    /// Boxed, so that taking one out and putting it back moves a pointer.
+    static WORKERS: RefCell<Vec<(u64, Box<Worker>)>> = const { RefCell::new(Vec::new()) };
 }
 
-fn put_back(id: u64, worker: Worker) {
+fn put_back(id: u64, worker: Box<Worker>) {
     let evicted = WORKERS.with(|c| {
         let mut ws = c.borrow_mut();
         ws.insert(0, (id, worker));
@@ -223,7 +224,7 @@ fn with_worker<R>(inner: &ChainInner, f: impl FnOnce(&mut Worker) -> Result<R>) 
     });
     let mut worker = match cached {
         Some(w) => w,
-        None => Worker::new(inner)?,
+        None => Box::new(Worker::new(inner)?),
     };
     let r = f(&mut worker);
     if r.as_ref().err().is_none_or(|e| !e.poisons_state()) {
@@ -248,7 +249,9 @@ struct CallState {
     /// strings are overwritten in place instead of allocated per call.
     ctx: RefCell<Option<Ctx>>,
     active: Cell<bool>,
-    created: RefCell<Vec<AnyUserData>>,
+    /// The bytes objects made in the call, each with its address (to find
+    /// one without asking Lua for every entry's).
+    created: RefCell<Vec<(usize, AnyUserData)>>,
     buffer_used: Cell<usize>,
     buffer_budget: Cell<usize>,
     instructions: Cell<u64>,
@@ -457,7 +460,9 @@ fn new_bytes_from(lua: &Lua, data: Bytes) -> mlua::Result<AnyUserData> {
     }
     st.buffer_used.set(used);
     let ud = unguarded(lua, &st, || lua.create_userdata(data))?;
-    st.created.borrow_mut().push(ud.clone());
+    st.created
+        .borrow_mut()
+        .push((ud.to_pointer() as usize, ud.clone()));
     Ok(ud)
 }
 
@@ -1064,16 +1069,16 @@ impl Worker {
     /// Destroys the call's buffers (keeping the list's allocation for the
     /// next call; dropping a buffer runs no Lua and no code of ours).
     fn free_buffers(&self) {
-        for ud in self.st.created.borrow_mut().drain(..) {
+        for (_, ud) in self.st.created.borrow_mut().drain(..) {
             destroy(&ud);
         }
     }
 
     /// Drops a buffer the engine frees itself from the end-of-call list.
     fn forget(&self, ud: &AnyUserData) {
-        let p = ud.to_pointer();
+        let p = ud.to_pointer() as usize;
         let mut created = self.st.created.borrow_mut();
-        if let Some(i) = created.iter().rposition(|c| c.to_pointer() == p) {
+        if let Some(i) = created.iter().rposition(|(q, _)| *q == p) {
             created.swap_remove(i);
         }
     }
@@ -1114,7 +1119,10 @@ impl Worker {
             self.lua.create_userdata(Bytes::new(data))
         })
         .map_err(|e| self.classify(&e, "filter input"))?;
-        self.st.created.borrow_mut().push(ud.clone());
+        self.st
+            .created
+            .borrow_mut()
+            .push((ud.to_pointer() as usize, ud.clone()));
         Ok(Value::UserData(ud))
     }
 
