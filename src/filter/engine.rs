@@ -317,13 +317,16 @@ fn assign_ctx(dst: &mut Option<Ctx>, src: &Ctx) {
 /// (which then cannot fail short of the process running out of memory,
 /// as in any Lua state without a limit) and checked right after, so the
 /// heap overshoots the limit by that one object at most and the call
-/// fails with the heap error as it would have.
+/// fails with the heap error as it would have. Over the limit, a full
+/// collection runs first, as Lua's own allocator does before it gives up.
 fn unguarded<R>(lua: &Lua, st: &CallState, f: impl FnOnce() -> mlua::Result<R>) -> mlua::Result<R> {
     let _ = lua.set_memory_limit(0);
     let r = f();
     let _ = lua.set_memory_limit(st.limits.memory);
     let r = r?;
-    if lua.used_memory() > st.limits.memory {
+    if lua.used_memory() > st.limits.memory
+        && (lua.gc_collect().is_err() || lua.used_memory() > st.limits.memory)
+    {
         st.abort.set(Some(Abort::Heap));
         return Err(mlua::Error::MemoryError("not enough memory".into()));
     }
