@@ -67,7 +67,7 @@ fn native_for<'a>(name: &str, key: &'a Key, dir: &'a Path, ctx: &'a Ctx) -> Nati
             native::decrypt(key, &aad, &e).unwrap()
         }),
         "checksum" => Box::new(|d| {
-            let e = native::checksum_seal(&d);
+            let e = native::checksum_append(d);
             native::checksum_strip(e).unwrap()
         }),
         "replicate" => Box::new(move |d| {
@@ -77,7 +77,7 @@ fn native_for<'a>(name: &str, key: &'a Key, dir: &'a Path, ctx: &'a Ctx) -> Nati
         "compress+encrypt+checksum" => Box::new(move |d| {
             let e = native::zstd_compress(&d, 3).unwrap();
             let e = native::encrypt(key, &aad, &e).unwrap();
-            let e = native::checksum_seal(&e);
+            let e = native::checksum_append(e);
             let p = native::checksum_strip(e).unwrap();
             let p = native::decrypt(key, &aad, &p).unwrap();
             native::zstd_decompress(&p, 64 << 20).unwrap()

@@ -7,6 +7,7 @@ use std::sync::Arc;
 use std::sync::atomic::{AtomicU64, Ordering};
 
 use mlua::chunk::ChunkMode;
+use mlua::state::{GcGenParams, GcMode};
 use mlua::{
     AnyUserData, Function, HookTriggers, Lua, LuaOptions, MetaMethod, MultiValue, StdLib, Table,
     UserData, UserDataMethods, Value, VmState,
@@ -90,7 +91,7 @@ impl Chain {
         });
         if !inner.stages.is_empty() {
             let worker = Worker::new(&inner)?;
-            put_back(inner.id, worker);
+            put_back(inner.id, Box::new(worker));
         }
         Ok(Chain { inner })
     }
@@ -199,10 +200,11 @@ impl Chain {
 }
 
 thread_local! {
-    static WORKERS: RefCell<Vec<(u64, Worker)>> = const { RefCell::new(Vec::new()) };
+    /// Boxed, so that taking one out and putting it back moves a pointer.
+    static WORKERS: RefCell<Vec<(u64, Box<Worker>)>> = const { RefCell::new(Vec::new()) };
 }
 
-fn put_back(id: u64, worker: Worker) {
+fn put_back(id: u64, worker: Box<Worker>) {
     let evicted = WORKERS.with(|c| {
         let mut ws = c.borrow_mut();
         ws.insert(0, (id, worker));
@@ -222,7 +224,7 @@ fn with_worker<R>(inner: &ChainInner, f: impl FnOnce(&mut Worker) -> Result<R>) 
     });
     let mut worker = match cached {
         Some(w) => w,
-        None => Worker::new(inner)?,
+        None => Box::new(Worker::new(inner)?),
     };
     let r = f(&mut worker);
     if r.as_ref().err().is_none_or(|e| !e.poisons_state()) {
@@ -243,8 +245,13 @@ enum Abort {
 /// What the hook and the helpers share about the call in progress.
 struct CallState {
     limits: Limits,
+    /// The call's context, while `active`. Kept between calls so its
+    /// strings are overwritten in place instead of allocated per call.
     ctx: RefCell<Option<Ctx>>,
-    created: RefCell<Vec<AnyUserData>>,
+    active: Cell<bool>,
+    /// The bytes objects made in the call, each with its address (to find
+    /// one without asking Lua for every entry's).
+    created: RefCell<Vec<(usize, AnyUserData)>>,
     buffer_used: Cell<usize>,
     buffer_budget: Cell<usize>,
     instructions: Cell<u64>,
@@ -262,7 +269,10 @@ impl CallState {
                 .buffers
                 .saturating_add(input_len.saturating_add(plain).saturating_mul(8)),
         );
-        *self.ctx.borrow_mut() = ctx.cloned();
+        if let Some(ctx) = ctx {
+            assign_ctx(&mut self.ctx.borrow_mut(), ctx);
+        }
+        self.active.set(ctx.is_some());
     }
 
     fn remaining(&self) -> usize {
@@ -270,6 +280,57 @@ impl CallState {
             .get()
             .saturating_sub(self.buffer_used.get())
     }
+}
+
+/// `*dst = Some(src.clone())`, reusing `dst`'s string when it has one.
+fn assign_ctx(dst: &mut Option<Ctx>, src: &Ctx) {
+    match (dst.as_mut(), src) {
+        (Some(Ctx::Object { digest, size }), Ctx::Object { digest: d, size: s }) => {
+            digest.clone_from(d);
+            *size = *s;
+        }
+        (
+            Some(Ctx::Block {
+                volume,
+                layer,
+                block,
+                size,
+            }),
+            Ctx::Block {
+                volume: v,
+                layer: l,
+                block: b,
+                size: s,
+            },
+        ) => {
+            volume.clone_from(v);
+            (*layer, *block, *size) = (*l, *b, *s);
+        }
+        _ => *dst = Some(src.clone()),
+    }
+}
+
+/// Makes a small Lua value from Rust (a bytes object's userdata, a string)
+/// without mlua's protected call. While a heap limit is set, mlua wraps
+/// every allocation it makes in a `pcall`, which costs more than the
+/// allocation itself; here the limit is lifted for the one allocation
+/// (which then cannot fail short of the process running out of memory,
+/// as in any Lua state without a limit) and checked right after, so the
+/// heap overshoots the limit by that one object at most and the call
+/// fails with the heap error as it would have. Over the limit, a full
+/// collection runs first, as Lua's own allocator does before it gives up.
+fn unguarded<R>(lua: &Lua, st: &CallState, f: impl FnOnce() -> mlua::Result<R>) -> mlua::Result<R> {
+    let _ = lua.set_memory_limit(0);
+    let r = f();
+    let _ = lua.set_memory_limit(st.limits.memory);
+    let r = r?;
+    if lua.used_memory() > st.limits.memory
+        && (lua.gc_collect().is_err() || lua.used_memory() > st.limits.memory)
+    {
+        st.abort.set(Some(Abort::Heap));
+        return Err(mlua::Error::MemoryError("not enough memory".into()));
+    }
+    Ok(r)
 }
 
 fn call_state(lua: &Lua) -> Rc<CallState> {
@@ -316,6 +377,26 @@ impl Bytes {
         }
     }
 
+    /// `fk.checksum_seal` without copying: when this object is the only
+    /// one using its buffer and covers all of it, the trailer is appended
+    /// to the buffer and the sealed bytes are a view of it. This object
+    /// still shows the bytes it showed (its view ends before the trailer),
+    /// so nothing a script can do tells this from a copy. `None` when the
+    /// buffer is shared or only partly viewed (then the caller copies).
+    fn seal_in_place(&mut self) -> Option<Bytes> {
+        let (start, end) = (self.start, self.end);
+        let buf = Rc::get_mut(&mut self.buf)?;
+        if start != 0 || end != buf.len() {
+            return None;
+        }
+        *buf = native::checksum_append(std::mem::take(buf));
+        Some(Bytes {
+            end: buf.len(),
+            buf: self.buf.clone(),
+            start: 0,
+        })
+    }
+
     /// The bytes as a vector: the buffer itself when nothing else shares
     /// it and the view is most of it (trimmed in place), a copy otherwise
     /// (so a small view does not keep a large allocation).
@@ -334,6 +415,15 @@ impl Bytes {
             Err(shared) => shared[self.start..self.end].to_vec(),
         }
     }
+}
+
+/// Frees a bytes object's buffer now; the object is dead to scripts from
+/// then on ("a bytes object from an earlier call"). Taking the value out
+/// does this without the protected call and `__gc` dispatch of
+/// `AnyUserData::destroy`. Every userdata the engine frees is a bytes
+/// object; one already freed is left alone.
+fn destroy(ud: &AnyUserData) {
+    let _ = ud.take::<Bytes>();
 }
 
 /// An opaque key.
@@ -372,8 +462,10 @@ fn new_bytes_from(lua: &Lua, data: Bytes) -> mlua::Result<AnyUserData> {
         }));
     }
     st.buffer_used.set(used);
-    let ud = lua.create_userdata(data)?;
-    st.created.borrow_mut().push(ud.clone());
+    let ud = unguarded(lua, &st, || lua.create_userdata(data))?;
+    st.created
+        .borrow_mut()
+        .push((ud.to_pointer() as usize, ud.clone()));
     Ok(ud)
 }
 
@@ -445,9 +537,10 @@ impl UserData for Bytes {
 
 /// Runs `f` on the call's own [`Ctx`] (borrowed, not copied).
 fn with_ctx<R>(lua: &Lua, f: impl FnOnce(&Ctx) -> R) -> mlua::Result<R> {
-    match &*call_state(lua).ctx.borrow() {
-        Some(ctx) => Ok(f(ctx)),
-        None => Err(mlua::Error::runtime(
+    let st = call_state(lua);
+    match &*st.ctx.borrow() {
+        Some(ctx) if st.active.get() => Ok(f(ctx)),
+        _ => Err(mlua::Error::runtime(
             "this helper works only inside encode, decode or recover",
         )),
     }
@@ -515,6 +608,13 @@ fn fk_table(lua: &Lua) -> mlua::Result<Table> {
     fk.set(
         "checksum_seal",
         lua.create_function(|lua, v: Value| {
+            if let Value::UserData(ud) = &v
+                && let Ok(mut b) = ud.borrow_mut::<Bytes>()
+                && let Some(sealed) = b.seal_in_place()
+            {
+                drop(b);
+                return new_bytes_from(lua, sealed);
+            }
             let out = with_bytes(&v, native::checksum_seal)?;
             new_bytes(lua, out)
         })?,
@@ -523,13 +623,13 @@ fn fk_table(lua: &Lua) -> mlua::Result<Table> {
         "checksum_open",
         lua.create_function(|lua, v: Value| {
             // The body of a bytes object is a view of it: no copy.
-            if let Value::UserData(ud) = &v {
-                if let Ok(b) = ud.borrow::<Bytes>() {
-                    let body = native::checksum_verify(b.as_slice()).map_err(ext)?.len();
-                    let view = b.view(0..body);
-                    drop(b);
-                    return new_bytes_from(lua, view);
-                }
+            if let Value::UserData(ud) = &v
+                && let Ok(b) = ud.borrow::<Bytes>()
+            {
+                let body = native::checksum_verify(b.as_slice()).map_err(ext)?.len();
+                let view = b.view(0..body);
+                drop(b);
+                return new_bytes_from(lua, view);
             }
             let out = with_bytes(&v, native::checksum_open)?.map_err(ext)?;
             new_bytes(lua, out)
@@ -732,6 +832,8 @@ struct Worker {
     stages: Vec<StageFns>,
     call_object: Function,
     call_block: Function,
+    /// The last ctx's digest or volume name, and it as a Lua string.
+    name: RefCell<Option<(String, mlua::LuaString)>>,
     st: Rc<CallState>,
     lua: Lua,
 }
@@ -800,6 +902,7 @@ impl Worker {
         let st = Rc::new(CallState {
             limits,
             ctx: RefCell::new(None),
+            active: Cell::new(false),
             created: RefCell::new(Vec::new()),
             buffer_used: Cell::new(0),
             buffer_budget: Cell::new(limits.buffers),
@@ -848,6 +951,7 @@ impl Worker {
         }
         drop(globals);
 
+        lua.gc_set_mode(GcMode::Generational(GcGenParams::default()));
         // Limits apply from here on: to loading the scripts, too.
         lua.set_memory_limit(limits.memory).map_err(state_err)?;
         let hook_st = st.clone();
@@ -872,6 +976,7 @@ impl Worker {
             stages: Vec::with_capacity(inner.stages.len()),
             call_object,
             call_block,
+            name: RefCell::new(None),
             st,
             lua,
         };
@@ -937,6 +1042,23 @@ impl Worker {
         out
     }
 
+    /// The Lua string of the ctx's digest (objects) or volume name
+    /// (blocks): made once and reused while the calls are about the same
+    /// object or volume (a Lua string is a value: sharing it is invisible).
+    fn ctx_name(&self, ctx: &Ctx) -> mlua::Result<std::cell::Ref<'_, mlua::LuaString>> {
+        let name = match ctx {
+            Ctx::Object { digest, .. } => digest,
+            Ctx::Block { volume, .. } => volume,
+        };
+        if !matches!(&*self.name.borrow(), Some((n, _)) if n == name) {
+            let s = unguarded(&self.lua, &self.st, || self.lua.create_string(name))?;
+            *self.name.borrow_mut() = Some((name.clone(), s));
+        }
+        Ok(std::cell::Ref::map(self.name.borrow(), |c| {
+            &c.as_ref().expect("set above").1
+        }))
+    }
+
     fn begin(&self, ctx: &Ctx, input_len: usize) {
         self.st.reset(Some(ctx), input_len);
     }
@@ -944,21 +1066,22 @@ impl Worker {
     /// Frees every buffer the call made: nothing outlives the call.
     fn finish(&self) {
         self.free_buffers();
-        *self.st.ctx.borrow_mut() = None;
+        self.st.active.set(false);
     }
 
+    /// Destroys the call's buffers (keeping the list's allocation for the
+    /// next call; dropping a buffer runs no Lua and no code of ours).
     fn free_buffers(&self) {
-        let created = std::mem::take(&mut *self.st.created.borrow_mut());
-        for ud in created {
-            let _ = ud.destroy();
+        for (_, ud) in self.st.created.borrow_mut().drain(..) {
+            destroy(&ud);
         }
     }
 
     /// Drops a buffer the engine frees itself from the end-of-call list.
     fn forget(&self, ud: &AnyUserData) {
-        let p = ud.to_pointer();
+        let p = ud.to_pointer() as usize;
         let mut created = self.st.created.borrow_mut();
-        if let Some(i) = created.iter().rposition(|c| c.to_pointer() == p) {
+        if let Some(i) = created.iter().rposition(|(q, _)| *q == p) {
             created.swap_remove(i);
         }
     }
@@ -995,11 +1118,14 @@ impl Worker {
     }
 
     fn input(&self, data: Vec<u8>) -> Result<Value> {
-        let ud = self
-            .lua
-            .create_userdata(Bytes::new(data))
-            .map_err(|e| self.classify(&e, "filter input"))?;
-        self.st.created.borrow_mut().push(ud.clone());
+        let ud = unguarded(&self.lua, &self.st, || {
+            self.lua.create_userdata(Bytes::new(data))
+        })
+        .map_err(|e| self.classify(&e, "filter input"))?;
+        self.st
+            .created
+            .borrow_mut()
+            .push((ud.to_pointer() as usize, ud.clone()));
         Ok(Value::UserData(ud))
     }
 
@@ -1044,26 +1170,31 @@ impl Worker {
             },
         };
         let input = input.unwrap_or(Value::Nil);
+        let name = self
+            .ctx_name(ctx)
+            .map_err(|e| self.classify(&e, &place()))?;
         let out: Value = match ctx {
-            Ctx::Object { digest, size } => {
-                self.call_object.call((f, input, digest.as_str(), *size))
-            }
+            Ctx::Object { size, .. } => self.call_object.call((f, input, &*name, *size)),
             Ctx::Block {
-                volume,
-                layer,
-                block,
-                size,
+                layer, block, size, ..
             } => self
                 .call_block
-                .call((f, input, volume.as_str(), *layer, *block, *size)),
+                .call((f, input, &*name, *layer, *block, *size)),
         }
         .map_err(|e| self.classify(&e, &place()))?;
-        let ok = match &out {
-            Value::String(_) => true,
-            Value::UserData(ud) => ud.borrow::<Bytes>().is_ok(),
-            Value::Nil => matches!(op, Op::Recover),
+        drop(name);
+        // The stage returned its input (known to be a live bytes object).
+        let same = match (&out, &prev) {
+            (Value::UserData(o), Some(p)) => o.to_pointer() == p.to_pointer(),
             _ => false,
         };
+        let ok = same
+            || match &out {
+                Value::String(_) => true,
+                Value::UserData(ud) => ud.borrow::<Bytes>().is_ok(),
+                Value::Nil => matches!(op, Op::Recover),
+                _ => false,
+            };
         if !ok {
             return Err(FilterError::BadReturn {
                 at: place(),
@@ -1077,12 +1208,11 @@ impl Worker {
         }
         // The stage's input is dead now: free it early (peak memory stays
         // at about two buffers whatever the chain's length).
-        if let Some(prev) = prev {
-            let same = matches!(&out, Value::UserData(o) if o.to_pointer() == prev.to_pointer());
-            if !same {
-                self.forget(&prev);
-                let _ = prev.destroy();
-            }
+        if let Some(prev) = prev
+            && !same
+        {
+            self.forget(&prev);
+            destroy(&prev);
         }
         Ok(out)
     }
@@ -1098,12 +1228,14 @@ impl Worker {
     /// Decodes `data` (or, when `None`, starts from the outermost replica).
     fn decode(&self, data: Option<Vec<u8>>, ctx: &Ctx) -> Result<Decoded> {
         let n = self.stages.len();
-        let mut tried = vec![false; n];
+        // Which stages' `recover` ran: only needed (and allocated) on damage.
+        let mut tried = Vec::new();
         let mut recovered_by = None;
         // `next` is the number of stages still to decode: stage next-1 is next.
         let (mut cur, mut next) = match data {
             Some(d) => (self.input(d)?, n),
             None => {
+                tried.resize(n, false);
                 let mut found = None;
                 for j in (0..n).rev() {
                     if self.stages[j].recover.is_none() {
@@ -1136,6 +1268,7 @@ impl Worker {
                 }
                 Err(e) if e.is_damage() || matches!(e, FilterError::WrongKey { .. }) => {
                     let first = first_damage.get_or_insert(e);
+                    tried.resize(n, false);
                     let mut found = None;
                     let mut notes = Vec::new();
                     for (j, done) in tried.iter_mut().enumerate().skip(k + 1) {

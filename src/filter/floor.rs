@@ -114,7 +114,7 @@ impl Floor {
         for s in &self.steps {
             data = match s {
                 Step::Compress(level) => native::zstd_compress(&data, *level)?,
-                Step::Checksum => native::checksum_seal(&data),
+                Step::Checksum => native::checksum_append(data),
                 Step::Encrypt(key) => native::encrypt(key, &ctx.aad(), &data)?,
                 Step::Replicate(dir) => {
                     native::replica_write(dir, ctx, &data)?;

@@ -38,7 +38,10 @@
 //!   a Lua string, `b:sub(i [, j])` gives a new bytes object (a view of
 //!   the same buffer, like the body `fk.checksum_open` returns: bytes
 //!   objects never change, so a view is a copy that costs nothing; it is
-//!   charged to the buffer budget like a copy),
+//!   charged to the buffer budget like a copy; likewise
+//!   `fk.checksum_seal(b)`, when `b` alone uses its whole buffer, appends
+//!   the trailer to that buffer and returns a view of it, `b` still
+//!   showing its old bytes),
 //!   `tostring(b)`, `b == other` and `b .. x` work. Every helper that takes
 //!   bytes accepts a bytes object or a Lua string, and `encode`/`decode`
 //!   may return either; anything else is FK0904. Bytes objects are valid
@@ -82,7 +85,11 @@
 //!   stopped, so `setmetatable` refuses a `__gc` field and `xpcall`'s
 //!   handler runs after the stack has unwound.
 //! * Limits ([`Limits`]): a memory limit on the Lua heap (mlua
-//!   `set_memory_limit`), a budget of Lua instructions per chain call
+//!   `set_memory_limit`; the few small objects the engine makes from Rust,
+//!   a bytes object's handle or the ctx digest string, are made with the
+//!   limit lifted and checked right after, which spares mlua's protected
+//!   call per allocation: the heap passes the limit by one such object at
+//!   most before the call fails), a budget of Lua instructions per chain call
 //!   (counted by a hook every 1000 instructions), and a budget of bytes
 //!   that helpers may allocate per call. Exceeding one fails that call
 //!   (FK0902, FK0903). `pcall`/`xpcall` cannot swallow these: the sandbox's

@@ -126,6 +126,15 @@ pub fn checksum_seal(data: &[u8]) -> Vec<u8> {
     out
 }
 
+/// [`checksum_seal`] on an owned buffer: appends the trailer in place,
+/// without copying the body (unless `data` has no room for 4 more bytes
+/// and its allocation cannot grow where it is).
+pub fn checksum_append(mut data: Vec<u8>) -> Vec<u8> {
+    let crc = crc32c::crc32c(&data);
+    data.extend_from_slice(&crc.to_le_bytes());
+    data
+}
+
 /// Checks and strips what [`checksum_seal`] appended; a mismatch is
 /// damage (FK0905).
 pub fn checksum_open(data: &[u8]) -> Result<Vec<u8>> {

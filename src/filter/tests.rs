@@ -539,6 +539,9 @@ fn filter_sandbox_refuses_escapes() {
         "FK0902",
         l,
     );
+    // Bytes objects are made outside mlua's protected allocation (the heap
+    // limit is lifted for each and checked after): still the heap error.
+    probe("for i = 1, 1e7 do fk.bytes('') end", "FK0902", l);
     let big = Limits {
         memory: 64 << 20,
         instructions: 50_000_000,
@@ -860,4 +863,85 @@ fn filter_views_behave_like_copies() {
     let mut bad = enc.clone();
     bad[10] ^= 1;
     assert_code(chain.decode(bad, &obj(2)), "FK0905");
+}
+
+#[test]
+fn filter_ctx_is_fresh_each_call() {
+    let _g = serial();
+    // What a script writes into ctx (fields, raw keys, a metatable) is gone
+    // at the next call, which sees exactly its own object's or block's
+    // fields; a ctx kept from an earlier call is another table.
+    let chain = inline(
+        "ctx",
+        r#"local kept = {}
+           function encode(b, ctx)
+             local fresh = ctx.mark == nil and getmetatable(ctx) == nil
+             for _, old in ipairs(kept) do fresh = fresh and old ~= ctx end
+             kept[#kept + 1] = ctx
+             ctx.mark = "x"; ctx.size = -1; ctx.kind = "changed"; ctx.digest = nil
+             rawset(ctx, "raw", 1)
+             setmetatable(ctx, {__index = function() return "meta" end})
+             return fresh and "fresh" or "stale"
+           end
+           function decode(b, ctx)
+             local keys = {}
+             for k, v in pairs(ctx) do keys[#keys + 1] = k .. "=" .. tostring(v) end
+             table.sort(keys)
+             return table.concat(keys, ",")
+           end"#,
+    );
+    for seed in [1, 1, 2] {
+        assert_eq!(chain.encode(b"x".to_vec(), &obj(seed)).unwrap(), b"fresh");
+    }
+    for seed in [2, 3] {
+        let Ctx::Object { digest, .. } = obj_sized(seed, 77) else {
+            unreachable!()
+        };
+        let got = chain.decode(b"x".to_vec(), &obj_sized(seed, 77)).unwrap();
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            format!("digest={digest},kind=object,size=77")
+        );
+        chain.encode(b"x".to_vec(), &obj(seed)).unwrap();
+    }
+    for n in [5, 6] {
+        assert_eq!(chain.encode(b"x".to_vec(), &block(n)).unwrap(), b"fresh");
+        let got = chain.decode(b"x".to_vec(), &block(n)).unwrap();
+        assert_eq!(
+            String::from_utf8(got).unwrap(),
+            format!("block={n},kind=block,layer=7,size=4096,volume=vol1")
+        );
+    }
+}
+
+#[test]
+fn filter_seal_in_place_equals_a_copy() {
+    let _g = serial();
+    // fk.checksum_seal appends the trailer to a buffer only its argument
+    // uses (no copy); the argument still shows its old bytes, and a second
+    // seal of it (now shared) copies: every result is the same.
+    let chain = inline(
+        "seal",
+        r#"function encode(b)
+             local body = b:str()
+             local s1 = fk.checksum_seal(b)
+             assert(b:str() == body and #b == #body)
+             local s2 = fk.checksum_seal(b)
+             local s3 = fk.checksum_seal(b:sub(1))
+             local s4 = fk.checksum_seal(body)
+             assert(s1 == s2 and s2 == s3 and s3 == s4 and #s1 == #body + 4)
+             assert(fk.checksum_open(s1) == b)
+             return s1
+           end
+           function decode(b) return fk.checksum_open(b) end"#,
+    );
+    for &size in SIZES {
+        let data = random(size, size as u64);
+        let enc = round_trip(&chain, &data, &obj(4));
+        assert_eq!(enc, native::checksum_seal(&data));
+        let mut roomy = Vec::with_capacity(size + 4);
+        roomy.extend_from_slice(&data);
+        assert_eq!(native::checksum_append(roomy), enc);
+        assert_eq!(native::checksum_append(data.clone()), enc);
+    }
 }
