@@ -11,7 +11,9 @@
 //! - `read`/`write` look the volume up in a small table under a read lock
 //!   (taken for writing only by attach and detach) and call
 //!   [`Volume::read_at`]/[`Volume::write_at`]: reads of one volume run in
-//!   parallel, writes are serialised by the volume's head lock;
+//!   parallel, writes are serialised by the volume's head lock (their
+//!   blocks' CRCs are computed before it, in parallel, and the blocks are
+//!   appended from the request's buffer);
 //! - `fsync` (what the loop device sends for a flush) is [`Volume::flush`]:
 //!   a commit record and one `fdatasync`. That is the only durability point;
 //! - `fallocate(PUNCH_HOLE | ZERO_RANGE)` (the loop device's discard and

@@ -506,10 +506,15 @@ impl Served {
             fuser::MountOption::Subtype("fukastor".into()),
             fuser::MountOption::NoAtime,
         ];
+        // Two threads per core: the loop device keeps several requests in
+        // flight, and while one thread holds a volume's head lock to append,
+        // others read the next requests from /dev/fuse and checksum their
+        // blocks (see `Volume::write_at`).
         config.n_threads = Some(
             std::thread::available_parallelism()
                 .map_or(2, |n| n.get())
-                .max(2),
+                .max(2)
+                * 2,
         );
         config.clone_fd = true;
         let s = fuser::Session::new(self.disks.clone(), &paths.mnt, &config)

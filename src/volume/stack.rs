@@ -33,6 +33,7 @@ use std::sync::{Arc, Mutex, MutexGuard, RwLock, RwLockReadGuard, RwLockWriteGuar
 
 use super::backend::{Backend, BackendFile};
 use super::compact::{self, Job, Source};
+use super::crc::crc32c;
 use super::filtered;
 use super::format::{BS, Kind, LAYER_HEADER_LEN, RECORD_HEADER_LEN, WRITE_RECORD_LEN};
 use super::index::{CHUNK, Frozen, Index, Lookup, MAX_LAYERS};
@@ -304,6 +305,29 @@ impl fmt::Debug for Volume {
     }
 }
 
+/// The CRC-32C of every block that `data`, written at byte `offset`, covers
+/// whole, from the block at `offset / BS` on (0 for a block it covers in
+/// part: such a block is read, modified and checksummed under the head
+/// lock). Empty when `data` covers no block whole.
+fn whole_block_crcs(offset: u64, data: &[u8]) -> Vec<u32> {
+    let end = offset + data.len() as u64;
+    let (first, stop) = (offset / BS, end / BS);
+    if offset.div_ceil(BS) >= stop {
+        return Vec::new();
+    }
+    (first..stop)
+        .map(|x| {
+            let start = x * BS;
+            if start < offset {
+                0
+            } else {
+                let at = (start - offset) as usize;
+                crc32c(&data[at..at + BS as usize])
+            }
+        })
+        .collect()
+}
+
 /// The layers that metadata other than volume `name`'s own stack
 /// references; every layer of `m` when some metadata cannot be read (so
 /// nothing counts as garbage until compaction reads it all).
@@ -445,8 +469,14 @@ impl Volume {
     /// after the next [`Volume::flush`].
     pub fn write_at(&self, offset: u64, data: &[u8]) -> Result<()> {
         self.check_range(offset, data.len() as u64)?;
+        // The CRCs of whole blocks do not depend on where they go: computed
+        // before taking the head lock, so that writers overlap there.
+        let crcs = match self.chain {
+            None => whole_block_crcs(offset, data),
+            Some(_) => Vec::new(),
+        };
         let mut h = self.lock_head()?;
-        self.write_locked(&mut h, offset, data)
+        self.write_locked_with(&mut h, offset, data, &crcs)
     }
 
     /// Discards `len` bytes at `offset`: they read as zeros from now on,
@@ -966,6 +996,20 @@ impl Volume {
     }
 
     fn write_locked(&self, h: &mut HeadState, offset: u64, data: &[u8]) -> Result<()> {
+        self.write_locked_with(h, offset, data, &[])
+    }
+
+    /// Writes `data` at `offset`. `crcs`, when not empty, holds the CRC of
+    /// every whole block `data` covers ([`whole_block_crcs`]), from the
+    /// block at `offset / BS` on. Whole blocks of an unfiltered volume are
+    /// written to the head from `data` itself (no staging copy).
+    fn write_locked_with(
+        &self,
+        h: &mut HeadState,
+        offset: u64,
+        data: &[u8],
+        crcs: &[u32],
+    ) -> Result<()> {
         if data.is_empty() {
             return Ok(());
         }
@@ -981,7 +1025,8 @@ impl Volume {
                 let start = x * BS;
                 let (lo, hi) = (offset.max(start), end.min(start + BS));
                 let part = &data[(lo - offset) as usize..(hi - offset) as usize];
-                let payload = if part.len() as u64 == BS {
+                let whole = part.len() as u64 == BS;
+                let payload = if whole {
                     part
                 } else {
                     // A partial block: read, modify, write.
@@ -990,6 +1035,13 @@ impl Volume {
                     &block[..]
                 };
                 let (at, len, crc) = match &self.chain {
+                    None if whole => {
+                        let crc = match crcs.get((x - first) as usize) {
+                            Some(&crc) => crc,
+                            None => crc32c(part),
+                        };
+                        (staged.push_borrowed(x, part, crc), BS as u32, crc)
+                    }
                     None => {
                         let (at, crc) = staged.push(Kind::Write, x, 1, payload);
                         (at, BS as u32, crc)
@@ -1365,4 +1417,32 @@ fn load(
         index,
     };
     Ok((mapped, head))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// One CRC per block from `offset / BS`, 0 for a partial first block,
+    /// none for a partial last block or a write inside one block.
+    #[test]
+    fn whole_block_crcs_cover_whole_blocks_only() {
+        let data: Vec<u8> = (0..4 * BS as usize).map(|i| (i % 251) as u8).collect();
+        let bs = BS as usize;
+        let at = |i: usize| crc32c(&data[i..i + bs]);
+        assert_eq!(
+            whole_block_crcs(0, &data),
+            vec![at(0), at(bs), at(2 * bs), at(3 * bs)]
+        );
+        assert_eq!(whole_block_crcs(8 * BS, &data[..bs]), vec![at(0)]);
+        // From 100 bytes into block 3 to 300 bytes into block 6: blocks 3
+        // and 6 partial, 4 and 5 whole.
+        assert_eq!(
+            whole_block_crcs(3 * BS + 100, &data[..3 * bs + 200]),
+            vec![0, at(bs - 100), at(2 * bs - 100)]
+        );
+        assert!(whole_block_crcs(BS + 1, &data[..bs]).is_empty());
+        assert!(whole_block_crcs(0, &data[..bs - 1]).is_empty());
+        assert!(whole_block_crcs(0, &[]).is_empty());
+    }
 }

@@ -18,11 +18,12 @@
 
 mod behaviour;
 mod bench;
+mod bench_plain;
 mod compaction;
 mod crash;
 mod filters;
 mod harness;
-mod mem;
+pub(super) mod mem;
 mod model;
 
 /// A small seeded PRNG (splitmix64): tests need reproducible randomness,
