@@ -256,7 +256,7 @@ impl Index {
         let mut b = first;
         while b < end {
             let chunk_end = ((b / CHUNK + 1) * CHUNK).min(self.blocks);
-            if b % CHUNK == 0 && chunk_end <= end {
+            if b.is_multiple_of(CHUNK) && chunk_end <= end {
                 let old = std::mem::replace(&mut self.chunks[(b / CHUNK) as usize], Chunk::Zero);
                 if let Chunk::Map(slots) = old {
                     for s in slots.iter() {

@@ -126,10 +126,7 @@ pub(crate) fn replay(
     let (mut last_start_crc, mut end_crc) = (0u32, 0u32);
     let (mut last, mut batch) = (Vec::new(), Vec::new());
     let (mut pos, mut seq, mut chain) = (LAYER_HEADER_LEN, 0u64, 0u32);
-    loop {
-        let Some(bytes) = reader.get(pos, RECORD_HEADER_LEN).map_err(io_err(ctx()))? else {
-            break;
-        };
+    while let Some(bytes) = reader.get(pos, RECORD_HEADER_LEN).map_err(io_err(ctx()))? {
         let Some((h, hcrc)) = RecordHeader::decode(bytes) else {
             break;
         };

@@ -179,7 +179,7 @@ pub(crate) fn read(backend: &dyn Backend, name: &str) -> Result<VolumeMeta> {
     }
     let sound = m.size > 0
         && (m.format == FORMAT_FILTERED) == m.filters.as_ref().is_some_and(|c| !c.is_empty())
-        && m.size % u64::from(BLOCK_SIZE) == 0
+        && m.size.is_multiple_of(u64::from(BLOCK_SIZE))
         && !m.layers.is_empty()
         && m.snapshots.iter().all(|s| check_name(&s.name).is_ok());
     if !sound {

@@ -529,7 +529,7 @@ pub fn check_size(size: u64) -> Result<()> {
     if size == 0 {
         return Err(VolumeError::BadSize(size, "a volume cannot be empty"));
     }
-    if size % BS != 0 {
+    if !size.is_multiple_of(BS) {
         return Err(VolumeError::BadSize(
             size,
             "not a multiple of the block size",

@@ -453,7 +453,7 @@ impl Volume {
             return Ok(());
         }
         let m = self.read_mapped();
-        if offset % BS == 0 && buf.len() as u64 % BS == 0 {
+        if offset.is_multiple_of(BS) && (buf.len() as u64).is_multiple_of(BS) {
             return self.read_blocks(&m, offset / BS, buf);
         }
         let first = offset / BS;
