@@ -122,8 +122,7 @@ pub fn crc32c(data: &[u8]) -> u32 {
 pub fn checksum_seal(data: &[u8]) -> Vec<u8> {
     let mut out = Vec::with_capacity(data.len() + CHECKSUM_LEN);
     out.extend_from_slice(data);
-    out.extend_from_slice(&crc32c::crc32c(data).to_le_bytes());
-    out
+    checksum_append(out)
 }
 
 /// [`checksum_seal`] on an owned buffer: appends the trailer in place,

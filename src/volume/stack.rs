@@ -476,7 +476,7 @@ impl Volume {
             Some(_) => Vec::new(),
         };
         let mut h = self.lock_head()?;
-        self.write_locked_with(&mut h, offset, data, &crcs)
+        self.write_locked(&mut h, offset, data, &crcs)
     }
 
     /// Discards `len` bytes at `offset`: they read as zeros from now on,
@@ -488,13 +488,23 @@ impl Volume {
         let end = offset + len;
         let (first, stop) = (offset.div_ceil(BS), end / BS);
         if first >= stop {
-            return self.write_locked(&mut h, offset, &vec![0u8; len as usize]);
+            return self.write_locked(&mut h, offset, &vec![0u8; len as usize], &[]);
         }
         if offset < first * BS {
-            self.write_locked(&mut h, offset, &vec![0u8; (first * BS - offset) as usize])?;
+            self.write_locked(
+                &mut h,
+                offset,
+                &vec![0u8; (first * BS - offset) as usize],
+                &[],
+            )?;
         }
         if stop * BS < end {
-            self.write_locked(&mut h, stop * BS, &vec![0u8; (end - stop * BS) as usize])?;
+            self.write_locked(
+                &mut h,
+                stop * BS,
+                &vec![0u8; (end - stop * BS) as usize],
+                &[],
+            )?;
         }
         let mut staged = h.head.stage();
         staged.push(Kind::Discard, first, stop - first, &[]);
@@ -995,15 +1005,11 @@ impl Volume {
             .map_err(|e| self.fail_with(h, io_err(ctx)(e)))
     }
 
-    fn write_locked(&self, h: &mut HeadState, offset: u64, data: &[u8]) -> Result<()> {
-        self.write_locked_with(h, offset, data, &[])
-    }
-
     /// Writes `data` at `offset`. `crcs`, when not empty, holds the CRC of
     /// every whole block `data` covers ([`whole_block_crcs`]), from the
     /// block at `offset / BS` on. Whole blocks of an unfiltered volume are
     /// written to the head from `data` itself (no staging copy).
-    fn write_locked_with(
+    fn write_locked(
         &self,
         h: &mut HeadState,
         offset: u64,
