@@ -336,7 +336,7 @@ fn check_filtered(
             return Ok(None);
         }
     };
-    let objects = store.objects_of(id)?;
+    let objects = store.chain_objects(&store.chain(&info.chain)?);
     let mut bad: Vec<(ObjectId, String)> = Vec::new();
     let mut check = |oid: ObjectId, size: u64, r: &mut FsckReport| -> Result<bool> {
         let key = (info.chain_digest.clone(), oid.clone());
