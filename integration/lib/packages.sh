@@ -11,9 +11,10 @@ FUKASTOR_TEST_PACKAGES=(
     libcap2-bin jq attr kmod util-linux tar gzip zstd ca-certificates
 )
 # What building the crate needs besides a Rust toolchain (C compiler for
-# vendored C code such as zstd/Lua; libfuse3 headers for FUSE bindings).
+# vendored C code such as zstd/Lua; perl and make for the vendored OpenSSL;
+# libfuse3 headers for FUSE bindings).
 # shellcheck disable=SC2034  # used by run-tests.sh
-FUKASTOR_BUILD_PACKAGES=(gcc libc6-dev pkg-config libfuse3-dev)
+FUKASTOR_BUILD_PACKAGES=(gcc libc6-dev make perl pkg-config libfuse3-dev)
 
 # True when PACKAGE is installed (dpkg status "ii").
 package_installed() {
