@@ -281,7 +281,7 @@ impl Containers {
             .into_iter()
             .map(|c| {
                 let rootfs =
-                    Some(self.mountpoint_of(&c)).filter(|m| crate::mount::is_mountpoint(m));
+                    Some(self.mountpoint_of(&c)).filter(|m| crate::mount::is_mount_root(m));
                 ContainerEntry {
                     state: if rootfs.is_some() {
                         "mounted"
@@ -402,7 +402,7 @@ impl Containers {
     ) -> Result<PathBuf> {
         let mut c = self.get(name)?;
         let current = self.mountpoint_of(&c);
-        if crate::mount::is_mountpoint(&current) {
+        if crate::mount::is_mount_root(&current) {
             return Ok(current);
         }
         let work = self.work_dir(name);
@@ -433,7 +433,7 @@ impl Containers {
         // ext4 mounted.
         let mut undo = Undo::new(self, name);
         let image = || -> Result<()> {
-            if crate::mount::is_mountpoint(&lower) {
+            if crate::mount::is_mount_root(&lower) {
                 return Ok(());
             }
             let _s = tracing::debug_span!("image").entered();
@@ -496,7 +496,7 @@ impl Containers {
         };
         undo.volume = Some(c.volume.clone());
         drop(attach_span);
-        if !crate::mount::is_mountpoint(fs) {
+        if !crate::mount::is_mount_root(fs) {
             let _s = tracing::debug_span!("ext4").entered();
             rustix::mount::mount(
                 device.as_str(),
@@ -522,7 +522,7 @@ impl Containers {
         let mut c = self.get(name)?;
         let work = self.work_dir(name);
         let mp = self.mountpoint_of(&c);
-        if crate::mount::is_mountpoint(&mp) {
+        if crate::mount::is_mount_root(&mp) {
             let _s = tracing::debug_span!("overlay").entered();
             unmount(&mp).map_err(|e| ContainerError::Umount(name.into(), e))?;
         }
@@ -537,12 +537,12 @@ impl Containers {
     /// Unmounts the ext4, then detaches the volume (the volume server) and
     /// unmounts the image (here, on a thread) at the same time.
     fn teardown(&self, name: &str, volume: &str, fs: &Path, lower: &Path) -> Result<()> {
-        if crate::mount::is_mountpoint(fs) {
+        if crate::mount::is_mount_root(fs) {
             let _s = tracing::debug_span!("ext4").entered();
             unmount(fs).map_err(|e| ContainerError::Umount(name.into(), e))?;
         }
         let image = || -> Result<()> {
-            if crate::mount::is_mountpoint(lower) {
+            if crate::mount::is_mount_root(lower) {
                 let _s = tracing::debug_span!("image").entered();
                 crate::mount::umount(&self.paths.store, lower)?;
             }
@@ -577,9 +577,9 @@ impl Containers {
     pub fn remove(&self, name: &str, force: bool) -> Result<()> {
         let c = self.get(name)?;
         let work = self.work_dir(name);
-        let mounted = crate::mount::is_mountpoint(&self.mountpoint_of(&c))
-            || crate::mount::is_mountpoint(&work.join("fs"))
-            || crate::mount::is_mountpoint(&work.join("lower"));
+        let mounted = crate::mount::is_mount_root(&self.mountpoint_of(&c))
+            || crate::mount::is_mount_root(&work.join("fs"))
+            || crate::mount::is_mount_root(&work.join("lower"));
         if mounted && !force {
             return Err(ContainerError::Mounted(name.into()));
         }
@@ -611,8 +611,8 @@ impl Containers {
         match self.get(target) {
             Ok(c) => {
                 if need_unmounted
-                    && (crate::mount::is_mountpoint(&self.mountpoint_of(&c))
-                        || crate::mount::is_mountpoint(&self.work_dir(target).join("fs")))
+                    && (crate::mount::is_mount_root(&self.mountpoint_of(&c))
+                        || crate::mount::is_mount_root(&self.work_dir(target).join("fs")))
                 {
                     return Err(ContainerError::Mounted(target.into()));
                 }

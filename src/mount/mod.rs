@@ -200,9 +200,30 @@ pub fn list() -> Vec<MountEntry> {
         .collect()
 }
 
-/// True when `path` is a mountpoint (any filesystem).
+/// True when `path` is a mountpoint (any filesystem), from the mount table.
+/// Never touches the filesystem mounted there, so it is the one to use where
+/// that may be a FUSE mount whose server died or hangs.
 pub fn is_mountpoint(path: &Path) -> bool {
     table().iter().any(|m| m.mountpoint == path)
+}
+
+/// True when `path` is the root of a mount, asked with one `statx`
+/// (`STATX_ATTR_MOUNT_ROOT`, which the VFS sets; `AT_STATX_DONT_SYNC`, so a
+/// FUSE filesystem is not asked for attributes either) instead of reading
+/// the whole mount table, which costs ~0.3–1 ms and grows with every mount.
+/// Falls back to [`is_mountpoint`] when `statx` cannot tell or fails other
+/// than with "no such file" (a dead FUSE mount answers `ENOTCONN`).
+pub fn is_mount_root(path: &Path) -> bool {
+    use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
+    use rustix::io::Errno;
+    let flags = AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT | AtFlags::STATX_DONT_SYNC;
+    match rustix::fs::statx(CWD, path, flags, StatxFlags::empty()) {
+        Ok(st) if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) => {
+            st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+        }
+        Err(Errno::NOENT | Errno::NOTDIR) => false,
+        Ok(_) | Err(_) => is_mountpoint(path),
+    }
 }
 
 /// Where `source` (a device such as `/dev/loop3`) is mounted.
@@ -312,12 +333,56 @@ fn lazy_unmount(mountpoint: &Path) -> Result<(), String> {
 }
 
 #[cfg(test)]
-mod unescape_tests {
+mod tests {
     #[test]
     fn mountinfo_escapes() {
         assert_eq!(super::unescape(r"/a\040b"), "/a b");
         assert_eq!(super::unescape(r"/end\134"), "/end\\");
         assert_eq!(super::unescape(r"/bad\777"), r"/bad\777");
         assert_eq!(super::unescape(r"/short\04"), r"/short\04");
+    }
+
+    /// `is_mount_root` (one statx) agrees with the mount table on a mount,
+    /// on paths next to and inside it, and once it is gone.
+    #[test]
+    fn mount_root_agrees_with_the_mount_table() {
+        assert!(
+            rustix::process::geteuid().is_root(),
+            "this test needs root: it mounts a tmpfs (run it as root, e.g. integration/run-tests.sh)"
+        );
+        let tmp = tempfile::tempdir().unwrap();
+        let mp = tmp.path().join("mp");
+        std::fs::create_dir(&mp).unwrap();
+        let mp = std::fs::canonicalize(&mp).unwrap();
+        let check = |p: &std::path::Path, want: bool| {
+            assert_eq!(
+                super::is_mount_root(p),
+                want,
+                "is_mount_root({})",
+                p.display()
+            );
+            assert_eq!(
+                super::is_mountpoint(p),
+                want,
+                "is_mountpoint({})",
+                p.display()
+            );
+        };
+        check(&mp, false);
+        rustix::mount::mount(
+            "tmpfs",
+            &mp,
+            "tmpfs",
+            rustix::mount::MountFlags::empty(),
+            None,
+        )
+        .unwrap();
+        std::fs::create_dir(mp.join("inside")).unwrap();
+        check(&mp, true);
+        check(&mp.join("inside"), false);
+        check(tmp.path(), false);
+        check(&mp.join("missing"), false);
+        rustix::mount::unmount(&mp, rustix::mount::UnmountFlags::empty()).unwrap();
+        check(&mp, false);
     }
 }
