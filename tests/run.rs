@@ -1031,7 +1031,30 @@ fn run_without_rm_keeps_the_container_and_start_runs_it_again() {
     );
     assert_eq!(st.ps_row("plain").unwrap()["state"], "stopped");
 
-    st.ok(["rm", "keep", "plain"]);
+    // A volume without a container record is what a crash during `create`
+    // leaves; the next create of that name replaces it with a fresh clone.
+    st.ok(["volume", "create", "ctr.leftover", "--size", "64M"]);
+    st.ok(["create", "busybox", "--name", "leftover"]);
+    let size = st
+        .volumes()
+        .into_iter()
+        .find(|v| v["name"] == "ctr.leftover")
+        .map(|v| v["size"].as_u64().unwrap_or(0));
+    let template = st
+        .volumes()
+        .into_iter()
+        .find(|v| {
+            v["name"]
+                .as_str()
+                .is_some_and(|n| n.starts_with("template."))
+        })
+        .map(|v| v["size"].as_u64().unwrap_or(0));
+    assert!(
+        size.is_some() && size == template && size != Some(64 << 20),
+        "the leftover volume must be replaced by a clone of the template: {size:?} vs {template:?}"
+    );
+
+    st.ok(["rm", "keep", "plain", "leftover"]);
     st.assert_nothing_left("after rm");
     st.assert_fsck_clean();
 }

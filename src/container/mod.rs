@@ -29,8 +29,9 @@
 //! step tolerating the ones already gone. `umount` unmounts the overlay and
 //! the ext4, then detaches the volume while the image is unmounted.
 //!
-//! `run --rm` mounts with [`Containers::mount_disposable`]: ext4
-//! `nobarrier`, so the container costs the volume one flush, at its detach.
+//! `run --rm` mounts with [`Containers::mount_disposable`] (ext4
+//! `nobarrier`) and ends with [`Containers::discard`] (the volume detached
+//! and deleted unflushed), so the container never costs the volume a flush.
 
 use std::path::{Path, PathBuf};
 
@@ -326,33 +327,43 @@ impl Containers {
             return Err(ContainerError::Exists(name));
         }
         let volume = volume_of(&name);
-        // A volume without a record is what a crash during create left.
-        match call(
-            &self.paths,
-            &Request::Remove {
-                name: volume.clone(),
-            },
-        ) {
-            Ok(_) => {}
-            Err(ContainerError::Volume(e)) if e.code() == "FK0701" => {}
-            Err(e) => return Err(e),
-        }
         let template = template_of(size);
-        call(
-            &self.paths,
-            &Request::Template {
-                name: template.clone(),
-                size,
-            },
-        )?;
-        call(
-            &self.paths,
-            &Request::Clone {
-                volume: template,
-                snapshot: TEMPLATE_SNAPSHOT.into(),
-                new: volume.clone(),
-            },
-        )?;
+        // One request when the template exists and the name is free; else
+        // the clone's refusal says what to mend first: a volume without a
+        // record (FK0702) is what a crash during create left; no template
+        // (FK0701) or one without its snapshot (FK0704, an interrupted
+        // build) is made or rebuilt.
+        let (mut removed, mut built) = (false, false);
+        loop {
+            let cloned = call(
+                &self.paths,
+                &Request::Clone {
+                    volume: template.clone(),
+                    snapshot: TEMPLATE_SNAPSHOT.into(),
+                    new: volume.clone(),
+                },
+            );
+            match cloned {
+                Ok(_) => break,
+                Err(ContainerError::Volume(e)) if e.code() == "FK0702" && !removed => {
+                    removed = true;
+                    self.remove_volume(&volume)?;
+                }
+                Err(ContainerError::Volume(e))
+                    if (e.code() == "FK0701" || e.code() == "FK0704") && !built =>
+                {
+                    built = true;
+                    call(
+                        &self.paths,
+                        &Request::Template {
+                            name: template.clone(),
+                            size,
+                        },
+                    )?;
+                }
+                Err(e) => return Err(e),
+            }
+        }
         let c = Container {
             name,
             image: label,
@@ -385,8 +396,8 @@ impl Containers {
     /// Mounts container `name` at its `rootfs` for a run after which it is
     /// removed (`run --rm`): its ext4 is mounted `nobarrier`, so neither it
     /// nor the unmounts send the volume a flush (each one an `fdatasync` of
-    /// the volume's layer on the host); the detach flushes once. A crash
-    /// before that detach leaves the volume as it was cloned (volumes keep
+    /// the volume's layer on the host), and [`Containers::discard`] deletes
+    /// the volume without one. A crash before that leaves the volume as it was cloned (volumes keep
     /// what their last flush committed, nothing after it): a container the
     /// crash left behind comes back empty, never torn; what its processes
     /// fsynced is not kept, as it would not have been by the removal.
@@ -526,7 +537,13 @@ impl Containers {
             let _s = tracing::debug_span!("overlay").entered();
             unmount(&mp).map_err(|e| ContainerError::Umount(name.into(), e))?;
         }
-        self.teardown(name, &c.volume, &work.join("fs"), &work.join("lower"))?;
+        self.teardown(
+            name,
+            &c.volume,
+            &work.join("fs"),
+            &work.join("lower"),
+            false,
+        )?;
         if c.mountpoint.is_none() {
             return Ok(());
         }
@@ -535,8 +552,16 @@ impl Containers {
     }
 
     /// Unmounts the ext4, then detaches the volume (the volume server) and
-    /// unmounts the image (here, on a thread) at the same time.
-    fn teardown(&self, name: &str, volume: &str, fs: &Path, lower: &Path) -> Result<()> {
+    /// unmounts the image (here, on a thread) at the same time. With
+    /// `discard`, the volume is detached unflushed and deleted instead.
+    fn teardown(
+        &self,
+        name: &str,
+        volume: &str,
+        fs: &Path,
+        lower: &Path,
+        discard: bool,
+    ) -> Result<()> {
         if crate::mount::is_mount_root(fs) {
             let _s = tracing::debug_span!("ext4").entered();
             unmount(fs).map_err(|e| ContainerError::Umount(name.into(), e))?;
@@ -552,14 +577,20 @@ impl Containers {
             let image = s.spawn(image);
             let detached = {
                 let _s = tracing::debug_span!("detach").entered();
-                match call(
-                    &self.paths,
-                    &Request::Detach {
-                        name: volume.into(),
-                    },
-                ) {
+                let name = volume.to_string();
+                let req = if discard {
+                    Request::Discard { name }
+                } else {
+                    Request::Detach { name }
+                };
+                match call(&self.paths, &req) {
                     Ok(_) => Ok(()),
-                    Err(ContainerError::Volume(e)) if e.code() == "FK0716" => Ok(()),
+                    // Not attached, or gone (a `discard` a crash cut short).
+                    Err(ContainerError::Volume(e))
+                        if e.code() == "FK0716" || e.code() == "FK0701" =>
+                    {
+                        Ok(())
+                    }
                     Err(e) => Err(e),
                 }
             };
@@ -586,22 +617,46 @@ impl Containers {
         if mounted || c.mountpoint.is_some() {
             self.umount(name)?;
         }
-        match call(
-            &self.paths,
-            &Request::Remove {
-                name: c.volume.clone(),
-            },
-        ) {
-            Ok(_) => {}
-            Err(ContainerError::Volume(e)) if e.code() == "FK0701" => {}
-            Err(e) => return Err(e),
+        self.remove_volume(&c.volume)?;
+        self.forget(name, &work)
+    }
+
+    /// Deletes volume `volume` (the volume server), if it is there.
+    fn remove_volume(&self, volume: &str) -> Result<()> {
+        let req = Request::Remove {
+            name: volume.to_string(),
+        };
+        match call(&self.paths, &req) {
+            Ok(_) => Ok(()),
+            Err(ContainerError::Volume(e)) if e.code() == "FK0701" => Ok(()),
+            Err(e) => Err(e),
         }
-        let _ = std::fs::remove_dir_all(&work);
+    }
+
+    /// Removes container `name`'s directory and then its record.
+    fn forget(&self, name: &str, work: &Path) -> Result<()> {
+        let _ = std::fs::remove_dir_all(work);
         std::fs::remove_file(self.record_path(name)).map_err(|e| StoreError::Io {
             context: format!("removing container {name}"),
             source: e,
         })?;
         Ok(())
+    }
+
+    /// Unmounts and removes container `name` at the end of a `run --rm`:
+    /// what `umount` then `remove` do, with the volume detached and deleted
+    /// in one request and not flushed first (its data is being dropped). A
+    /// crash part way leaves the container, unmounted or not, for `rm`.
+    pub fn discard(&self, name: &str) -> Result<()> {
+        let c = self.get(name)?;
+        let work = self.work_dir(name);
+        let mp = self.mountpoint_of(&c);
+        if crate::mount::is_mount_root(&mp) {
+            let _s = tracing::debug_span!("overlay").entered();
+            unmount(&mp).map_err(|e| ContainerError::Umount(name.into(), e))?;
+        }
+        self.teardown(name, &c.volume, &work.join("fs"), &work.join("lower"), true)?;
+        self.forget(name, &work)
     }
 
     /// The volume behind snapshot target `target`: a container's volume when

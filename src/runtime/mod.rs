@@ -153,7 +153,7 @@ pub fn run(store_root: &Path, image: &str, opts: &RunOptions) -> Result<i32> {
     let result = run_created(store_root, &containers, &c, opts);
     if opts.rm {
         let _s = tracing::debug_span!("remove").entered();
-        if let Err(e) = containers.remove(&c.name, true) {
+        if let Err(e) = containers.discard(&c.name) {
             tracing::warn!("removing container {}: {e}", c.name);
         }
     }
@@ -209,9 +209,12 @@ fn run_created(
         let _s = tracing::debug_span!("crun").entered();
         crun_run(&bundle, name)
     })();
-    let _s = tracing::debug_span!("umount").entered();
-    if let Err(e) = containers.umount(name) {
-        tracing::warn!("unmounting container {name}: {e}");
+    // A disposable container is unmounted by its removal (`discard`).
+    if !opts.rm {
+        let _s = tracing::debug_span!("umount").entered();
+        if let Err(e) = containers.umount(name) {
+            tracing::warn!("unmounting container {name}: {e}");
+        }
     }
     result
 }

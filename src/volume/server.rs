@@ -167,6 +167,13 @@ pub enum Request {
         /// Name.
         name: String,
     },
+    /// Detach volume `name` if it is attached, without flushing it, and
+    /// delete it: `run --rm`'s end, where a detach's flush would write
+    /// what is deleted right after.
+    Discard {
+        /// Name.
+        name: String,
+    },
     /// `snapshot create`.
     Snapshot {
         /// Volume.
@@ -564,6 +571,30 @@ impl Ctx {
 
     /// Refuses an attached volume; stops a background compaction of a
     /// detached one (the caller needs it closed).
+    /// Lets go of attached volume `name`: refuses while its loop device is
+    /// open (a mounted filesystem), else unbinds the device and stops
+    /// exporting the volume; returns it, unflushed.
+    fn unbind(&self, served: &Served, name: &str, device: String) -> Result<Option<Arc<Volume>>> {
+        if loopdev::in_use(&device) {
+            let at = crate::mount::mountpoints_of(&device);
+            return Err(VolumeError::InUse {
+                volume: name.to_string(),
+                device,
+                mountpoints: at
+                    .iter()
+                    .map(|p| p.display().to_string())
+                    .collect::<Vec<_>>()
+                    .join(", "),
+            });
+        }
+        {
+            let _s = tracing::debug_span!("loop").entered();
+            loopdev::detach(&device)?;
+        }
+        super::lock(&served.devices).remove(name);
+        Ok(served.unexport(name))
+    }
+
     fn refuse_attached(&self, name: &str) -> Result<()> {
         if self.device(name).is_some() {
             return Err(VolumeError::Attached(name.to_string()));
@@ -867,24 +898,7 @@ impl Ctx {
                 let device = self
                     .device(name)
                     .ok_or_else(|| VolumeError::NotAttached(name.clone()))?;
-                if loopdev::in_use(&device) {
-                    let at = crate::mount::mountpoints_of(&device);
-                    return Err(VolumeError::InUse {
-                        volume: name.clone(),
-                        device,
-                        mountpoints: at
-                            .iter()
-                            .map(|p| p.display().to_string())
-                            .collect::<Vec<_>>()
-                            .join(", "),
-                    });
-                }
-                {
-                    let _s = tracing::debug_span!("loop").entered();
-                    loopdev::detach(&device)?;
-                }
-                super::lock(&served.devices).remove(name);
-                let volume = served.unexport(name);
+                let volume = self.unbind(served, name, device.clone())?;
                 {
                     let _s = tracing::debug_span!("flush").entered();
                     volume.as_ref().map_or(Ok(()), |v| v.flush())?;
@@ -893,6 +907,30 @@ impl Ctx {
                 if let Some(v) = volume {
                     self.compact_if_worth(name, v);
                 }
+                Ok(Response::Ok)
+            }
+            Request::Discard { name } => {
+                if let Some(served) = &self.served
+                    && let Some(device) = self.device(name)
+                {
+                    // Not flushed: what the head holds since its last
+                    // commit goes with the volume.
+                    drop(self.unbind(served, name, device.clone())?);
+                    tracing::info!("detached {name} ({device}) to delete it");
+                }
+                self.refuse_attached(name)?;
+                // A FUSE request that was in flight when the loop device
+                // let go may still hold the volume open for a moment.
+                let deadline = Instant::now() + Duration::from_secs(2);
+                loop {
+                    match self.pool.delete_volume(name) {
+                        Err(VolumeError::Busy(_)) if Instant::now() < deadline => {
+                            std::thread::sleep(Duration::from_millis(1));
+                        }
+                        r => break r?,
+                    }
+                }
+                self.reclaim_later();
                 Ok(Response::Ok)
             }
             Request::Snapshot {
