@@ -40,6 +40,16 @@
 #                  network: netavark bridge)
 #   One untimed warm-up of each column first (fukastor's also builds its ext4
 #   template, once per store). Figures: median and worst of the $RUNS runs.
+#   Every timed command starts after a pause ($PAUSE s, --pause): crun's own
+#   time depends on how long ago the previous container started. On this
+#   kind of host (cgroup v1) crun's write to cgroup.procs waits for an RCU
+#   grace period (percpu_down_write on the cgroup threadgroup rwsem), ~12 ms
+#   here, unless another container started within the last grace period:
+#   crun on the same directory took ~15 ms back to back and ~27 ms 50 ms
+#   after the previous run (docs/benchmarks.md, *Running containers*). With
+#   no pause the floor, run right after another column's crun, gets the
+#   fast path while fukastor's own crun, ~15 ms of work after the last one,
+#   does not. --pause 0 gives the back-to-back figures.
 #
 # Part "disk": $CONTAINERS stopped containers of TAG, two ways:
 #   created  fukastor create TAG --name cI          podman create --name cI IMG true
@@ -63,6 +73,7 @@
 #   --containers  containers of part "disk" (default 20; 0 skips it)
 #   --image       fixture tag (default bookworm)
 #   --kinds       columns of part "run" (default: all five above)
+#   --pause       seconds of idle before each timed run of part "run" (default 0.1)
 #   --no-install  install nothing, build nothing
 #   --keep        keep $WORK's stores after the run
 # Environment:
@@ -94,6 +105,7 @@ IMAGE=bookworm
 KINDS="fukastor-cold floor fukastor podman-nonet podman"
 INSTALL=1
 KEEP=0
+PAUSE=0.1
 
 while (($#)); do
     case $1 in
@@ -101,6 +113,7 @@ while (($#)); do
     --containers) CONTAINERS=$2; shift 2 ;;
     --image) IMAGE=$2; shift 2 ;;
     --kinds) KINDS=$2; shift 2 ;;
+    --pause) PAUSE=$2; shift 2 ;;
     --no-install) INSTALL=0; shift ;;
     --keep) KEEP=1; shift ;;
     -h | --help) sed -n '3,/^$/{s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
@@ -109,6 +122,7 @@ while (($#)); do
 done
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || bench_die "--runs wants a positive number"
 [[ $CONTAINERS =~ ^[0-9]+$ ]] || bench_die "--containers wants a number"
+[[ $PAUSE =~ ^[0-9]+(\.[0-9]+)?$ ]] || bench_die "--pause wants a number of seconds"
 for k in $KINDS; do
     [[ $k == @(fukastor-cold|floor|fukastor|podman-nonet|podman) ]] || bench_die "unknown column $k"
 done
@@ -252,9 +266,12 @@ printf 'setup\tfukastor-pull\t%s\nsetup\tfukastor-first-run\t%s\nsetup\tumoci-un
 
 run_one() {
     local kind=$1 __out=$2
+    if [[ $kind == fukastor-cold ]]; then
+        wait_server_gone || bench_die "the volume server did not stop"
+    fi
+    sleep "$PAUSE"
     case $kind in
     fukastor-cold)
-        wait_server_gone || bench_die "the volume server did not stop"
         bench_run_us "$__out" F run --rm --name bench-run "$IMAGE" -- true
         ;;
     fukastor) bench_run_us "$__out" F run --rm --name bench-run "$IMAGE" -- true ;;
@@ -267,7 +284,7 @@ run_one() {
 declare -A SAMPLES=()
 bench_say "part run: warm-up"
 for k in "${RUN_KINDS[@]}"; do run_one "$k" t; done
-bench_say "part run: $RUNS rounds of: ${RUN_KINDS[*]}"
+bench_say "part run: $RUNS rounds of: ${RUN_KINDS[*]} (a ${PAUSE} s pause before each)"
 for ((r = 1; r <= RUNS; r++)); do
     for k in "${RUN_KINDS[@]}"; do
         run_one "$k" t
@@ -353,7 +370,7 @@ kib_each() { awk -v b="$1" -v n="$CONTAINERS" 'BEGIN { printf "%.0f KiB", b / n 
 floor_med=
 [[ -n ${SAMPLES[floor]:-} ]] && floor_med=$(med floor)
 echo
-echo "## bench-run: \`true\` in a new container ($IMAGE, $RUNS runs each)"
+echo "## bench-run: \`true\` in a new container ($IMAGE, $RUNS runs each, ${PAUSE} s idle before each)"
 echo
 echo "$(bench_machine); work dir $(bench_fs_of "$WORK"); $(crun --version | head -n1); $(podman --version)"
 echo
