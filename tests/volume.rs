@@ -1012,14 +1012,44 @@ fn volume_lifecycle_attach_detach_rm_and_refusals() {
         f.read_exact_at(&mut buf, 0).unwrap();
         assert!(buf.iter().all(|&x| x == 0), "unwritten data is not zeros");
     }
-    detach(&st, "v1");
-    st.ok(["volume", "rm", "v1"]);
-    assert!(volume_row(&st, "v1").is_none(), "v1 listed after rm");
+    // The `discard` request (how `run --rm` ends): refused while the device
+    // is held exclusively (as a mounted filesystem holds it), changing
+    // nothing; then detaches without a flush and deletes in one request.
+    let paths = fukastor::volume::server::Paths::new(st.path());
+    let discard = || {
+        fukastor::volume::server::call(
+            &paths,
+            &fukastor::volume::server::Request::Discard { name: "v1".into() },
+        )
+    };
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        let _held = std::fs::OpenOptions::new()
+            .read(true)
+            .custom_flags(libc::O_EXCL)
+            .open(&dev)
+            .unwrap();
+        let err = discard().expect_err("discard of a volume whose device is in use");
+        use fukastor::error::Coded;
+        assert_eq!(err.code(), "FK0717", "discard while in use: {err}");
+        assert_eq!(
+            volume_row(&st, "v1").unwrap()["device"].as_str(),
+            dev.to_str(),
+            "a refused discard detached the volume"
+        );
+    }
+    discard().expect("discard of an attached volume nothing uses");
+    assert!(volume_row(&st, "v1").is_none(), "v1 listed after discard");
+    assert!(
+        loop_sysfs(&dev, "backing_file").as_deref() != Some(backing.as_str()),
+        "{} is still bound to the volume after discard",
+        dev.display()
+    );
     assert!(
         !st.path().join("fukastor/pool/volumes/v1.json").exists(),
-        "the metadata of v1 remains after rm"
+        "the metadata of v1 remains after discard"
     );
-    st.assert_server_exits("after rm");
+    st.assert_server_exits("after discard");
     st.assert_fsck_clean();
 }
 
