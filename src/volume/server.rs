@@ -776,6 +776,13 @@ impl Ctx {
 
     fn execute(&self, req: &Request) -> Result<Response> {
         let r = self.execute_request(req);
+        self.after(req);
+        r
+    }
+
+    /// What a request leaves to do once it is answered: requests that take
+    /// a spare head layer start making the next one.
+    fn after(&self, req: &Request) {
         if matches!(
             req,
             Request::Create { .. }
@@ -785,7 +792,6 @@ impl Ctx {
         ) {
             self.spares_later();
         }
-        r
     }
 
     fn execute_request(&self, req: &Request) -> Result<Response> {
@@ -1315,8 +1321,16 @@ fn handle(ctx: &Ctx, stream: UnixStream, stopping: bool) {
                 }
             }
             Ok(req) => {
-                let _s = tracing::debug_span!("request", ?req).entered();
-                ctx.execute(&req).unwrap_or_else(|e| error_response(&e))
+                let reply = {
+                    let _s = tracing::debug_span!("request", ?req).entered();
+                    ctx.execute_request(&req)
+                        .unwrap_or_else(|e| error_response(&e))
+                };
+                // The client waits for the answer, not for what follows it.
+                send(&stream, &reply);
+                drop(stream);
+                ctx.after(&req);
+                return;
             }
         },
     };
