@@ -214,15 +214,20 @@ pub fn is_mountpoint(path: &Path) -> bool {
 /// Falls back to [`is_mountpoint`] when `statx` cannot tell or fails other
 /// than with "no such file" (a dead FUSE mount answers `ENOTCONN`).
 pub fn is_mount_root(path: &Path) -> bool {
+    mount_root_by_statx(path).unwrap_or_else(|| is_mountpoint(path))
+}
+
+/// [`is_mount_root`]'s `statx` answer, `None` when it cannot tell.
+fn mount_root_by_statx(path: &Path) -> Option<bool> {
     use rustix::fs::{AtFlags, StatxAttributes, StatxFlags};
     use rustix::io::Errno;
     let flags = AtFlags::SYMLINK_NOFOLLOW | AtFlags::NO_AUTOMOUNT | AtFlags::STATX_DONT_SYNC;
     match rustix::fs::statx(CWD, path, flags, StatxFlags::empty()) {
         Ok(st) if st.stx_attributes_mask.contains(StatxAttributes::MOUNT_ROOT) => {
-            st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT)
+            Some(st.stx_attributes.contains(StatxAttributes::MOUNT_ROOT))
         }
-        Err(Errno::NOENT | Errno::NOTDIR) => false,
-        Ok(_) | Err(_) => is_mountpoint(path),
+        Err(Errno::NOENT | Errno::NOTDIR) => Some(false),
+        Ok(_) | Err(_) => None,
     }
 }
 
@@ -342,8 +347,9 @@ mod tests {
         assert_eq!(super::unescape(r"/short\04"), r"/short\04");
     }
 
-    /// `is_mount_root` (one statx) agrees with the mount table on a mount,
-    /// on paths next to and inside it, and once it is gone.
+    /// `is_mount_root` agrees with the mount table on a mount, on paths
+    /// next to and inside it, and once it is gone, answering from `statx`
+    /// alone (not from its fallback, the mount table).
     #[test]
     fn mount_root_agrees_with_the_mount_table() {
         assert!(
@@ -355,6 +361,12 @@ mod tests {
         std::fs::create_dir(&mp).unwrap();
         let mp = std::fs::canonicalize(&mp).unwrap();
         let check = |p: &std::path::Path, want: bool| {
+            assert_eq!(
+                super::mount_root_by_statx(p),
+                Some(want),
+                "statx on {}",
+                p.display()
+            );
             assert_eq!(
                 super::is_mount_root(p),
                 want,
