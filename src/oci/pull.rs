@@ -421,10 +421,9 @@ pub fn pull(
     })
 }
 
-/// When the same image is pulled again under another name, keep both names
-/// in its record, each with its config.
 /// `record` (of image `id`, just pulled as `name`) with the names and
-/// per-name configs of the image's earlier record, if there is one.
+/// per-name configs of the image's earlier record, if there is one: an
+/// image pulled again under another name keeps both, each with its config.
 fn merge_names(store: &Store, id: &ObjectId, name: &str, mut record: ImageRecord) -> ImageRecord {
     if let Ok(old) = store.record(id) {
         record.merge_old(name, &old);
