@@ -74,6 +74,20 @@ impl FilterInfo {
     }
 }
 
+impl super::ImageRecord {
+    /// The filter section of filtered image `id`'s record, checked against
+    /// the ID ([`FilterInfo::check`]), and the plain EROFS image's ID.
+    pub fn checked_filter(&self, id: &ObjectId) -> Result<(&FilterInfo, ObjectId)> {
+        let info = self.filter.as_ref().ok_or_else(|| {
+            StoreError::Damaged(format!(
+                "filtered image {} has a record without its filter chain",
+                id.to_hex()
+            ))
+        })?;
+        Ok((info, info.check(id)?))
+    }
+}
+
 /// Where an image's objects are and how to read them.
 #[derive(Debug, Clone)]
 pub struct Objects {
@@ -288,14 +302,9 @@ impl Store {
 
     /// [`Store::filter_info`] and the plain EROFS image's ID.
     fn checked_filter_info(&self, id: &ObjectId) -> Result<(FilterInfo, ObjectId)> {
-        let info = self.record(id)?.filter.ok_or_else(|| {
-            StoreError::Damaged(format!(
-                "filtered image {} has a record without its filter chain",
-                id.to_hex()
-            ))
-        })?;
-        let erofs = info.check(id)?;
-        Ok((info, erofs))
+        let record = self.record(id)?;
+        let (info, erofs) = record.checked_filter(id)?;
+        Ok((info.clone(), erofs))
     }
 
     /// The plain EROFS bytes of filtered image `id`.

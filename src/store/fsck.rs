@@ -296,6 +296,29 @@ pub(super) fn run(store: &Store, repair: bool) -> Result<FsckReport> {
     Ok(r)
 }
 
+/// Object `oid` read through `objects` (decoded by its chain) when its
+/// digest is `oid`; `Ok(Err(why))` when it is missing or damaged; `Err` when
+/// the chain cannot run here.
+fn decoded(
+    objects: &super::Objects,
+    oid: &ObjectId,
+    size: u64,
+) -> Result<std::result::Result<Vec<u8>, String>> {
+    match objects.read(oid, size) {
+        Ok(plain) => {
+            let actual: ObjectId = composefs::fsverity::compute_verity(&plain);
+            if actual == *oid {
+                Ok(Ok(plain))
+            } else {
+                Ok(Err(format!("decodes to digest {}", actual.to_hex())))
+            }
+        }
+        Err(super::StoreError::Filter(e)) if e.is_damage() => Ok(Err(e.to_string())),
+        Err(super::StoreError::Damaged(why)) => Ok(Err(why)),
+        Err(e) => Err(e),
+    }
+}
+
 /// Checks a filtered image: its record, its EROFS and every object it
 /// references, each decoded through the chain and its digest recomputed.
 /// `Ok(Some(record))` when intact; `Ok(None)` when broken (a problem is
@@ -319,14 +342,10 @@ fn check_filtered(
     };
     // The record, and its filter section checked against the image's ID.
     let checked = store.record(id).and_then(|rec| {
-        let info = rec
-            .filter
-            .clone()
-            .ok_or_else(|| super::StoreError::Damaged("its record has no filter chain".into()))?;
-        info.check(id)?;
-        Ok((info, rec))
+        let (info, erofs) = rec.checked_filter(id)?;
+        Ok((info.clone(), erofs, rec))
     });
-    let (info, record) = match checked {
+    let (info, erofs, record) = match checked {
         Ok(ok) => ok,
         Err(e) => {
             broken(r, e.to_string());
@@ -344,52 +363,37 @@ fn check_filtered(
             return Ok(*ok);
         }
         r.objects += 1;
-        let ok = match objects.read(&oid, size) {
-            Ok(plain) => {
-                let actual: ObjectId = composefs::fsverity::compute_verity(&plain);
-                if actual != oid {
-                    bad.push((
-                        oid.clone(),
-                        format!("decodes to digest {}", actual.to_hex()),
-                    ));
-                }
-                actual == oid
-            }
-            Err(super::StoreError::Filter(e)) if e.is_damage() => {
-                bad.push((oid.clone(), e.to_string()));
-                false
-            }
-            Err(super::StoreError::Damaged(why)) => {
+        let ok = match decoded(&objects, &oid, size)? {
+            Ok(_) => true,
+            Err(why) => {
                 bad.push((oid.clone(), why));
                 false
             }
-            Err(e) => return Err(e),
         };
         seen.insert(key, ok);
         Ok(ok)
     };
-    let Ok(erofs) = ObjectId::from_hex(&info.erofs) else {
-        broken(r, "its record names no valid EROFS digest".into());
-        if repair {
-            store.forget_image(id)?;
+    // The EROFS image, decoded once: checked, then read as the tree.
+    r.objects += 1;
+    match decoded(&objects, &erofs, info.erofs_size)? {
+        Err(why) => {
+            bad.push((erofs.clone(), why));
+            broken(r, "its EROFS image is missing or damaged".into());
         }
-        return Ok(None);
-    };
-    if !check(erofs.clone(), info.erofs_size, r)? {
-        broken(r, "its EROFS image is missing or damaged".into());
-    } else {
-        let tree = store.image_tree(id)?;
-        let mut missing = 0;
-        for (oid, size) in crate::tree::object_sizes(&tree) {
-            if !check(oid, size, r)? {
-                missing += 1;
+        Ok(plain) => {
+            let tree = super::tree_of(id, &plain)?;
+            let mut missing = 0;
+            for (oid, size) in crate::tree::object_sizes(&tree) {
+                if !check(oid, size, r)? {
+                    missing += 1;
+                }
             }
-        }
-        if missing > 0 {
-            broken(
-                r,
-                format!("{missing} of its objects are missing or damaged"),
-            );
+            if missing > 0 {
+                broken(
+                    r,
+                    format!("{missing} of its objects are missing or damaged"),
+                );
+            }
         }
     }
     for (oid, why) in &bad {

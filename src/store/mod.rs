@@ -515,9 +515,7 @@ impl Store {
 
     /// Loads an image's tree back from its EROFS image.
     pub fn image_tree(&self, id: &ObjectId) -> Result<Tree> {
-        let bytes = self.image_bytes(id)?;
-        composefs::erofs::reader::erofs_to_filesystem::<ObjectId>(&bytes)
-            .map_err(|e| StoreError::Damaged(format!("image {} cannot be read: {e}", id.to_hex())))
+        tree_of(id, &self.image_bytes(id)?)
     }
 
     /// Removes an image whose last name was removed: its link and record.
@@ -577,6 +575,12 @@ fn parse_image_link(target: &Path) -> Option<ObjectId> {
     }
     let dir = target.parent()?.file_name()?.to_str()?;
     ObjectId::from_hex(format!("{dir}{name}")).ok()
+}
+
+/// The tree of image `id` from its (plain) EROFS bytes.
+pub(crate) fn tree_of(id: &ObjectId, erofs: &[u8]) -> Result<Tree> {
+    composefs::erofs::reader::erofs_to_filesystem::<ObjectId>(erofs)
+        .map_err(|e| StoreError::Damaged(format!("image {} cannot be read: {e}", id.to_hex())))
 }
 
 /// Writes `data` to `path` through a temporary file and a rename.
