@@ -562,6 +562,20 @@ fn a_filtered_pull_killed_at_each_step_leaves_only_garbage() {
 }
 
 /// The names in `dir` (none when it does not exist), sorted.
+/// How many files are under `dir`, at any depth.
+fn files_under(dir: &Path) -> usize {
+    std::fs::read_dir(dir)
+        .map(|d| {
+            d.flatten()
+                .map(|e| match e.file_type() {
+                    Ok(t) if t.is_dir() => files_under(&e.path()),
+                    _ => 1,
+                })
+                .sum()
+        })
+        .unwrap_or(0)
+}
+
 fn dir_names(dir: &Path) -> Vec<String> {
     let mut names: Vec<String> = std::fs::read_dir(dir)
         .map(|d| {
@@ -697,6 +711,22 @@ fn a_record_naming_another_chain_is_damaged() {
         !run.success() && run.stdout_str().contains("broken-image"),
         "{run}"
     );
+    // gc before the repair goes on past the damaged record and keeps the
+    // objects of every chain it could name: its own chain's as well.
+    let own_objects = store
+        .path()
+        .join("fukastor/filters/chains")
+        .join(&own)
+        .join("objects");
+    let before = files_under(&own_objects);
+    assert!(before > 0, "no objects under {}", own_objects.display());
+    store.ok(["gc"]);
+    assert_eq!(
+        files_under(&own_objects),
+        before,
+        "gc removed objects of c:1's chain"
+    );
+    similar_asserts::assert_eq!(store.ok(["dump", "k:1"]).stdout_str(), kept);
     store.ok(["fsck", "--repair"]);
     store.ok(["gc"]);
     similar_asserts::assert_eq!(store.ok(["dump", "k:1"]).stdout_str(), kept);

@@ -88,10 +88,15 @@ pub(super) fn run(store: &Store, dry_run: bool, keep: &[ObjectId]) -> Result<GcR
                     "gc: image {}: {e}; keeping its chain's objects",
                     id.to_hex()
                 );
-                if let Ok(info) = store.filter_info(&id) {
-                    unsure.insert(store.chain_dir(&info.chain_digest).join("objects"));
-                } else {
-                    return Err(e);
+                // Keep every chain directory its record could mean, checked
+                // or not (a damaged record may name another chain's).
+                match store.record(&id).map(|rec| rec.filter) {
+                    Ok(Some(f)) => {
+                        for digest in [f.chain_digest.clone(), f.chain.digest()] {
+                            unsure.insert(store.chain_dir(&digest).join("objects"));
+                        }
+                    }
+                    _ => return Err(e),
                 }
                 continue;
             }
