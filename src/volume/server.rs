@@ -362,7 +362,7 @@ pub fn call(paths: &Paths, req: &Request) -> Result<Response> {
                     }
                 } else if let Some(lock) = try_lock(paths)? {
                     let ctx = Ctx::local(paths)?;
-                    let r = ctx.execute(req);
+                    let r = ctx.execute_request(req);
                     drop(lock);
                     return r;
                 }
@@ -569,8 +569,6 @@ impl Ctx {
             .map_or(0, |s| super::lock(&s.devices).len())
     }
 
-    /// Refuses an attached volume; stops a background compaction of a
-    /// detached one (the caller needs it closed).
     /// Lets go of attached volume `name`: refuses while its loop device is
     /// open (a mounted filesystem), else unbinds the device and stops
     /// exporting the volume; returns it, unflushed.
@@ -595,6 +593,8 @@ impl Ctx {
         Ok(served.unexport(name))
     }
 
+    /// Refuses an attached volume; stops a background compaction of a
+    /// detached one (the caller needs it closed).
     fn refuse_attached(&self, name: &str) -> Result<()> {
         if self.device(name).is_some() {
             return Err(VolumeError::Attached(name.to_string()));
@@ -774,12 +774,6 @@ impl Ctx {
         }
     }
 
-    fn execute(&self, req: &Request) -> Result<Response> {
-        let r = self.execute_request(req);
-        self.after(req);
-        r
-    }
-
     /// What a request leaves to do once it is answered: requests that take
     /// a spare head layer start making the next one.
     fn after(&self, req: &Request) {
@@ -923,8 +917,11 @@ impl Ctx {
                     // commit goes with the volume.
                     drop(self.unbind(served, name, device.clone())?);
                     tracing::info!("detached {name} ({device}) to delete it");
+                } else if self.served.is_none() {
+                    // No server: unbind what a dead one left for it.
+                    cleanup_stale(&self.paths, Some(name));
                 }
-                self.refuse_attached(name)?;
+                self.stop_compaction(Some(name));
                 // A FUSE request that was in flight when the loop device
                 // let go may still hold the volume open for a moment.
                 let deadline = Instant::now() + Duration::from_secs(2);
@@ -932,6 +929,12 @@ impl Ctx {
                     match self.pool.delete_volume(name) {
                         Err(VolumeError::Busy(_)) if Instant::now() < deadline => {
                             std::thread::sleep(Duration::from_millis(1));
+                        }
+                        Err(VolumeError::Busy(_)) => {
+                            return Err(VolumeError::Server(format!(
+                                "volume {name:?} was detached but is still open 2 s later; \
+                                 remove it with `fukastor volume rm {name}`"
+                            )));
                         }
                         r => break r?,
                     }
