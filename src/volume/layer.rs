@@ -292,9 +292,16 @@ impl Head {
 
     /// Starts a group of records to append with one write.
     pub fn stage<'a>(&self) -> Staged<'a> {
+        self.stage_for(0)
+    }
+
+    /// [`Head::stage`] with room for the headers and pieces of `blocks`
+    /// whole blocks pushed by reference (a write request's group), so that
+    /// staging them does not grow its buffers as it goes.
+    pub fn stage_for<'a>(&self, blocks: usize) -> Staged<'a> {
         Staged {
-            buf: Vec::new(),
-            segs: Vec::new(),
+            buf: Vec::with_capacity(blocks * RECORD_HEADER_LEN as usize),
+            segs: Vec::with_capacity(2 * blocks),
             len: 0,
             at: self.next,
             records: 0,

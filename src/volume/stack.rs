@@ -1021,11 +1021,12 @@ impl Volume {
         }
         let end = offset + data.len() as u64;
         let (first, last) = (offset / BS, (end - 1) / BS);
-        let mut block = vec![0u8; BS as usize];
+        // Allocated at the first partial block only.
+        let mut block = Vec::new();
         let mut b = first;
         while b <= last {
             let group_end = (b + GROUP).min(last + 1);
-            let mut staged = h.head.stage();
+            let mut staged = h.head.stage_for((group_end - b) as usize);
             let mut placed = Vec::with_capacity((group_end - b) as usize);
             for x in b..group_end {
                 let start = x * BS;
@@ -1036,6 +1037,7 @@ impl Volume {
                     part
                 } else {
                     // A partial block: read, modify, write.
+                    block.resize(BS as usize, 0);
                     self.read_blocks(&self.read_mapped(), x, &mut block)?;
                     block[(lo - start) as usize..(hi - start) as usize].copy_from_slice(part);
                     &block[..]
