@@ -163,18 +163,21 @@ pub fn detach(dev: &str) -> Result<()> {
         .map(|_| ())
         .map_err(|e| VolumeError::Loop(format!("unbinding {dev}: {e}")))
 }
-/// True when something holds `dev` open exclusively (a mounted filesystem,
-/// a device-mapper table, another exclusive opener).
-pub fn in_use(dev: &str) -> bool {
-    use rustix::fs::{Mode, OFlags};
-    matches!(
-        rustix::fs::open(
-            dev,
-            OFlags::RDONLY | OFlags::EXCL | OFlags::CLOEXEC,
-            Mode::empty()
-        ),
-        Err(rustix::io::Errno::BUSY)
-    )
+
+/// Unbinds loop device `dev` unless something holds it open exclusively
+/// (a mounted filesystem, a device-mapper table, another exclusive opener):
+/// false then, and nothing changed. The check and the unbind go through one
+/// exclusive open of the device, so nothing can mount it in between (a
+/// mount after a separate check would leave the device bound, only marked
+/// to clear itself at the last close).
+pub fn detach_unless_in_use(dev: &str) -> Result<bool> {
+    let fd = match open(Path::new(dev), OFlags::RDONLY | OFlags::EXCL) {
+        Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(false),
+        r => r.map_err(|e| VolumeError::Loop(format!("unbinding {dev}: {e}")))?,
+    };
+    loop_ioctl(&fd, sys::LOOP_CLR_FD, None)
+        .map_err(|e| VolumeError::Loop(format!("unbinding {dev}: {e}")))?;
+    Ok(true)
 }
 
 /// Every loop device whose backing file is `file` or, when `prefix` is

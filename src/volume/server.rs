@@ -573,7 +573,11 @@ impl Ctx {
     /// open (a mounted filesystem), else unbinds the device and stops
     /// exporting the volume; returns it, unflushed.
     fn unbind(&self, served: &Served, name: &str, device: String) -> Result<Option<Arc<Volume>>> {
-        if loopdev::in_use(&device) {
+        let unbound = {
+            let _s = tracing::debug_span!("loop").entered();
+            loopdev::detach_unless_in_use(&device)?
+        };
+        if !unbound {
             let at = crate::mount::mountpoints_of(&device);
             return Err(VolumeError::InUse {
                 volume: name.to_string(),
@@ -584,10 +588,6 @@ impl Ctx {
                     .collect::<Vec<_>>()
                     .join(", "),
             });
-        }
-        {
-            let _s = tracing::debug_span!("loop").entered();
-            loopdev::detach(&device)?;
         }
         super::lock(&served.devices).remove(name);
         Ok(served.unexport(name))
