@@ -91,6 +91,9 @@
 #   head (copy-on-write); the plain loop runs again in each after round.
 #   The plain loop column is the median of all its rounds; ratios are
 #   fukastor / plain loop (MB/s for sequential, IOPS for random).
+#   After each after round, snapshots during heavy writeback: a sequential
+#   1 MiB write runs in the background (as the seq write test), and 3 s into
+#   it three TIMED `snapshot create` (1 s apart), then their TIMED `snapshot rm`.
 #
 # Environment (all optional):
 #   BENCH_DIR           where everything goes (default /var/tmp/fukastor-bench-volume);
@@ -600,6 +603,28 @@ fio_tests() { # fio_tests COLUMN RUN DIR
     done
 }
 
+# snapshot_under_load RUN DIR: three snapshots (then their removal) while a
+# sequential 1 MiB write runs on DIR's volume, each timed as a whole command.
+snapshot_under_load() {
+    local i us pid
+    printf '\n$ fio seqwrite in the background, snapshots during it (round %s)\n' "$1" >>"$BENCH_LOG"
+    fio --name=background --filename="$2/$FIO_FILE" --rw=write --bs=1M --size="${FIO_MIB}M" \
+        --direct=1 --ioengine=libaio --iodepth="$FIO_QD" --time_based --runtime=$((2 * FIO_RUNTIME + 6)) \
+        --output-format=json --output=/dev/null >>"$BENCH_LOG" 2>&1 &
+    pid=$!
+    sleep 3
+    for i in 1 2 3; do
+        bench_run_us us fk snapshot create "$vol" --name "load$1-$i"
+        record fio fukastor-load - "$1.$i" snapshot_us "$us"
+        sleep 1
+    done
+    for i in 1 2 3; do
+        bench_run_us us fk snapshot rm "$vol" "load$1-$i"
+        record fio fukastor-load - "$1.$i" snapshot_rm_us "$us"
+    done
+    wait "$pid" || bench_die "fio in the background on $2 failed (see $BENCH_LOG)"
+}
+
 part_fio() {
     local dev_mib=$((FIO_MIB + 1024)) loopdev r us vol=bench-fio
     local lmp=$MNT/fio-loop fmp=$MNT/fio-fukastor
@@ -632,6 +657,7 @@ part_fio() {
             bench_run_us us fk snapshot create "$vol" --name "fio$r"
             record fio fukastor-after - "$r" snapshot_us "$us"
             fio_tests fukastor-after "$r" "$fmp"
+            snapshot_under_load "$r" "$fmp"
         fi
     done
     umount "$lmp"
@@ -802,6 +828,9 @@ report() {
                 "$(med fio loop - fill_MBps)" "$(med fio fukastor - fill_MBps)"
             printf '| before each after round: sync -f, then snapshot create (median) | | | | %s, %s | |\n' \
                 "$(cell_ms "$(med fio fukastor-after - syncfs_us)")" "$(cell_ms "$(med fio fukastor-after - snapshot_us)")"
+            printf '| while a seq write 1 MiB runs: snapshot create, snapshot rm (median / worst) | | | | %s / %s, %s / %s | |\n' \
+                "$(cell_ms "$(med fio fukastor-load - snapshot_us)")" "$(cell_ms "$(worst fio fukastor-load - snapshot_us)")" \
+                "$(cell_ms "$(med fio fukastor-load - snapshot_rm_us)")" "$(cell_ms "$(worst fio fukastor-load - snapshot_rm_us)")"
         fi
         echo
     fi

@@ -176,6 +176,9 @@ pub(crate) fn build(
             was.push(e.crc);
         }
         head.append(staged).map_err(io_err(ctx()))?;
+        if let Some(behind) = head.write_behind() {
+            behind.run().map_err(io_err(ctx()))?;
+        }
         if head.pending >= COMMIT_EVERY {
             head.commit_unsynced().map_err(io_err(ctx()))?;
         }

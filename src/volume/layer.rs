@@ -274,7 +274,25 @@ pub(crate) struct Head {
     chain: u32,
     /// The header CRC of the last commit record (0 before the first).
     pub last_crc: u32,
+    /// Write-behind: writeback was started for the bytes before `started`
+    /// and waited for before `waited` (or they were synced).
+    started: u64,
+    waited: u64,
 }
+
+/// Write-behind step: once this many bytes were appended to a head since
+/// writeback was last started, it is started for them, and waited for on
+/// everything more than [`WRITE_BEHIND_LAG`] before them. So the page
+/// cache holds at most about 32 MiB of a head's unwritten bytes, the disk
+/// works all along, and a flush's sync (under the head lock, which every
+/// writer and a snapshot need) finds little left to write, instead of the
+/// gigabytes the kernel's dirty limits allow. Measured in
+/// docs/benchmarks.md ("Write-behind").
+pub(crate) const WRITE_BEHIND: u64 = 8 << 20;
+
+/// How far before the bytes whose writeback it starts write-behind waits
+/// for the writeback of earlier ones.
+pub(crate) const WRITE_BEHIND_LAG: u64 = 24 << 20;
 
 impl Head {
     /// A head whose valid content ends at `next`, after a commit record
@@ -287,6 +305,8 @@ impl Head {
             pending: 0,
             chain: 0,
             last_crc,
+            started: next.end,
+            waited: next.end,
         }
     }
 
@@ -334,6 +354,25 @@ impl Head {
         Ok(())
     }
 
+    /// The write-behind due now ([`WRITE_BEHIND`]), if any, to run with
+    /// [`WriteBehind::run`]; the volume runs it after letting go of the
+    /// head, so that appends go on while a writer waits for the disk.
+    pub fn write_behind(&mut self) -> Option<WriteBehind> {
+        let end = self.next.end;
+        if end - self.started < WRITE_BEHIND {
+            return None;
+        }
+        let upto = self.started.saturating_sub(WRITE_BEHIND_LAG);
+        let w = WriteBehind {
+            file: self.file.clone(),
+            start: (self.started, end - self.started),
+            wait: (upto > self.waited).then(|| (self.waited, upto - self.waited)),
+        };
+        self.started = end;
+        self.waited = self.waited.max(upto);
+        Some(w)
+    }
+
     /// Appends a commit record for the pending records and syncs the file.
     /// Does nothing when nothing is pending.
     pub fn commit(&mut self) -> std::io::Result<()> {
@@ -359,16 +398,40 @@ impl Head {
         };
         let (bytes, hcrc) = h.encode();
         self.file.write_at(&bytes, self.next.end)?;
+        let end = self.next.end + RECORD_HEADER_LEN;
         if sync {
             self.file.sync()?;
+            (self.started, self.waited) = (end, end);
         }
         self.next = Pos {
-            end: self.next.end + RECORD_HEADER_LEN,
+            end,
             seq: self.next.seq + 1,
         };
         self.pending = 0;
         self.chain = 0;
         self.last_crc = hcrc;
+        Ok(())
+    }
+}
+
+/// Write-behind for a range of a head: start writing it back, and wait for
+/// an earlier range.
+#[derive(Debug)]
+pub(crate) struct WriteBehind {
+    file: Arc<dyn BackendFile>,
+    start: (u64, u64),
+    wait: Option<(u64, u64)>,
+}
+
+impl WriteBehind {
+    /// Starts writeback of its range and waits for the earlier one. An
+    /// error is a failed write of the head (it may not show at the next
+    /// sync).
+    pub fn run(self) -> std::io::Result<()> {
+        self.file.start_writeback(self.start.0, self.start.1)?;
+        if let Some((offset, len)) = self.wait {
+            self.file.wait_writeback(offset, len)?;
+        }
         Ok(())
     }
 }
@@ -532,5 +595,115 @@ mod tests {
             files.push(mem.read_file("layers/7.data").unwrap());
         }
         assert_eq!(files[0], files[1]);
+    }
+
+    /// What a head asks of its file besides writes: the write-behind calls
+    /// and syncs, in order.
+    #[derive(Debug, Default)]
+    struct Recorder {
+        len: std::sync::Mutex<u64>,
+        calls: std::sync::Mutex<Vec<(&'static str, u64, u64)>>,
+    }
+
+    impl BackendFile for Recorder {
+        fn read_at(&self, _: &mut [u8], _: u64) -> std::io::Result<()> {
+            unreachable!("the head does not read")
+        }
+        fn write_at(&self, data: &[u8], offset: u64) -> std::io::Result<()> {
+            let mut len = self.len.lock().unwrap();
+            assert_eq!(offset, *len, "the head appends");
+            *len += data.len() as u64;
+            Ok(())
+        }
+        fn set_len(&self, _: u64) -> std::io::Result<()> {
+            unreachable!()
+        }
+        fn sync(&self) -> std::io::Result<()> {
+            let len = *self.len.lock().unwrap();
+            self.calls.lock().unwrap().push(("sync", 0, len));
+            Ok(())
+        }
+        fn len(&self) -> std::io::Result<u64> {
+            Ok(*self.len.lock().unwrap())
+        }
+        fn start_writeback(&self, offset: u64, len: u64) -> std::io::Result<()> {
+            assert!(
+                offset + len <= *self.len.lock().unwrap(),
+                "only written bytes"
+            );
+            self.calls.lock().unwrap().push(("start", offset, len));
+            Ok(())
+        }
+        fn wait_writeback(&self, offset: u64, len: u64) -> std::io::Result<()> {
+            self.calls.lock().unwrap().push(("wait", offset, len));
+            Ok(())
+        }
+    }
+
+    /// Write-behind: writeback is started for every byte appended, in
+    /// steps of at least `WRITE_BEHIND`, each range once and in order;
+    /// waits cover what lies more than `WRITE_BEHIND_LAG` behind, so the
+    /// unwritten tail stays bounded; a synced commit makes waiting for what
+    /// it synced needless.
+    #[test]
+    fn write_behind_covers_every_appended_byte_once() {
+        let rec = Arc::new(Recorder::default());
+        *rec.len.lock().unwrap() = LAYER_HEADER_LEN;
+        let start = Pos {
+            end: LAYER_HEADER_LEN,
+            seq: 0,
+        };
+        let mut head = Head::new(3, rec.clone(), start, 0);
+        let block = vec![7u8; BS as usize];
+        let append = |head: &mut Head, blocks: usize| {
+            let mut staged = head.stage_for(blocks);
+            for x in 0..blocks as u64 {
+                staged.push_borrowed(x, &block, crc32c(&block));
+            }
+            head.append(staged).unwrap();
+            if let Some(w) = head.write_behind() {
+                w.run().unwrap();
+            }
+        };
+        for _ in 0..40 {
+            append(&mut head, 256); // 1 MiB + headers
+        }
+        let calls = rec.calls.lock().unwrap().clone();
+        let starts: Vec<_> = calls.iter().filter(|c| c.0 == "start").collect();
+        let waits: Vec<_> = calls.iter().filter(|c| c.0 == "wait").collect();
+        // 8 appends of 1 MiB and headers pass a step: 5 starts in 40.
+        assert_eq!(starts.len(), 5, "{calls:?}");
+        assert_eq!(starts[0].1, LAYER_HEADER_LEN);
+        for w in starts.windows(2) {
+            assert_eq!(w[0].1 + w[0].2, w[1].1, "contiguous: {calls:?}");
+        }
+        for s in &starts {
+            assert!(s.2 >= WRITE_BEHIND && s.2 < WRITE_BEHIND + (2 << 20));
+        }
+        let unstarted = head.next.end - (starts[4].1 + starts[4].2);
+        assert!(unstarted < WRITE_BEHIND);
+        // Waits are contiguous from the header on, each right after a start
+        // and ending WRITE_BEHIND_LAG before the range that start began.
+        let mut waited = LAYER_HEADER_LEN;
+        for (i, c) in calls.iter().enumerate() {
+            if c.0 == "wait" {
+                assert_eq!(c.1, waited, "{calls:?}");
+                waited += c.2;
+                assert_eq!(calls[i - 1].0, "start");
+                assert_eq!(waited, calls[i - 1].1 - WRITE_BEHIND_LAG);
+            }
+        }
+        assert!(!waits.is_empty());
+        assert!(head.next.end - waited <= WRITE_BEHIND_LAG + 2 * WRITE_BEHIND);
+        let before_commit = calls.len();
+        head.commit().unwrap();
+        append(&mut head, 256 * 9);
+        let calls = rec.calls.lock().unwrap().clone();
+        let after: Vec<_> = calls[before_commit..].to_vec();
+        assert_eq!(after[0].0, "sync");
+        // After the sync, writeback starts where it ended, with nothing to
+        // wait for.
+        assert_eq!(after[1..].len(), 1, "{after:?}");
+        assert_eq!((after[1].0, after[1].1), ("start", after[0].2));
     }
 }

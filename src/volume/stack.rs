@@ -476,7 +476,18 @@ impl Volume {
             Some(_) => Vec::new(),
         };
         let mut h = self.lock_head()?;
-        self.write_locked(&mut h, offset, data, &crcs)
+        self.write_locked(&mut h, offset, data, &crcs)?;
+        let Some(behind) = h.head.write_behind() else {
+            return Ok(());
+        };
+        let id = h.head.id;
+        drop(h);
+        // Outside the head lock: other writers append while this one waits
+        // for the disk (docs/design.md, "Write-behind").
+        behind.run().map_err(|e| {
+            let e = io_err(format!("writing back layer {id}"))(e);
+            self.fail_with(&mut lock(&self.head), e)
+        })
     }
 
     /// Discards `len` bytes at `offset`: they read as zeros from now on,
