@@ -6,7 +6,9 @@
 //! is, in block order (so blocks next to each other on the volume are next
 //! to each other in the new layer, and read back with one `pread`); the
 //! run's discard ranges become discard records, written first, so that they
-//! keep masking the layers and the base below the run. Every copied block
+//! keep masking the layers and the base below the run. A block that a
+//! sealed layer above the run holds is not copied: the run's record of it
+//! can never be read again (see `docs/volume-format.md`). Every copied block
 //! is checked against its CRC on the way (a damaged block stops compaction
 //! with FK0710 rather than being laundered under a fresh checksum).
 //!
@@ -68,15 +70,17 @@ impl Job<'_> {
 
 /// Writes layer `id` holding the net content of `run` (bottom to top),
 /// without its discard ranges unless `keep_discards` (nothing below the run
-/// to mask), makes it and its index durable, and returns its file, its
-/// index, and for each index entry the CRC of the record it came from.
-/// With `chain` (a filtered volume) every block is decoded and encoded
-/// again for the new layer.
+/// to mask), and without the blocks `masked` names (those a sealed layer
+/// above the run holds), makes it and its index durable, and returns its
+/// file, its index, and for each index entry the CRC of the record it came
+/// from. With `chain` (a filtered volume) every block is decoded and
+/// encoded again for the new layer.
 pub(crate) fn build(
     backend: &dyn Backend,
     id: u64,
     run: &[Source],
     keep_discards: bool,
+    masked: &dyn Fn(u64) -> bool,
     job: Job<'_>,
     chain: Option<&Chain>,
 ) -> Result<(Arc<dyn BackendFile>, LayerIndex, Vec<u32>)> {
@@ -85,6 +89,7 @@ pub(crate) fn build(
         net.apply(&s.index, k as u32);
     }
     let (mut discards, live) = net.finish();
+    let live = live.filter(|e| !masked(e.block));
     if !keep_discards {
         discards.clear();
     }

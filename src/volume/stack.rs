@@ -724,11 +724,26 @@ impl Volume {
             sources.push(Source { id, file, index });
         }
         let keep_discards = run.start > 0 || self.base.is_some();
+        // A block whose content is in a sealed layer above the run needs no
+        // copy: that layer stays above the new one for as long as the
+        // stack this compaction switches from (checked in step 5), and
+        // only the head, which may lose unflushed records in a crash, can
+        // take the block from it.
+        let above: Vec<u32> = {
+            let mp = self.read_mapped();
+            mp.stack[run.end..mp.stack.len() - 1].to_vec()
+        };
+        let masked = |block: u64| {
+            !above.is_empty()
+                && matches!(self.read_mapped().index.get(block),
+                    Lookup::Data { layer, .. } if above.contains(&layer))
+        };
         let (file, cix, was) = compact::build(
             backend,
             new_id,
             &sources,
             keep_discards,
+            &masked,
             job,
             self.chain.as_ref(),
         )?;
@@ -1230,37 +1245,64 @@ impl Volume {
     }
 }
 
+/// Most own sealed layers [`choose_run`] leaves above the run (mostly
+/// live ones): past this many, the run goes up to the head again, so that
+/// the stack stays short.
+const MAX_KEPT_ABOVE: usize = 4;
+
 /// The run of sealed layers to compact (stack positions): the sealed
 /// layers only this volume uses form a suffix of its sealed layers (a layer
-/// is shared through a copied stack, which holds what is below it too);
-/// the run goes from the lowest of them holding garbage to the top, and
-/// further down over own layers holding no more live blocks than the run
-/// (so that repeated compactions keep the number of own layers
+/// is shared through a copied stack, which holds what is below it too).
+/// Own sealed layers at the top that hold at least as many live blocks as
+/// garbage, and more live blocks than all own layers below them, are left
+/// alone (up to [`MAX_KEPT_ABOVE`]): rewriting them would copy more than
+/// it frees, and what they hold masks blocks of the run, which then need
+/// no copy (a volume overwritten in full since the last compaction keeps
+/// its last sealed layer and copies next to nothing). Small layers are
+/// merged as before, so kept layers at least double in live blocks from
+/// one to the next above.
+/// Below them, the run goes from the lowest own layer holding garbage up,
+/// and further down over own layers holding no more live blocks than the
+/// run (so that repeated compactions keep the number of own layers
 /// logarithmic, like a binary counter, instead of adding one each time).
-/// Empty when no own sealed layer holds garbage.
+/// When nothing below the kept layers holds garbage, the run goes up to
+/// the head after all. Empty when no own sealed layer holds garbage.
 fn choose_run(mp: &Mapped) -> Range<usize> {
     let top = mp.stack.len() - 1;
     let mut own = top;
     while own > 0 && !mp.layer(mp.stack[own - 1]).shared {
         own -= 1;
     }
+    let live = |p: usize| mp.index.live(mp.stack[p]);
     let garbage = |p: usize| {
         let s = mp.stack[p];
         mp.garbage(s, mp.layer(s).writes)
     };
-    let Some(mut start) = (own..top).find(|&p| garbage(p) > 0) else {
-        return top..top;
+    let ending_at = |end: usize| {
+        let mut start = (own..end).find(|&p| garbage(p) > 0)?;
+        let mut run_live: u64 = (start..end).map(live).sum();
+        while start > own {
+            let below = live(start - 1);
+            if below > run_live {
+                break;
+            }
+            start -= 1;
+            run_live += below;
+        }
+        Some(start..end)
     };
-    let mut live: u64 = (start..top).map(|p| mp.index.live(mp.stack[p])).sum();
-    while start > own {
-        let below = mp.index.live(mp.stack[start - 1]);
-        if below > live {
+    let mut end = top;
+    while end > own && top - end < MAX_KEPT_ABOVE {
+        let p = end - 1;
+        let below: u64 = (own..p).map(live).sum();
+        if live(p) < garbage(p) || live(p) <= below {
             break;
         }
-        start -= 1;
-        live += below;
+        end -= 1;
     }
-    start..top
+    ending_at(end)
+        .or_else(|| ending_at(top))
+        .unwrap_or(top..top)
 }
 
 /// The net content of sealed layer `id`: from its index file, or, when

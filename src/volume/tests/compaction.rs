@@ -148,6 +148,59 @@ fn compaction_frees_overwritten_blocks() {
     assert_eq!(v.stats().unflushed_records, 0);
 }
 
+/// A volume overwritten in full since its last compaction: its last sealed
+/// layer holds only live blocks, so compaction leaves it where it is and
+/// rewrites the layer below, copying only the blocks the kept layer does
+/// not hold. The bytes are the same, also after a crash (which loses the
+/// unflushed head: what the kept layer holds shows again, never the old
+/// copies left out of the new layer) and after a rollback of a snapshot
+/// taken before.
+#[test]
+fn compaction_keeps_a_live_top_layer_and_copies_only_what_it_does_not_hold() {
+    let (mem, pool) = mem_pool(19);
+    pool.create_volume("v", &VolumeOptions::new(64 * MIB))
+        .unwrap();
+    let v = pool.open_volume("v").unwrap();
+    v.write_at(0, &block(1).repeat(1024)).unwrap();
+    v.write_at(0, &block(2).repeat(1024)).unwrap();
+    v.write_at(8 * MIB, &block(3).repeat(16)).unwrap();
+    let r = v.compact().unwrap();
+    assert_eq!(r.blocks, 1040);
+    // 4 MiB overwritten: 1024 of the compacted layer's blocks are garbage.
+    v.write_at(0, &block(4).repeat(1024)).unwrap();
+    let want = read(&v, 0, 64 * MIB);
+    let before = v.stats();
+    assert_eq!(before.garbage_bytes, 1024 * REC);
+    let c = cost(&mem, || {
+        let r = v.compact().unwrap();
+        println!("{r:?}");
+        assert_eq!(r.blocks, 16, "only the blocks the kept layer does not hold");
+        assert_eq!(r.replaced, vec![before.layers[0]]);
+        assert_eq!(r.garbage_after, 0);
+    });
+    assert!(c.bytes_written < 16 * REC + 128 * 1024, "{c:?}");
+    let after = v.stats();
+    assert_eq!(after.layers.len(), 3, "new layer, kept layer, head");
+    assert_eq!(after.layers[1], before.layers[1], "the sealed head is kept");
+    assert_eq!(read(&v, 0, 64 * MIB), want);
+    v.snapshot("s").unwrap();
+    // Unflushed writes over blocks the kept layer holds, then a crash.
+    v.write_at(0, &block(5).repeat(8)).unwrap();
+    v.write_at(8 * MIB, &block(6).repeat(4)).unwrap();
+    drop(v);
+    mem.crash(CrashMode::DropUnsynced);
+    let pool = Pool::with_backend(Arc::new(mem.clone())).unwrap();
+    pool.reclaim().unwrap();
+    let v = pool.open_volume("v").unwrap();
+    assert_eq!(read(&v, 0, 64 * MIB), want);
+    v.write_at(0, &block(7).repeat(2048)).unwrap();
+    v.flush().unwrap();
+    drop(v);
+    pool.rollback("v", "s").unwrap();
+    let v = pool.open_volume("v").unwrap();
+    assert_eq!(read(&v, 0, 64 * MIB), want);
+}
+
 /// Compaction rewrites only the layers no snapshot and no other volume
 /// uses; snapshots, clones and rollbacks read the same afterwards. Once a
 /// clone and the snapshot are gone, those layers are compacted too.
