@@ -18,7 +18,7 @@ use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Seek, SeekFrom};
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
+use std::sync::{Arc, OnceLock};
 
 /// An open file of a backend. Positions are explicit: there is no cursor.
 // `len` is a file's length, which can fail to read: no `is_empty` to go with it.
@@ -43,23 +43,16 @@ pub trait BackendFile: Debug + Send + Sync {
     /// The file's length in bytes (also for block devices).
     fn len(&self) -> io::Result<u64>;
     /// Starts writing `len` bytes at `offset`, which earlier writes left in
-    /// the page cache, to the disk, without waiting for it
-    /// (`sync_file_range(SYNC_FILE_RANGE_WRITE)`). Durability comes only
-    /// from [`BackendFile::sync`]: this spreads the disk's work over time
-    /// instead of leaving it all to the next sync. The default does nothing.
-    fn start_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
-        Ok(())
-    }
-    /// Waits until `len` bytes at `offset` are written to the disk
-    /// (starting what was not started), which bounds how much the page
-    /// cache holds for the file. Not durability either (neither the file's
-    /// metadata nor the disk's cache is flushed). An error is a failed
-    /// write: it may not be reported again by a later
-    /// [`BackendFile::sync`], so the caller must treat it as one. The
-    /// default does nothing.
-    fn wait_writeback(&self, _offset: u64, _len: u64) -> io::Result<()> {
-        Ok(())
-    }
+    /// the page cache, to the disk, and waits for the writeback of `wait`
+    /// (offset, length), if given, which bounds how much the page cache
+    /// holds for the file (`sync_file_range`). A hint, not durability
+    /// (only [`BackendFile::sync`] gives that): it spreads the disk's work
+    /// over time instead of leaving it all to the next sync. Errors are
+    /// not reported here: a writeback error must still reach the next
+    /// [`BackendFile::sync`] (the kernel reports one to each open file
+    /// once, so the real backend waits through an open file of its own).
+    /// The default does nothing.
+    fn write_behind(&self, _start: (u64, u64), _wait: Option<(u64, u64)>) {}
 }
 
 /// Files and names. Paths are relative to the backend's root (a pool
@@ -99,7 +92,24 @@ impl StdBackend {
 }
 
 #[derive(Debug)]
-struct StdFile(File);
+struct StdFile(File, OnceLock<Option<File>>);
+
+impl StdFile {
+    fn new(f: File) -> StdFile {
+        StdFile(f, OnceLock::new())
+    }
+
+    /// A second open file of the same file, for write-behind: waiting for
+    /// writeback through it marks a writeback error seen for it alone, so
+    /// a sync through the first one still reports the error. `None` when
+    /// it cannot be opened (no /proc): no write-behind then.
+    fn behind(&self) -> Option<&File> {
+        use std::os::fd::AsRawFd;
+        self.1
+            .get_or_init(|| File::open(format!("/proc/self/fd/{}", self.0.as_raw_fd())).ok())
+            .as_ref()
+    }
+}
 
 impl BackendFile for StdFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
@@ -122,14 +132,20 @@ impl BackendFile for StdFile {
         // says 0. Reads and writes are positional, so the cursor is unused.
         (&self.0).seek(SeekFrom::End(0))
     }
-    fn start_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
-        sync_file_range(&self.0, offset, len, libc::SYNC_FILE_RANGE_WRITE)
-    }
-    fn wait_writeback(&self, offset: u64, len: u64) -> io::Result<()> {
+    fn write_behind(&self, start: (u64, u64), wait: Option<(u64, u64)>) {
+        let Some(f) = self.behind() else {
+            return;
+        };
         let all = libc::SYNC_FILE_RANGE_WAIT_BEFORE
             | libc::SYNC_FILE_RANGE_WRITE
             | libc::SYNC_FILE_RANGE_WAIT_AFTER;
-        sync_file_range(&self.0, offset, len, all)
+        let r = sync_file_range(f, start.0, start.1, libc::SYNC_FILE_RANGE_WRITE).and_then(|()| {
+            wait.map_or(Ok(()), |(offset, len)| sync_file_range(f, offset, len, all))
+        });
+        if let Err(e) = r {
+            // The next sync of the file reports a failed write again.
+            tracing::debug!("write-behind: {e}");
+        }
     }
 }
 
@@ -186,7 +202,7 @@ impl Backend for StdBackend {
             .read(true)
             .write(writable)
             .open(self.path(path))?;
-        Ok(Arc::new(StdFile(f)))
+        Ok(Arc::new(StdFile::new(f)))
     }
     fn create(&self, path: &Path) -> io::Result<Arc<dyn BackendFile>> {
         let f = OpenOptions::new()
@@ -195,7 +211,7 @@ impl Backend for StdBackend {
             .create(true)
             .truncate(true)
             .open(self.path(path))?;
-        Ok(Arc::new(StdFile(f)))
+        Ok(Arc::new(StdFile::new(f)))
     }
     fn rename(&self, from: &Path, to: &Path) -> io::Result<()> {
         fs::rename(self.path(from), self.path(to))
@@ -253,20 +269,21 @@ mod tests {
     }
 
     /// Write-behind on a real file: starting and waiting for writeback of
-    /// written bytes succeeds and changes nothing they read back as; a
-    /// range past the end is no error.
+    /// written bytes changes nothing they read back as, a range past the
+    /// end is no error, and a second open file serves it.
     #[test]
-    fn writeback_of_a_real_file() {
+    fn write_behind_on_a_real_file() {
         let dir = tempfile::tempdir().unwrap();
         let b = StdBackend::new(dir.path());
         let f = b.create("f".as_ref()).unwrap();
         let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
         f.write_at(&data, 0).unwrap();
-        f.start_writeback(0, 1 << 19).unwrap();
-        f.wait_writeback(0, 1 << 20).unwrap();
-        f.start_writeback(1 << 20, 1 << 30).unwrap();
+        f.write_behind((0, 1 << 19), None);
+        f.write_behind((1 << 19, 1 << 30), Some((0, 1 << 20)));
         let mut back = vec![0u8; data.len()];
         f.read_at(&mut back, 0).unwrap();
         assert!(back == data);
+        let std = StdFile::new(File::open(dir.path().join("f")).unwrap());
+        assert!(std.behind().is_some(), "/proc/self/fd reopens the file");
     }
 }

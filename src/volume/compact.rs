@@ -182,7 +182,7 @@ pub(crate) fn build(
         }
         head.append(staged).map_err(io_err(ctx()))?;
         if let Some(behind) = head.write_behind() {
-            behind.run().map_err(io_err(ctx()))?;
+            behind.run();
         }
         if head.pending >= COMMIT_EVERY {
             head.commit_unsynced().map_err(io_err(ctx()))?;

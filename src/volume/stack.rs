@@ -477,17 +477,14 @@ impl Volume {
         };
         let mut h = self.lock_head()?;
         self.write_locked(&mut h, offset, data, &crcs)?;
-        let Some(behind) = h.head.write_behind() else {
-            return Ok(());
-        };
-        let id = h.head.id;
+        let behind = h.head.write_behind();
         drop(h);
         // Outside the head lock: other writers append while this one waits
         // for the disk (docs/design.md, "Write-behind").
-        behind.run().map_err(|e| {
-            let e = io_err(format!("writing back layer {id}"))(e);
-            self.fail_with(&mut lock(&self.head), e)
-        })
+        if let Some(b) = behind {
+            b.run();
+        }
+        Ok(())
     }
 
     /// Discards `len` bytes at `offset`: they read as zeros from now on,
@@ -683,24 +680,34 @@ impl Volume {
 
         // 3. Under the pool's lock, with every metadata file read: the run
         // of sealed layers to replace, and a pinned ID for the new layer.
-        let (run, new_id) = {
+        // What step 4 needs of the stack is taken here, with the run: a
+        // rollback may change the stack once these locks are let go.
+        let (run, layers, above, new_id) = {
             let mut st = lock(&self.reg.shared.state);
             let m = meta::read(backend, self.name())?;
-            if m.layers != ids {
+            let mut mp = self.write_mapped();
+            if m.layers != ids || mp.ids() != ids {
                 return Err(self.abandoned("its stack changed (a snapshot or rollback)"));
             }
             let others = meta::shared_layers(backend, self.name(), &m)?;
-            let run = {
-                let mut mp = self.write_mapped();
-                mp.set_sharing(&others);
-                choose_run(&mp)
-            };
+            mp.set_sharing(&others);
+            let run = choose_run(&mp);
             if run.is_empty() {
                 return Ok(report);
             }
+            let layers: Vec<(u64, Arc<dyn BackendFile>, u64)> = mp.stack[run.clone()]
+                .iter()
+                .map(|&s| {
+                    let l = mp.layer(s);
+                    (l.id, l.file.clone(), l.len)
+                })
+                .collect();
+            // The sealed layers above the run (the head is the last).
+            let above = mp.stack[run.end..mp.stack.len() - 1].to_vec();
+            drop(mp);
             let id = st.new_layer_id();
             st.pinned.insert(id);
-            (run, id)
+            (run, layers, above, id)
         };
         let _pin = Pinned {
             shared: &self.reg.shared,
@@ -709,12 +716,7 @@ impl Volume {
 
         // 4. The new layer, written outside every lock of the volume.
         let mut sources = Vec::with_capacity(run.len());
-        for pos in run.clone() {
-            let (id, file, len) = {
-                let mp = self.read_mapped();
-                let l = mp.layer(mp.stack[pos]);
-                (l.id, l.file.clone(), l.len)
-            };
+        for (id, file, len) in layers {
             let index = match sealed.take_if(|ix| ix.id == id) {
                 Some(ix) => ix,
                 None => sealed_index(backend, id, blocks, self.chain.is_some(), &*file)?,
@@ -729,10 +731,6 @@ impl Volume {
         // stack this compaction switches from (checked in step 5), and
         // only the head, which may lose unflushed records in a crash, can
         // take the block from it.
-        let above: Vec<u32> = {
-            let mp = self.read_mapped();
-            mp.stack[run.end..mp.stack.len() - 1].to_vec()
-        };
         let masked = |block: u64| {
             !above.is_empty()
                 && matches!(self.read_mapped().index.get(block),
@@ -1246,8 +1244,8 @@ impl Volume {
 }
 
 /// Most own sealed layers [`choose_run`] leaves above the run (mostly
-/// live ones): past this many, the run goes up to the head again, so that
-/// the stack stays short.
+/// live ones): a fifth one down is compacted with the run, so that the
+/// stack stays short.
 const MAX_KEPT_ABOVE: usize = 4;
 
 /// The run of sealed layers to compact (stack positions): the sealed
