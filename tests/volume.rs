@@ -985,12 +985,26 @@ fn volume_lifecycle_attach_detach_rm_and_refusals() {
     );
     assert_eq!(blockdev("--getsize64", &dev), size);
 
+    // Detach while something else has the device open without claiming
+    // it (as udev or blkid probing it would): the device is unbound when
+    // detach returns, not later when that opener closes it.
+    let prober = {
+        let f = std::fs::File::open(&dev).unwrap();
+        std::thread::spawn(move || {
+            std::thread::sleep(Duration::from_millis(300));
+            drop(f);
+        })
+    };
     detach(&st, "v1");
+    // (Once unexported, a still bound device names "<file> (deleted)".)
+    let now = loop_sysfs(&dev, "backing_file");
     assert!(
-        loop_sysfs(&dev, "backing_file").as_deref() != Some(backing.as_str()),
-        "{} is still bound to the volume after detach",
+        !now.as_deref()
+            .is_some_and(|b| b.starts_with(backing.as_str())),
+        "{} is still bound to the volume after detach: {now:?}",
         dev.display()
     );
+    prober.join().unwrap();
     assert!(volume_row(&st, "v1").unwrap()["device"].is_null());
     st.assert_server_exits("after detaching the only volume");
     assert_fk07(

@@ -170,6 +170,13 @@ pub fn detach(dev: &str) -> Result<()> {
 /// exclusive open of the device, so nothing can mount it in between (a
 /// mount after a separate check would leave the device bound, only marked
 /// to clear itself at the last close).
+///
+/// The kernel clears the device when its last opener closes it: at once
+/// when this was the only one, later when something else has it open
+/// without claiming it (udev or `blkid` probing it, a `dd` reading it).
+/// So this waits (up to [`CLEAR_WAIT`]) until the device is unbound, and
+/// after that says in the log that it unbinds itself at the other
+/// opener's close.
 pub fn detach_unless_in_use(dev: &str) -> Result<bool> {
     let fd = match open(Path::new(dev), OFlags::RDONLY | OFlags::EXCL) {
         Err(e) if e.raw_os_error() == Some(libc::EBUSY) => return Ok(false),
@@ -177,8 +184,25 @@ pub fn detach_unless_in_use(dev: &str) -> Result<bool> {
     };
     loop_ioctl(&fd, sys::LOOP_CLR_FD, None)
         .map_err(|e| VolumeError::Loop(format!("unbinding {dev}: {e}")))?;
+    drop(fd);
+    let name = Path::new(dev).file_name().unwrap_or_default();
+    let bound = Path::new("/sys/block").join(name).join("loop/backing_file");
+    let start = std::time::Instant::now();
+    while bound.exists() {
+        if start.elapsed() > CLEAR_WAIT {
+            tracing::warn!(
+                "{dev} is still open elsewhere; it unbinds itself when that opener closes it"
+            );
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(5));
+    }
     Ok(true)
 }
+
+/// How long [`detach_unless_in_use`] waits for another opener to close the
+/// device.
+const CLEAR_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
 
 /// Every loop device whose backing file is `file` or, when `prefix` is
 /// true, any file under directory `file`: `(device, backing file)`.
