@@ -373,3 +373,40 @@ fn usage_errors_have_codes() {
     let v: serde_json::Value = serde_json::from_str(&first).unwrap();
     assert_eq!(v["error"]["code"], "FK0110");
 }
+
+/// `fukastor demo`, the README's first command, runs every step and
+/// leaves nothing behind: its work directory (under TMPDIR) is gone, and
+/// nothing of it stays mounted (the volume server it started keeps its
+/// FUSE mount in there until it exits by itself).
+#[test]
+fn demo_runs_and_leaves_nothing_behind() {
+    require_root();
+    let tmp = tempfile::tempdir().unwrap();
+    let o = Command::new(env!("CARGO_BIN_EXE_fukastor"))
+        .arg("demo")
+        .env_remove("FUKASTOR_STORE")
+        .env("TMPDIR", tmp.path())
+        .output()
+        .expect("run fukastor demo");
+    let out = String::from_utf8_lossy(&o.stdout);
+    assert!(
+        o.status.success(),
+        "fukastor demo failed:\n{out}{}",
+        String::from_utf8_lossy(&o.stderr)
+    );
+    assert!(
+        out.contains("fsck the store"),
+        "the demo stopped early:\n{out}"
+    );
+    let left: Vec<_> = fs::read_dir(tmp.path())
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .collect();
+    assert!(left.is_empty(), "the demo left {left:?} behind");
+    let mounts = fs::read_to_string("/proc/self/mountinfo").unwrap();
+    let dir = tmp.path().to_string_lossy();
+    assert!(
+        !mounts.lines().any(|l| l.contains(dir.as_ref())),
+        "something of the demo is still mounted:\n{mounts}"
+    );
+}

@@ -413,6 +413,16 @@ pub(super) fn run(out: &mut impl Write, keep: Option<&Path>) -> CliResult {
         for name in [CONTAINER, "demo-ctr2"] {
             let _ = c.remove(name, true);
         }
+        // The volume server keeps its FUSE mount inside the store until it
+        // has been idle for a moment: removing the directory before that
+        // would leave part of it behind.
+        let vserve = server::Paths::new(&base.join("store")).mnt;
+        let start = std::time::Instant::now();
+        while crate::mount::is_mount_root(&vserve)
+            && start.elapsed() < server::IDLE + std::time::Duration::from_secs(5)
+        {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
         let _ = fs::remove_dir_all(&base);
     } else {
         let _ = writeln!(
