@@ -149,9 +149,9 @@ impl BackendFile for StdFile {
     }
 }
 
-/// `sync_file_range(2)` (not in rustix). A file system without it (or a
-/// file that is not a regular file) answers EINVAL or ESPIPE or ENOSYS:
-/// nothing to do then, the next sync writes everything.
+/// `sync_file_range(2)` (not in rustix). Its errors are only logged by the
+/// caller (a file system without it answers EINVAL, ESPIPE or ENOSYS: the
+/// next sync then writes everything, as it would have).
 #[allow(unsafe_code)]
 fn sync_file_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> io::Result<()> {
     use std::os::fd::AsRawFd;
@@ -166,10 +166,8 @@ fn sync_file_range(file: &File, offset: u64, len: u64, flags: libc::c_uint) -> i
             return Ok(());
         }
         let e = io::Error::last_os_error();
-        match e.raw_os_error() {
-            Some(libc::EINTR) => continue,
-            Some(libc::EINVAL | libc::ESPIPE | libc::ENOSYS) => return Ok(()),
-            _ => return Err(e),
+        if e.kind() != io::ErrorKind::Interrupted {
+            return Err(e);
         }
     }
 }
