@@ -16,6 +16,7 @@
 use std::fmt::Debug;
 use std::fs::{self, File, OpenOptions};
 use std::io::{self, IoSlice, Seek, SeekFrom};
+use std::num::NonZeroU64;
 use std::os::unix::fs::FileExt;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, OnceLock};
@@ -44,8 +45,12 @@ pub trait BackendFile: Debug + Send + Sync {
     fn len(&self) -> io::Result<u64>;
     /// Starts writing `len` bytes at `offset`, which earlier writes left in
     /// the page cache, to the disk, and waits for the writeback of `wait`
-    /// (offset, length), if given, which bounds how much the page cache
-    /// holds for the file (`sync_file_range`). A hint, not durability
+    /// (offset, length), if given, then drops `wait` from the page cache
+    /// (`sync_file_range`, `POSIX_FADV_DONTNEED`): so what a stream of
+    /// appends keeps cached stays bounded, and its next pages are recycled
+    /// ones rather than fresh memory (docs/design.md, "Drop-behind and
+    /// small reads"; a page of `wait` written again meanwhile is dirty and
+    /// stays). A hint, not durability
     /// (only [`BackendFile::sync`] gives that): it spreads the disk's work
     /// over time instead of leaving it all to the next sync. Errors are
     /// not reported here: a writeback error must still reach the next
@@ -91,6 +96,12 @@ impl StdBackend {
     }
 }
 
+/// Reads shorter than this go through [`StdFile::behind`], which has no
+/// readahead: a volume's small reads are random (the loop device merges
+/// sequential ones into large requests), and the kernel's readahead made
+/// each cold 4 KiB read fetch ~16 KiB from the disk.
+const SMALL_READ: usize = 64 << 10;
+
 #[derive(Debug)]
 struct StdFile(File, OnceLock<Option<File>>);
 
@@ -99,21 +110,31 @@ impl StdFile {
         StdFile(f, OnceLock::new())
     }
 
-    /// A second open file of the same file, for write-behind: waiting for
-    /// writeback through it marks a writeback error seen for it alone, so
-    /// a sync through the first one still reports the error. `None` when
-    /// it cannot be opened (no /proc): no write-behind then.
+    /// A second open file of the same file, read-only and without
+    /// readahead (`POSIX_FADV_RANDOM`, which is per open file), for
+    /// write-behind and small reads: waiting for writeback through it
+    /// marks a writeback error seen for it alone, so a sync through the
+    /// first one still reports the error. `None` when it cannot be opened
+    /// (no /proc): no write-behind then, and reads use the first one.
     fn behind(&self) -> Option<&File> {
         use std::os::fd::AsRawFd;
         self.1
-            .get_or_init(|| File::open(format!("/proc/self/fd/{}", self.0.as_raw_fd())).ok())
+            .get_or_init(|| {
+                let f = File::open(format!("/proc/self/fd/{}", self.0.as_raw_fd())).ok()?;
+                // Only a hint: readahead stays on if the kernel refuses it.
+                let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::Random);
+                Some(f)
+            })
             .as_ref()
     }
 }
 
 impl BackendFile for StdFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.0.read_exact_at(buf, offset)
+        match self.behind() {
+            Some(f) if buf.len() < SMALL_READ => f.read_exact_at(buf, offset),
+            _ => self.0.read_exact_at(buf, offset),
+        }
     }
     fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
         self.0.write_all_at(data, offset)
@@ -140,7 +161,20 @@ impl BackendFile for StdFile {
             | libc::SYNC_FILE_RANGE_WRITE
             | libc::SYNC_FILE_RANGE_WAIT_AFTER;
         let r = sync_file_range(f, start.0, start.1, libc::SYNC_FILE_RANGE_WRITE).and_then(|()| {
-            wait.map_or(Ok(()), |(offset, len)| sync_file_range(f, offset, len, all))
+            let Some((offset, len)) = wait else {
+                return Ok(());
+            };
+            sync_file_range(f, offset, len, all)?;
+            // Written back and clean: dropping it frees those pages for
+            // the next appends. A page still dirty (written again since)
+            // stays; DONTNEED never loses data.
+            rustix::fs::fadvise(
+                f,
+                offset,
+                NonZeroU64::new(len),
+                rustix::fs::Advice::DontNeed,
+            )
+            .map_err(io::Error::from)
         });
         if let Err(e) = r {
             // The next sync of the file reports a failed write again.
@@ -266,24 +300,58 @@ mod tests {
         );
     }
 
-    /// Write-behind on a real file: starting and waiting for writeback of
-    /// written bytes changes nothing they read back as, a range past the
-    /// end is harmless, and a second open file serves it. (Whether the
-    /// bytes really went to the disk is not visible from here: the bound
-    /// on dirty pages is measured in docs/benchmarks.md.)
+    /// Write-behind on a real file: a range it waited for was written
+    /// back and left the page cache (a dirty page cannot be dropped, so
+    /// this also shows the writeback happened), bytes read back the same
+    /// through both open files, and a range past the end is harmless.
     #[test]
     fn write_behind_on_a_real_file() {
-        let dir = tempfile::tempdir().unwrap();
+        // Not /tmp, which may be a tmpfs (whose pages are never dropped).
+        let dir = tempfile::tempdir_in("/var/tmp").unwrap();
         let b = StdBackend::new(dir.path());
         let f = b.create("f".as_ref()).unwrap();
         let data: Vec<u8> = (0..(1u32 << 20)).map(|i| (i % 251) as u8).collect();
         f.write_at(&data, 0).unwrap();
+        let raw = File::open(dir.path().join("f")).unwrap();
+        let (cached, pages) = resident(&raw, data.len());
+        assert_eq!(cached, pages, "just written, so cached");
         f.write_behind((0, 1 << 19), None);
         f.write_behind((1 << 19, 1 << 30), Some((0, 1 << 20)));
+        assert_eq!(resident(&raw, data.len()).0, 0, "written back and dropped");
         let mut back = vec![0u8; data.len()];
         f.read_at(&mut back, 0).unwrap();
         assert!(back == data);
+        let mut small = vec![0u8; 5000];
+        f.read_at(&mut small, 12345).unwrap();
+        assert!(small[..] == data[12345..17345]);
         let std = StdFile::new(File::open(dir.path().join("f")).unwrap());
         assert!(std.behind().is_some(), "/proc/self/fd reopens the file");
+    }
+
+    /// How many pages of the first `len` bytes of `f` are in the page
+    /// cache, and how many pages they span.
+    #[allow(unsafe_code)]
+    fn resident(f: &File, len: usize) -> (usize, usize) {
+        use std::os::fd::AsRawFd;
+        // SAFETY: a private read-only mapping of an open file, used only
+        // by `mincore`, which writes one byte per page into `v` (sized for
+        // that), and unmapped before returning.
+        unsafe {
+            let page = libc::sysconf(libc::_SC_PAGESIZE) as usize;
+            let p = libc::mmap(
+                std::ptr::null_mut(),
+                len,
+                libc::PROT_READ,
+                libc::MAP_PRIVATE,
+                f.as_raw_fd(),
+                0,
+            );
+            assert_ne!(p, libc::MAP_FAILED);
+            let mut v = vec![0u8; len.div_ceil(page)];
+            let r = libc::mincore(p, len, v.as_mut_ptr());
+            libc::munmap(p, len);
+            assert_eq!(r, 0, "mincore");
+            (v.iter().filter(|b| *b & 1 != 0).count(), v.len())
+        }
     }
 }
