@@ -535,6 +535,65 @@ impl UserData for Bytes {
     }
 }
 
+/// The `ctx` a stage sees: one object per Lua state, passed to every call,
+/// whose fields are read from the engine's copy of the call in progress
+/// when a script reads them. Read-only: nothing a script does to it
+/// reaches a later call, and a stage that does not read `ctx` costs
+/// nothing for it (a fresh table per call was built, and then collected,
+/// for every stage call).
+struct CtxView;
+
+/// `ctx[key]`: the call's field, `nil` for any other key.
+fn ctx_field(lua: &Lua, ctx: &Ctx, key: &[u8]) -> mlua::Result<Value> {
+    use mlua::IntoLua;
+    match (ctx, key) {
+        (Ctx::Object { .. }, b"kind") => "object".into_lua(lua),
+        (Ctx::Block { .. }, b"kind") => "block".into_lua(lua),
+        (_, b"size") => ctx.size().into_lua(lua),
+        (Ctx::Object { digest, .. }, b"digest") => digest.as_str().into_lua(lua),
+        (Ctx::Block { volume, .. }, b"volume") => volume.as_str().into_lua(lua),
+        (Ctx::Block { layer, .. }, b"layer") => layer.into_lua(lua),
+        (Ctx::Block { block, .. }, b"block") => block.into_lua(lua),
+        _ => Ok(Value::Nil),
+    }
+}
+
+const CTX_KEYS: &[&str] = &["kind", "size", "digest", "volume", "layer", "block"];
+
+impl UserData for CtxView {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_meta_function(MetaMethod::Index, |lua, (_, key): (Value, Value)| {
+            let Value::String(key) = key else {
+                return Ok(Value::Nil);
+            };
+            with_ctx(lua, |ctx| ctx_field(lua, ctx, &key.as_bytes()))?
+        });
+        methods.add_meta_function(
+            MetaMethod::NewIndex,
+            |_, _: MultiValue| -> mlua::Result<()> {
+                Err(mlua::Error::runtime(
+                    "ctx is read-only (keep your own values in a local table)",
+                ))
+            },
+        );
+        // `pairs(ctx)`: a table of the call's fields, made when asked.
+        methods.add_meta_function(MetaMethod::Pairs, |lua, _: Value| {
+            let fields = lua.create_table()?;
+            with_ctx(lua, |ctx| -> mlua::Result<()> {
+                for key in CTX_KEYS {
+                    fields.raw_set(*key, ctx_field(lua, ctx, key.as_bytes())?)?;
+                }
+                Ok(())
+            })??;
+            let next: Function = lua.globals().raw_get("next")?;
+            Ok((next, fields, Value::Nil))
+        });
+        methods.add_meta_function(MetaMethod::ToString, |lua, _: Value| {
+            with_ctx(lua, |ctx| format!("ctx({})", ctx.describe()))
+        });
+    }
+}
+
 /// Runs `f` on the call's own [`Ctx`] (borrowed, not copied).
 fn with_ctx<R>(lua: &Lua, f: impl FnOnce(&Ctx) -> R) -> mlua::Result<R> {
     let st = call_state(lua);
@@ -717,8 +776,7 @@ fn fk_table(lua: &Lua) -> mlua::Result<Table> {
 
 /// Run with the full base library before it is taken away. Gets `fk`, the
 /// "is this error fatal" test and `print`; returns `new_env(params)`, which
-/// makes a script's environment and the function that freezes it, and the
-/// trampolines that call a stage with a fresh ctx table.
+/// makes a script's environment and the function that freezes it.
 const PRELUDE: &str = r#"
 local fk, fatal, log = ...
 local real_pcall, error, setmetatable, tostring, type, rawget, next =
@@ -774,20 +832,6 @@ local sandbox = {
   fk = readonly(fk, "fk"),
 }
 
--- Stage calls go through these, so that the ctx table is built inside
--- Lua in one protected call rather than field by field from Rust.
-local function call_object(f, b, digest, size)
-  local ctx = { kind = "object", digest = digest, size = size }
-  if b == nil then return f(ctx) end
-  return f(b, ctx)
-end
-
-local function call_block(f, b, volume, layer, block, size)
-  local ctx = { kind = "block", volume = volume, layer = layer, block = block, size = size }
-  if b == nil then return f(ctx) end
-  return f(b, ctx)
-end
-
 return function(params)
   local env = {}
   local mt = { __index = sandbox, __metatable = false }
@@ -800,7 +844,7 @@ return function(params)
             "' in a call: globals are read-only once the script is loaded (use a local)", 2)
     end
   end
-end, call_object, call_block
+end
 "#;
 
 /// What the real global table loses once the prelude has run (the sandbox
@@ -830,10 +874,8 @@ struct StageFns {
 /// One thread's Lua state for one chain.
 struct Worker {
     stages: Vec<StageFns>,
-    call_object: Function,
-    call_block: Function,
-    /// The last ctx's digest or volume name, and it as a Lua string.
-    name: RefCell<Option<(String, mlua::LuaString)>>,
+    /// The state's one `ctx` object ([`CtxView`]), passed to every call.
+    ctx: AnyUserData,
     st: Rc<CallState>,
     lua: Lua,
 }
@@ -939,7 +981,7 @@ impl Worker {
                 Ok(())
             })
             .map_err(state_err)?;
-        let (new_env, call_object, call_block): (Function, Function, Function) = lua
+        let new_env: Function = lua
             .load(PRELUDE)
             .set_name("=fukastor-sandbox")
             .set_mode(ChunkMode::Text)
@@ -950,6 +992,8 @@ impl Worker {
             globals.raw_set(*name, Value::Nil).map_err(state_err)?;
         }
         drop(globals);
+
+        let ctx = lua.create_userdata(CtxView).map_err(state_err)?;
 
         lua.gc_set_mode(GcMode::Generational(GcGenParams::default()));
         // Limits apply from here on: to loading the scripts, too.
@@ -974,9 +1018,7 @@ impl Worker {
 
         let mut worker = Worker {
             stages: Vec::with_capacity(inner.stages.len()),
-            call_object,
-            call_block,
-            name: RefCell::new(None),
+            ctx,
             st,
             lua,
         };
@@ -1040,23 +1082,6 @@ impl Worker {
         };
         self.finish();
         out
-    }
-
-    /// The Lua string of the ctx's digest (objects) or volume name
-    /// (blocks): made once and reused while the calls are about the same
-    /// object or volume (a Lua string is a value: sharing it is invisible).
-    fn ctx_name(&self, ctx: &Ctx) -> mlua::Result<std::cell::Ref<'_, mlua::LuaString>> {
-        let name = match ctx {
-            Ctx::Object { digest, .. } => digest,
-            Ctx::Block { volume, .. } => volume,
-        };
-        if !matches!(&*self.name.borrow(), Some((n, _)) if n == name) {
-            let s = unguarded(&self.lua, &self.st, || self.lua.create_string(name))?;
-            *self.name.borrow_mut() = Some((name.clone(), s));
-        }
-        Ok(std::cell::Ref::map(self.name.borrow(), |c| {
-            &c.as_ref().expect("set above").1
-        }))
     }
 
     fn begin(&self, ctx: &Ctx, input_len: usize) {
@@ -1169,20 +1194,11 @@ impl Worker {
                 None => return Ok(Value::Nil),
             },
         };
-        let input = input.unwrap_or(Value::Nil);
-        let name = self
-            .ctx_name(ctx)
-            .map_err(|e| self.classify(&e, &place()))?;
-        let out: Value = match ctx {
-            Ctx::Object { size, .. } => self.call_object.call((f, input, &*name, *size)),
-            Ctx::Block {
-                layer, block, size, ..
-            } => self
-                .call_block
-                .call((f, input, &*name, *layer, *block, *size)),
+        let out: Value = match input {
+            Some(v) => f.call((v, &self.ctx)),
+            None => f.call(&self.ctx),
         }
         .map_err(|e| self.classify(&e, &place()))?;
-        drop(name);
         // The stage returned its input (known to be a live bytes object).
         let same = match (&out, &prev) {
             (Value::UserData(o), Some(p)) => o.to_pointer() == p.to_pointer(),
