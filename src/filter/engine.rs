@@ -249,8 +249,9 @@ struct CallState {
     /// strings are overwritten in place instead of allocated per call.
     ctx: RefCell<Option<Ctx>>,
     active: Cell<bool>,
-    /// The bytes objects made in the call, each with its address (to find
-    /// one without asking Lua for every entry's).
+    /// The bytes objects made in the call and not yet freed, each with its
+    /// address (to find one without asking Lua for every entry's), except
+    /// the one the chain holds between stages ([`Piece`]).
     created: RefCell<Vec<(usize, AnyUserData)>>,
     buffer_used: Cell<usize>,
     buffer_budget: Cell<usize>,
@@ -871,6 +872,32 @@ struct StageFns {
     recover: Option<Function>,
 }
 
+/// What flows from stage to stage: a bytes object the engine holds (the
+/// only one not on the call's end-of-call list: dropping the piece frees
+/// it, on every path), or a string (or, from `recover`, nil).
+struct Piece {
+    v: Value,
+    /// `v`'s address while the piece owns it (a live bytes object).
+    owned: Option<usize>,
+}
+
+impl Piece {
+    const NIL: Piece = Piece {
+        v: Value::Nil,
+        owned: None,
+    };
+}
+
+impl Drop for Piece {
+    fn drop(&mut self) {
+        if self.owned.is_some()
+            && let Value::UserData(ud) = &self.v
+        {
+            destroy(ud);
+        }
+    }
+}
+
 /// One thread's Lua state for one chain.
 struct Worker {
     stages: Vec<StageFns>,
@@ -1102,12 +1129,16 @@ impl Worker {
         }
     }
 
-    /// Drops a buffer the engine frees itself from the end-of-call list.
-    fn forget(&self, ud: &AnyUserData) {
-        let p = ud.to_pointer() as usize;
+    /// Takes the bytes object at address `p` off the end-of-call list;
+    /// false when it is not there (not a live bytes object of this call).
+    fn unlist(&self, p: usize) -> bool {
         let mut created = self.st.created.borrow_mut();
-        if let Some(i) = created.iter().rposition(|(q, _)| *q == p) {
-            created.swap_remove(i);
+        match created.iter().rposition(|(q, _)| *q == p) {
+            Some(i) => {
+                created.swap_remove(i);
+                true
+            }
+            None => false,
         }
     }
 
@@ -1142,37 +1173,37 @@ impl Worker {
         }
     }
 
-    fn input(&self, data: Vec<u8>) -> Result<Value> {
+    fn input(&self, data: Vec<u8>) -> Result<Piece> {
         let ud = unguarded(&self.lua, &self.st, || {
             self.lua.create_userdata(Bytes::new(data))
         })
         .map_err(|e| self.classify(&e, "filter input"))?;
-        self.st
-            .created
-            .borrow_mut()
-            .push((ud.to_pointer() as usize, ud.clone()));
-        Ok(Value::UserData(ud))
+        Ok(Piece {
+            owned: Some(ud.to_pointer() as usize),
+            v: Value::UserData(ud),
+        })
     }
 
     /// Takes the result out of Lua: a bytes object is moved, a string
     /// copied. The call's other buffers are freed first, so a result that
     /// is a view of one of them (`checksum_open`) is trimmed in place
     /// rather than copied.
-    fn output(&self, v: Value) -> Vec<u8> {
-        match v {
-            Value::UserData(ud) => {
-                self.forget(&ud);
-                let taken = ud.take::<Bytes>();
-                self.free_buffers();
-                taken.map(Bytes::into_vec).unwrap_or_default()
-            }
+    fn output(&self, mut p: Piece) -> Vec<u8> {
+        if p.owned.take().is_some()
+            && let Value::UserData(ud) = &p.v
+        {
+            let taken = ud.take::<Bytes>();
+            self.free_buffers();
+            return taken.map(Bytes::into_vec).unwrap_or_default();
+        }
+        match &p.v {
             Value::String(s) => s.as_bytes().to_vec(),
             _ => Vec::new(),
         }
     }
 
     /// Calls one stage's `encode`/`decode` (with `input`) or `recover`.
-    fn call(&self, k: usize, op: Op, input: Option<Value>, ctx: &Ctx) -> Result<Value> {
+    fn call(&self, k: usize, op: Op, input: Option<Piece>, ctx: &Ctx) -> Result<Piece> {
         let stage = &self.stages[k];
         let place = || {
             format!(
@@ -1182,32 +1213,35 @@ impl Worker {
                 ctx.describe()
             )
         };
-        let prev = match &input {
-            Some(Value::UserData(ud)) => Some(ud.clone()),
-            _ => None,
-        };
         let f = match op {
             Op::Encode => &stage.encode,
             Op::Decode => &stage.decode,
             Op::Recover => match &stage.recover {
                 Some(f) => f,
-                None => return Ok(Value::Nil),
+                None => return Ok(Piece::NIL),
             },
         };
-        let out: Value = match input {
-            Some(v) => f.call((v, &self.ctx)),
+        let out: Value = match &input {
+            Some(p) => f.call((&p.v, &self.ctx)),
             None => f.call(&self.ctx),
         }
         .map_err(|e| self.classify(&e, &place()))?;
-        // The stage returned its input (known to be a live bytes object).
-        let same = match (&out, &prev) {
-            (Value::UserData(o), Some(p)) => o.to_pointer() == p.to_pointer(),
-            _ => false,
+        let ptr = match &out {
+            Value::UserData(ud) => Some(ud.to_pointer() as usize),
+            _ => None,
         };
-        let ok = same
+        let mut input = input;
+        // The stage returned its input: the new piece owns it instead.
+        let same = ptr.is_some() && ptr == input.as_ref().and_then(|p| p.owned);
+        if same && let Some(p) = &mut input {
+            p.owned = None;
+        }
+        // Else a bytes object is live if this call made it and it was not
+        // freed yet: then it is on the end-of-call list, and moves here.
+        let live = same || ptr.is_some_and(|p| self.unlist(p));
+        let ok = live
             || match &out {
                 Value::String(_) => true,
-                Value::UserData(ud) => ud.borrow::<Bytes>().is_ok(),
                 Value::Nil => matches!(op, Op::Recover),
                 _ => false,
             };
@@ -1222,15 +1256,13 @@ impl Worker {
                 },
             });
         }
-        // The stage's input is dead now: free it early (peak memory stays
-        // at about two buffers whatever the chain's length).
-        if let Some(prev) = prev
-            && !same
-        {
-            self.forget(&prev);
-            destroy(&prev);
-        }
-        Ok(out)
+        // The stage's input, unless returned, is freed here as `input`
+        // drops (peak memory stays at about two buffers whatever the
+        // chain's length).
+        Ok(Piece {
+            v: out,
+            owned: if live { ptr } else { None },
+        })
     }
 
     fn encode(&self, data: Vec<u8>, ctx: &Ctx) -> Result<Vec<u8>> {
@@ -1259,7 +1291,7 @@ impl Worker {
                     }
                     tried[j] = true;
                     let v = self.call(j, Op::Recover, None, ctx)?;
-                    if !matches!(v, Value::Nil) {
+                    if !matches!(v.v, Value::Nil) {
                         found = Some((v, j));
                         break;
                     }
@@ -1293,7 +1325,7 @@ impl Worker {
                         }
                         *done = true;
                         match self.call(j, Op::Recover, None, ctx) {
-                            Ok(Value::Nil) => {
+                            Ok(Piece { v: Value::Nil, .. }) => {
                                 notes.push(format!("no replica in {}", self.stages[j].name))
                             }
                             Ok(v) => {
