@@ -90,9 +90,9 @@
 //!   stopped, so `setmetatable` refuses a `__gc` field and `xpcall`'s
 //!   handler runs after the stack has unwound.
 //! * Limits ([`Limits`]): a memory limit on the Lua heap (mlua
-//!   `set_memory_limit`; the few small objects the engine makes from Rust,
-//!   a bytes object's handle or the ctx digest string, are made with the
-//!   limit lifted and checked right after, which spares mlua's protected
+//!   `set_memory_limit`; the one small object the engine makes from Rust
+//!   per bytes object, its handle, is made with the limit lifted and
+//!   checked right after, which spares mlua's protected
 //!   call per allocation: the heap passes the limit by one such object at
 //!   most before the call fails), a budget of Lua instructions per chain call
 //!   (counted by a hook every 1000 instructions), and a budget of bytes
