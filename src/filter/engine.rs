@@ -249,8 +249,9 @@ struct CallState {
     /// strings are overwritten in place instead of allocated per call.
     ctx: RefCell<Option<Ctx>>,
     active: Cell<bool>,
-    /// The bytes objects made in the call, each with its address (to find
-    /// one without asking Lua for every entry's).
+    /// The bytes objects made in the call and not yet freed, each with its
+    /// address (to find one without asking Lua for every entry's), except
+    /// the one the chain holds between stages ([`Piece`]).
     created: RefCell<Vec<(usize, AnyUserData)>>,
     buffer_used: Cell<usize>,
     buffer_budget: Cell<usize>,
@@ -310,7 +311,7 @@ fn assign_ctx(dst: &mut Option<Ctx>, src: &Ctx) {
     }
 }
 
-/// Makes a small Lua value from Rust (a bytes object's userdata, a string)
+/// Makes a small Lua value from Rust (a bytes object's userdata)
 /// without mlua's protected call. While a heap limit is set, mlua wraps
 /// every allocation it makes in a `pcall`, which costs more than the
 /// allocation itself; here the limit is lifted for the one allocation
@@ -535,6 +536,66 @@ impl UserData for Bytes {
     }
 }
 
+/// The `ctx` a stage sees: one object per Lua state, passed to every call,
+/// whose fields are read from the engine's copy of the call in progress
+/// when a script reads them. Read-only: nothing a script does to it
+/// reaches a later call, and a stage that does not read `ctx` pays nothing
+/// for it (a fresh table per stage call, built by a Lua trampoline and
+/// then collected, was about a third of a bare round trip: see
+/// docs/benchmarks.md, *Lua filters*).
+struct CtxView;
+
+/// `ctx[key]`: the call's field, `nil` for any other key.
+fn ctx_field(lua: &Lua, ctx: &Ctx, key: &[u8]) -> mlua::Result<Value> {
+    use mlua::IntoLua;
+    match (ctx, key) {
+        (Ctx::Object { .. }, b"kind") => "object".into_lua(lua),
+        (Ctx::Block { .. }, b"kind") => "block".into_lua(lua),
+        (_, b"size") => ctx.size().into_lua(lua),
+        (Ctx::Object { digest, .. }, b"digest") => digest.as_str().into_lua(lua),
+        (Ctx::Block { volume, .. }, b"volume") => volume.as_str().into_lua(lua),
+        (Ctx::Block { layer, .. }, b"layer") => layer.into_lua(lua),
+        (Ctx::Block { block, .. }, b"block") => block.into_lua(lua),
+        _ => Ok(Value::Nil),
+    }
+}
+
+const CTX_KEYS: &[&str] = &["kind", "size", "digest", "volume", "layer", "block"];
+
+impl UserData for CtxView {
+    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
+        methods.add_meta_function(MetaMethod::Index, |lua, (_, key): (Value, Value)| {
+            let Value::String(key) = key else {
+                return Ok(Value::Nil);
+            };
+            with_ctx(lua, |ctx| ctx_field(lua, ctx, &key.as_bytes()))?
+        });
+        methods.add_meta_function(
+            MetaMethod::NewIndex,
+            |_, _: MultiValue| -> mlua::Result<()> {
+                Err(mlua::Error::runtime(
+                    "ctx is read-only (keep your own values in a local table)",
+                ))
+            },
+        );
+        // `pairs(ctx)`: a table of the call's fields, made when asked.
+        methods.add_meta_function(MetaMethod::Pairs, |lua, _: Value| {
+            let fields = lua.create_table()?;
+            with_ctx(lua, |ctx| -> mlua::Result<()> {
+                for key in CTX_KEYS {
+                    fields.raw_set(*key, ctx_field(lua, ctx, key.as_bytes())?)?;
+                }
+                Ok(())
+            })??;
+            let next: Function = lua.globals().raw_get("next")?;
+            Ok((next, fields, Value::Nil))
+        });
+        methods.add_meta_function(MetaMethod::ToString, |lua, _: Value| {
+            with_ctx(lua, |ctx| format!("ctx({})", ctx.describe()))
+        });
+    }
+}
+
 /// Runs `f` on the call's own [`Ctx`] (borrowed, not copied).
 fn with_ctx<R>(lua: &Lua, f: impl FnOnce(&Ctx) -> R) -> mlua::Result<R> {
     let st = call_state(lua);
@@ -717,8 +778,7 @@ fn fk_table(lua: &Lua) -> mlua::Result<Table> {
 
 /// Run with the full base library before it is taken away. Gets `fk`, the
 /// "is this error fatal" test and `print`; returns `new_env(params)`, which
-/// makes a script's environment and the function that freezes it, and the
-/// trampolines that call a stage with a fresh ctx table.
+/// makes a script's environment and the function that freezes it.
 const PRELUDE: &str = r#"
 local fk, fatal, log = ...
 local real_pcall, error, setmetatable, tostring, type, rawget, next =
@@ -774,20 +834,6 @@ local sandbox = {
   fk = readonly(fk, "fk"),
 }
 
--- Stage calls go through these, so that the ctx table is built inside
--- Lua in one protected call rather than field by field from Rust.
-local function call_object(f, b, digest, size)
-  local ctx = { kind = "object", digest = digest, size = size }
-  if b == nil then return f(ctx) end
-  return f(b, ctx)
-end
-
-local function call_block(f, b, volume, layer, block, size)
-  local ctx = { kind = "block", volume = volume, layer = layer, block = block, size = size }
-  if b == nil then return f(ctx) end
-  return f(b, ctx)
-end
-
 return function(params)
   local env = {}
   local mt = { __index = sandbox, __metatable = false }
@@ -800,7 +846,7 @@ return function(params)
             "' in a call: globals are read-only once the script is loaded (use a local)", 2)
     end
   end
-end, call_object, call_block
+end
 "#;
 
 /// What the real global table loses once the prelude has run (the sandbox
@@ -827,13 +873,37 @@ struct StageFns {
     recover: Option<Function>,
 }
 
+/// What flows from stage to stage: a bytes object the engine holds (the
+/// only one not on the call's end-of-call list: dropping the piece frees
+/// it, on every path), or a string (or, from `recover`, nil).
+struct Piece {
+    v: Value,
+    /// `v`'s address while the piece owns it (a live bytes object).
+    owned: Option<usize>,
+}
+
+impl Piece {
+    const NIL: Piece = Piece {
+        v: Value::Nil,
+        owned: None,
+    };
+}
+
+impl Drop for Piece {
+    fn drop(&mut self) {
+        if self.owned.is_some()
+            && let Value::UserData(ud) = &self.v
+        {
+            destroy(ud);
+        }
+    }
+}
+
 /// One thread's Lua state for one chain.
 struct Worker {
     stages: Vec<StageFns>,
-    call_object: Function,
-    call_block: Function,
-    /// The last ctx's digest or volume name, and it as a Lua string.
-    name: RefCell<Option<(String, mlua::LuaString)>>,
+    /// The state's one `ctx` object ([`CtxView`]), passed to every call.
+    ctx: AnyUserData,
     st: Rc<CallState>,
     lua: Lua,
 }
@@ -939,7 +1009,7 @@ impl Worker {
                 Ok(())
             })
             .map_err(state_err)?;
-        let (new_env, call_object, call_block): (Function, Function, Function) = lua
+        let new_env: Function = lua
             .load(PRELUDE)
             .set_name("=fukastor-sandbox")
             .set_mode(ChunkMode::Text)
@@ -950,6 +1020,8 @@ impl Worker {
             globals.raw_set(*name, Value::Nil).map_err(state_err)?;
         }
         drop(globals);
+
+        let ctx = lua.create_userdata(CtxView).map_err(state_err)?;
 
         lua.gc_set_mode(GcMode::Generational(GcGenParams::default()));
         // Limits apply from here on: to loading the scripts, too.
@@ -974,9 +1046,7 @@ impl Worker {
 
         let mut worker = Worker {
             stages: Vec::with_capacity(inner.stages.len()),
-            call_object,
-            call_block,
-            name: RefCell::new(None),
+            ctx,
             st,
             lua,
         };
@@ -1042,23 +1112,6 @@ impl Worker {
         out
     }
 
-    /// The Lua string of the ctx's digest (objects) or volume name
-    /// (blocks): made once and reused while the calls are about the same
-    /// object or volume (a Lua string is a value: sharing it is invisible).
-    fn ctx_name(&self, ctx: &Ctx) -> mlua::Result<std::cell::Ref<'_, mlua::LuaString>> {
-        let name = match ctx {
-            Ctx::Object { digest, .. } => digest,
-            Ctx::Block { volume, .. } => volume,
-        };
-        if !matches!(&*self.name.borrow(), Some((n, _)) if n == name) {
-            let s = unguarded(&self.lua, &self.st, || self.lua.create_string(name))?;
-            *self.name.borrow_mut() = Some((name.clone(), s));
-        }
-        Ok(std::cell::Ref::map(self.name.borrow(), |c| {
-            &c.as_ref().expect("set above").1
-        }))
-    }
-
     fn begin(&self, ctx: &Ctx, input_len: usize) {
         self.st.reset(Some(ctx), input_len);
     }
@@ -1077,12 +1130,16 @@ impl Worker {
         }
     }
 
-    /// Drops a buffer the engine frees itself from the end-of-call list.
-    fn forget(&self, ud: &AnyUserData) {
-        let p = ud.to_pointer() as usize;
+    /// Takes the bytes object at address `p` off the end-of-call list;
+    /// false when it is not there (not a live bytes object of this call).
+    fn unlist(&self, p: usize) -> bool {
         let mut created = self.st.created.borrow_mut();
-        if let Some(i) = created.iter().rposition(|(q, _)| *q == p) {
-            created.swap_remove(i);
+        match created.iter().rposition(|(q, _)| *q == p) {
+            Some(i) => {
+                created.swap_remove(i);
+                true
+            }
+            None => false,
         }
     }
 
@@ -1117,37 +1174,37 @@ impl Worker {
         }
     }
 
-    fn input(&self, data: Vec<u8>) -> Result<Value> {
+    fn input(&self, data: Vec<u8>) -> Result<Piece> {
         let ud = unguarded(&self.lua, &self.st, || {
             self.lua.create_userdata(Bytes::new(data))
         })
         .map_err(|e| self.classify(&e, "filter input"))?;
-        self.st
-            .created
-            .borrow_mut()
-            .push((ud.to_pointer() as usize, ud.clone()));
-        Ok(Value::UserData(ud))
+        Ok(Piece {
+            owned: Some(ud.to_pointer() as usize),
+            v: Value::UserData(ud),
+        })
     }
 
     /// Takes the result out of Lua: a bytes object is moved, a string
     /// copied. The call's other buffers are freed first, so a result that
     /// is a view of one of them (`checksum_open`) is trimmed in place
     /// rather than copied.
-    fn output(&self, v: Value) -> Vec<u8> {
-        match v {
-            Value::UserData(ud) => {
-                self.forget(&ud);
-                let taken = ud.take::<Bytes>();
-                self.free_buffers();
-                taken.map(Bytes::into_vec).unwrap_or_default()
-            }
+    fn output(&self, mut p: Piece) -> Vec<u8> {
+        if p.owned.take().is_some()
+            && let Value::UserData(ud) = &p.v
+        {
+            let taken = ud.take::<Bytes>();
+            self.free_buffers();
+            return taken.map(Bytes::into_vec).unwrap_or_default();
+        }
+        match &p.v {
             Value::String(s) => s.as_bytes().to_vec(),
             _ => Vec::new(),
         }
     }
 
     /// Calls one stage's `encode`/`decode` (with `input`) or `recover`.
-    fn call(&self, k: usize, op: Op, input: Option<Value>, ctx: &Ctx) -> Result<Value> {
+    fn call(&self, k: usize, op: Op, input: Option<Piece>, ctx: &Ctx) -> Result<Piece> {
         let stage = &self.stages[k];
         let place = || {
             format!(
@@ -1157,41 +1214,35 @@ impl Worker {
                 ctx.describe()
             )
         };
-        let prev = match &input {
-            Some(Value::UserData(ud)) => Some(ud.clone()),
-            _ => None,
-        };
         let f = match op {
             Op::Encode => &stage.encode,
             Op::Decode => &stage.decode,
             Op::Recover => match &stage.recover {
                 Some(f) => f,
-                None => return Ok(Value::Nil),
+                None => return Ok(Piece::NIL),
             },
         };
-        let input = input.unwrap_or(Value::Nil);
-        let name = self
-            .ctx_name(ctx)
-            .map_err(|e| self.classify(&e, &place()))?;
-        let out: Value = match ctx {
-            Ctx::Object { size, .. } => self.call_object.call((f, input, &*name, *size)),
-            Ctx::Block {
-                layer, block, size, ..
-            } => self
-                .call_block
-                .call((f, input, &*name, *layer, *block, *size)),
+        let out: Value = match &input {
+            Some(p) => f.call((&p.v, &self.ctx)),
+            None => f.call(&self.ctx),
         }
         .map_err(|e| self.classify(&e, &place()))?;
-        drop(name);
-        // The stage returned its input (known to be a live bytes object).
-        let same = match (&out, &prev) {
-            (Value::UserData(o), Some(p)) => o.to_pointer() == p.to_pointer(),
-            _ => false,
+        let ptr = match &out {
+            Value::UserData(ud) => Some(ud.to_pointer() as usize),
+            _ => None,
         };
-        let ok = same
+        let mut input = input;
+        // The stage returned its input: the new piece owns it instead.
+        let same = ptr.is_some() && ptr == input.as_ref().and_then(|p| p.owned);
+        if same && let Some(p) = &mut input {
+            p.owned = None;
+        }
+        // Else a bytes object is live if this call made it and it was not
+        // freed yet: then it is on the end-of-call list, and moves here.
+        let live = same || ptr.is_some_and(|p| self.unlist(p));
+        let ok = live
             || match &out {
                 Value::String(_) => true,
-                Value::UserData(ud) => ud.borrow::<Bytes>().is_ok(),
                 Value::Nil => matches!(op, Op::Recover),
                 _ => false,
             };
@@ -1206,15 +1257,13 @@ impl Worker {
                 },
             });
         }
-        // The stage's input is dead now: free it early (peak memory stays
-        // at about two buffers whatever the chain's length).
-        if let Some(prev) = prev
-            && !same
-        {
-            self.forget(&prev);
-            destroy(&prev);
-        }
-        Ok(out)
+        // The stage's input, unless returned, is freed here as `input`
+        // drops (peak memory stays at about two buffers whatever the
+        // chain's length).
+        Ok(Piece {
+            v: out,
+            owned: if live { ptr } else { None },
+        })
     }
 
     fn encode(&self, data: Vec<u8>, ctx: &Ctx) -> Result<Vec<u8>> {
@@ -1243,7 +1292,7 @@ impl Worker {
                     }
                     tried[j] = true;
                     let v = self.call(j, Op::Recover, None, ctx)?;
-                    if !matches!(v, Value::Nil) {
+                    if !matches!(v.v, Value::Nil) {
                         found = Some((v, j));
                         break;
                     }
@@ -1277,7 +1326,7 @@ impl Worker {
                         }
                         *done = true;
                         match self.call(j, Op::Recover, None, ctx) {
-                            Ok(Value::Nil) => {
+                            Ok(Piece { v: Value::Nil, .. }) => {
                                 notes.push(format!("no replica in {}", self.stages[j].name))
                             }
                             Ok(v) => {

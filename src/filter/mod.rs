@@ -47,9 +47,14 @@
 //!   may return either; anything else is FK0904. Bytes objects are valid
 //!   for the call that made them only: the engine frees every buffer when
 //!   the call ends, so data cannot be kept from one object for the next.
-//! * `ctx`: a fresh table per stage call: `kind` (`"object"` or
-//!   `"block"`), `size` (the plain, unfiltered size), and `digest` (objects)
-//!   or `volume`, `layer`, `block` (volume blocks). See [`Ctx`].
+//! * `ctx`: a read-only view of the call in progress (a userdata, one per
+//!   Lua state): `ctx.kind` (`"object"` or `"block"`), `ctx.size` (the
+//!   plain, unfiltered size), and `ctx.digest` (objects) or `ctx.volume`,
+//!   `ctx.layer`, `ctx.block` (volume blocks); any other key is `nil`.
+//!   `pairs(ctx)` lists the fields and `tostring(ctx)` describes the call.
+//!   Assigning to it is an error, so a script keeps its own values in a
+//!   local table; a `ctx` kept from an earlier call shows the call in
+//!   progress. See [`Ctx`].
 //! * `params`: the stage's parameters ([`Params`]), read-only.
 //! * The `fk` table:
 //!
@@ -67,7 +72,7 @@
 //!
 //! Helpers that need the object or block (encryption's associated data,
 //! replica paths) take it from the engine's own copy of the call's [`Ctx`],
-//! never from the script's `ctx` table, so a script cannot aim them
+//! never from anything the script hands them, so a script cannot aim them
 //! elsewhere.
 //!
 //! # The sandbox
@@ -85,9 +90,9 @@
 //!   stopped, so `setmetatable` refuses a `__gc` field and `xpcall`'s
 //!   handler runs after the stack has unwound.
 //! * Limits ([`Limits`]): a memory limit on the Lua heap (mlua
-//!   `set_memory_limit`; the few small objects the engine makes from Rust,
-//!   a bytes object's handle or the ctx digest string, are made with the
-//!   limit lifted and checked right after, which spares mlua's protected
+//!   `set_memory_limit`; the one small object the engine makes from Rust
+//!   per bytes object, its handle, is made with the limit lifted and
+//!   checked right after, which spares mlua's protected
 //!   call per allocation: the heap passes the limit by one such object at
 //!   most before the call fails), a budget of Lua instructions per chain call
 //!   (counted by a hook every 1000 instructions), and a budget of bytes
@@ -111,13 +116,13 @@
 //! state, not per call. The pull's hashing workers, FUSE worker threads and
 //! the volume server can therefore all call the same chain concurrently.
 //!
-//! Per call, the engine sets up a fresh `ctx` table, fresh bytes objects,
-//! and fresh limits. **Globals do not persist between calls**: each script
-//! has its own global environment, writable while its top level runs
-//! (defining `encode`, `decode`, constants, a key) and read-only afterwards
-//! (an assignment to a global inside `encode` is a script error, FK0901).
-//! So nothing a call computes can reach a later call through globals or
-//! buffers. What a script deliberately keeps in a table captured as an
+//! Per call, the engine sets up fresh bytes objects and fresh limits;
+//! `ctx` cannot be written to and shows the call in progress. **Globals do
+//! not persist between calls**: each script has its own global
+//! environment, writable while its top level runs (defining `encode`,
+//! `decode`, constants, a key) and read-only afterwards (an assignment to a
+//! global inside `encode` is a script error, FK0901). So nothing a call
+//! computes can reach a later call through globals, `ctx` or buffers. What a script deliberately keeps in a table captured as an
 //! upvalue does persist for the life of that state; scripts are
 //! configuration chosen by the store's owner, and the example filters keep
 //! nothing.
