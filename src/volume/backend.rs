@@ -27,6 +27,14 @@ use std::sync::{Arc, OnceLock};
 pub trait BackendFile: Debug + Send + Sync {
     /// Reads exactly `buf.len()` bytes at `offset` (an error at end of file).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
+    /// Like [`BackendFile::read_at`], for a read that is not part of a
+    /// sequential stream: the real backend makes it without readahead
+    /// (through its second open file, see `StdFile::behind`), which made a
+    /// cold 4 KiB read of a volume fetch ~16 KiB from the disk. The default
+    /// is `read_at`.
+    fn read_random_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.read_at(buf, offset)
+    }
     /// Writes all of `data` at `offset`, extending the file if needed.
     fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()>;
     /// Writes all of `parts`, one after the other, at `offset`: like
@@ -96,12 +104,6 @@ impl StdBackend {
     }
 }
 
-/// Reads shorter than this go through [`StdFile::behind`], which has no
-/// readahead: a volume's small reads are random (the loop device merges
-/// sequential ones into large requests), and the kernel's readahead made
-/// each cold 4 KiB read fetch ~16 KiB from the disk.
-const SMALL_READ: usize = 64 << 10;
-
 #[derive(Debug)]
 struct StdFile(File, OnceLock<Option<File>>);
 
@@ -112,7 +114,7 @@ impl StdFile {
 
     /// A second open file of the same file, read-only and without
     /// readahead (`POSIX_FADV_RANDOM`, which is per open file), for
-    /// write-behind and small reads: waiting for writeback through it
+    /// write-behind and random reads: waiting for writeback through it
     /// marks a writeback error seen for it alone, so a sync through the
     /// first one still reports the error. `None` when it cannot be opened
     /// (no /proc): no write-behind then, and reads use the first one.
@@ -131,10 +133,10 @@ impl StdFile {
 
 impl BackendFile for StdFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        match self.behind() {
-            Some(f) if buf.len() < SMALL_READ => f.read_exact_at(buf, offset),
-            _ => self.0.read_exact_at(buf, offset),
-        }
+        self.0.read_exact_at(buf, offset)
+    }
+    fn read_random_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
+        self.behind().unwrap_or(&self.0).read_exact_at(buf, offset)
     }
     fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
         self.0.write_all_at(data, offset)
@@ -322,7 +324,7 @@ mod tests {
         f.read_at(&mut back, 0).unwrap();
         assert!(back == data);
         let mut small = vec![0u8; 5000];
-        f.read_at(&mut small, 12345).unwrap();
+        f.read_random_at(&mut small, 12345).unwrap();
         assert!(small[..] == data[12345..17345]);
         let std = StdFile::new(File::open(dir.path().join("f")).unwrap());
         assert!(std.behind().is_some(), "/proc/self/fd reopens the file");
