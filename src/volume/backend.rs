@@ -27,14 +27,6 @@ use std::sync::{Arc, OnceLock};
 pub trait BackendFile: Debug + Send + Sync {
     /// Reads exactly `buf.len()` bytes at `offset` (an error at end of file).
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()>;
-    /// Like [`BackendFile::read_at`], for a read that is not part of a
-    /// sequential stream: the real backend makes it without readahead
-    /// (through its second open file, see `StdFile::behind`), which made a
-    /// cold 4 KiB read of a volume fetch ~16 KiB from the disk. The default
-    /// is `read_at`.
-    fn read_random_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.read_at(buf, offset)
-    }
     /// Writes all of `data` at `offset`, extending the file if needed.
     fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()>;
     /// Writes all of `parts`, one after the other, at `offset`: like
@@ -56,8 +48,8 @@ pub trait BackendFile: Debug + Send + Sync {
     /// (offset, length), if given, then drops `wait` from the page cache
     /// (`sync_file_range`, `POSIX_FADV_DONTNEED`): so what a stream of
     /// appends keeps cached stays bounded, and its next pages are recycled
-    /// ones rather than fresh memory (docs/design.md, "Drop-behind and
-    /// small reads"; a page of `wait` written again meanwhile is dirty and
+    /// ones rather than fresh memory (docs/design.md, "Drop-behind";
+    /// a page of `wait` written again meanwhile is dirty and
     /// stays). A hint, not durability
     /// (only [`BackendFile::sync`] gives that): it spreads the disk's work
     /// over time instead of leaving it all to the next sync. Errors are
@@ -112,21 +104,14 @@ impl StdFile {
         StdFile(f, OnceLock::new())
     }
 
-    /// A second open file of the same file, read-only and without
-    /// readahead (`POSIX_FADV_RANDOM`, which is per open file), for
-    /// write-behind and random reads: waiting for writeback through it
-    /// marks a writeback error seen for it alone, so a sync through the
-    /// first one still reports the error. `None` when it cannot be opened
-    /// (no /proc): no write-behind then, and reads use the first one.
+    /// A second open file of the same file, for write-behind: waiting for
+    /// writeback through it marks a writeback error seen for it alone, so
+    /// a sync through the first one still reports the error. `None` when
+    /// it cannot be opened (no /proc): no write-behind then.
     fn behind(&self) -> Option<&File> {
         use std::os::fd::AsRawFd;
         self.1
-            .get_or_init(|| {
-                let f = File::open(format!("/proc/self/fd/{}", self.0.as_raw_fd())).ok()?;
-                // Only a hint: readahead stays on if the kernel refuses it.
-                let _ = rustix::fs::fadvise(&f, 0, None, rustix::fs::Advice::Random);
-                Some(f)
-            })
+            .get_or_init(|| File::open(format!("/proc/self/fd/{}", self.0.as_raw_fd())).ok())
             .as_ref()
     }
 }
@@ -134,9 +119,6 @@ impl StdFile {
 impl BackendFile for StdFile {
     fn read_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
         self.0.read_exact_at(buf, offset)
-    }
-    fn read_random_at(&self, buf: &mut [u8], offset: u64) -> io::Result<()> {
-        self.behind().unwrap_or(&self.0).read_exact_at(buf, offset)
     }
     fn write_at(&self, data: &[u8], offset: u64) -> io::Result<()> {
         self.0.write_all_at(data, offset)
@@ -324,7 +306,7 @@ mod tests {
         f.read_at(&mut back, 0).unwrap();
         assert!(back == data);
         let mut small = vec![0u8; 5000];
-        f.read_random_at(&mut small, 12345).unwrap();
+        f.read_at(&mut small, 12345).unwrap();
         assert!(small[..] == data[12345..17345]);
         let std = StdFile::new(File::open(dir.path().join("f")).unwrap());
         assert!(std.behind().is_some(), "/proc/self/fd reopens the file");

@@ -289,7 +289,7 @@ pub(crate) struct Head {
 /// without), the disk works all along, and a flush's sync (under the head
 /// lock, which every writer and a snapshot need) no longer writes
 /// gigabytes. The range waited for then leaves the page cache (docs/design.md,
-/// "Drop-behind and small reads"). Measured in docs/benchmarks.md ("Write-behind").
+/// "Drop-behind"). Measured in docs/benchmarks.md ("Write-behind").
 pub(crate) const WRITE_BEHIND: u64 = 8 << 20;
 
 /// How far before the bytes whose writeback it starts write-behind waits

@@ -47,21 +47,6 @@ use crate::filter::Chain;
 /// Most blocks appended with one write, or read with one read (1 MiB).
 const GROUP: u64 = 256;
 
-/// Reads of a volume shorter than this are taken as random ones and made
-/// without readahead ([`BackendFile::read_random_at`]): the loop device
-/// merges a sequential stream into large requests, so small ones are
-/// random, and readahead only made them fetch more than they need.
-const SMALL_READ: usize = 64 << 10;
-
-/// Reads `buf` at `offset` of a layer, without readahead when it is small.
-fn read_span(file: &dyn BackendFile, buf: &mut [u8], offset: u64) -> std::io::Result<()> {
-    if buf.len() < SMALL_READ {
-        file.read_random_at(buf, offset)
-    } else {
-        file.read_at(buf, offset)
-    }
-}
-
 /// An open volume. Dropping it without [`Volume::close`] or
 /// [`Volume::flush`] loses the writes since the last flush, as a power cut
 /// would for a disk with a write cache.
@@ -1186,10 +1171,10 @@ impl Volume {
         let ctx = || format!("reading layer {id}");
         let Some(chain) = &self.chain else {
             if count == 1 {
-                file.read_random_at(out, offset).map_err(io_err(ctx()))?;
+                file.read_at(out, offset).map_err(io_err(ctx()))?;
             } else {
                 let mut span = vec![0u8; ((count - 1) * WRITE_RECORD_LEN + BS) as usize];
-                read_span(&**file, &mut span, offset).map_err(io_err(ctx()))?;
+                file.read_at(&mut span, offset).map_err(io_err(ctx()))?;
                 for k in 0..count as usize {
                     let from = k * WRITE_RECORD_LEN as usize;
                     out[k * BS as usize..(k + 1) * BS as usize]
@@ -1218,7 +1203,7 @@ impl Volume {
             unreachable!()
         };
         let mut span = vec![0u8; (last + u64::from(len) - offset) as usize];
-        read_span(&**file, &mut span, offset).map_err(io_err(ctx()))?;
+        file.read_at(&mut span, offset).map_err(io_err(ctx()))?;
         for k in 0..count {
             let Lookup::Data {
                 offset: at,
