@@ -122,10 +122,10 @@
 //! environment, writable while its top level runs (defining `encode`,
 //! `decode`, constants, a key) and read-only afterwards (an assignment to a
 //! global inside `encode` is a script error, FK0901). So nothing a call
-//! computes can reach a later call through globals, `ctx` or buffers. What a script deliberately keeps in a table captured as an
-//! upvalue does persist for the life of that state; scripts are
-//! configuration chosen by the store's owner, and the example filters keep
-//! nothing.
+//! computes can reach a later call through globals, `ctx` or buffers.
+//! What a script deliberately keeps in a table captured as an upvalue
+//! does persist for the life of that state; scripts are configuration
+//! chosen by the store's owner, and the example filters keep nothing.
 //!
 //! # Damage and replicas
 //!
