@@ -1,10 +1,21 @@
-//! Volume metadata files: `volumes/<name>.json`, one per volume, holding its
-//! geometry, its base, its stack of layer IDs and its snapshots' stacks.
+//! Volume metadata files: `volumes/<name>.meta`, one per volume, holding
+//! its geometry, its base, its stack of layer IDs and its snapshots' stacks.
 //!
 //! These files are the only references to layers: a layer is alive while a
-//! metadata file names it. They are replaced atomically (temp file,
-//! `fdatasync`, rename, directory `fsync`), so after a crash each is the old
-//! version or the new one. All changes go through the pool's lock.
+//! metadata file names it. All changes go through the pool's lock.
+//!
+//! A file has two slots of equal size, each a header (magic, generation,
+//! length, CRC-32C) and the JSON of one version; the valid slot with the
+//! higher generation is the metadata. An update writes the next generation
+//! into the *other* slot and syncs it (`fdatasync`), so the version in
+//! force is never written over and a torn slot fails its CRC: after a
+//! crash the file holds the old version or the new one. Overwriting
+//! allocated blocks in place needs no new inode, block, rename or
+//! directory sync (docs/volume-format.md says what this saves). A file is
+//! made whole (temp file, `fdatasync`, rename, directory `fsync`) when the
+//! volume is created and when a version outgrows its slot. Metadata of
+//! older fukastor versions (`volumes/<name>.json`, plain JSON) is still
+//! read, and replaced by a `.meta` file on its first update.
 
 use std::path::{Path, PathBuf};
 
@@ -33,7 +44,7 @@ pub(crate) struct SnapshotMeta {
     pub layers: Vec<u64>,
 }
 
-/// The content of `volumes/<name>.json`.
+/// One version of a volume's metadata (the JSON of a slot).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 pub(crate) struct VolumeMeta {
     /// 1, or 2 for a filtered volume.
@@ -151,28 +162,129 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
 pub(crate) const DIR: &str = "volumes";
 
 fn path(name: &str) -> PathBuf {
-    PathBuf::from(format!("{DIR}/{name}.json"))
+    PathBuf::from(format!("{DIR}/{name}.meta"))
 }
 
 fn temp_path(name: &str) -> PathBuf {
-    PathBuf::from(format!("{DIR}/{name}.json.tmp"))
+    PathBuf::from(format!("{DIR}/{name}.meta.tmp"))
+}
+
+/// The metadata file of fukastor versions before the two-slot file.
+fn legacy_path(name: &str) -> PathBuf {
+    PathBuf::from(format!("{DIR}/{name}.json"))
+}
+
+/// A slot's header: [`SLOT_MAGIC`], the generation (u64), the JSON's
+/// length (u32) and the CRC-32C of generation, length and JSON (u32), all
+/// little-endian, then zeros to [`SLOT_HEADER`] bytes.
+const SLOT_MAGIC: &[u8; 8] = b"FKVMETA1";
+const SLOT_HEADER: usize = 32;
+/// Slots are multiples of this, so that each starts on a page.
+const SLOT_ALIGN: usize = 4096;
+
+/// A valid slot: its index, generation and JSON.
+struct Slot<'a> {
+    index: usize,
+    generation: u64,
+    json: &'a [u8],
+}
+
+/// The valid slot with the highest generation in a two-slot file's bytes;
+/// `None` if neither slot is valid. `Err(())`: not a two-slot file.
+fn current_slot(bytes: &[u8]) -> std::result::Result<Option<Slot<'_>>, ()> {
+    let size = bytes.len() / 2;
+    if !bytes.len().is_multiple_of(2) || size < SLOT_ALIGN || !size.is_multiple_of(SLOT_ALIGN) {
+        return Err(());
+    }
+    let slot = |index: usize| {
+        let s = &bytes[index * size..(index + 1) * size];
+        let word = |at: usize, n: usize| {
+            s[at..at + n]
+                .iter()
+                .rev()
+                .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
+        };
+        let (generation, len, crc) = (word(8, 8), word(16, 4) as usize, word(20, 4) as u32);
+        let ok = &s[..8] == SLOT_MAGIC
+            && len <= size - SLOT_HEADER
+            && super::crc::crc32c_append(super::crc::crc32c(&s[8..20]), &s[SLOT_HEADER..][..len])
+                == crc;
+        ok.then(|| Slot {
+            index,
+            generation,
+            json: &s[SLOT_HEADER..][..len],
+        })
+    };
+    Ok([slot(0), slot(1)]
+        .into_iter()
+        .flatten()
+        .max_by_key(|s| s.generation))
+}
+
+/// A slot holding `json` as generation `generation`.
+fn encode_slot(generation: u64, json: &[u8]) -> Vec<u8> {
+    let mut out = Vec::with_capacity(SLOT_HEADER + json.len());
+    out.extend_from_slice(SLOT_MAGIC);
+    out.extend_from_slice(&generation.to_le_bytes());
+    out.extend_from_slice(&(json.len() as u32).to_le_bytes());
+    let crc = super::crc::crc32c_append(super::crc::crc32c(&out[8..20]), json);
+    out.extend_from_slice(&crc.to_le_bytes());
+    out.resize(SLOT_HEADER, 0);
+    out.extend_from_slice(json);
+    out
+}
+
+/// Reads a whole file.
+fn read_all(file: &dyn super::backend::BackendFile) -> std::io::Result<Vec<u8>> {
+    let len = file.len()?;
+    let mut bytes = vec![0u8; len as usize];
+    file.read_at(&mut bytes, 0)?;
+    Ok(bytes)
+}
+
+/// Opens `p`; `None` when it does not exist.
+fn open_if_exists(
+    backend: &dyn Backend,
+    p: &Path,
+    writable: bool,
+) -> Result<Option<std::sync::Arc<dyn super::backend::BackendFile>>> {
+    match backend.open(p, writable) {
+        Ok(f) => Ok(Some(f)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(None),
+        Err(e) => Err(io_err(format!("reading {}", p.display()))(e)),
+    }
 }
 
 /// Reads a volume's metadata; [`VolumeError::NotFound`] when it has none.
 pub(crate) fn read(backend: &dyn Backend, name: &str) -> Result<VolumeMeta> {
-    let p = path(name);
-    let ctx = || format!("reading {}", p.display());
-    let file = match backend.open(&p, false) {
-        Ok(f) => f,
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
-            return Err(VolumeError::NotFound(name.to_string()));
-        }
-        Err(e) => return Err(io_err(ctx())(e)),
+    let (p, file) = match open_if_exists(backend, &path(name), false)? {
+        Some(f) => (path(name), f),
+        None => match open_if_exists(backend, &legacy_path(name), false)? {
+            Some(f) => (legacy_path(name), f),
+            None => return Err(VolumeError::NotFound(name.to_string())),
+        },
     };
-    let len = file.len().map_err(io_err(ctx()))?;
-    let mut bytes = vec![0u8; len as usize];
-    file.read_at(&mut bytes, 0).map_err(io_err(ctx()))?;
-    let m: VolumeMeta = serde_json::from_slice(&bytes)
+    let bytes = read_all(&*file).map_err(io_err(format!("reading {}", p.display())))?;
+    let json = if p == path(name) {
+        match current_slot(&bytes) {
+            Ok(Some(slot)) => slot.json,
+            Ok(None) => {
+                return Err(VolumeError::Damaged(format!(
+                    "{}: neither slot is valid",
+                    p.display()
+                )));
+            }
+            Err(()) => {
+                return Err(VolumeError::Damaged(format!(
+                    "{}: not a two-slot metadata file",
+                    p.display()
+                )));
+            }
+        }
+    } else {
+        &bytes[..]
+    };
+    let m: VolumeMeta = serde_json::from_slice(json)
         .map_err(|e| VolumeError::Damaged(format!("{}: {e}", p.display())))?;
     if (m.format != FORMAT && m.format != FORMAT_FILTERED) || m.block_size != BLOCK_SIZE {
         return Err(VolumeError::Format(p.display().to_string()));
@@ -222,27 +334,87 @@ pub(crate) fn exists(backend: &dyn Backend, name: &str) -> Result<bool> {
     }
 }
 
-/// Replaces a volume's metadata atomically and durably.
+/// Replaces a volume's metadata atomically and durably: in place, in the
+/// slot not in force, when the file exists and the new version fits;
+/// otherwise by a new file.
 pub(crate) fn write(backend: &dyn Backend, name: &str, m: &VolumeMeta) -> Result<()> {
-    let (tmp, p) = (temp_path(name), path(name));
+    let p = path(name);
     let ctx = || format!("writing {}", p.display());
-    let mut bytes =
+    let mut json =
         serde_json::to_vec_pretty(m).map_err(|e| io_err(ctx())(std::io::Error::other(e)))?;
-    bytes.push(b'\n');
+    json.push(b'\n');
+    let mut generation = 1;
+    if let Some(file) = open_if_exists(backend, &p, true)? {
+        let bytes = read_all(&*file).map_err(io_err(ctx()))?;
+        let current = match current_slot(&bytes) {
+            Ok(Some(slot)) => slot,
+            // Never write over a file that is not understood.
+            _ => {
+                return Err(read(backend, name)
+                    .err()
+                    .unwrap_or(VolumeError::Damaged(ctx())));
+            }
+        };
+        generation = current.generation + 1;
+        let size = bytes.len() / 2;
+        if SLOT_HEADER + json.len() <= size {
+            let other = 1 - current.index;
+            file.write_at(&encode_slot(generation, &json), (other * size) as u64)
+                .map_err(io_err(ctx()))?;
+            return file.sync().map_err(io_err(ctx()));
+        }
+    }
+    // A new file, with room for the metadata to double. Both slots are
+    // written (the second with zeros), so that updates overwrite
+    // allocated blocks.
+    let size = (2 * (SLOT_HEADER + json.len())).next_multiple_of(SLOT_ALIGN);
+    let mut bytes = encode_slot(generation, &json);
+    bytes.resize(2 * size, 0);
+    let tmp = temp_path(name);
     let file = backend.create(&tmp).map_err(io_err(ctx()))?;
     file.write_at(&bytes, 0).map_err(io_err(ctx()))?;
     file.sync().map_err(io_err(ctx()))?;
     drop(file);
     backend.rename(&tmp, &p).map_err(io_err(ctx()))?;
-    backend.sync_dir(Path::new(DIR)).map_err(io_err(ctx()))
+    backend.sync_dir(Path::new(DIR)).map_err(io_err(ctx()))?;
+    // The legacy file, if any, is no longer read (the new one wins).
+    match backend.remove(&legacy_path(name)) {
+        Ok(()) => backend.sync_dir(Path::new(DIR)).map_err(io_err(ctx())),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(ctx())(e)),
+    }
+}
+
+/// Makes a volume's metadata file durable as it is: an update whose
+/// `fdatasync` failed may be in the page cache only, and whoever opens the
+/// volume must not build on it before it is on disk.
+pub(crate) fn sync(backend: &dyn Backend, name: &str) -> Result<()> {
+    for p in [path(name), legacy_path(name)] {
+        if let Some(file) = open_if_exists(backend, &p, false)? {
+            return file
+                .sync()
+                .map_err(io_err(format!("syncing {}", p.display())));
+        }
+    }
+    Err(VolumeError::NotFound(name.to_string()))
 }
 
 /// Removes a volume's metadata durably.
 pub(crate) fn remove(backend: &dyn Backend, name: &str) -> Result<()> {
-    let p = path(name);
-    let ctx = || format!("removing {}", p.display());
-    backend.remove(&p).map_err(io_err(ctx()))?;
-    backend.sync_dir(Path::new(DIR)).map_err(io_err(ctx()))
+    let mut removed = false;
+    for p in [path(name), legacy_path(name)] {
+        match backend.remove(&p) {
+            Ok(()) => removed = true,
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(format!("removing {}", p.display()))(e)),
+        }
+    }
+    if !removed {
+        return Err(VolumeError::NotFound(name.to_string()));
+    }
+    backend
+        .sync_dir(Path::new(DIR))
+        .map_err(io_err(format!("removing the metadata of volume {name:?}")))
 }
 
 /// The names of all volumes, sorted, and the leftover temp files.
@@ -250,17 +422,17 @@ pub(crate) fn list(backend: &dyn Backend) -> Result<(Vec<String>, Vec<PathBuf>)>
     let entries = backend
         .list(Path::new(DIR))
         .map_err(io_err("listing volumes"))?;
-    let mut names = Vec::new();
+    let mut names = std::collections::BTreeSet::new();
     let mut temps = Vec::new();
     for e in entries {
-        if let Some(n) = e.strip_suffix(".json").filter(|n| check_name(n).is_ok()) {
-            names.push(n.to_string());
-        } else if e.ends_with(".json.tmp") {
+        let name = e.strip_suffix(".meta").or_else(|| e.strip_suffix(".json"));
+        if let Some(n) = name.filter(|n| check_name(n).is_ok()) {
+            names.insert(n.to_string());
+        } else if e.ends_with(".meta.tmp") || e.ends_with(".json.tmp") {
             temps.push(PathBuf::from(format!("{DIR}/{e}")));
         }
     }
-    names.sort();
-    Ok((names, temps))
+    Ok((names.into_iter().collect(), temps))
 }
 
 /// Now, in Unix seconds.

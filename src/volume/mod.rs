@@ -10,7 +10,7 @@
 //!
 //! ```text
 //! POOL/
-//!   volumes/<name>.json   a volume: size, base, stack of layer IDs, snapshots
+//!   volumes/<name>.meta   a volume: size, base, stack of layer IDs, snapshots
 //!   layers/<id>.data      a layer: header, then append-only records
 //!   layers/<id>.index     a sealed layer's blocks (without payloads)
 //! ```

@@ -130,7 +130,10 @@ fn pool_rollback_of_a_closed_volume_reads_no_data() {
     let (c1, c64) = (measure(1), measure(64));
     println!("pool rollback after 1 MiB: {c1:?}; after 64 MiB: {c64:?}");
     assert_eq!(c1, c64);
-    assert_eq!(c1.reads, 1, "one read: the metadata file");
+    assert_eq!(
+        c1.reads, 2,
+        "the metadata file, twice: the update reads which slot is in force"
+    );
 }
 
 /// With 500 layers, reading a block is one backend read (one index lookup,
@@ -261,7 +264,7 @@ fn reclaim_removes_exactly_the_unreferenced_layers() {
     drop(v);
     pool.create_volume("w", &VolumeOptions::new(MIB)).unwrap();
     let before = layer_files(&mem);
-    mem.put_file("volumes/w.json", b"{ not json");
+    mem.put_file("volumes/w.meta", &[0u8; 8192]);
     mem.put_file("layers/999.data", b"orphan");
     let e = pool.reclaim().unwrap_err();
     assert_eq!(e.code(), "FK0709");
@@ -589,4 +592,123 @@ fn spare_heads_save_two_syncs_and_are_garbage_only_once_closed() {
     assert!(!layer_files(&mem).contains(&unused));
     let v = pool.open_volume("v").unwrap();
     assert_eq!(read(&v, 0, BS), block(1));
+}
+
+/// The generation in slot `i` of a two-slot metadata file, if its magic is
+/// there (the CRC is the reader's business).
+fn slot_generation(file: &[u8], i: usize) -> Option<u64> {
+    let s = &file[i * file.len() / 2..];
+    (&s[..8] == b"FKVMETA1").then(|| u64::from_le_bytes(s[8..16].try_into().unwrap()))
+}
+
+/// Metadata updates write the slot not in force, in place: the file keeps
+/// its length, the generations alternate between the slots, the version
+/// before stays readable in the other slot, and one sync (no rename, no
+/// directory sync) makes it durable. A damaged slot in force (what a torn
+/// write leaves) gives the version before it.
+#[test]
+fn metadata_updates_alternate_slots_in_place() {
+    let (mem, pool) = mem_pool(11);
+    pool.want_spare(false);
+    pool.create_volume("v", &VolumeOptions::new(MIB)).unwrap();
+    let f0 = mem.read_file("volumes/v.meta").unwrap();
+    assert_eq!(f0.len(), 8192);
+    assert_eq!(
+        (slot_generation(&f0, 0), slot_generation(&f0, 1)),
+        (Some(1), None)
+    );
+    let v = pool.open_volume("v").unwrap();
+    for (i, name) in ["a", "b", "c"].into_iter().enumerate() {
+        v.write_at(0, &block(i as u64)).unwrap();
+        v.flush().unwrap();
+        pool.make_spares().unwrap();
+        let c = cost(&mem, || v.snapshot(name).unwrap());
+        let f = mem.read_file("volumes/v.meta").unwrap();
+        assert_eq!(f.len(), 8192);
+        let g = i as u64 + 2;
+        let (now, before) = ((i + 1) % 2, i % 2);
+        assert_eq!(slot_generation(&f, now), Some(g), "{name}");
+        assert_eq!(slot_generation(&f, before), Some(g - 1), "{name}");
+        // Two syncs: the metadata's and the sealed layer's index file's
+        // (the head takes the spare; nothing was left to flush).
+        assert!(mem.names_in("volumes").iter().all(|n| n == "v.meta"));
+        assert_eq!(c.syncs, 2, "{name}: {c:?}");
+    }
+    assert_eq!(pool.info("v").unwrap().snapshots.len(), 3);
+    drop(v);
+    // Generation 4 (snapshot "c") is in slot 1; damage it.
+    mem.flip_byte("volumes/v.meta", 4096 + 40);
+    let names: Vec<String> = pool
+        .info("v")
+        .unwrap()
+        .snapshots
+        .into_iter()
+        .map(|s| s.name)
+        .collect();
+    assert_eq!(names, ["a", "b"]);
+    // Both slots damaged: an error (FK0709), and no update writes over it.
+    mem.flip_byte("volumes/v.meta", 40);
+    assert_eq!(pool.info("v").unwrap_err().code(), "FK0709");
+    let before = mem.read_file("volumes/v.meta").unwrap();
+    assert_eq!(pool.delete_snapshot("v", "a").unwrap_err().code(), "FK0709");
+    assert_eq!(mem.read_file("volumes/v.meta").unwrap(), before);
+}
+
+/// Metadata that outgrows its slot is written whole to a new, larger file
+/// (temp file and rename), and updates go on in place in that one.
+#[test]
+fn metadata_that_outgrows_its_slot_moves_to_a_larger_file() {
+    let (mem, pool) = mem_pool(12);
+    pool.create_volume("v", &VolumeOptions::new(MIB)).unwrap();
+    let v = pool.open_volume("v").unwrap();
+    let long = |i: usize| format!("{i:03}{}", "s".repeat(100));
+    for i in 0..40 {
+        v.snapshot(&long(i)).unwrap();
+    }
+    let f = mem.read_file("volumes/v.meta").unwrap();
+    assert!(f.len() > 8192, "{}", f.len());
+    assert!(mem.names_in("volumes").iter().all(|n| n == "v.meta"));
+    drop(v);
+    let info = pool.info("v").unwrap();
+    assert_eq!(info.snapshots.len(), 40);
+    assert_eq!(info.snapshots[39].name, long(39));
+    pool.delete_snapshot("v", &long(0)).unwrap();
+    assert_eq!(mem.read_file("volumes/v.meta").unwrap().len(), f.len());
+    assert_eq!(pool.info("v").unwrap().snapshots.len(), 39);
+}
+
+/// Metadata written by fukastor before the two-slot file (plain JSON in
+/// `volumes/<name>.json`) is read as it is, and replaced by a `.meta` file
+/// at its first update; the volume's bytes are untouched.
+#[test]
+fn legacy_json_metadata_is_read_and_replaced_on_update() {
+    let (mem, pool) = mem_pool(13);
+    pool.create_volume("v", &VolumeOptions::new(MIB)).unwrap();
+    let v = pool.open_volume("v").unwrap();
+    v.write_at(BS, &block(5)).unwrap();
+    v.snapshot("old").unwrap();
+    v.close().unwrap();
+    // What an older fukastor wrote: the JSON alone, under `.json`.
+    let f = mem.read_file("volumes/v.meta").unwrap();
+    let g = |i: usize| slot_generation(&f, i).unwrap_or(0);
+    let at = if g(0) > g(1) { 0 } else { f.len() / 2 };
+    let len = u32::from_le_bytes(f[at + 16..at + 20].try_into().unwrap()) as usize;
+    let json = f[at + 32..at + 32 + len].to_vec();
+    assert!(json.starts_with(b"{"));
+    mem.remove_file("volumes/v.meta");
+    mem.put_file("volumes/v.json", &json);
+
+    assert_eq!(pool.volumes().unwrap(), ["v"]);
+    assert_eq!(pool.info("v").unwrap().snapshots.len(), 1);
+    let v = pool.open_volume("v").unwrap();
+    assert_eq!(read(&v, BS, BS), block(5));
+    v.snapshot("new").unwrap();
+    assert_eq!(mem.names_in("volumes"), ["v.meta"]);
+    v.close().unwrap();
+    let v = pool.open_volume("v").unwrap();
+    assert_eq!(read(&v, BS, BS), block(5));
+    assert_eq!(pool.info("v").unwrap().snapshots.len(), 2);
+    drop(v);
+    pool.delete_volume("v").unwrap();
+    assert!(mem.names_in("volumes").is_empty());
 }
