@@ -1236,6 +1236,7 @@ pub fn serve(paths: &Paths) -> Result<()> {
     crate::store::write_atomic(&paths.record(), record.to_string().as_bytes())
         .map_err(super::io_err("writing server.json"))?;
     tracing::info!("volume server {} ready", std::process::id());
+    std::thread::spawn(keep_code_mapped);
 
     let stop = Arc::new(AtomicBool::new(false));
     for sig in [
@@ -1304,6 +1305,63 @@ pub fn serve(paths: &Paths) -> Result<()> {
     drop(lock);
     tracing::info!("volume server {} stopped", std::process::id());
     Ok(())
+}
+
+/// Maps every page of this program's file into the server's page tables
+/// (`MADV_POPULATE_READ`), on a thread of its own once the server is
+/// ready. A page of code a process has mapped stays in memory when the
+/// host drops clean caches (`drop_caches`, or reclaim that prefers
+/// unmapped pages); without this, the first snapshot or rollback a server
+/// answers after such a drop waited ~1.5 ms for the disk to page in code it
+/// had not run yet (a major fault, seen with `perf`). Costs the program's
+/// size in page cache (~11 MB, shared with every other process running
+/// it), read from the disk only if it is not cached already.
+fn keep_code_mapped() {
+    let Ok(exe) = std::fs::read_link("/proc/self/exe") else {
+        return;
+    };
+    let Ok(maps) = std::fs::read_to_string("/proc/self/maps") else {
+        return;
+    };
+    for line in maps.lines() {
+        // "start-end perms offset dev inode path"
+        let mut fields = line.split_whitespace();
+        let (Some(range), Some(path)) = (fields.next(), fields.nth(4)) else {
+            continue;
+        };
+        if Path::new(path) != exe {
+            continue;
+        }
+        let Some((start, end)) = range.split_once('-') else {
+            continue;
+        };
+        let (Ok(start), Ok(end)) = (
+            usize::from_str_radix(start, 16),
+            usize::from_str_radix(end, 16),
+        ) else {
+            continue;
+        };
+        populate(start, end - start);
+    }
+}
+
+/// `madvise(MADV_POPULATE_READ)` on a mapping of this process.
+#[allow(unsafe_code)]
+fn populate(start: usize, len: usize) {
+    // SAFETY: the range is one of this process's own file mappings, read
+    // from /proc/self/maps, and populating it only faults its pages in for
+    // reading; it changes no memory contents, and the program's own
+    // mappings are never unmapped while it runs.
+    let r = unsafe {
+        rustix::mm::madvise(
+            start as *mut std::ffi::c_void,
+            len,
+            rustix::mm::Advice::LinuxPopulateRead,
+        )
+    };
+    if let Err(e) = r {
+        tracing::debug!("populating the program's pages: {e}");
+    }
 }
 
 fn handle(ctx: &Ctx, stream: UnixStream, stopping: bool) {
