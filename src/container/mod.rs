@@ -537,13 +537,7 @@ impl Containers {
             let _s = tracing::debug_span!("overlay").entered();
             unmount(&mp).map_err(|e| ContainerError::Umount(name.into(), e))?;
         }
-        self.teardown(
-            name,
-            &c.volume,
-            &work.join("fs"),
-            &work.join("lower"),
-            false,
-        )?;
+        self.teardown(name, &c.volume, &work, false)?;
         if c.mountpoint.is_none() {
             return Ok(());
         }
@@ -553,23 +547,32 @@ impl Containers {
 
     /// Unmounts the ext4, then detaches the volume (the volume server) and
     /// unmounts the image (here, on a thread) at the same time. With
-    /// `discard`, the volume is detached unflushed and deleted instead.
-    fn teardown(
-        &self,
-        name: &str,
-        volume: &str,
-        fs: &Path,
-        lower: &Path,
-        discard: bool,
-    ) -> Result<()> {
-        if crate::mount::is_mount_root(fs) {
+    /// `discard` (the end of a `run --rm`), the volume is detached
+    /// unflushed and deleted instead, and the thread then removes the
+    /// container's directory `work` while the server deletes the volume
+    /// (each directory removed cost ~0.3-0.5 ms on a host that discards
+    /// freed blocks at once).
+    fn teardown(&self, name: &str, volume: &str, work: &Path, discard: bool) -> Result<()> {
+        let (fs, lower) = (work.join("fs"), work.join("lower"));
+        if crate::mount::is_mount_root(&fs) {
             let _s = tracing::debug_span!("ext4").entered();
-            unmount(fs).map_err(|e| ContainerError::Umount(name.into(), e))?;
+            unmount(&fs).map_err(|e| ContainerError::Umount(name.into(), e))?;
         }
         let image = || -> Result<()> {
-            if crate::mount::is_mount_root(lower) {
+            if crate::mount::is_mount_root(&lower) {
                 let _s = tracing::debug_span!("image").entered();
-                crate::mount::umount(&self.paths.store, lower)?;
+                crate::mount::umount(&self.paths.store, &lower)?;
+            }
+            // Only once nothing is mounted in it: removal must never reach
+            // into a mounted filesystem.
+            let rootfs = work.join("rootfs");
+            if discard
+                && ![&fs, &lower, &rootfs]
+                    .iter()
+                    .any(|d| crate::mount::is_mount_root(d))
+            {
+                let _s = tracing::debug_span!("rmdir").entered();
+                let _ = std::fs::remove_dir_all(work);
             }
             Ok(())
         };
@@ -655,7 +658,7 @@ impl Containers {
             let _s = tracing::debug_span!("overlay").entered();
             unmount(&mp).map_err(|e| ContainerError::Umount(name.into(), e))?;
         }
-        self.teardown(name, &c.volume, &work.join("fs"), &work.join("lower"), true)?;
+        self.teardown(name, &c.volume, &work, true)?;
         self.forget(name, &work)
     }
 

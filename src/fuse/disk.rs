@@ -369,8 +369,10 @@ impl Filesystem for DiskFs {
         _lock_owner: LockOwner,
         reply: ReplyEmpty,
     ) {
-        // close() is not a durability point (fsync is).
-        reply.ok()
+        // close() is not a durability point (fsync is). ENOSYS makes the
+        // kernel stop sending FLUSH on every close of this mount (it was
+        // one request per close, 0.2-0.5 ms of each container's attach).
+        reply.error(Errno::ENOSYS)
     }
 
     fn fsync(

@@ -1369,6 +1369,9 @@ fn handle(ctx: &Ctx, stream: UnixStream, stopping: bool) {
     let _ = stream.set_read_timeout(Some(Duration::from_secs(10)));
     let mut line = String::new();
     let reply = match BufReader::new(&stream).read_line(&mut line) {
+        // A connection closed without a request: `start` checking that
+        // the server is up. Nothing to answer.
+        Ok(0) => return,
         _ if stopping => Response::Retry,
         Err(e) => error_response(&VolumeError::Server(format!("reading a request: {e}"))),
         Ok(_) => match serde_json::from_str::<Request>(&line) {

@@ -1454,12 +1454,16 @@ fn load(
         // Cut the uncommitted tail, and sync even when there is none: the
         // replayed commits may be in the page cache only (a flush whose
         // sync failed), and what a volume shows must be durable before
-        // anything is built on it.
+        // anything is built on it. A head with nothing past its header (a
+        // fresh clone's, a rollback's) has nothing to sync: its header was
+        // synced before any metadata named it.
         let ctx = || format!("recovering layer {id}");
         if r.len > next.end {
             file.set_len(next.end).map_err(io_err(ctx()))?;
         }
-        file.sync().map_err(io_err(ctx()))?;
+        if r.len > LAYER_HEADER_LEN {
+            file.sync().map_err(io_err(ctx()))?;
+        }
         state.head = Head::new(id, file.clone(), next, last_crc);
         slots.push(Some(LayerSlot {
             id,
