@@ -179,8 +179,16 @@ fn legacy_path(name: &str) -> PathBuf {
 /// little-endian, then zeros to [`SLOT_HEADER`] bytes.
 const SLOT_MAGIC: &[u8; 8] = b"FKVMETA1";
 const SLOT_HEADER: usize = 32;
-/// Slots are multiples of this, so that each starts on a page.
+/// Slots are multiples of this (a reader accepts any multiple).
 const SLOT_ALIGN: usize = 4096;
+/// The most a metadata file may hold: a larger one is damage, not read.
+const MAX_FILE: u64 = 64 << 20;
+
+/// The slot size of a new file: a multiple of the page size too, so that
+/// writing one slot never writes back a page of the other.
+fn slot_align() -> usize {
+    rustix::param::page_size().max(SLOT_ALIGN)
+}
 
 /// A valid slot: its index, generation and JSON.
 struct Slot<'a> {
@@ -234,9 +242,15 @@ fn encode_slot(generation: u64, json: &[u8]) -> Vec<u8> {
     out
 }
 
-/// Reads a whole file.
+/// Reads a whole metadata file (at most [`MAX_FILE`] bytes).
 fn read_all(file: &dyn super::backend::BackendFile) -> std::io::Result<Vec<u8>> {
     let len = file.len()?;
+    if len > MAX_FILE {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::InvalidData,
+            format!("{len} bytes, more than metadata ever takes"),
+        ));
+    }
     let mut bytes = vec![0u8; len as usize];
     file.read_at(&mut bytes, 0)?;
     Ok(bytes)
@@ -264,7 +278,13 @@ pub(crate) fn read(backend: &dyn Backend, name: &str) -> Result<VolumeMeta> {
             None => return Err(VolumeError::NotFound(name.to_string())),
         },
     };
-    let bytes = read_all(&*file).map_err(io_err(format!("reading {}", p.display())))?;
+    let bytes = match read_all(&*file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+            return Err(VolumeError::Damaged(format!("{}: {e}", p.display())));
+        }
+        Err(e) => return Err(io_err(format!("reading {}", p.display()))(e)),
+    };
     let json = if p == path(name) {
         match current_slot(&bytes) {
             Ok(Some(slot)) => slot.json,
@@ -343,31 +363,52 @@ pub(crate) fn write(backend: &dyn Backend, name: &str, m: &VolumeMeta) -> Result
     let mut json =
         serde_json::to_vec_pretty(m).map_err(|e| io_err(ctx())(std::io::Error::other(e)))?;
     json.push(b'\n');
+    if json.len() as u64 > MAX_FILE / 4 {
+        return Err(io_err(ctx())(std::io::Error::other(
+            "the metadata is too large",
+        )));
+    }
     let mut generation = 1;
     if let Some(file) = open_if_exists(backend, &p, true)? {
-        let bytes = read_all(&*file).map_err(io_err(ctx()))?;
-        let current = match current_slot(&bytes) {
-            Ok(Some(slot)) => slot,
-            // Never write over a file that is not understood.
-            _ => {
-                return Err(read(backend, name)
-                    .err()
-                    .unwrap_or(VolumeError::Damaged(ctx())));
-            }
+        // Never write over a file that is not understood.
+        let damaged = || {
+            read(backend, name)
+                .err()
+                .unwrap_or(VolumeError::Damaged(ctx()))
         };
-        generation = current.generation + 1;
+        let bytes = match read_all(&*file) {
+            Ok(b) => b,
+            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(damaged()),
+            Err(e) => return Err(io_err(ctx())(e)),
+        };
+        let Ok(Some(current)) = current_slot(&bytes) else {
+            return Err(damaged());
+        };
+        generation = current
+            .generation
+            .checked_add(1)
+            .ok_or_else(|| VolumeError::Damaged(format!("{}: generation overflow", p.display())))?;
         let size = bytes.len() / 2;
         if SLOT_HEADER + json.len() <= size {
             let other = 1 - current.index;
-            file.write_at(&encode_slot(generation, &json), (other * size) as u64)
-                .map_err(io_err(ctx()))?;
-            return file.sync().map_err(io_err(ctx()));
+            let written = file
+                .write_at(&encode_slot(generation, &json), (other * size) as u64)
+                .and_then(|()| file.sync());
+            match written {
+                Ok(()) => return remove_legacy(backend, name).map_err(io_err(ctx())),
+                // The slot may now be in the page cache only, marked clean
+                // (Linux drops a failed page's dirty state), where a later
+                // read would take it for the version in force. Write the
+                // version again as a new file instead: its rename leaves
+                // the old inode, and its stale pages, behind.
+                Err(e) => tracing::warn!("{}: {e}; writing it as a new file", ctx()),
+            }
         }
     }
     // A new file, with room for the metadata to double. Both slots are
     // written (the second with zeros), so that updates overwrite
     // allocated blocks.
-    let size = (2 * (SLOT_HEADER + json.len())).next_multiple_of(SLOT_ALIGN);
+    let size = (2 * (SLOT_HEADER + json.len())).next_multiple_of(slot_align());
     let mut bytes = encode_slot(generation, &json);
     bytes.resize(2 * size, 0);
     let tmp = temp_path(name);
@@ -377,32 +418,26 @@ pub(crate) fn write(backend: &dyn Backend, name: &str, m: &VolumeMeta) -> Result
     drop(file);
     backend.rename(&tmp, &p).map_err(io_err(ctx()))?;
     backend.sync_dir(Path::new(DIR)).map_err(io_err(ctx()))?;
-    // The legacy file, if any, is no longer read (the new one wins).
-    match backend.remove(&legacy_path(name)) {
-        Ok(()) => backend.sync_dir(Path::new(DIR)).map_err(io_err(ctx())),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
-        Err(e) => Err(io_err(ctx())(e)),
-    }
+    remove_legacy(backend, name).map_err(io_err(ctx()))
 }
 
-/// Makes a volume's metadata file durable as it is: an update whose
-/// `fdatasync` failed may be in the page cache only, and whoever opens the
-/// volume must not build on it before it is on disk.
-pub(crate) fn sync(backend: &dyn Backend, name: &str) -> Result<()> {
-    for p in [path(name), legacy_path(name)] {
-        if let Some(file) = open_if_exists(backend, &p, false)? {
-            return file
-                .sync()
-                .map_err(io_err(format!("syncing {}", p.display())));
-        }
+/// Removes a legacy `.json` that a `.meta` has replaced (a crash may have
+/// left it after the rename): it is no longer read, and must not come
+/// back when the `.meta` goes.
+fn remove_legacy(backend: &dyn Backend, name: &str) -> std::io::Result<()> {
+    match backend.remove(&legacy_path(name)) {
+        Ok(()) => backend.sync_dir(Path::new(DIR)),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(e),
     }
-    Err(VolumeError::NotFound(name.to_string()))
 }
 
 /// Removes a volume's metadata durably.
 pub(crate) fn remove(backend: &dyn Backend, name: &str) -> Result<()> {
     let mut removed = false;
-    for p in [path(name), legacy_path(name)] {
+    // The legacy file first: were the `.meta` removed alone, a stale
+    // `.json` behind it would be read as the volume again.
+    for p in [legacy_path(name), path(name)] {
         match backend.remove(&p) {
             Ok(()) => removed = true,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}

@@ -1324,12 +1324,13 @@ fn keep_code_mapped() {
         return;
     };
     for line in maps.lines() {
-        // "start-end perms offset dev inode path"
-        let mut fields = line.split_whitespace();
+        // "start-end perms offset dev inode   path" (a path may hold
+        // spaces: it is the rest of the line)
+        let mut fields = line.splitn(6, ' ');
         let (Some(range), Some(path)) = (fields.next(), fields.nth(4)) else {
             continue;
         };
-        if Path::new(path) != exe {
+        if Path::new(path.trim_start()) != exe {
             continue;
         }
         let Some((start, end)) = range.split_once('-') else {
@@ -1341,7 +1342,9 @@ fn keep_code_mapped() {
         ) else {
             continue;
         };
-        populate(start, end - start);
+        if let Some(len) = end.checked_sub(start) {
+            populate(start, len);
+        }
     }
 }
 

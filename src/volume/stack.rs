@@ -346,7 +346,6 @@ impl Volume {
                 return Err(VolumeError::Busy(name.to_string()));
             }
             let m = meta::read(&*shared.backend, name)?;
-            meta::sync(&*shared.backend, name)?;
             let others = sharing(&*shared.backend, name, &m);
             st.open.insert(name.to_string());
             (m, others)
