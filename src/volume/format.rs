@@ -169,11 +169,13 @@ impl RecordHeader {
     }
 }
 
-fn le32(b: &[u8]) -> u32 {
+/// A little-endian u32 from the first 4 bytes of `b`.
+pub(crate) fn le32(b: &[u8]) -> u32 {
     u32::from_le_bytes([b[0], b[1], b[2], b[3]])
 }
 
-fn le64(b: &[u8]) -> u64 {
+/// A little-endian u64 from the first 8 bytes of `b`.
+pub(crate) fn le64(b: &[u8]) -> u64 {
     let mut a = [0u8; 8];
     a.copy_from_slice(&b[..8]);
     u64::from_le_bytes(a)

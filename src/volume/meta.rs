@@ -22,7 +22,7 @@ use std::path::{Path, PathBuf};
 use serde::{Deserialize, Serialize};
 
 use super::backend::Backend;
-use super::format::{BLOCK_SIZE, FORMAT, FORMAT_FILTERED};
+use super::format::{BLOCK_SIZE, FORMAT, FORMAT_FILTERED, le32, le64};
 use super::{Result, VolumeError, io_err};
 use crate::filter::ChainSpec;
 
@@ -206,13 +206,7 @@ fn current_slot(bytes: &[u8]) -> std::result::Result<Option<Slot<'_>>, ()> {
     }
     let slot = |index: usize| {
         let s = &bytes[index * size..(index + 1) * size];
-        let word = |at: usize, n: usize| {
-            s[at..at + n]
-                .iter()
-                .rev()
-                .fold(0u64, |acc, &b| (acc << 8) | u64::from(b))
-        };
-        let (generation, len, crc) = (word(8, 8), word(16, 4) as usize, word(20, 4) as u32);
+        let (generation, len, crc) = (le64(&s[8..]), le32(&s[16..]) as usize, le32(&s[20..]));
         let ok = &s[..8] == SLOT_MAGIC
             && len <= size - SLOT_HEADER
             && super::crc::crc32c_append(super::crc::crc32c(&s[8..20]), &s[SLOT_HEADER..][..len])
@@ -395,7 +389,7 @@ pub(crate) fn write(backend: &dyn Backend, name: &str, m: &VolumeMeta) -> Result
                 .write_at(&encode_slot(generation, &json), (other * size) as u64)
                 .and_then(|()| file.sync());
             match written {
-                Ok(()) => return remove_legacy(backend, name).map_err(io_err(ctx())),
+                Ok(()) => return Ok(()),
                 // The slot may now be in the page cache only, marked clean
                 // (Linux drops a failed page's dirty state), where a later
                 // read would take it for the version in force. Write the
@@ -421,9 +415,9 @@ pub(crate) fn write(backend: &dyn Backend, name: &str, m: &VolumeMeta) -> Result
     remove_legacy(backend, name).map_err(io_err(ctx()))
 }
 
-/// Removes a legacy `.json` that a `.meta` has replaced (a crash may have
-/// left it after the rename): it is no longer read, and must not come
-/// back when the `.meta` goes.
+/// Removes a legacy `.json` that a `.meta` has replaced: it is no longer
+/// read, and must not come back when the `.meta` goes. (One a crash left
+/// after the rename is a stale file for [`list`], and reclaim's.)
 fn remove_legacy(backend: &dyn Backend, name: &str) -> std::io::Result<()> {
     match backend.remove(&legacy_path(name)) {
         Ok(()) => backend.sync_dir(Path::new(DIR)),
@@ -452,22 +446,30 @@ pub(crate) fn remove(backend: &dyn Backend, name: &str) -> Result<()> {
         .map_err(io_err(format!("removing the metadata of volume {name:?}")))
 }
 
-/// The names of all volumes, sorted, and the leftover temp files.
+/// The names of all volumes, sorted, and the stale files: leftover temp
+/// files, and legacy `.json` files a `.meta` has replaced (a crash between
+/// the rename and the removal leaves one).
 pub(crate) fn list(backend: &dyn Backend) -> Result<(Vec<String>, Vec<PathBuf>)> {
-    let entries = backend
+    let entries: std::collections::BTreeSet<String> = backend
         .list(Path::new(DIR))
-        .map_err(io_err("listing volumes"))?;
+        .map_err(io_err("listing volumes"))?
+        .into_iter()
+        .collect();
     let mut names = std::collections::BTreeSet::new();
-    let mut temps = Vec::new();
-    for e in entries {
+    let mut stale = Vec::new();
+    for e in &entries {
         let name = e.strip_suffix(".meta").or_else(|| e.strip_suffix(".json"));
         if let Some(n) = name.filter(|n| check_name(n).is_ok()) {
-            names.insert(n.to_string());
+            if e.ends_with(".json") && entries.contains(&format!("{n}.meta")) {
+                stale.push(legacy_path(n));
+            } else {
+                names.insert(n.to_string());
+            }
         } else if e.ends_with(".meta.tmp") || e.ends_with(".json.tmp") {
-            temps.push(PathBuf::from(format!("{DIR}/{e}")));
+            stale.push(PathBuf::from(format!("{DIR}/{e}")));
         }
     }
-    Ok((names.into_iter().collect(), temps))
+    Ok((names.into_iter().collect(), stale))
 }
 
 /// Now, in Unix seconds.

@@ -95,7 +95,8 @@ pub struct ReclaimReport {
     pub layers: usize,
     /// Their total size in bytes.
     pub bytes: u64,
-    /// Leftover temporary metadata files removed.
+    /// Leftover temporary metadata files, and legacy `.json` metadata a
+    /// `.meta` replaced, removed.
     pub temp_files: usize,
     /// Layer index files removed (with their layers, or left alone).
     pub index_files: usize,
@@ -451,7 +452,8 @@ impl Pool {
             for name in &names {
                 live.extend(meta::read(self.backend(), name)?.referenced());
             }
-            // Temp files are written only under this lock: these are stale.
+            // Temp files are written, and legacy files replaced, only under
+            // this lock: these are stale.
             for t in temps {
                 self.backend()
                     .remove(&t)
