@@ -52,8 +52,14 @@ pub(crate) struct VolumeMeta {
     pub size: u64,
     pub block_size: u32,
     pub base: Option<BaseMeta>,
-    /// Layer IDs, bottom to top; the last one is the head.
+    /// Layer IDs, bottom to top; the last one is the head, unless
+    /// `headless`.
     pub layers: Vec<u64>,
+    /// The stack is a snapshot's sealed layers and nothing more (a closed
+    /// volume rolled back): the next open adds an empty head (`give_head`
+    /// in `pool.rs`) before anything is read or written.
+    #[serde(default, skip_serializing_if = "std::ops::Not::not")]
+    pub headless: bool,
     pub snapshots: Vec<SnapshotMeta>,
     /// The filter chain every block is encoded with (format 2 only);
     /// clones inherit it. Absent for an unfiltered volume.

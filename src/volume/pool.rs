@@ -118,7 +118,10 @@ pub(crate) struct PoolState {
     pub open: BTreeSet<String>,
     /// Layers being written that no metadata names yet: not garbage.
     pub pinned: BTreeSet<u64>,
-    next_layer: u64,
+    /// The next layer ID to hand out: found by the first
+    /// [`PoolState::new_layer_id`] (a rollback, a snapshot deletion or a
+    /// listing needs none, so opening the pool reads no metadata).
+    next_layer: Option<u64>,
     /// Spare head layers: unfiltered, filtered (format version 2).
     spares: [Spare; 2],
 }
@@ -135,10 +138,25 @@ struct Spare {
 }
 
 impl PoolState {
-    /// A layer ID never used in this pool.
-    pub fn new_layer_id(&mut self) -> u64 {
-        self.next_layer += 1;
-        self.next_layer - 1
+    /// A layer ID never used in this pool: past every ID in use, named or
+    /// not (an index file left without its layer counts too), found on the
+    /// first call by listing the layer files and reading every volume's
+    /// metadata.
+    pub fn new_layer_id(&mut self, backend: &dyn Backend) -> Result<u64> {
+        let next = match self.next_layer {
+            Some(next) => next,
+            None => {
+                let (data, indexes) = layer_files(backend)?;
+                let mut max = data.union(&indexes).max().copied().unwrap_or(0);
+                for name in meta::list(backend)?.0 {
+                    let m = meta::read(backend, &name)?;
+                    max = max.max(m.referenced().max().unwrap_or(0));
+                }
+                max + 1
+            }
+        };
+        self.next_layer = Some(next + 1);
+        Ok(next)
     }
 
     /// A new, empty, durable head layer (format version 2 if `filtered`):
@@ -157,7 +175,7 @@ impl PoolState {
             self.pinned.remove(&id);
             return Ok((id, file));
         }
-        let id = self.new_layer_id();
+        let id = self.new_layer_id(backend)?;
         Ok((id, layer::create(backend, id, filtered)?))
     }
 }
@@ -225,22 +243,10 @@ impl Pool {
                 .map_err(io_err(ctx.clone()))?;
             backend.sync_dir(Path::new(dir)).map_err(io_err(ctx))?;
         }
-        // The next layer ID is past every ID in use, named or not (an
-        // index file left without its layer counts too).
-        let (data, indexes) = layer_files(&*backend)?;
-        let mut max = data.union(&indexes).max().copied().unwrap_or(0);
-        for name in meta::list(&*backend)?.0 {
-            max = max.max(
-                meta::read(&*backend, &name)?
-                    .referenced()
-                    .max()
-                    .unwrap_or(0),
-            );
-        }
         let state = PoolState {
             open: BTreeSet::new(),
             pinned: BTreeSet::new(),
-            next_layer: max + 1,
+            next_layer: None,
             spares: Default::default(),
         };
         Ok(Pool {
@@ -275,7 +281,7 @@ impl Pool {
                 if !s.wanted || s.making || s.ready.is_some() {
                     continue;
                 }
-                let id = st.new_layer_id();
+                let id = st.new_layer_id(self.backend())?;
                 st.pinned.insert(id);
                 st.spares[k].making = true;
                 id
@@ -342,6 +348,7 @@ impl Pool {
             block_size: BLOCK_SIZE,
             base,
             layers: vec![id],
+            headless: false,
             snapshots: vec![],
             filters,
         };
@@ -390,6 +397,7 @@ impl Pool {
         layers.push(id);
         let m = VolumeMeta {
             layers,
+            headless: false,
             snapshots: vec![],
             ..src.clone()
         };
@@ -397,17 +405,18 @@ impl Pool {
     }
 
     /// Makes closed volume `volume` what it was at snapshot `snapshot`: its
-    /// stack becomes the snapshot's sealed layers and a new empty head. Only
-    /// metadata is written (constant cost whatever the amount of data); the
-    /// old head is freed by [`Pool::reclaim`]. An open volume is refused
+    /// stack becomes the snapshot's sealed layers, and the next open puts a
+    /// new empty head on them. Only metadata is written, with one sync
+    /// (constant cost whatever the amount of data, and no layer file made);
+    /// the old head is freed by [`Pool::reclaim`]. An open volume is refused
     /// (use [`Volume::rollback`](super::Volume::rollback)).
     pub fn rollback(&self, volume: &str, snapshot: &str) -> Result<()> {
-        let mut st = lock(&self.shared.state);
+        let st = lock(&self.shared.state);
         if st.open.contains(volume) {
             return Err(VolumeError::Busy(volume.to_string()));
         }
         let mut m = meta::read(self.backend(), volume)?;
-        point_at_snapshot(self.backend(), &mut st, volume, &mut m, snapshot)?;
+        point_at_snapshot(&mut m, volume, snapshot)?;
         meta::write(self.backend(), volume, &m)
     }
 
@@ -502,26 +511,32 @@ impl Pool {
     }
 }
 
-/// Makes `m`'s stack snapshot `snapshot`'s layers plus a new empty head
-/// (a spare, or created and synced here; the caller writes `m`). Holding
-/// the pool lock (`st`) is the caller's part.
-pub(crate) fn point_at_snapshot(
-    backend: &dyn Backend,
-    st: &mut PoolState,
-    volume: &str,
-    m: &mut VolumeMeta,
-    snapshot: &str,
-) -> Result<()> {
+/// Makes `m`'s stack snapshot `snapshot`'s sealed layers, headless: no
+/// layer file is made, the next open adds the head ([`give_head`]). The
+/// caller holds the pool lock and writes `m`.
+pub(crate) fn point_at_snapshot(m: &mut VolumeMeta, volume: &str, snapshot: &str) -> Result<()> {
     let snap = m
         .snapshot(snapshot)
         .ok_or_else(|| VolumeError::SnapshotNotFound {
             volume: volume.to_string(),
             snapshot: snapshot.to_string(),
         })?;
-    let mut layers = snap.layers.clone();
+    m.layers = snap.layers.clone();
+    m.headless = true;
+    Ok(())
+}
+
+/// Puts a new empty head (the spare, if one is ready) on top of `m`'s
+/// stack, which must be headless. The caller writes the metadata.
+pub(crate) fn give_head(
+    backend: &dyn Backend,
+    st: &mut PoolState,
+    m: &mut VolumeMeta,
+) -> Result<()> {
+    debug_assert!(m.headless);
     let (id, _) = st.new_head(backend, m.filtered())?;
-    layers.push(id);
-    m.layers = layers;
+    m.layers.push(id);
+    m.headless = false;
     Ok(())
 }
 

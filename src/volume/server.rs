@@ -357,7 +357,7 @@ pub fn call(paths: &Paths, req: &Request) -> Result<Response> {
                 tracing::debug!("no server: {e}");
                 if req.needs_server() {
                     if !spawned {
-                        spawn(paths)?;
+                        spawn(paths, true)?;
                         spawned = true;
                     }
                 } else if let Some(lock) = try_lock(paths)? {
@@ -447,11 +447,15 @@ pub fn start(paths: &Paths) -> Result<()> {
     if connect(paths).is_ok() {
         return Ok(());
     }
-    spawn(paths)
+    spawn(paths, true)
 }
 
 /// Starts `fukastor volume-serve` for the store in its own process group.
-fn spawn(paths: &Paths) -> Result<()> {
+/// With `reap`, a thread waits for it; without, it is left to this
+/// process's exit (it is re-parented then): for a command that ends right
+/// away, whose exit would otherwise wait for that thread too (up to 1.5 ms
+/// was traced after a rollback).
+fn spawn(paths: &Paths, reap: bool) -> Result<()> {
     std::fs::create_dir_all(&paths.dir)
         .map_err(super::io_err(format!("creating {}", paths.dir.display())))?;
     let exe = std::env::current_exe()
@@ -468,8 +472,10 @@ fn spawn(paths: &Paths) -> Result<()> {
     let mut child = cmd
         .spawn()
         .map_err(|e| VolumeError::Server(format!("starting the volume server: {e}")))?;
-    // Reap it when it exits, without blocking this command.
-    std::thread::spawn(move || child.wait());
+    if reap {
+        // Reap it when it exits, without blocking this command.
+        std::thread::spawn(move || child.wait());
+    }
     Ok(())
 }
 
@@ -742,7 +748,8 @@ impl Ctx {
     }
 
     /// Frees unreferenced layers: on a thread in a server (snapshot and
-    /// volume deletion answer at once), inline otherwise.
+    /// volume deletion answer at once); in a command, by a server started
+    /// for it (a server reclaims when it starts), inline if none starts.
     fn reclaim_later(&self) {
         let pool = self.pool.clone();
         let work = move || match pool.reclaim() {
@@ -754,7 +761,7 @@ impl Ctx {
         };
         if self.served.is_some() {
             std::thread::spawn(work);
-        } else if let Err(e) = spawn(&self.paths) {
+        } else if let Err(e) = spawn(&self.paths, false) {
             // A server reclaims when it starts; without one, do it now.
             tracing::info!("{e}; reclaiming in this process");
             work();

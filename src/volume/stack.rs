@@ -345,7 +345,12 @@ impl Volume {
             if st.open.contains(name) {
                 return Err(VolumeError::Busy(name.to_string()));
             }
-            let m = meta::read(&*shared.backend, name)?;
+            let mut m = meta::read(&*shared.backend, name)?;
+            if m.headless {
+                // Rolled back while closed: the head comes now.
+                super::pool::give_head(&*shared.backend, &mut st, &mut m)?;
+                meta::write(&*shared.backend, name, &m)?;
+            }
             let others = sharing(&*shared.backend, name, &m);
             st.open.insert(name.to_string());
             (m, others)
@@ -581,7 +586,8 @@ impl Volume {
         let mut h = self.lock_head()?;
         let mut st = lock(&self.reg.shared.state);
         let mut m = self.read_meta()?;
-        super::pool::point_at_snapshot(self.backend(), &mut st, self.name(), &mut m, name)?;
+        super::pool::point_at_snapshot(&mut m, self.name(), name)?;
+        super::pool::give_head(self.backend(), &mut st, &mut m)?;
         meta::write(self.backend(), self.name(), &m).map_err(|e| self.fail_with(&mut h, e))?;
         let others = sharing(self.backend(), self.name(), &m);
         drop(st);
@@ -705,7 +711,7 @@ impl Volume {
             // The sealed layers above the run (the head is the last).
             let above = mp.stack[run.end..mp.stack.len() - 1].to_vec();
             drop(mp);
-            let id = st.new_layer_id();
+            let id = st.new_layer_id(self.backend())?;
             st.pinned.insert(id);
             (run, layers, above, id)
         };

@@ -99,9 +99,10 @@ fn snapshot_clone_and_rollback_cost_does_not_grow_with_data() {
     );
 }
 
-/// Rolling back a closed volume through the pool writes only metadata and
-/// a new head, reads no layer, costs the same after 1 or 64 MiB, and gives
-/// the snapshot's bytes; an open volume is refused.
+/// Rolling back a closed volume through the pool writes only metadata (one
+/// write, one sync, no layer file made), reads no layer, costs the same
+/// after 1 or 64 MiB, and gives the snapshot's bytes; an open volume is
+/// refused.
 #[test]
 fn pool_rollback_of_a_closed_volume_reads_no_data() {
     let measure = |mib: u64| {
@@ -118,7 +119,9 @@ fn pool_rollback_of_a_closed_volume_reads_no_data() {
         v.write_at(0, &vec![0u8; MIB as usize]).unwrap();
         assert_eq!(pool.rollback("v", "s").unwrap_err().code(), "FK0706");
         v.close().unwrap();
+        let files = mem.names_in("layers");
         let c = cost(&mem, || pool.rollback("v", "s").unwrap());
+        assert_eq!(mem.names_in("layers"), files, "no layer file made");
         assert_eq!(pool.rollback("v", "nope").unwrap_err().code(), "FK0704");
         let v = pool.open_volume("v").unwrap();
         assert!(
@@ -134,6 +137,81 @@ fn pool_rollback_of_a_closed_volume_reads_no_data() {
         c1.reads, 2,
         "the metadata file, twice: the update reads which slot is in force"
     );
+    assert_eq!((c1.writes, c1.syncs), (1, 1), "one slot written and synced");
+}
+
+/// A pool with volume "v" (1 MiB) written with block 1 at 0, snapshot "s",
+/// block 2 written over it, closed and rolled back to "s" through the pool.
+fn rolled_back_while_closed(seed: u64) -> (Mem, Pool) {
+    let (mem, pool) = mem_pool(seed);
+    pool.create_volume("v", &VolumeOptions::new(MIB)).unwrap();
+    let v = pool.open_volume("v").unwrap();
+    v.write_at(0, &block(1)).unwrap();
+    v.snapshot("s").unwrap();
+    v.write_at(0, &block(2)).unwrap();
+    v.close().unwrap();
+    pool.rollback("v", "s").unwrap();
+    (mem, pool)
+}
+
+/// A volume rolled back while closed is headless until it opens: the open
+/// puts a new head on the snapshot's layers (one layer file, the metadata
+/// written once), writes go there, and the snapshot keeps its bytes. A
+/// second rollback before any open stays headless too.
+#[test]
+fn a_volume_rolled_back_while_closed_gets_its_head_when_opened() {
+    let (mem, pool) = rolled_back_while_closed(21);
+    pool.rollback("v", "s").unwrap();
+    let snap = pool.info("v").unwrap().snapshots[0].layers.clone();
+    assert_eq!(pool.info("v").unwrap().layers, snap, "headless");
+    let files = mem.names_in("layers").len();
+    let v = pool.open_volume("v").unwrap();
+    let layers = pool.info("v").unwrap().layers;
+    assert_eq!(layers.len(), snap.len() + 1);
+    assert_eq!(layers[..snap.len()], snap[..]);
+    assert_eq!(v.stats().layers, layers);
+    assert_eq!(mem.names_in("layers").len(), files + 1, "one new layer");
+    assert_eq!(read(&v, 0, BS), block(1));
+    v.write_at(0, &block(3)).unwrap();
+    v.close().unwrap();
+    let v = pool.open_volume("v").unwrap();
+    assert_eq!(pool.info("v").unwrap().layers, layers, "opened as it was");
+    assert_eq!(read(&v, 0, BS), block(3));
+    v.rollback("s").unwrap();
+    assert_eq!(read(&v, 0, BS), block(1), "the snapshot kept its bytes");
+}
+
+/// Opening a headless volume fails cleanly at each of its steps (every
+/// operation from the k-th on fails) and, after a crash there, the volume
+/// opens with the snapshot's bytes.
+#[test]
+fn opening_a_headless_volume_survives_a_crash_at_each_step() {
+    let mut failed = 0;
+    for k in 0..12 {
+        let (mem, pool) = rolled_back_while_closed(40 + k);
+        mem.fail_after(k);
+        match pool.open_volume("v") {
+            Ok(v) => drop(v),
+            Err(e) => {
+                assert!(matches!(e, VolumeError::Io { .. }), "k={k}: {e:?}");
+                failed += 1;
+            }
+        }
+        drop(pool);
+        mem.crash(if k % 2 == 0 {
+            CrashMode::DropUnsynced
+        } else {
+            CrashMode::Random
+        });
+        let pool = Pool::with_backend(Arc::new(mem.clone())).unwrap();
+        let v = pool.open_volume("v").unwrap();
+        assert_eq!(read(&v, 0, BS), block(1), "k={k}");
+        v.write_at(BS, &block(4)).unwrap();
+        v.close().unwrap();
+        let v = pool.open_volume("v").unwrap();
+        assert_eq!(read(&v, 0, 2 * BS), [block(1), block(4)].concat(), "k={k}");
+    }
+    assert!(failed > 2, "the open failed at several steps ({failed})");
 }
 
 /// With 500 layers, reading a block is one backend read (one index lookup,

@@ -549,6 +549,9 @@ impl Harness {
         let Some(snap) = self.pick_snapshot(name) else {
             return;
         };
+        if self.rng.chance(1, 2) {
+            return self.rollback_closed(name, &snap);
+        }
         self.note(format!("{name}: rollback to {snap}"));
         let t = self.vols.get_mut(name).unwrap();
         let image = t.cur.snaps[&snap].as_ref().clone();
@@ -564,6 +567,35 @@ impl Harness {
                 };
                 self.failure("rollback", e, vec![(name.into(), Some(m))]);
             }
+        }
+    }
+
+    /// Closes volume `name`, rolls it back through the pool (which leaves
+    /// its metadata headless) and opens it again (which gives it a head).
+    fn rollback_closed(&mut self, name: &str, snap: &str) {
+        self.note(format!(
+            "{name}: close, rollback to {snap} while closed, open"
+        ));
+        let t = self.vols.get_mut(name).unwrap();
+        let image = t.cur.snaps[snap].as_ref().clone();
+        if let Err(e) = t.vol.take().unwrap().close() {
+            let m = Some(t.cur.clone());
+            t.cur = t.dur.clone();
+            return self.failure("close", e, vec![(name.into(), m)]);
+        }
+        t.dur.data = t.cur.data.clone();
+        if let Err(e) = self.pool.rollback(name, snap) {
+            let m = Model {
+                data: image,
+                snaps: t.dur.snaps.clone(),
+            };
+            return self.failure("rollback", e, vec![(name.into(), Some(m))]);
+        }
+        t.cur.data = image;
+        t.dur = t.cur.clone();
+        match self.pool.open_volume(name) {
+            Ok(v) => t.vol = Some(v),
+            Err(e) => self.failure("open", e, vec![]),
         }
     }
 
