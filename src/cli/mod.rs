@@ -556,7 +556,7 @@ fn run(cli: &Cli) -> CliResult {
         Command::Gc { dry_run } => {
             let store = open(cli, LockMode::Exclusive)?;
             let mut in_use = crate::mount::track::mounted_ids(&store);
-            in_use.extend(crate::container::Containers::new(store.root()).image_ids());
+            in_use.extend(crate::container::Containers::new(store.root()).image_ids()?);
             let keep: Vec<_> = in_use
                 .iter()
                 .filter_map(|h| crate::store::ObjectId::from_hex(h).ok())

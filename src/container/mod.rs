@@ -257,7 +257,9 @@ impl Containers {
         })
     }
 
-    /// Every container, sorted by name.
+    /// Every container, sorted by name. A record being written (its temp
+    /// file) or removed meanwhile (`run --rm` takes no store lock for
+    /// either) is not an error: it is listed or not. A damaged record is.
     pub fn list(&self) -> Result<Vec<Container>> {
         let Ok(entries) = std::fs::read_dir(&self.dir) else {
             return Ok(Vec::new());
@@ -268,11 +270,20 @@ impl Containers {
                 e.file_name()
                     .to_str()?
                     .strip_suffix(".json")
+                    .filter(|n| check_name(n).is_ok())
                     .map(str::to_string)
             })
             .collect();
         names.sort();
-        names.iter().map(|n| self.get(n)).collect()
+        let mut found = Vec::with_capacity(names.len());
+        for n in &names {
+            match self.get(n) {
+                Ok(c) => found.push(c),
+                Err(ContainerError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(found)
     }
 
     /// `ps`: every container and whether it is mounted.
@@ -300,13 +311,11 @@ impl Containers {
             .collect())
     }
 
-    /// IDs of the images containers use (`gc` keeps them).
-    pub fn image_ids(&self) -> Vec<String> {
-        self.list()
-            .unwrap_or_default()
-            .into_iter()
-            .map(|c| c.image_id)
-            .collect()
+    /// IDs of the images containers use (`gc` keeps them). An error (a
+    /// damaged record) is returned, never taken for "no containers": gc
+    /// would delete images in use.
+    pub fn image_ids(&self) -> Result<Vec<String>> {
+        Ok(self.list()?.into_iter().map(|c| c.image_id).collect())
     }
 
     /// Creates container `name` (or a generated name) from `image`.
@@ -804,5 +813,34 @@ mod tests {
         let g = generated_name("docker.io/library/debian:bookworm");
         assert!(g.starts_with("debian-") && check_name(&g).is_ok(), "{g}");
         assert!(check_name(&generated_name("_x")).is_ok());
+    }
+
+    /// `list` (and so gc's `image_ids`) skips a record's temp file and a
+    /// record removed meanwhile, and fails on a damaged record instead of
+    /// taking it for no containers (gc would then delete images in use).
+    #[test]
+    fn listing_skips_temp_files_and_fails_on_damage() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = Containers::new(dir.path());
+        let c = |name: &str, image_id: &str| Container {
+            name: name.into(),
+            image: "img".into(),
+            image_id: image_id.into(),
+            volume: volume_of(name),
+            size: 1 << 30,
+            created: 0,
+            mountpoint: None,
+        };
+        cs.put(&c("a", "1111")).unwrap();
+        cs.put(&c("b", "2222")).unwrap();
+        std::fs::write(cs.dir.join(".tmp-1-0-c.json"), b"{").unwrap();
+        assert_eq!(cs.image_ids().unwrap(), ["1111", "2222"]);
+        std::fs::write(cs.record_path("b"), b"").unwrap();
+        let e = cs.image_ids().unwrap_err();
+        assert!(
+            matches!(e, ContainerError::Store(StoreError::Damaged(_))),
+            "{e:?}"
+        );
+        assert!(cs.list().is_err());
     }
 }
