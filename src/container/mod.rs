@@ -320,6 +320,30 @@ impl Containers {
 
     /// Creates container `name` (or a generated name) from `image`.
     pub fn create(&self, image: &str, name: Option<&str>, size: u64) -> Result<Container> {
+        self.create_as(image, name, size, false)
+    }
+
+    /// Creates a **disposable** container (`run --rm`): like
+    /// [`Containers::create`], with an ephemeral volume
+    /// ([`crate::volume::Pool::clone_ephemeral`]): its metadata is never
+    /// synced, and a crash of the machine takes the volume with it (the
+    /// record then names a missing volume, which `rm` accepts).
+    pub fn create_disposable(
+        &self,
+        image: &str,
+        name: Option<&str>,
+        size: u64,
+    ) -> Result<Container> {
+        self.create_as(image, name, size, true)
+    }
+
+    fn create_as(
+        &self,
+        image: &str,
+        name: Option<&str>,
+        size: u64,
+        ephemeral: bool,
+    ) -> Result<Container> {
         // Before anything is written: a bad size would otherwise surface
         // as a failed mkfs of the template.
         crate::volume::check_size(size)?;
@@ -350,6 +374,7 @@ impl Containers {
                     volume: template.clone(),
                     snapshot: TEMPLATE_SNAPSHOT.into(),
                     new: volume.clone(),
+                    ephemeral,
                 },
             );
             match cloned {

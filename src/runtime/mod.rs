@@ -148,7 +148,11 @@ pub fn run(store_root: &Path, image: &str, opts: &RunOptions) -> Result<i32> {
     }
     let c = {
         let _s = tracing::debug_span!("create").entered();
-        containers.create(image, opts.name.as_deref(), opts.size)?
+        if opts.rm {
+            containers.create_disposable(image, opts.name.as_deref(), opts.size)?
+        } else {
+            containers.create(image, opts.name.as_deref(), opts.size)?
+        }
     };
     let result = run_created(store_root, &containers, &c, opts);
     if opts.rm {

@@ -75,6 +75,20 @@ pub trait Backend: Debug + Send + Sync {
     fn create_dir(&self, dir: &Path) -> io::Result<()>;
     /// Makes earlier changes to the names in `dir` durable (fsync of the directory).
     fn sync_dir(&self, dir: &Path) -> io::Result<()>;
+    /// Names the current boot of the machine whose files these are: what
+    /// was never synced is only trusted within the boot that wrote it
+    /// (ephemeral volumes' metadata). `None` if unknown. The default reads
+    /// the kernel's random boot ID.
+    fn boot_id(&self) -> Option<String> {
+        static BOOT: OnceLock<Option<String>> = OnceLock::new();
+        BOOT.get_or_init(|| {
+            let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+            let id = id.trim();
+            (!id.is_empty() && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'))
+                .then(|| id.to_string())
+        })
+        .clone()
+    }
 }
 
 /// The real backend: `std::fs` under a root directory.

@@ -167,12 +167,60 @@ pub(crate) fn check_name(name: &str) -> Result<()> {
 
 pub(crate) const DIR: &str = "volumes";
 
+/// Where the metadata of **ephemeral** volumes is kept (a `run --rm`
+/// container's): written without any sync, and valid only in the boot that
+/// wrote it, which its file name carries (`<name>@<boot ID>.meta`). A
+/// later boot's listing reports such files as stale without reading them:
+/// after a crash an unsynced file may hold anything.
+pub(crate) const EPHEMERAL_DIR: &str = "volumes/ephemeral";
+
 fn path(name: &str) -> PathBuf {
     PathBuf::from(format!("{DIR}/{name}.meta"))
 }
 
 fn temp_path(name: &str) -> PathBuf {
     PathBuf::from(format!("{DIR}/{name}.meta.tmp"))
+}
+
+/// An ephemeral volume's metadata file in this boot, and its temp file;
+/// `None` when the backend knows no boot ID (no volume is ephemeral then).
+fn ephemeral_paths(backend: &dyn Backend, name: &str) -> Option<(PathBuf, PathBuf)> {
+    let boot = backend.boot_id()?;
+    let p = format!("{EPHEMERAL_DIR}/{name}@{boot}.meta");
+    Some((PathBuf::from(&p), PathBuf::from(p + ".tmp")))
+}
+
+/// Which kind of metadata file a volume has.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Kind {
+    /// `volumes/<name>.meta`, synced.
+    Durable,
+    /// In [`EPHEMERAL_DIR`], never synced.
+    Ephemeral,
+    /// `volumes/<name>.json`, plain JSON of earlier versions.
+    Legacy,
+}
+
+/// A volume's metadata file: where it is, its kind, and the open file.
+type Located = (
+    PathBuf,
+    Kind,
+    std::sync::Arc<dyn super::backend::BackendFile>,
+);
+
+/// Volume `name`'s metadata file, opened: `None` when it has none.
+fn locate(backend: &dyn Backend, name: &str, writable: bool) -> Result<Option<Located>> {
+    let mut candidates = vec![(path(name), Kind::Durable)];
+    if let Some((p, _)) = ephemeral_paths(backend, name) {
+        candidates.push((p, Kind::Ephemeral));
+    }
+    candidates.push((legacy_path(name), Kind::Legacy));
+    for (p, kind) in candidates {
+        if let Some(f) = open_if_exists(backend, &p, writable)? {
+            return Ok(Some((p, kind, f)));
+        }
+    }
+    Ok(None)
 }
 
 /// The metadata file of fukastor versions before the two-slot file.
@@ -271,12 +319,8 @@ fn open_if_exists(
 
 /// Reads a volume's metadata; [`VolumeError::NotFound`] when it has none.
 pub(crate) fn read(backend: &dyn Backend, name: &str) -> Result<VolumeMeta> {
-    let (p, file) = match open_if_exists(backend, &path(name), false)? {
-        Some(f) => (path(name), f),
-        None => match open_if_exists(backend, &legacy_path(name), false)? {
-            Some(f) => (legacy_path(name), f),
-            None => return Err(VolumeError::NotFound(name.to_string())),
-        },
+    let Some((p, kind, file)) = locate(backend, name, false)? else {
+        return Err(VolumeError::NotFound(name.to_string()));
     };
     let bytes = match read_all(&*file) {
         Ok(b) => b,
@@ -285,7 +329,7 @@ pub(crate) fn read(backend: &dyn Backend, name: &str) -> Result<VolumeMeta> {
         }
         Err(e) => return Err(io_err(format!("reading {}", p.display()))(e)),
     };
-    let json = if p == path(name) {
+    let json = if kind != Kind::Legacy {
         match current_slot(&bytes) {
             Ok(Some(slot)) => slot.json,
             Ok(None) => {
@@ -354,71 +398,112 @@ pub(crate) fn exists(backend: &dyn Backend, name: &str) -> Result<bool> {
     }
 }
 
-/// Replaces a volume's metadata atomically and durably: in place, in the
-/// slot not in force, when the file exists and the new version fits;
-/// otherwise by a new file.
+/// Replaces a volume's metadata atomically (and durably, unless the volume
+/// is ephemeral): in place, in the slot not in force, when the file exists
+/// and the new version fits; otherwise by a new file. A volume without
+/// metadata gets a durable file.
 pub(crate) fn write(backend: &dyn Backend, name: &str, m: &VolumeMeta) -> Result<()> {
-    let p = path(name);
-    let ctx = || format!("writing {}", p.display());
-    let mut json =
-        serde_json::to_vec_pretty(m).map_err(|e| io_err(ctx())(std::io::Error::other(e)))?;
-    json.push(b'\n');
-    if json.len() as u64 > MAX_FILE / 4 {
-        return Err(io_err(ctx())(std::io::Error::other(
-            "the metadata is too large",
-        )));
+    let ctx = || format!("writing the metadata of volume {name:?}");
+    let json = encode(m).map_err(io_err(ctx()))?;
+    let Some((p, kind, file)) = locate(backend, name, true)? else {
+        return write_file(backend, name, 1, &json, false);
+    };
+    if kind == Kind::Legacy {
+        return write_file(backend, name, 1, &json, false);
     }
-    let mut generation = 1;
-    if let Some(file) = open_if_exists(backend, &p, true)? {
-        // Never write over a file that is not understood.
-        let damaged = || {
-            read(backend, name)
-                .err()
-                .unwrap_or(VolumeError::Damaged(ctx()))
-        };
-        let bytes = match read_all(&*file) {
-            Ok(b) => b,
-            Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(damaged()),
-            Err(e) => return Err(io_err(ctx())(e)),
-        };
-        let Ok(Some(current)) = current_slot(&bytes) else {
-            return Err(damaged());
-        };
-        generation = current
-            .generation
-            .checked_add(1)
-            .ok_or_else(|| VolumeError::Damaged(format!("{}: generation overflow", p.display())))?;
-        let size = bytes.len() / 2;
-        if SLOT_HEADER + json.len() <= size {
-            let other = 1 - current.index;
-            let written = file
-                .write_at(&encode_slot(generation, &json), (other * size) as u64)
-                .and_then(|()| file.sync());
-            match written {
-                Ok(()) => return Ok(()),
-                // The slot may now be in the page cache only, marked clean
-                // (Linux drops a failed page's dirty state), where a later
-                // read would take it for the version in force. Write the
-                // version again as a new file instead: its rename leaves
-                // the old inode, and its stale pages, behind.
-                Err(e) => tracing::warn!("{}: {e}; writing it as a new file", ctx()),
-            }
+    // Never write over a file that is not understood.
+    let damaged = || {
+        read(backend, name)
+            .err()
+            .unwrap_or(VolumeError::Damaged(ctx()))
+    };
+    let bytes = match read_all(&*file) {
+        Ok(b) => b,
+        Err(e) if e.kind() == std::io::ErrorKind::InvalidData => return Err(damaged()),
+        Err(e) => return Err(io_err(ctx())(e)),
+    };
+    let Ok(Some(current)) = current_slot(&bytes) else {
+        return Err(damaged());
+    };
+    let generation = current
+        .generation
+        .checked_add(1)
+        .ok_or_else(|| VolumeError::Damaged(format!("{}: generation overflow", p.display())))?;
+    let ephemeral = kind == Kind::Ephemeral;
+    let size = bytes.len() / 2;
+    if SLOT_HEADER + json.len() <= size {
+        let other = 1 - current.index;
+        let written = file
+            .write_at(&encode_slot(generation, &json), (other * size) as u64)
+            .and_then(|()| if ephemeral { Ok(()) } else { file.sync() });
+        match written {
+            Ok(()) => return Ok(()),
+            // The slot may now be in the page cache only, marked clean
+            // (Linux drops a failed page's dirty state), where a later
+            // read would take it for the version in force. Write the
+            // version again as a new file instead: its rename leaves
+            // the old inode, and its stale pages, behind.
+            Err(e) => tracing::warn!("{}: {e}; writing it as a new file", ctx()),
         }
     }
-    // A new file, with room for the metadata to double. Both slots are
-    // written (the second with zeros), so that updates overwrite
-    // allocated blocks.
+    write_file(backend, name, generation, &json, ephemeral)
+}
+
+/// Writes the metadata of a volume that has none: durable, or ephemeral
+/// (in [`EPHEMERAL_DIR`], never synced; durable if the backend knows no
+/// boot ID).
+pub(crate) fn create(
+    backend: &dyn Backend,
+    name: &str,
+    m: &VolumeMeta,
+    ephemeral: bool,
+) -> Result<()> {
+    let json = encode(m).map_err(io_err(format!("writing the metadata of volume {name:?}")))?;
+    write_file(backend, name, 1, &json, ephemeral)
+}
+
+/// One version's JSON, refused if it is too large for a metadata file.
+fn encode(m: &VolumeMeta) -> std::io::Result<Vec<u8>> {
+    let mut json = serde_json::to_vec_pretty(m).map_err(std::io::Error::other)?;
+    json.push(b'\n');
+    if json.len() as u64 > MAX_FILE / 4 {
+        return Err(std::io::Error::other("the metadata is too large"));
+    }
+    Ok(json)
+}
+
+/// Writes `json` as generation `generation` into a new metadata file,
+/// with room for the metadata to double: a temp file, renamed over the
+/// volume's file. Durable: synced, and the directory synced, and a legacy
+/// `.json` removed. Ephemeral: neither synced.
+fn write_file(
+    backend: &dyn Backend,
+    name: &str,
+    generation: u64,
+    json: &[u8],
+    ephemeral: bool,
+) -> Result<()> {
+    let ephemeral = ephemeral.then(|| ephemeral_paths(backend, name)).flatten();
+    let durable = ephemeral.is_none();
+    let (p, tmp) = ephemeral.unwrap_or_else(|| (path(name), temp_path(name)));
+    let ctx = || format!("writing {}", p.display());
+    // Both slots are written (the second with zeros), so that updates
+    // overwrite allocated blocks.
     let size = (2 * (SLOT_HEADER + json.len())).next_multiple_of(slot_align());
-    let mut bytes = encode_slot(generation, &json);
+    let mut bytes = encode_slot(generation, json);
     bytes.resize(2 * size, 0);
-    let tmp = temp_path(name);
     let file = backend.create(&tmp).map_err(io_err(ctx()))?;
     file.write_at(&bytes, 0).map_err(io_err(ctx()))?;
-    file.sync().map_err(io_err(ctx()))?;
+    if durable {
+        file.sync().map_err(io_err(ctx()))?;
+    }
     drop(file);
     backend.rename(&tmp, &p).map_err(io_err(ctx()))?;
-    backend.sync_dir(Path::new(DIR)).map_err(io_err(ctx()))?;
-    remove_legacy(backend, name).map_err(io_err(ctx()))
+    if durable {
+        backend.sync_dir(Path::new(DIR)).map_err(io_err(ctx()))?;
+        remove_legacy(backend, name).map_err(io_err(ctx()))?;
+    }
+    Ok(())
 }
 
 /// Removes a legacy `.json` that a `.meta` has replaced: it is no longer
@@ -432,8 +517,16 @@ fn remove_legacy(backend: &dyn Backend, name: &str) -> std::io::Result<()> {
     }
 }
 
-/// Removes a volume's metadata durably.
+/// Removes a volume's metadata durably (an ephemeral volume's: with no
+/// sync).
 pub(crate) fn remove(backend: &dyn Backend, name: &str) -> Result<()> {
+    if let Some((p, _)) = ephemeral_paths(backend, name) {
+        match backend.remove(&p) {
+            Ok(()) => return Ok(()),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
+            Err(e) => return Err(io_err(format!("removing {}", p.display()))(e)),
+        }
+    }
     let mut removed = false;
     // The legacy file first: were the `.meta` removed alone, a stale
     // `.json` behind it would be read as the volume again.
@@ -453,9 +546,34 @@ pub(crate) fn remove(backend: &dyn Backend, name: &str) -> Result<()> {
 }
 
 /// The names of all volumes, sorted, and the stale files: leftover temp
-/// files, and legacy `.json` files a `.meta` has replaced (a crash between
-/// the rename and the removal leaves one).
+/// files, legacy `.json` files a `.meta` has replaced (a crash between
+/// the rename and the removal leaves one), and ephemeral volumes' files
+/// of other boots.
 pub(crate) fn list(backend: &dyn Backend) -> Result<(Vec<String>, Vec<PathBuf>)> {
+    let (mut names, mut stale) = list_durable(backend)?;
+    let entries = match backend.list(Path::new(EPHEMERAL_DIR)) {
+        Ok(e) => e,
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
+        Err(e) => return Err(io_err("listing ephemeral volumes")(e)),
+    };
+    let boot = backend.boot_id();
+    for e in entries {
+        let this_boot = e
+            .strip_suffix(".meta")
+            .and_then(|n| n.rsplit_once('@'))
+            .filter(|(n, b)| Some(*b) == boot.as_deref() && check_name(n).is_ok());
+        match this_boot {
+            Some((n, _)) => names.push(n.to_string()),
+            None => stale.push(PathBuf::from(format!("{EPHEMERAL_DIR}/{e}"))),
+        }
+    }
+    names.sort();
+    names.dedup();
+    Ok((names, stale))
+}
+
+/// [`list`] of `volumes/` alone.
+fn list_durable(backend: &dyn Backend) -> Result<(Vec<String>, Vec<PathBuf>)> {
     let entries: std::collections::BTreeSet<String> = backend
         .list(Path::new(DIR))
         .map_err(io_err("listing volumes"))?

@@ -243,6 +243,10 @@ impl Pool {
                 .map_err(io_err(ctx.clone()))?;
             backend.sync_dir(Path::new(dir)).map_err(io_err(ctx))?;
         }
+        // Not synced: it holds nothing that outlives a boot.
+        backend
+            .create_dir(Path::new(meta::EPHEMERAL_DIR))
+            .map_err(io_err("opening the pool's ephemeral volumes directory"))?;
         let state = PoolState {
             open: BTreeSet::new(),
             pinned: BTreeSet::new(),
@@ -380,6 +384,22 @@ impl Pool {
     /// stack is the snapshot's sealed layers (shared, not copied) and a new
     /// empty head. Costs the same whatever the amount of data.
     pub fn clone_snapshot(&self, volume: &str, snapshot: &str, new: &str) -> Result<()> {
+        self.clone_as(volume, snapshot, new, false)
+    }
+
+    /// Like [`Pool::clone_snapshot`], for an **ephemeral** volume (a
+    /// disposable container's): its metadata, and every update of it, is
+    /// never synced, and it does not outlive the machine's boot. After a
+    /// crash of the machine it is gone (its head is garbage for
+    /// [`Pool::reclaim`]); until then it is a volume like any other. Its
+    /// creation and deletion cost no sync: on a host filesystem with
+    /// delayed allocation, a metadata file deleted before writeback never
+    /// gets a block (and so no discard when it goes).
+    pub fn clone_ephemeral(&self, volume: &str, snapshot: &str, new: &str) -> Result<()> {
+        self.clone_as(volume, snapshot, new, true)
+    }
+
+    fn clone_as(&self, volume: &str, snapshot: &str, new: &str, ephemeral: bool) -> Result<()> {
         meta::check_name(new)?;
         let mut st = lock(&self.shared.state);
         if meta::exists(self.backend(), new)? {
@@ -401,7 +421,7 @@ impl Pool {
             snapshots: vec![],
             ..src.clone()
         };
-        meta::write(self.backend(), new, &m)
+        meta::create(self.backend(), new, &m, ephemeral)
     }
 
     /// Makes closed volume `volume` what it was at snapshot `snapshot`: its

@@ -210,6 +210,9 @@ pub enum Request {
         snapshot: String,
         /// The new volume.
         new: String,
+        /// Ephemeral ([`Pool::clone_ephemeral`]): a disposable container's.
+        #[serde(default)]
+        ephemeral: bool,
     },
     /// Make sure template volume `name` (an empty ext4 filesystem of `size`
     /// bytes with directories `upper` and `work`, snapshot
@@ -1027,8 +1030,13 @@ impl Ctx {
                 volume,
                 snapshot,
                 new,
+                ephemeral,
             } => {
-                self.pool.clone_snapshot(volume, snapshot, new)?;
+                if *ephemeral {
+                    self.pool.clone_ephemeral(volume, snapshot, new)?;
+                } else {
+                    self.pool.clone_snapshot(volume, snapshot, new)?;
+                }
                 Ok(Response::Ok)
             }
             Request::Template { name, size } => {

@@ -638,6 +638,81 @@ fn snapshot_with_the_index_written_in_the_background() {
     assert!(read(&v, MIB, data.len() as u64) == data);
 }
 
+/// An ephemeral clone (a `run --rm` container's volume) is a volume like
+/// any other, whose creation, metadata updates and deletion sync nothing.
+#[test]
+fn an_ephemeral_clone_syncs_nothing() {
+    let (mem, pool) = mem_pool(31);
+    pool.create_volume("t", &VolumeOptions::new(MIB)).unwrap();
+    let v = pool.open_volume("t").unwrap();
+    v.write_at(0, &block(1)).unwrap();
+    v.snapshot("s").unwrap();
+    v.close().unwrap();
+    pool.want_spare(false);
+    pool.make_spares().unwrap();
+    let c = cost(&mem, || pool.clone_ephemeral("t", "s", "e").unwrap());
+    assert_eq!(c.syncs, 0, "{c:?}");
+    assert_eq!(pool.volumes().unwrap(), ["e", "t"]);
+    let e = pool.open_volume("e").unwrap();
+    assert_eq!(read(&e, 0, BS), block(1));
+    e.write_at(0, &block(2)).unwrap();
+    e.flush().unwrap();
+    e.close().unwrap();
+    let m = super::super::meta::read(&mem, "e").unwrap();
+    let c = cost(&mem, || super::super::meta::write(&mem, "e", &m).unwrap());
+    assert_eq!(
+        (c.writes, c.syncs),
+        (1, 0),
+        "an update in place, not synced"
+    );
+    let e = pool.open_volume("e").unwrap();
+    assert_eq!(read(&e, 0, BS), block(2));
+    e.close().unwrap();
+    let c = cost(&mem, || pool.delete_volume("e").unwrap());
+    assert_eq!(c.syncs, 0, "{c:?}");
+    assert_eq!(pool.volumes().unwrap(), ["t"]);
+}
+
+/// After a crash (a new boot), an ephemeral clone is gone, whether or not
+/// its unsynced metadata file survived (a leftover is stale, never read),
+/// and its head is garbage; a durable clone made with it stays.
+#[test]
+fn an_ephemeral_clone_is_gone_after_a_crash() {
+    let mut leftovers = 0;
+    for seed in 0..8 {
+        let (mem, pool) = mem_pool(50 + seed);
+        pool.create_volume("t", &VolumeOptions::new(MIB)).unwrap();
+        let v = pool.open_volume("t").unwrap();
+        v.write_at(0, &block(1)).unwrap();
+        v.snapshot("s").unwrap();
+        v.close().unwrap();
+        pool.clone_ephemeral("t", "s", "e").unwrap();
+        pool.clone_snapshot("t", "s", "d").unwrap();
+        let e = pool.open_volume("e").unwrap();
+        e.write_at(BS, &block(3)).unwrap();
+        e.flush().unwrap();
+        let head = *e.stats().layers.last().unwrap();
+        drop(e);
+        drop(pool);
+        mem.crash(CrashMode::Random);
+        let pool = Pool::with_backend(Arc::new(mem.clone())).unwrap();
+        assert_eq!(pool.volumes().unwrap(), ["d", "t"], "seed {seed}");
+        assert_eq!(pool.info("e").unwrap_err().code(), "FK0701");
+        let left = mem.names_in("volumes/ephemeral").len();
+        leftovers += left;
+        let r = pool.reclaim().unwrap();
+        assert_eq!(r.temp_files, left, "seed {seed}: {r:?}");
+        assert!(mem.names_in("volumes/ephemeral").is_empty());
+        assert!(!layer_files(&mem).contains(&head), "its head is garbage");
+        let d = pool.open_volume("d").unwrap();
+        assert_eq!(
+            read(&d, 0, 2 * BS),
+            [block(1), vec![0; BS as usize]].concat()
+        );
+    }
+    assert!(leftovers > 0, "some crash kept the ephemeral file's name");
+}
+
 /// A spare head made ahead ([`Pool::make_spares`]) is what the next
 /// snapshot or rollback takes: two syncs fewer on its path (no layer file
 /// created), and reclaim leaves it alone while the pool is open; once the

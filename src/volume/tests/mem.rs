@@ -12,7 +12,8 @@
 //!   name changes, in order ([`CrashMode::Random`]);
 //! - it counts operations and bytes written, and can fail every operation
 //!   after the N-th ([`Mem::fail_after`]) or only the N-th
-//!   ([`Mem::fail_once`]); a failing write may have written a prefix.
+//!   ([`Mem::fail_once`]); a failing write may have written a prefix;
+//! - each crash starts a new boot (its [`Backend::boot_id`] changes).
 //!
 //! Directories are created durable and never removed.
 
@@ -102,6 +103,8 @@ struct State {
     fail_after: Option<u64>,
     fail_once: Option<u64>,
     rng: Rng,
+    /// Counts crashes: each starts a new boot ([`Backend::boot_id`]).
+    boot: u64,
 }
 
 /// The in-memory backend. Clones share the same files.
@@ -169,6 +172,7 @@ impl Mem {
             fail_after: None,
             fail_once: None,
             rng: Rng::new(seed ^ 0x6d65_6d6d),
+            boot: 0,
         };
         Mem {
             st: Arc::new(Mutex::new(st)),
@@ -233,6 +237,7 @@ impl Mem {
         st.names = names;
         st.fail_after = None;
         st.fail_once = None;
+        st.boot += 1;
     }
 
     /// Creates a durable file with `data` (a base image).
@@ -361,6 +366,10 @@ impl BackendFile for MemFile {
 }
 
 impl Backend for Mem {
+    fn boot_id(&self) -> Option<String> {
+        Some(format!("boot-{}", lock(&self.st).boot))
+    }
+
     fn open(&self, path: &Path, writable: bool) -> io::Result<Arc<dyn BackendFile>> {
         let mut st = lock(&self.st);
         st.op()?;
