@@ -556,7 +556,14 @@ fn run(cli: &Cli) -> CliResult {
         Command::Gc { dry_run } => {
             let store = open(cli, LockMode::Exclusive)?;
             let mut in_use = crate::mount::track::mounted_ids(&store);
-            in_use.extend(crate::container::Containers::new(store.root()).image_ids()?);
+            let containers = crate::container::Containers::new(store.root());
+            if !*dry_run {
+                let n = containers.remove_stale_records()?;
+                if n > 0 {
+                    tracing::info!("removed {n} records of disposable containers of earlier boots");
+                }
+            }
+            in_use.extend(containers.image_ids()?);
             let keep: Vec<_> = in_use
                 .iter()
                 .filter_map(|h| crate::store::ObjectId::from_hex(h).ok())

@@ -40,7 +40,7 @@ use serde::{Deserialize, Serialize};
 
 use crate::error::Coded;
 use crate::mount::MountError;
-use crate::store::{LockMode, Store, StoreError, write_atomic};
+use crate::store::{LockMode, Store, StoreError, write_atomic, write_atomic_volatile};
 use crate::volume::VolumeError;
 use crate::volume::server::{self, Paths, Request, Response, TEMPLATE_SNAPSHOT};
 
@@ -218,6 +218,24 @@ impl Containers {
         self.dir.join(format!("{name}.json"))
     }
 
+    /// Where a disposable container's record is kept: like an ephemeral
+    /// volume's metadata, never synced and valid only in the boot that
+    /// wrote it, whose ID the name carries. `None` without a boot ID. (In
+    /// `containers/.ephemeral/`: a container's name cannot start with a
+    /// dot, so no work directory is ever that one.)
+    fn ephemeral_record_path(&self, name: &str) -> Option<PathBuf> {
+        let boot = crate::volume::boot_id()?;
+        Some(self.dir.join(format!(".ephemeral/{name}@{boot}.json")))
+    }
+
+    /// Container `name`'s record file, if it has one: the durable one,
+    /// else this boot's ephemeral one.
+    fn locate(&self, name: &str) -> Option<PathBuf> {
+        std::iter::once(self.record_path(name))
+            .chain(self.ephemeral_record_path(name))
+            .find(|p| p.exists())
+    }
+
     fn work_dir(&self, name: &str) -> PathBuf {
         self.dir.join(name)
     }
@@ -225,7 +243,10 @@ impl Containers {
     /// Container `name`'s record.
     pub fn get(&self, name: &str) -> Result<Container> {
         check_name(name).map_err(|_| ContainerError::NotFound(name.to_string()))?;
-        let data = match std::fs::read(self.record_path(name)) {
+        let Some(path) = self.locate(name) else {
+            return Err(ContainerError::NotFound(name.to_string()));
+        };
+        let data = match std::fs::read(path) {
             Ok(d) => d,
             Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
                 return Err(ContainerError::NotFound(name.to_string()));
@@ -242,13 +263,32 @@ impl Containers {
             .map_err(|e| StoreError::Damaged(format!("container record {name}: {e}")).into())
     }
 
+    /// Writes container `c`'s record where it is (a new one: durably).
     fn put(&self, c: &Container) -> Result<()> {
-        std::fs::create_dir_all(&self.dir).map_err(|e| StoreError::Io {
-            context: "creating fukastor/containers".into(),
+        let ephemeral = self
+            .ephemeral_record_path(&c.name)
+            .filter(|p| p.exists() && !self.record_path(&c.name).exists());
+        self.write_record(c, ephemeral)
+    }
+
+    /// Writes container `c`'s record: durably (`write_atomic`), or at
+    /// `ephemeral`, not synced (`write_atomic_volatile`).
+    fn write_record(&self, c: &Container, ephemeral: Option<PathBuf>) -> Result<()> {
+        let path = ephemeral
+            .clone()
+            .unwrap_or_else(|| self.record_path(&c.name));
+        let dir = path.parent().unwrap_or(&self.dir);
+        std::fs::create_dir_all(dir).map_err(|e| StoreError::Io {
+            context: format!("creating {}", dir.display()),
             source: e,
         })?;
         let data = serde_json::to_vec_pretty(c).expect("serializes");
-        write_atomic(&self.record_path(&c.name), &data).map_err(|e| {
+        let written = if ephemeral.is_some() {
+            write_atomic_volatile(&path, &data)
+        } else {
+            write_atomic(&path, &data)
+        };
+        written.map_err(|e| {
             StoreError::Io {
                 context: format!("writing container {}", c.name),
                 source: e,
@@ -261,20 +301,32 @@ impl Containers {
     /// file) or removed meanwhile (`run --rm` takes no store lock for
     /// either) is not an error: it is listed or not. A damaged record is.
     pub fn list(&self) -> Result<Vec<Container>> {
-        let Ok(entries) = std::fs::read_dir(&self.dir) else {
-            return Ok(Vec::new());
+        let names_in = |dir: &Path, suffix: &str| -> Vec<String> {
+            let Ok(entries) = std::fs::read_dir(dir) else {
+                return vec![];
+            };
+            entries
+                .filter_map(|e| e.ok())
+                .filter_map(|e| {
+                    e.file_name()
+                        .to_str()?
+                        .strip_suffix(suffix)
+                        .filter(|n| check_name(n).is_ok())
+                        .map(str::to_string)
+                })
+                .collect()
         };
-        let mut names: Vec<String> = entries
-            .filter_map(|e| e.ok())
-            .filter_map(|e| {
-                e.file_name()
-                    .to_str()?
-                    .strip_suffix(".json")
-                    .filter(|n| check_name(n).is_ok())
-                    .map(str::to_string)
-            })
-            .collect();
+        let mut names = names_in(&self.dir, ".json");
+        // Disposable containers of this boot (those of other boots died
+        // with the machine; their files are never read).
+        if let Some(boot) = crate::volume::boot_id() {
+            names.extend(names_in(
+                &self.dir.join(".ephemeral"),
+                &format!("@{boot}.json"),
+            ));
+        }
         names.sort();
+        names.dedup();
         let mut found = Vec::with_capacity(names.len());
         for n in &names {
             match self.get(n) {
@@ -309,6 +361,33 @@ impl Containers {
                 }
             })
             .collect())
+    }
+
+    /// Removes the records of disposable containers of earlier boots of
+    /// the machine, unread (they died with it; their volumes are gone);
+    /// returns how many. For `gc`.
+    pub fn remove_stale_records(&self) -> Result<usize> {
+        let Some(boot) = crate::volume::boot_id() else {
+            return Ok(0);
+        };
+        let dir = self.dir.join(".ephemeral");
+        let Ok(entries) = std::fs::read_dir(&dir) else {
+            return Ok(0);
+        };
+        let this_boot = format!("@{boot}.json");
+        let mut n = 0;
+        for e in entries.filter_map(|e| e.ok()) {
+            let name = e.file_name();
+            if name.to_str().is_some_and(|n| n.ends_with(&this_boot)) {
+                continue;
+            }
+            std::fs::remove_file(e.path()).map_err(|e| StoreError::Io {
+                context: format!("removing {}", dir.join(&name).display()),
+                source: e,
+            })?;
+            n += 1;
+        }
+        Ok(n)
     }
 
     /// IDs of the images containers use (`gc` keeps them). An error (a
@@ -356,7 +435,7 @@ impl Containers {
             None => generated_name(&label),
         };
         check_name(&name)?;
-        if self.record_path(&name).exists() {
+        if self.locate(&name).is_some() {
             return Err(ContainerError::Exists(name));
         }
         let volume = volume_of(&name);
@@ -407,7 +486,12 @@ impl Containers {
             created: crate::mount::now(),
             mountpoint: None,
         };
-        self.put(&c)?;
+        let record = if ephemeral {
+            self.ephemeral_record_path(&c.name)
+        } else {
+            None
+        };
+        self.write_record(&c, record)?;
         Ok(c)
     }
 
@@ -673,7 +757,10 @@ impl Containers {
     /// Removes container `name`'s directory and then its record.
     fn forget(&self, name: &str, work: &Path) -> Result<()> {
         let _ = std::fs::remove_dir_all(work);
-        std::fs::remove_file(self.record_path(name)).map_err(|e| StoreError::Io {
+        let Some(path) = self.locate(name) else {
+            return Ok(());
+        };
+        std::fs::remove_file(path).map_err(|e| StoreError::Io {
             context: format!("removing container {name}"),
             source: e,
         })?;
@@ -838,6 +925,44 @@ mod tests {
         let g = generated_name("docker.io/library/debian:bookworm");
         assert!(g.starts_with("debian-") && check_name(&g).is_ok(), "{g}");
         assert!(check_name(&generated_name("_x")).is_ok());
+    }
+
+    /// A disposable container's record is ephemeral: in
+    /// `.ephemeral/<name>@<boot>.json`, listed, found, updated and removed
+    /// there; one of another boot is never read (a crash may have left
+    /// anything in it), and gc's sweep removes it.
+    #[test]
+    fn disposable_records_are_ephemeral() {
+        let dir = tempfile::tempdir().unwrap();
+        let cs = Containers::new(dir.path());
+        let c = |name: &str| Container {
+            name: name.into(),
+            image: "img".into(),
+            image_id: "1111".into(),
+            volume: volume_of(name),
+            size: 1 << 30,
+            created: 0,
+            mountpoint: None,
+        };
+        assert!(crate::volume::boot_id().is_some(), "/proc gives a boot ID");
+        cs.write_record(&c("a"), None).unwrap();
+        let eph = cs.ephemeral_record_path("b").unwrap();
+        cs.write_record(&c("b"), Some(eph.clone())).unwrap();
+        assert!(eph.exists() && !cs.record_path("b").exists());
+        let other = cs.dir.join(".ephemeral/c@0000-other-boot.json");
+        std::fs::write(&other, b"garbage a crash left").unwrap();
+        let names: Vec<String> = cs.list().unwrap().into_iter().map(|c| c.name).collect();
+        assert_eq!(names, ["a", "b"]);
+        let mut b = cs.get("b").unwrap();
+        b.mountpoint = Some("/mnt/x".into());
+        cs.put(&b).unwrap();
+        assert!(!cs.record_path("b").exists(), "updated where it is");
+        assert_eq!(cs.get("b").unwrap(), b);
+        assert_eq!(cs.remove_stale_records().unwrap(), 1);
+        assert!(!other.exists() && eph.exists());
+        cs.forget("b", &cs.work_dir("b")).unwrap();
+        assert!(!eph.exists());
+        assert_eq!(cs.list().unwrap().len(), 1);
     }
 
     /// `list` (and so gc's `image_ids`) skips a record's temp file and a

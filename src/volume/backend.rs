@@ -80,15 +80,21 @@ pub trait Backend: Debug + Send + Sync {
     /// (ephemeral volumes' metadata). `None` if unknown. The default reads
     /// the kernel's random boot ID.
     fn boot_id(&self) -> Option<String> {
-        static BOOT: OnceLock<Option<String>> = OnceLock::new();
-        BOOT.get_or_init(|| {
-            let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
-            let id = id.trim();
-            (!id.is_empty() && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'))
-                .then(|| id.to_string())
-        })
-        .clone()
+        boot_id()
     }
+}
+
+/// The kernel's random ID of this boot of the machine
+/// (`/proc/sys/kernel/random/boot_id`), read once; `None` if unreadable.
+pub(crate) fn boot_id() -> Option<String> {
+    static BOOT: OnceLock<Option<String>> = OnceLock::new();
+    BOOT.get_or_init(|| {
+        let id = std::fs::read_to_string("/proc/sys/kernel/random/boot_id").ok()?;
+        let id = id.trim();
+        (!id.is_empty() && id.bytes().all(|c| c.is_ascii_alphanumeric() || c == b'-'))
+            .then(|| id.to_string())
+    })
+    .clone()
 }
 
 /// The real backend: `std::fs` under a root directory.

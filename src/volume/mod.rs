@@ -103,6 +103,7 @@ mod tests;
 
 use std::io;
 
+pub(crate) use backend::boot_id;
 pub use backend::{Backend, BackendFile, StdBackend};
 pub use format::BLOCK_SIZE;
 pub use meta::{SnapshotInfo, VolumeInfo};
