@@ -263,11 +263,13 @@ impl Containers {
             .map_err(|e| StoreError::Damaged(format!("container record {name}: {e}")).into())
     }
 
-    /// Writes container `c`'s record where it is (a new one: durably).
+    /// Writes container `c`'s record again, where it is (ephemeral or
+    /// not); NotFound if it has none (removed meanwhile).
     fn put(&self, c: &Container) -> Result<()> {
-        let ephemeral = self
-            .ephemeral_record_path(&c.name)
-            .filter(|p| p.exists() && !self.record_path(&c.name).exists());
+        let path = self
+            .locate(&c.name)
+            .ok_or_else(|| ContainerError::NotFound(c.name.clone()))?;
+        let ephemeral = (path != self.record_path(&c.name)).then_some(path);
         self.write_record(c, ephemeral)
     }
 
@@ -437,6 +439,20 @@ impl Containers {
         check_name(&name)?;
         if self.locate(&name).is_some() {
             return Err(ContainerError::Exists(name));
+        }
+        // A disposable container of that name that died with the machine
+        // left its work directory, and maybe a torn config.json in it,
+        // which `start` would run: the new container gets its own.
+        let stale = self.work_dir(&name).join("bundle/config.json");
+        match std::fs::remove_file(&stale) {
+            Err(e) if e.kind() != std::io::ErrorKind::NotFound => {
+                return Err(StoreError::Io {
+                    context: format!("removing {}", stale.display()),
+                    source: e,
+                }
+                .into());
+            }
+            _ => {}
         }
         let volume = volume_of(&name);
         let template = template_of(size);
@@ -957,6 +973,8 @@ mod tests {
         b.mountpoint = Some("/mnt/x".into());
         cs.put(&b).unwrap();
         assert!(!cs.record_path("b").exists(), "updated where it is");
+        let e = cs.put(&c("gone")).unwrap_err();
+        assert!(matches!(e, ContainerError::NotFound(_)), "{e:?}");
         assert_eq!(cs.get("b").unwrap(), b);
         assert_eq!(cs.remove_stale_records().unwrap(), 1);
         assert!(!other.exists() && eph.exists());
@@ -981,8 +999,8 @@ mod tests {
             created: 0,
             mountpoint: None,
         };
-        cs.put(&c("a", "1111")).unwrap();
-        cs.put(&c("b", "2222")).unwrap();
+        cs.write_record(&c("a", "1111"), None).unwrap();
+        cs.write_record(&c("b", "2222"), None).unwrap();
         std::fs::write(cs.dir.join(".tmp-1-0-c.json"), b"{").unwrap();
         assert_eq!(cs.image_ids().unwrap(), ["1111", "2222"]);
         std::fs::write(cs.record_path("b"), b"").unwrap();

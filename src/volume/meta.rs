@@ -99,7 +99,9 @@ pub struct VolumeInfo {
     pub block_size: u32,
     /// The base file, if any, and its length.
     pub base: Option<(PathBuf, u64)>,
-    /// Its layer IDs, bottom to top (the last one is the head).
+    /// Its layer IDs, bottom to top (the last one is the head, unless the
+    /// volume was rolled back while closed and not opened since: then they
+    /// are all the snapshot's).
     pub layers: Vec<u64>,
     /// Its snapshots, oldest first.
     pub snapshots: Vec<SnapshotInfo>,
@@ -520,12 +522,10 @@ fn remove_legacy(backend: &dyn Backend, name: &str) -> std::io::Result<()> {
 /// Removes a volume's metadata durably (an ephemeral volume's: with no
 /// sync).
 pub(crate) fn remove(backend: &dyn Backend, name: &str) -> Result<()> {
-    if let Some((p, _)) = ephemeral_paths(backend, name) {
-        match backend.remove(&p) {
-            Ok(()) => return Ok(()),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-            Err(e) => return Err(io_err(format!("removing {}", p.display()))(e)),
-        }
+    if let Some((p, Kind::Ephemeral, _)) = locate(backend, name, false)? {
+        return backend
+            .remove(&p)
+            .map_err(io_err(format!("removing {}", p.display())));
     }
     let mut removed = false;
     // The legacy file first: were the `.meta` removed alone, a stale
@@ -556,12 +556,18 @@ pub(crate) fn list(backend: &dyn Backend) -> Result<(Vec<String>, Vec<PathBuf>)>
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => vec![],
         Err(e) => return Err(io_err("listing ephemeral volumes")(e)),
     };
+    // Without a boot ID, nothing is stale (it would be deleted, with the
+    // heads it names, maybe from under a running container): those files
+    // are listed as volumes, and reading them fails (no boot, no path), so
+    // reclaim deletes nothing.
     let boot = backend.boot_id();
     for e in entries {
         let this_boot = e
             .strip_suffix(".meta")
             .and_then(|n| n.rsplit_once('@'))
-            .filter(|(n, b)| Some(*b) == boot.as_deref() && check_name(n).is_ok());
+            .filter(|(n, b)| {
+                boot.as_deref().is_none_or(|boot| boot == *b) && check_name(n).is_ok()
+            });
         match this_boot {
             Some((n, _)) => names.push(n.to_string()),
             None => stale.push(PathBuf::from(format!("{EPHEMERAL_DIR}/{e}"))),

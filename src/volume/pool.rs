@@ -119,8 +119,9 @@ pub(crate) struct PoolState {
     /// Layers being written that no metadata names yet: not garbage.
     pub pinned: BTreeSet<u64>,
     /// The next layer ID to hand out: found by the first
-    /// [`PoolState::new_layer_id`] (a rollback, a snapshot deletion or a
-    /// listing needs none, so opening the pool reads no metadata).
+    /// [`PoolState::new_layer_id`] (a rollback or a snapshot deletion
+    /// needs none, so opening the pool reads no metadata), or raised by
+    /// [`Pool::reclaim`] past every ID it saw.
     next_layer: Option<u64>,
     /// Spare head layers: unfiltered, filtered (format version 2).
     spares: [Spare; 2],
@@ -475,7 +476,7 @@ impl Pool {
     pub fn reclaim(&self) -> Result<ReclaimReport> {
         let mut report = ReclaimReport::default();
         let (garbage, data, indexes) = {
-            let st = lock(&self.shared.state);
+            let mut st = lock(&self.shared.state);
             let (names, temps) = meta::list(self.backend())?;
             let mut live = BTreeSet::new();
             for name in &names {
@@ -490,6 +491,16 @@ impl Pool {
                 report.temp_files += 1;
             }
             let (data, indexes) = layer_files(self.backend())?;
+            // The garbage is deleted after the lock is released: its IDs
+            // must never be handed out again, even if the first new ID is
+            // only asked for once they are gone.
+            let past = data
+                .iter()
+                .chain(&indexes)
+                .chain(&live)
+                .max()
+                .map_or(1, |m| m + 1);
+            st.next_layer = Some(st.next_layer.map_or(past, |n| n.max(past)));
             let garbage: Vec<u64> = data
                 .union(&indexes)
                 .filter(|id| !live.contains(id) && !st.pinned.contains(id))
