@@ -402,13 +402,13 @@ pub(crate) fn exists(backend: &dyn Backend, name: &str) -> Result<bool> {
 
 /// Replaces a volume's metadata atomically (and durably, unless the volume
 /// is ephemeral): in place, in the slot not in force, when the file exists
-/// and the new version fits; otherwise by a new file. A volume without
-/// metadata gets a durable file.
+/// and the new version fits; otherwise by a new file. NotFound if the
+/// volume has no metadata ([`create`] makes it).
 pub(crate) fn write(backend: &dyn Backend, name: &str, m: &VolumeMeta) -> Result<()> {
     let ctx = || format!("writing the metadata of volume {name:?}");
     let json = encode(m).map_err(io_err(ctx()))?;
     let Some((p, kind, file)) = locate(backend, name, true)? else {
-        return write_file(backend, name, 1, &json, false);
+        return Err(VolumeError::NotFound(name.to_string()));
     };
     if kind == Kind::Legacy {
         return write_file(backend, name, 1, &json, false);

@@ -357,7 +357,7 @@ impl Pool {
             snapshots: vec![],
             filters,
         };
-        meta::write(self.backend(), name, &m)
+        meta::create(self.backend(), name, &m, false)
     }
 
     pub(crate) fn from_shared(shared: Arc<Shared>) -> Pool {
