@@ -144,20 +144,30 @@ impl PoolState {
     /// first call by listing the layer files and reading every volume's
     /// metadata.
     pub fn new_layer_id(&mut self, backend: &dyn Backend) -> Result<u64> {
-        let next = match self.next_layer {
-            Some(next) => next,
-            None => {
-                let (data, indexes) = layer_files(backend)?;
-                let mut max = data.union(&indexes).max().copied().unwrap_or(0);
-                for name in meta::list(backend)?.0 {
-                    let m = meta::read(backend, &name)?;
-                    max = max.max(m.referenced().max().unwrap_or(0));
-                }
-                max + 1
-            }
-        };
+        if self.next_layer.is_none() {
+            let (data, indexes) = layer_files(backend)?;
+            let (live, _) = referenced_layers(backend)?;
+            self.keep_ids_past(&data, &indexes, &live);
+        }
+        let next = self.next_layer.unwrap_or(1);
         self.next_layer = Some(next + 1);
         Ok(next)
+    }
+
+    /// Makes every ID to come larger than every one in these sets.
+    fn keep_ids_past(
+        &mut self,
+        data: &BTreeSet<u64>,
+        indexes: &BTreeSet<u64>,
+        live: &BTreeSet<u64>,
+    ) {
+        let past = data
+            .iter()
+            .chain(indexes)
+            .chain(live)
+            .max()
+            .map_or(1, |m| m + 1);
+        self.next_layer = Some(self.next_layer.map_or(past, |n| n.max(past)));
     }
 
     /// A new, empty, durable head layer (format version 2 if `filtered`):
@@ -477,11 +487,7 @@ impl Pool {
         let mut report = ReclaimReport::default();
         let (garbage, data, indexes) = {
             let mut st = lock(&self.shared.state);
-            let (names, temps) = meta::list(self.backend())?;
-            let mut live = BTreeSet::new();
-            for name in &names {
-                live.extend(meta::read(self.backend(), name)?.referenced());
-            }
+            let (live, temps) = referenced_layers(self.backend())?;
             // Temp files are written, and legacy files replaced, only under
             // this lock: these are stale.
             for t in temps {
@@ -494,13 +500,7 @@ impl Pool {
             // The garbage is deleted after the lock is released: its IDs
             // must never be handed out again, even if the first new ID is
             // only asked for once they are gone.
-            let past = data
-                .iter()
-                .chain(&indexes)
-                .chain(&live)
-                .max()
-                .map_or(1, |m| m + 1);
-            st.next_layer = Some(st.next_layer.map_or(past, |n| n.max(past)));
+            st.keep_ids_past(&data, &indexes, &live);
             let garbage: Vec<u64> = data
                 .union(&indexes)
                 .filter(|id| !live.contains(id) && !st.pinned.contains(id))
@@ -587,6 +587,17 @@ pub fn check_size(size: u64) -> Result<()> {
         return Err(VolumeError::BadSize(size, "larger than the largest volume"));
     }
     Ok(())
+}
+
+/// Every layer ID some volume's metadata names, and the stale metadata
+/// files ([`meta::list`]). Any metadata file that cannot be read fails it.
+fn referenced_layers(backend: &dyn Backend) -> Result<(BTreeSet<u64>, Vec<PathBuf>)> {
+    let (names, stale) = meta::list(backend)?;
+    let mut live = BTreeSet::new();
+    for name in &names {
+        live.extend(meta::read(backend, name)?.referenced());
+    }
+    Ok((live, stale))
 }
 
 /// The IDs of the layer data files present (`<id>.data`), and of the
