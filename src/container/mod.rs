@@ -225,7 +225,8 @@ impl Containers {
     /// dot, so no work directory is ever that one.)
     fn ephemeral_record_path(&self, name: &str) -> Option<PathBuf> {
         let boot = crate::volume::boot_id()?;
-        Some(self.dir.join(format!(".ephemeral/{name}@{boot}.json")))
+        let file = crate::volume::boot_file(name, &boot, ".json");
+        Some(self.dir.join(".ephemeral").join(file))
     }
 
     /// Container `name`'s record file, if it has one: the durable one,
@@ -303,29 +304,25 @@ impl Containers {
     /// file) or removed meanwhile (`run --rm` takes no store lock for
     /// either) is not an error: it is listed or not. A damaged record is.
     pub fn list(&self) -> Result<Vec<Container>> {
-        let names_in = |dir: &Path, suffix: &str| -> Vec<String> {
+        let names_in = |dir: &Path, name_of: &dyn Fn(&str) -> Option<String>| -> Vec<String> {
             let Ok(entries) = std::fs::read_dir(dir) else {
                 return vec![];
             };
             entries
                 .filter_map(|e| e.ok())
-                .filter_map(|e| {
-                    e.file_name()
-                        .to_str()?
-                        .strip_suffix(suffix)
-                        .filter(|n| check_name(n).is_ok())
-                        .map(str::to_string)
-                })
+                .filter_map(|e| name_of(e.file_name().to_str()?))
+                .filter(|n| check_name(n).is_ok())
                 .collect()
         };
-        let mut names = names_in(&self.dir, ".json");
+        let mut names = names_in(&self.dir, &|f| f.strip_suffix(".json").map(str::to_string));
         // Disposable containers of this boot (those of other boots died
         // with the machine; their files are never read).
         if let Some(boot) = crate::volume::boot_id() {
-            names.extend(names_in(
-                &self.dir.join(".ephemeral"),
-                &format!("@{boot}.json"),
-            ));
+            names.extend(names_in(&self.dir.join(".ephemeral"), &|f| {
+                crate::volume::split_boot_file(f, ".json")
+                    .filter(|(_, b)| *b == boot)
+                    .map(|(n, _)| n.to_string())
+            }));
         }
         names.sort();
         names.dedup();
@@ -376,11 +373,14 @@ impl Containers {
         let Ok(entries) = std::fs::read_dir(&dir) else {
             return Ok(0);
         };
-        let this_boot = format!("@{boot}.json");
         let mut n = 0;
         for e in entries.filter_map(|e| e.ok()) {
             let name = e.file_name();
-            if name.to_str().is_some_and(|n| n.ends_with(&this_boot)) {
+            // This boot's records, and their temp files, are live.
+            let live = name
+                .to_str()
+                .and_then(|f| crate::volume::split_boot_file(f, ".json"));
+            if live.is_some_and(|(_, b)| b == boot) {
                 continue;
             }
             std::fs::remove_file(e.path()).map_err(|e| StoreError::Io {

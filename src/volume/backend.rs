@@ -84,6 +84,18 @@ pub trait Backend: Debug + Send + Sync {
     }
 }
 
+/// The file name `<name>@<boot><ext>` of something valid only in boot
+/// `boot` of the machine (an ephemeral volume's metadata, a disposable
+/// container's record). Names never hold `@`.
+pub(crate) fn boot_file(name: &str, boot: &str, ext: &str) -> String {
+    format!("{name}@{boot}{ext}")
+}
+
+/// The name and boot of a file name made by [`boot_file`] with `ext`.
+pub(crate) fn split_boot_file<'a>(file: &'a str, ext: &str) -> Option<(&'a str, &'a str)> {
+    file.strip_suffix(ext)?.rsplit_once('@')
+}
+
 /// The kernel's random ID of this boot of the machine
 /// (`/proc/sys/kernel/random/boot_id`), read once; `None` if unreadable.
 pub(crate) fn boot_id() -> Option<String> {

@@ -188,7 +188,7 @@ fn temp_path(name: &str) -> PathBuf {
 /// `None` when the backend knows no boot ID (no volume is ephemeral then).
 fn ephemeral_paths(backend: &dyn Backend, name: &str) -> Option<(PathBuf, PathBuf)> {
     let boot = backend.boot_id()?;
-    let p = format!("{EPHEMERAL_DIR}/{name}@{boot}.meta");
+    let p = format!("{EPHEMERAL_DIR}/{}", super::boot_file(name, &boot, ".meta"));
     Some((PathBuf::from(&p), PathBuf::from(p + ".tmp")))
 }
 
@@ -562,12 +562,9 @@ pub(crate) fn list(backend: &dyn Backend) -> Result<(Vec<String>, Vec<PathBuf>)>
     // reclaim deletes nothing.
     let boot = backend.boot_id();
     for e in entries {
-        let this_boot = e
-            .strip_suffix(".meta")
-            .and_then(|n| n.rsplit_once('@'))
-            .filter(|(n, b)| {
-                boot.as_deref().is_none_or(|boot| boot == *b) && check_name(n).is_ok()
-            });
+        let this_boot = super::split_boot_file(&e, ".meta").filter(|(n, b)| {
+            boot.as_deref().is_none_or(|boot| boot == *b) && check_name(n).is_ok()
+        });
         match this_boot {
             Some((n, _)) => names.push(n.to_string()),
             None => stale.push(PathBuf::from(format!("{EPHEMERAL_DIR}/{e}"))),

@@ -103,8 +103,8 @@ mod tests;
 
 use std::io;
 
-pub(crate) use backend::boot_id;
 pub use backend::{Backend, BackendFile, StdBackend};
+pub(crate) use backend::{boot_file, boot_id, split_boot_file};
 pub use format::BLOCK_SIZE;
 pub use meta::{SnapshotInfo, VolumeInfo};
 pub use pool::{FILTER_DIR, Pool, ReclaimReport, VolumeOptions, check_size};
