@@ -943,6 +943,19 @@ mod tests {
         assert!(check_name(&generated_name("_x")).is_ok());
     }
 
+    /// A record of container `name` from image `image_id`.
+    fn record(name: &str, image_id: &str) -> Container {
+        Container {
+            name: name.into(),
+            image: "img".into(),
+            image_id: image_id.into(),
+            volume: volume_of(name),
+            size: 1 << 30,
+            created: 0,
+            mountpoint: None,
+        }
+    }
+
     /// A disposable container's record is ephemeral: in
     /// `.ephemeral/<name>@<boot>.json`, listed, found, updated and removed
     /// there; one of another boot is never read (a crash may have left
@@ -951,15 +964,7 @@ mod tests {
     fn disposable_records_are_ephemeral() {
         let dir = tempfile::tempdir().unwrap();
         let cs = Containers::new(dir.path());
-        let c = |name: &str| Container {
-            name: name.into(),
-            image: "img".into(),
-            image_id: "1111".into(),
-            volume: volume_of(name),
-            size: 1 << 30,
-            created: 0,
-            mountpoint: None,
-        };
+        let c = |name: &str| record(name, "1111");
         assert!(crate::volume::boot_id().is_some(), "/proc gives a boot ID");
         cs.write_record(&c("a"), None).unwrap();
         let eph = cs.ephemeral_record_path("b").unwrap();
@@ -990,17 +995,8 @@ mod tests {
     fn listing_skips_temp_files_and_fails_on_damage() {
         let dir = tempfile::tempdir().unwrap();
         let cs = Containers::new(dir.path());
-        let c = |name: &str, image_id: &str| Container {
-            name: name.into(),
-            image: "img".into(),
-            image_id: image_id.into(),
-            volume: volume_of(name),
-            size: 1 << 30,
-            created: 0,
-            mountpoint: None,
-        };
-        cs.write_record(&c("a", "1111"), None).unwrap();
-        cs.write_record(&c("b", "2222"), None).unwrap();
+        cs.write_record(&record("a", "1111"), None).unwrap();
+        cs.write_record(&record("b", "2222"), None).unwrap();
         std::fs::write(cs.dir.join(".tmp-1-0-c.json"), b"{").unwrap();
         assert_eq!(cs.image_ids().unwrap(), ["1111", "2222"]);
         std::fs::write(cs.record_path("b"), b"").unwrap();

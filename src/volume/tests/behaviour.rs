@@ -143,14 +143,23 @@ fn pool_rollback_of_a_closed_volume_reads_no_data() {
 /// A pool with volume "v" (1 MiB) written with block 1 at 0, snapshot "s",
 /// block 2 written over it, closed and rolled back to "s" through the pool.
 fn rolled_back_while_closed(seed: u64) -> (Mem, Pool) {
-    let (mem, pool) = mem_pool(seed);
-    pool.create_volume("v", &VolumeOptions::new(MIB)).unwrap();
+    let (mem, pool) = snapshotted(seed, "v");
     let v = pool.open_volume("v").unwrap();
-    v.write_at(0, &block(1)).unwrap();
-    v.snapshot("s").unwrap();
     v.write_at(0, &block(2)).unwrap();
     v.close().unwrap();
     pool.rollback("v", "s").unwrap();
+    (mem, pool)
+}
+
+/// A pool with volume `name` (1 MiB), block 1 written at 0, snapshot "s",
+/// closed.
+fn snapshotted(seed: u64, name: &str) -> (Mem, Pool) {
+    let (mem, pool) = mem_pool(seed);
+    pool.create_volume(name, &VolumeOptions::new(MIB)).unwrap();
+    let v = pool.open_volume(name).unwrap();
+    v.write_at(0, &block(1)).unwrap();
+    v.snapshot("s").unwrap();
+    v.close().unwrap();
     (mem, pool)
 }
 
@@ -661,12 +670,7 @@ fn snapshot_with_the_index_written_in_the_background() {
 /// any other, whose creation, metadata updates and deletion sync nothing.
 #[test]
 fn an_ephemeral_clone_syncs_nothing() {
-    let (mem, pool) = mem_pool(31);
-    pool.create_volume("t", &VolumeOptions::new(MIB)).unwrap();
-    let v = pool.open_volume("t").unwrap();
-    v.write_at(0, &block(1)).unwrap();
-    v.snapshot("s").unwrap();
-    v.close().unwrap();
+    let (mem, pool) = snapshotted(31, "t");
     pool.want_spare(false);
     pool.make_spares().unwrap();
     let c = cost(&mem, || pool.clone_ephemeral("t", "s", "e").unwrap());
@@ -699,12 +703,7 @@ fn an_ephemeral_clone_syncs_nothing() {
 fn an_ephemeral_clone_is_gone_after_a_crash() {
     let mut leftovers = 0;
     for seed in 0..8 {
-        let (mem, pool) = mem_pool(50 + seed);
-        pool.create_volume("t", &VolumeOptions::new(MIB)).unwrap();
-        let v = pool.open_volume("t").unwrap();
-        v.write_at(0, &block(1)).unwrap();
-        v.snapshot("s").unwrap();
-        v.close().unwrap();
+        let (mem, pool) = snapshotted(50 + seed, "t");
         pool.clone_ephemeral("t", "s", "e").unwrap();
         pool.clone_snapshot("t", "s", "d").unwrap();
         let e = pool.open_volume("e").unwrap();
