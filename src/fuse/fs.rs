@@ -7,14 +7,21 @@
 //! - `read` of an object: one `pread` on the file descriptor opened at
 //!   `open`, into a per-thread buffer. The file handle *is* that descriptor,
 //!   so threads reading one file never wait for each other.
-//! - with passthrough, reads never reach us: `open` registers the object's
-//!   descriptor with the kernel (one backing ID per inode, shared by all opens
-//!   of it and released with the last one), and the kernel reads the object
-//!   file directly.
+//! - with passthrough, reads of files of [`PASSTHROUGH_MIN`] bytes or more
+//!   never reach us: `open` registers the object's descriptor with the kernel
+//!   (one backing ID per inode, shared by all opens of it and released with
+//!   the last one), and the kernel reads the object file directly. Smaller
+//!   files are served as without passthrough (below).
+//! - without passthrough, a `read` finds the object's descriptor in the
+//!   inode's slot ([`super::fds`]), opened by the first read that reached us
+//!   and closed at FORGET, so `open` walks no path. Unfiltered and without
+//!   passthrough, opens cost no message at all: the first OPEN is answered
+//!   ENOSYS (`FUSE_NO_OPEN_SUPPORT`), after which the kernel opens regular
+//!   files without asking us and sends no RELEASE.
 //!
 //! Entry and attribute TTLs are long (the tree never changes), files are
-//! opened with `FOPEN_KEEP_CACHE`, and `forget` has nothing to do because
-//! inodes live as long as the server.
+//! opened with `FOPEN_KEEP_CACHE` (which zero-message opens imply), and
+//! inodes live as long as the server: `forget` only closes a kept descriptor.
 
 use std::cell::RefCell;
 use std::collections::HashMap;
@@ -32,12 +39,20 @@ use fuser::{
 };
 use rustix::fs::{Mode, OFlags};
 
+use super::fds::ObjectFds;
 use super::inodes::{Content, Inodes, NodeKind};
 use crate::error::Coded;
 use crate::store::{ObjectId, Objects};
 
 /// How long the kernel may cache entries and attributes: the tree is immutable.
 const TTL: Duration = Duration::from_secs(24 * 3600);
+
+/// Smallest file served by passthrough. A passthrough open costs a path
+/// walk, a backing ID and a kernel open of the object, and its release as
+/// much again; a smaller file is read in one READ of at most 64 KiB, and
+/// from the mount's own page cache after that (docs/benchmarks.md, *FUSE
+/// opens*, measures the difference on a warm `tar`).
+pub const PASSTHROUGH_MIN: u64 = 64 * 1024;
 
 /// Largest read or write the kernel may send (with `max_pages` to match).
 pub const MAX_IO: u32 = 1 << 20;
@@ -49,7 +64,8 @@ pub struct Counters {
     pub reads: AtomicU64,
     /// Bytes returned by them.
     pub read_bytes: AtomicU64,
-    /// Opens of regular files.
+    /// OPEN requests for regular files (with zero-message opens, only the
+    /// first, answered ENOSYS).
     pub opens: AtomicU64,
     /// Opens served by passthrough.
     pub passthrough_opens: AtomicU64,
@@ -66,6 +82,10 @@ pub struct ImageFs {
     objects: OwnedFd,
     passthrough: AtomicBool,
     no_opendir: bool,
+    /// Zero-message opens are on: reads name only the inode, whose object
+    /// descriptor is kept in `fds`.
+    no_open: bool,
+    fds: ObjectFds,
     backing: Mutex<HashMap<u64, (BackingId, u64)>>,
     /// For a filtered image: how to decode objects, and the decoded content
     /// of each open inode with its open count (freed with the last release).
@@ -79,8 +99,10 @@ thread_local! {
     static BUF: RefCell<Vec<u8>> = RefCell::new(vec![0; MAX_IO as usize]);
 }
 
-/// `fh` 0 means "served from the inode table"; [`DECODED`] "from the decoded
-/// content of the inode" (filtered images); otherwise it is a descriptor + 1.
+/// `fh` 0 (also what zero-message opens send) means "served by inode": from
+/// the inode table, or from the object descriptor kept for the inode;
+/// [`DECODED`] "from the decoded content of the inode" (filtered images);
+/// otherwise it is a descriptor + 1 (a passthrough open's own).
 const IN_TABLE: u64 = 0;
 /// The decoded content of an open filtered inode, and how many opens share it.
 type Decoded = (Arc<Vec<u8>>, u64);
@@ -105,10 +127,12 @@ impl ImageFs {
         counters: std::sync::Arc<Counters>,
     ) -> Self {
         ImageFs {
+            fds: ObjectFds::new(inodes.len() + 1),
             inodes,
             objects,
             passthrough: AtomicBool::new(passthrough),
             no_opendir: false,
+            no_open: false,
             backing: Mutex::default(),
             filter: None,
             decoded: RwLock::default(),
@@ -203,6 +227,29 @@ impl ImageFs {
     }
 }
 
+impl ImageFs {
+    /// Answers a read of `size` bytes at `offset` of the object open as `fd`,
+    /// through this thread's buffer.
+    fn read_fd(&self, fd: BorrowedFd<'_>, offset: u64, size: usize, reply: ReplyData) {
+        BUF.with_borrow_mut(|buf| {
+            let mut done = 0;
+            // pread may return less than asked before EOF; fill the request.
+            while done < size {
+                match rustix::io::pread(fd, &mut buf[done..size], offset + done as u64) {
+                    Ok(0) => break,
+                    Ok(n) => done += n,
+                    Err(rustix::io::Errno::INTR) => continue,
+                    Err(e) => return reply.error(Errno::from_i32(e.raw_os_error())),
+                }
+            }
+            self.counters
+                .read_bytes
+                .fetch_add(done as u64, Ordering::Relaxed);
+            reply.data(&buf[..done])
+        });
+    }
+}
+
 /// Borrows the descriptor a file handle carries.
 ///
 /// `fh` was made by `open` from a descriptor that stays open until `release`
@@ -256,7 +303,21 @@ impl Filesystem for ImageFs {
                 );
             }
         }
+        // Passthrough is set up in the OPEN reply, and a filtered object is
+        // decoded at OPEN and freed at RELEASE: those need the round trips.
+        if !self.passthrough.load(Ordering::Relaxed) && self.filter.is_none() {
+            self.no_open = config
+                .capabilities()
+                .contains(InitFlags::FUSE_NO_OPEN_SUPPORT)
+                && config
+                    .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
+                    .is_ok();
+        }
         Ok(())
+    }
+
+    fn forget(&self, _req: &Request, ino: INodeNo, _nlookup: u64) {
+        self.fds.forget(ino.0);
     }
 
     fn lookup(&self, _req: &Request, parent: INodeNo, name: &OsStr, reply: ReplyEntry) {
@@ -303,6 +364,11 @@ impl Filesystem for ImageFs {
             return reply.error(Errno::EINVAL);
         };
         self.counters.opens.fetch_add(1, Ordering::Relaxed);
+        if self.no_open {
+            // The kernel goes on with this open as with every later one:
+            // file handle 0, FOPEN_KEEP_CACHE, no RELEASE.
+            return reply.error(Errno::ENOSYS);
+        }
         let Content::Object(id) = content else {
             return reply.opened(FileHandle(IN_TABLE), FopenFlags::FOPEN_KEEP_CACHE);
         };
@@ -312,6 +378,11 @@ impl Filesystem for ImageFs {
                 Err(e) => reply.error(e),
             };
         }
+        if !self.passthrough.load(Ordering::Relaxed) || node.attr.size < PASSTHROUGH_MIN {
+            // Served by us from the inode's kept descriptor, opened by the
+            // first read that reaches us: this open costs no path walk.
+            return reply.opened(FileHandle(IN_TABLE), FopenFlags::FOPEN_KEEP_CACHE);
+        }
         let fd = match self.open_object(id) {
             Ok(fd) => fd,
             Err(e) => {
@@ -319,25 +390,21 @@ impl Filesystem for ImageFs {
                 return reply.error(Errno::EIO);
             }
         };
-        if self.passthrough.load(Ordering::Relaxed)
-            && self.try_passthrough(ino.0, &fd, &reply).is_some()
-        {
-            self.counters
-                .passthrough_opens
-                .fetch_add(1, Ordering::Relaxed);
-            let map = self.backing.lock().expect("not poisoned");
-            let (id, _) = &map[&ino.0];
-            // The descriptor also serves the rare request that still reaches us.
-            let fh = FileHandle(fd.into_raw_fd() as u64 + 1);
-            // No FOPEN_KEEP_CACHE here: the kernel refuses passthrough opens
-            // with any flag outside FOPEN_PASSTHROUGH_MASK (the page cache is
-            // the backing file's anyway).
-            return reply.opened_passthrough(fh, FopenFlags::empty(), id);
+        if self.try_passthrough(ino.0, &fd, &reply).is_none() {
+            // Refused (said once): served by us like a small file.
+            return reply.opened(FileHandle(IN_TABLE), FopenFlags::FOPEN_KEEP_CACHE);
         }
-        reply.opened(
-            FileHandle(fd.into_raw_fd() as u64 + 1),
-            FopenFlags::FOPEN_KEEP_CACHE,
-        )
+        self.counters
+            .passthrough_opens
+            .fetch_add(1, Ordering::Relaxed);
+        let map = self.backing.lock().expect("not poisoned");
+        let (id, _) = &map[&ino.0];
+        // The descriptor also serves the rare request that still reaches us.
+        let fh = FileHandle(fd.into_raw_fd() as u64 + 1);
+        // No FOPEN_KEEP_CACHE here: the kernel refuses passthrough opens
+        // with any flag outside FOPEN_PASSTHROUGH_MASK (the page cache is
+        // the backing file's anyway).
+        reply.opened_passthrough(fh, FopenFlags::empty(), id)
     }
 
     fn read(
@@ -373,27 +440,24 @@ impl Filesystem for ImageFs {
             return reply.data(&data[start..end]);
         }
         if fh.0 != IN_TABLE {
-            BUF.with_borrow_mut(|buf| {
-                let mut done = 0;
-                // pread may return less than asked before EOF; fill the request.
-                while done < size {
-                    match rustix::io::pread(fd_of(fh), &mut buf[done..size], offset + done as u64) {
-                        Ok(0) => break,
-                        Ok(n) => done += n,
-                        Err(rustix::io::Errno::INTR) => continue,
-                        Err(e) => return reply.error(Errno::from_i32(e.raw_os_error())),
-                    }
-                }
-                self.counters
-                    .read_bytes
-                    .fetch_add(done as u64, Ordering::Relaxed);
-                reply.data(&buf[..done])
-            });
-            return;
+            return self.read_fd(fd_of(fh), offset, size, reply);
         }
         let Some(NodeKind::File(content)) = self.inodes.get(ino.0).map(|n| &n.kind) else {
             return reply.error(Errno::EBADF);
         };
+        if let Content::Object(id) = content {
+            // Zero-message opens: the kept descriptor of the inode's object.
+            return match self.fds.get(ino.0, || self.open_object(id)) {
+                Ok(fd) => {
+                    use std::os::fd::AsFd;
+                    self.read_fd(fd.as_fd(), offset, size, reply)
+                }
+                Err(e) => {
+                    tracing::error!("object {} of inode {}: {e}", id.to_hex(), ino.0);
+                    reply.error(Errno::EIO)
+                }
+            };
+        }
         let len = self.inodes.get(ino.0).map_or(0, |n| n.attr.size);
         let start = offset.min(len) as usize;
         let end = (offset.saturating_add(size as u64)).min(len) as usize;
@@ -406,7 +470,7 @@ impl Filesystem for ImageFs {
                 buf[..end - start].fill(0);
                 reply.data(&buf[..end - start])
             }),
-            Content::Object(_) => reply.error(Errno::EBADF),
+            Content::Object(_) => unreachable!("served above"),
         }
     }
 

@@ -3,7 +3,9 @@
 //!
 //! - [`inodes`]: the immutable inode table built from the image's tree;
 //! - [`fs`]: the `fuser` filesystem (multithreaded, `clone_fd`, readdirplus,
-//!   long TTLs, `FOPEN_KEEP_CACHE`, 1 MiB I/O, passthrough);
+//!   long TTLs, `FOPEN_KEEP_CACHE`, 1 MiB I/O, passthrough, zero-message
+//!   opens);
+//! - [`fds`]: the object descriptors reads use when opens cost no message;
 //! - this module: running a server in the foreground ([`serve`]) and
 //!   starting one that outlives the command ([`spawn`]).
 //!
@@ -15,6 +17,7 @@
 //! mount whose requests fail with ENOTCONN; `umount` detaches it.
 
 pub mod disk;
+pub mod fds;
 pub mod fs;
 pub mod inodes;
 
