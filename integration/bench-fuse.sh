@@ -28,6 +28,15 @@
 #                     serves the EROFS metadata through FUSE and stacks an
 #                     overlayfs on it whose data-only lower is the objects
 #                     directory: file data bypasses its FUSE server.
+#   fuse-user         fukastor --fuse, mounted and read by an unprivileged user
+#                     ($BENCH_USER, default nobody) from a store it owns
+#   cfsctl-user       cfsctl --fuse yes, mounted and read by that user from a
+#                     repository it owns: without CAP_SYS_ADMIN cfsctl 0.9 serves
+#                     file data through its FUSE server (one thread, fuser's
+#                     default options), so this is the FUSE server-to-server
+#                     comparison. The user cannot read some files (tar counts
+#                     them), so the two user columns read the same files as
+#                     each other, not as the root columns.
 #   fukastor's FUSE servers run with their default thread count (one per core).
 #
 # Rows (per column: mount, run the tests in this order, read the server's
@@ -64,13 +73,15 @@
 #   MB/s and IOPS, slower for times). The goals (from the issue) are checked at
 #   the end: passthrough seq read >= 0.95x kernel, warm find+stat <= 1.2x kernel,
 #   plain FUSE seq read >= 0.60x kernel, fukastor ahead of cfsctl in every row
-#   (checked for --fuse=passthrough and for --fuse separately).
+#   (checked for --fuse=passthrough and for --fuse against cfsctl as root, and
+#   for fuse-user against cfsctl-user).
 #
-# Usage: integration/bench-fuse.sh [--reps N] [--kinds "kernel fuse passthrough cfsctl"]
+# Usage: integration/bench-fuse.sh [--reps N]
+#                                  [--kinds "kernel fuse passthrough cfsctl fuse-user cfsctl-user"]
 #                                  [--size-mib N] [--runtime SECONDS]
 #                                  [--no-install] [--rebuild] [--keep]
 #   --reps      rounds (default 3)
-#   --kinds     columns to run (default: all four)
+#   --kinds     columns to run (default: all six)
 #   --size-mib  size of the big file in MiB (default 1024; changing it rebuilds the layout)
 #   --runtime   seconds of each warm fio run (default 10)
 #   --rebuild   build the layout again
@@ -78,6 +89,7 @@
 # Environment:
 #   FUKASTOR_FIXTURES         fixtures directory (default /var/tmp/fukastor-fixtures)
 #   FUKASTOR_BENCH_FUSE_DIR   work directory (default /var/tmp/fukastor-bench-fuse)
+#   BENCH_USER                the unprivileged user of the *-user columns (default nobody)
 #   FUKASTOR_BIN              fukastor binary (default: cargo build --release)
 #   CFSCTL                    cfsctl binary (default: cfsctl in PATH or ~/.cargo/bin;
 #                             installed with cargo when missing)
@@ -98,7 +110,7 @@ WORK=${FUKASTOR_BENCH_FUSE_DIR:-/var/tmp/fukastor-bench-fuse}
 WORK=${WORK%/}
 REPS=3
 WALK_LOOPS=5
-KINDS="kernel fuse passthrough cfsctl"
+KINDS="kernel fuse passthrough cfsctl fuse-user cfsctl-user"
 SIZE_MIB=1024
 RUNTIME=10
 INSTALL=1
@@ -124,9 +136,9 @@ done
 [[ $SIZE_MIB =~ ^[1-9][0-9]*$ ]] || bench_die "--size-mib wants a positive number"
 [[ $RUNTIME =~ ^[1-9][0-9]*$ ]] || bench_die "--runtime wants a positive number"
 for k in $KINDS; do
-    [[ $k == @(kernel|fuse|passthrough|cfsctl) ]] || bench_die "unknown kind $k"
+    [[ $k == @(kernel|fuse|passthrough|cfsctl|fuse-user|cfsctl-user) ]] || bench_die "unknown kind $k"
 done
-ALL_KINDS=(kernel fuse passthrough cfsctl)
+ALL_KINDS=(kernel fuse passthrough cfsctl fuse-user cfsctl-user)
 read -r -a RUN_KINDS <<<"$KINDS"
 SIZE=$((SIZE_MIB << 20))
 
@@ -145,6 +157,8 @@ kind_title() {
     fuse) echo fuse ;;
     passthrough) echo fuse-passthrough ;;
     cfsctl) echo cfsctl-fuse ;;
+    fuse-user) echo fuse-user ;;
+    cfsctl-user) echo cfsctl-fuse-user ;;
     esac
 }
 
@@ -174,7 +188,7 @@ install_tools() {
         (cd "$REPO" && cargo build --release --quiet) >>"$BENCH_LOG" 2>&1 ||
             bench_die "cargo build --release failed (see $BENCH_LOG)"
     fi
-    if [[ " $KINDS " == *" cfsctl "* ]] && ! cfsctl_ok "$(find_cfsctl)"; then
+    if [[ " $KINDS " == *" cfsctl"* ]] && ! cfsctl_ok "$(find_cfsctl)"; then
         bench_apt_install pkg-config libssl-dev build-essential
         bench_say "cargo install composefs-ctl --version '$CFSCTL_VERSION' --locked (several minutes)"
         cargo install composefs-ctl --version "$CFSCTL_VERSION" --locked >>"$BENCH_LOG" 2>&1 ||
@@ -187,12 +201,29 @@ if ((INSTALL)); then install_tools; fi
 FK=${FUKASTOR_BIN:-$REPO/target/release/fukastor}
 [[ -x $FK ]] || bench_die "no fukastor binary at $FK"
 # Benchmark a private copy: a concurrent `cargo build` may replace target/release.
+# Copies in $WORK/bin, which the unprivileged user can also run.
 mkdir -p "$WORK/bin"
+chmod 755 "$WORK" "$WORK/bin"
 cp "$FK" "$WORK/bin/fukastor.new"
 mv "$WORK/bin/fukastor.new" "$WORK/bin/fukastor"
 FK=$WORK/bin/fukastor
 CFS=$(find_cfsctl)
-if [[ " $KINDS " == *" cfsctl "* ]]; then
+if [[ -n $CFS && -x $CFS ]]; then
+    cp "$CFS" "$WORK/bin/cfsctl.new"
+    mv "$WORK/bin/cfsctl.new" "$WORK/bin/cfsctl"
+    CFS=$WORK/bin/cfsctl
+fi
+BENCH_USER=${BENCH_USER:-nobody}
+AS_USER=()
+if [[ " $KINDS " == *"-user "* ]]; then
+    BUID=$(id -u "$BENCH_USER") || bench_die "no user $BENCH_USER (set BENCH_USER)"
+    BGID=$(id -g "$BENCH_USER")
+    ((BUID != 0)) || bench_die "BENCH_USER must not be root"
+    command -v setpriv >/dev/null || bench_die "setpriv is missing (util-linux)"
+    command -v fusermount3 >/dev/null || bench_die "fusermount3 is missing (package fuse3)"
+    AS_USER=(setpriv "--reuid=$BUID" "--regid=$BGID" --clear-groups --)
+fi
+if [[ " $KINDS " == *" cfsctl"* ]]; then
     cfsctl_ok "$CFS" || bench_die "no cfsctl 0.9 found (run without --no-install, or set CFSCTL)"
     # cfsctl 0.9 mounts through FUSE only when built with its `fuse` feature (a default one).
     "$CFS" oci mount --help 2>/dev/null | grep -q -- '--fuse' ||
@@ -238,13 +269,18 @@ build_layout() {
 if ((REBUILD)) || [[ "$(cat "$LAYOUT/BENCH-STAMP" 2>/dev/null)" != "$LAYOUT_STAMP" ]]; then
     build_layout
 fi
+chmod -R a+rX "$LAYOUT" # umoci writes 0600 files; the user columns import it too
 
 # --- mounts -------------------------------------------------------------------------
 
 STORE=$WORK/store
 CREPO=$WORK/cfs-repo
+STORE_U=$WORK/store-user
+CREPO_U=$WORK/cfs-repo-user
 MNT=$WORK/mnt
 SERVER_PID=
+# The command prefix that runs a test as the column's user (empty: root).
+RUNAS=()
 
 # Unmount whatever is left below $MNT (an interrupted run), servers first by pid.
 cleanup_mounts() {
@@ -267,35 +303,44 @@ cfsctl_server_pid() {
     return 1
 }
 
-# mount_kind KIND MP: mount the bench image; sets SERVER_PID (empty for kernel).
+# mount_kind KIND MP: mount the bench image; sets SERVER_PID (empty for kernel)
+# and RUNAS.
 mount_kind() {
     local kind=$1 mp=$2
     SERVER_PID=
+    RUNAS=()
+    [[ $kind != *-user ]] || RUNAS=("${AS_USER[@]}")
     mkdir -p "$mp"
+    [[ $kind != *-user ]] || chown "$BUID:$BGID" "$mp"
     printf '\n$ mount %s at %s\n' "$kind" "$mp" >>"$BENCH_LOG"
     case $kind in
     kernel) "$FK" --store "$STORE" mount bench "$mp" --kernel >>"$BENCH_LOG" 2>&1 ;;
     fuse) "$FK" --store "$STORE" mount bench "$mp" --fuse >>"$BENCH_LOG" 2>&1 ;;
     passthrough) "$FK" --store "$STORE" mount bench "$mp" --fuse=passthrough >>"$BENCH_LOG" 2>&1 ;;
     cfsctl) "$CFS" --repo "$CREPO" oci mount bench "$mp" --fuse yes >>"$BENCH_LOG" 2>&1 ;;
+    fuse-user) "${RUNAS[@]}" "$FK" --store "$STORE_U" mount bench "$mp" --fuse >>"$BENCH_LOG" 2>&1 ;;
+    cfsctl-user) "${RUNAS[@]}" "$CFS" --repo "$CREPO_U" oci mount bench "$mp" --fuse yes >>"$BENCH_LOG" 2>&1 ;;
     esac || bench_die "mounting $kind at $mp failed (see $BENCH_LOG)"
     case $kind in
-    fuse | passthrough)
-        SERVER_PID=$("$FK" --store "$STORE" --json mounts |
+    fuse | passthrough | fuse-user)
+        local store=$STORE
+        [[ $kind != fuse-user ]] || store=$STORE_U
+        SERVER_PID=$("${RUNAS[@]}" "$FK" --store "$store" --json mounts |
             jq -r --arg m "$mp" '.[] | select(.mountpoint == $m) | .pid // empty')
         [[ -n $SERVER_PID ]] || bench_die "fukastor --json mounts names no server for $mp"
         ;;
-    cfsctl)
+    cfsctl | cfsctl-user)
         SERVER_PID=$(cfsctl_server_pid "$mp") || bench_die "no cfsctl FUSE server found for $mp"
         ;;
     esac
-    [[ -f $mp/$BIG ]] || bench_die "$mp/$BIG is missing after mounting $kind"
+    "${RUNAS[@]}" test -f "$mp/$BIG" || bench_die "$mp/$BIG is missing after mounting $kind"
 }
 
 umount_kind() {
     local kind=$1 mp=$2 i
     case $kind in
-    cfsctl) umount "$mp" >>"$BENCH_LOG" 2>&1 ;;
+    cfsctl | cfsctl-user) umount "$mp" >>"$BENCH_LOG" 2>&1 ;;
+    fuse-user) "${AS_USER[@]}" "$FK" --store "$STORE_U" umount "$mp" >>"$BENCH_LOG" 2>&1 ;;
     *) "$FK" --store "$STORE" umount "$mp" >>"$BENCH_LOG" 2>&1 ;;
     esac || bench_die "unmounting $kind at $mp failed (see $BENCH_LOG)"
     [[ -n $SERVER_PID ]] || return 0
@@ -315,13 +360,28 @@ cleanup_mounts
 # --- stores ---------------------------------------------------------------------------
 
 bench_say "importing the image into a fresh fukastor store and cfsctl repository"
-rm -rf "$STORE" "$CREPO"
+rm -rf "$STORE" "$CREPO" "$STORE_U" "$CREPO_U"
 "$FK" --store "$STORE" -q pull "oci:$LAYOUT:bench" bench >>"$BENCH_LOG" 2>&1 ||
     bench_die "fukastor pull failed (see $BENCH_LOG)"
 if [[ " $KINDS " == *" cfsctl "* ]]; then
     "$CFS" init --insecure "$CREPO" >>"$BENCH_LOG" 2>&1 || bench_die "cfsctl init failed (see $BENCH_LOG)"
     "$CFS" --repo "$CREPO" --insecure oci pull "oci:$LAYOUT:bench" bench >>"$BENCH_LOG" 2>&1 ||
         bench_die "cfsctl oci pull failed (see $BENCH_LOG)"
+fi
+# The user columns: a store and a repository the user made and owns.
+mkdir -p "$MNT"
+chmod 755 "$MNT"
+if [[ " $KINDS " == *" fuse-user "* ]]; then
+    install -d -o "$BUID" -g "$BGID" "$STORE_U"
+    "${AS_USER[@]}" "$FK" --store "$STORE_U" -q pull "oci:$LAYOUT:bench" bench >>"$BENCH_LOG" 2>&1 ||
+        bench_die "fukastor pull as $BENCH_USER failed (see $BENCH_LOG)"
+fi
+if [[ " $KINDS " == *" cfsctl-user "* ]]; then
+    install -d -o "$BUID" -g "$BGID" "$CREPO_U"
+    "${AS_USER[@]}" "$CFS" init --insecure "$CREPO_U" >>"$BENCH_LOG" 2>&1 ||
+        bench_die "cfsctl init as $BENCH_USER failed (see $BENCH_LOG)"
+    "${AS_USER[@]}" "$CFS" --repo "$CREPO_U" --insecure oci pull "oci:$LAYOUT:bench" bench >>"$BENCH_LOG" 2>&1 ||
+        bench_die "cfsctl oci pull as $BENCH_USER failed (see $BENCH_LOG)"
 fi
 sync
 
@@ -353,13 +413,18 @@ timed() {
     TIMED_OUT=$out
 }
 
-do_dd() { dd if="$1" of=/dev/null bs=1M status=none; }
-do_cat() { cat "$1" >/dev/null; }
-do_walk() { find "$1" -xdev -print0 | xargs -0 -r stat -c '%i %s %h %u %g %f %Y' >/dev/null; }
+do_dd() { "${RUNAS[@]}" dd if="$1" of=/dev/null bs=1M status=none; }
+do_cat() { "${RUNAS[@]}" cat "$1" >/dev/null; }
+# (The user of the *-user columns cannot enter some directories: find's
+# complaints are not a failure there.)
+do_walk() {
+    { "${RUNAS[@]}" find "$1" -xdev -print0 2>>"$BENCH_LOG" || ((${#RUNAS[@]})); } |
+        "${RUNAS[@]}" xargs -0 -r stat -c '%i %s %h %u %g %f %Y' >/dev/null
+}
 # tar: files it cannot read are counted (TAR_ERRORS file), not fatal, so that
 # one column's unreadable files do not stop the run; the report names them.
 do_tar() {
-    tar --ignore-failed-read -cf - -C "$1" . 2>>"$TAR_ERRORS" | wc -c
+    "${RUNAS[@]}" tar --ignore-failed-read -cf - -C "$1" . 2>>"$TAR_ERRORS" | wc -c
 }
 # do_fio cold|warm FILE: 4 KiB random reads by 2 jobs, each in its own half of
 # the file (so neither reads what the other just cached). Cold: a fixed count
@@ -373,15 +438,10 @@ do_fio() {
     else
         amount=(--runtime="$RUNTIME" --time_based)
     fi
-    json=$(mktemp)
-    fio --name=rr --filename="$2" --rw=randread --bs=4k --size="$half" --offset_increment="$half" \
-        "${amount[@]}" --ioengine=psync --numjobs=2 --group_reporting \
-        --readonly --invalidate=0 --output-format=json --output="$json" >>"$BENCH_LOG" 2>&1 || {
-        rm -f "$json"
-        return 1
-    }
-    jq -r '.jobs[0].read.iops | floor' "$json"
-    rm -f "$json"
+    json=$("${RUNAS[@]}" fio --name=rr --filename="$2" --rw=randread --bs=4k --size="$half" \
+        --offset_increment="$half" "${amount[@]}" --ioengine=psync --numjobs=2 --group_reporting \
+        --readonly --invalidate=0 --output-format=json 2>>"$BENCH_LOG") || return 1
+    jq -r '.jobs[0].read.iops | floor' <<<"$json"
 }
 
 pgpgin() { awk '/^pgpgin / { print $2 }' /proc/vmstat; } # KiB read from block devices, system-wide
@@ -437,7 +497,7 @@ measure() {
     cat "$TAR_ERRORS" >>"$BENCH_LOG"
     rm -f "$TAR_ERRORS"
 
-    record entries "$(find "$mp" -xdev | wc -l)"
+    record entries "$("${RUNAS[@]}" find "$mp" -xdev 2>/dev/null | wc -l)"
     if [[ -n $SERVER_PID ]]; then
         record rss_kib "$(awk '/^VmRSS:/ { print $2 }' "/proc/$SERVER_PID/status")"
         record cpu_all_ms $(($(server_cpu_ms) - c_all))
@@ -625,10 +685,11 @@ if ! git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null; 
     goal "warm find+stat <= 1.2x kernel" "$g" "fuse $(ratio walk_warm fuse), passthrough $(ratio walk_warm passthrough)"
     g=$(both "$(cmp_ratio seq_cold fuse '>=' 0.60)" "$(cmp_ratio seq_warm fuse '>=' 0.60)")
     goal "plain FUSE seq read >= 0.60x kernel" "$g" "cold $(ratio seq_cold fuse), warm $(ratio seq_warm fuse)"
-    for k in passthrough fuse; do
+    for pair in passthrough:cfsctl fuse:cfsctl fuse-user:cfsctl-user; do
+        k=${pair%:*} peer=${pair#*:}
         ahead=0 total=0 behind=()
         for row in seq_cold seq_warm rr_cold rr_warm walk_cold walk_warm tar_cold tar_warm rss; do
-            a=${VAL[$row,$k]} b=${VAL[$row,cfsctl]}
+            a=${VAL[$row,$k]} b=${VAL[$row,$peer]}
             [[ -n $a && -n $b ]] || continue
             total=$((total + 1))
             if awk -v a="$a" -v b="$b" -v d="${DIRS[$row]}" 'BEGIN { exit !(d > 0 ? a > b : a < b) }'; then
@@ -638,10 +699,10 @@ if ! git -C "$REPO" diff --quiet HEAD -- src Cargo.toml Cargo.lock 2>/dev/null; 
             fi
         done
         if ((total == 0)); then g=; elif ((ahead == total)); then g=1; else g=0; fi
-        goal "$(kind_title "$k") ahead of cfsctl-fuse in every row" "$g" \
+        goal "$(kind_title "$k") ahead of $(kind_title "$peer") in every row" "$g" \
             "ahead in $ahead of $total rows${behind[*]:+; behind in: ${behind[*]}}"
     done
 } | tee "$WORK/report.txt"
 
-if ((!KEEP)); then rm -rf "$STORE" "$CREPO"; fi
+if ((!KEEP)); then rm -rf "$STORE" "$CREPO" "$STORE_U" "$CREPO_U"; fi
 bench_say "done in $(bench_secs $((T_END - T_START))) s; report in $WORK/report.txt, raw figures in $RESULTS, log in $BENCH_LOG"
