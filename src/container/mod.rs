@@ -26,11 +26,12 @@
 //! mounting and unmounting there write no record). A failure undoes the
 //! steps already done, in reverse. A crash leaves some of these mounts;
 //! `container umount` (and `rm --force`) undoes whatever it finds, each
-//! step tolerating the ones already gone. `umount` unmounts the overlay and
-//! the ext4, then detaches the volume while the image is unmounted.
+//! step tolerating the ones already gone. `umount` unmounts the overlay,
+//! then the ext4 and the image at once, and detaches the volume once the
+//! ext4 is gone.
 //!
 //! `run --rm` mounts with [`Containers::mount_disposable`] (ext4
-//! `nobarrier`) and ends with [`Containers::discard`] (the volume detached
+//! `nobarrier,noload`) and ends with [`Containers::discard`] (the volume detached
 //! and deleted unflushed), so the container never costs the volume a flush.
 
 use std::path::{Path, PathBuf};
@@ -630,8 +631,11 @@ impl Containers {
     /// removed (`run --rm`): its ext4 is mounted `nobarrier`, so neither it
     /// nor the unmounts send the volume a flush (each one an `fdatasync` of
     /// the volume's layer on the host), and [`Containers::discard`] deletes
-    /// the volume without one. A crash before that leaves the volume as it was cloned (volumes keep
-    /// what their last flush committed, nothing after it): a container the
+    /// the volume without one; and `noload`, without its journal, which
+    /// only protects what a flush made durable (none is made), so the mount
+    /// and unmount skip loading it and stopping its thread. A crash before
+    /// the removal leaves the volume as it was cloned (volumes keep what
+    /// their last flush committed, nothing after it): a container the
     /// crash left behind comes back empty, never torn; what its processes
     /// fsynced is not kept, as it would not have been by the removal.
     pub fn mount_disposable(&self, name: &str) -> Result<PathBuf> {
@@ -715,7 +719,7 @@ impl Containers {
     }
 
     /// Attaches container `c`'s volume and mounts its ext4 at `fs`
-    /// (`nobarrier` when `disposable`), noting each step done in `undo`.
+    /// (`nobarrier,noload` when `disposable`), noting each step done in `undo`.
     fn attach_fs(
         &self,
         c: &Container,
@@ -748,7 +752,7 @@ impl Containers {
                 fs,
                 "ext4",
                 rustix::mount::MountFlags::NOATIME,
-                disposable.then_some(c"nobarrier"),
+                disposable.then_some(c"nobarrier,noload"),
             )
             .map_err(|e| {
                 ContainerError::Mount(
