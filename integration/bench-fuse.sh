@@ -221,7 +221,7 @@ if [[ " $KINDS " == *"-user "* ]]; then
     ((BUID != 0)) || bench_die "BENCH_USER must not be root"
     command -v setpriv >/dev/null || bench_die "setpriv is missing (util-linux)"
     command -v fusermount3 >/dev/null || bench_die "fusermount3 is missing (package fuse3)"
-    AS_USER=(setpriv "--reuid=$BUID" "--regid=$BGID" --clear-groups --)
+    AS_USER=(setpriv "--reuid=$BUID" "--regid=$BGID" --clear-groups --reset-env --)
 fi
 if [[ " $KINDS " == *" cfsctl"* ]]; then
     cfsctl_ok "$CFS" || bench_die "no cfsctl 0.9 found (run without --no-install, or set CFSCTL)"

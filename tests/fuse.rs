@@ -1065,6 +1065,51 @@ fn plain_fuse_closes_object_descriptors_when_the_kernel_forgets() {
     assert_eq!(stats.opens, 1, "zero-message opens: {stats:?}");
 }
 
+/// A server whose descriptor limit is far below the number of objects read
+/// (prlimit: 48, hard) still serves every file right, with and without
+/// passthrough: it keeps at most half its limit and drops them all when it
+/// reaches that, or when an open fails with EMFILE.
+#[test]
+fn a_server_with_few_descriptors_serves_every_file() {
+    require_fuse();
+    require_tool("prlimit", "util-linux");
+    let store = store_with("bookworm-mod");
+    let targets = external_files(&store, "bookworm-mod", 16 * 1024);
+    let files: Vec<&Target> = targets.iter().take(150).collect();
+    assert!(files.len() >= 100, "only {} files over 16 KiB", files.len());
+    let mnt = scratch_dir("fukastor-test-mnt-");
+    let canonical = std::fs::canonicalize(mnt.path()).expect("mountpoint");
+    for mode in [Mode::Fuse, Mode::Passthrough] {
+        let mut cmd = Command::new("prlimit");
+        cmd.env("FUKASTOR_LOG", "info")
+            .arg("--nofile=48:48")
+            .arg("--")
+            .arg(fukastor_bin())
+            .arg("--store")
+            .arg(store.path())
+            .args(["mount", "bookworm-mod"])
+            .arg(mnt.path())
+            .arg(match mode {
+                Mode::Passthrough => "--fuse=passthrough",
+                _ => "--fuse",
+            });
+        let run = run_command(cmd);
+        assert!(run.success(), "{mode:?}: mount with 48 descriptors: {run}");
+        let m = Mounted {
+            store: store.path().to_owned(),
+            mp: canonical.clone(),
+            pid: mounts_row(store.path(), None, &canonical)
+                .and_then(|r| r["pid"].as_u64().map(|p| p as u32)),
+            active: true,
+        };
+        // Twice: the second pass finds some descriptors kept, some dropped.
+        let bytes = read_fully(m.path(), &files);
+        assert_eq!(read_fully(m.path(), &files), bytes, "{mode:?}");
+        let stats = umount_and_stats(m, None).expect("statistics");
+        eprintln!("{mode:?}: {} files, {bytes} bytes: {stats:?}", files.len());
+    }
+}
+
 // ---------------------------------------------------------------------------
 // Server life cycle
 // ---------------------------------------------------------------------------

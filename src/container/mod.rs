@@ -269,7 +269,9 @@ impl Containers {
             return;
         };
         for e in entries.flatten() {
-            if std::fs::rename(e.path(), work).is_ok() {
+            // Only a directory (never a symlink: the container's mounts
+            // would follow it).
+            if e.file_type().is_ok_and(|t| t.is_dir()) && std::fs::rename(e.path(), work).is_ok() {
                 return;
             }
         }
@@ -277,8 +279,8 @@ impl Containers {
 
     /// Keeps container work directory `work` as a spare tree when it is
     /// exactly what [`Containers::reuse_spare_tree`] hands out once
-    /// `bundle/config.json` is gone: the four directories (none a mount or a
-    /// symlink), `fs`, `lower` and `rootfs` empty, nothing in `bundle` but
+    /// `bundle/config.json` is gone: a directory holding the four
+    /// directories (none a symlink; the caller made sure none is a mount), `fs`, `lower` and `rootfs` empty, nothing in `bundle` but
     /// that file. Returns false (and changes nothing but `config.json`)
     /// otherwise, or when [`MAX_SPARE_TREES`] are kept already; the caller
     /// then removes `work`.
@@ -292,13 +294,15 @@ impl Containers {
             v.sort();
             Some(v)
         };
-        if names(work).as_deref() != Some(&SPARE_TREE.map(std::ffi::OsString::from)[..]) {
+        if !work.symlink_metadata().is_ok_and(|m| m.is_dir())
+            || names(work).as_deref() != Some(&SPARE_TREE.map(std::ffi::OsString::from)[..])
+        {
             return false;
         }
         for d in SPARE_TREE {
             let p = work.join(d);
-            let is_dir = p.symlink_metadata().is_ok_and(|m| m.is_dir());
-            if !is_dir || crate::mount::is_mount_root(&p) {
+            // (Nothing is mounted here: `retire_work_dir` checked.)
+            if !p.symlink_metadata().is_ok_and(|m| m.is_dir()) {
                 return false;
             }
             let inside = names(&p);
@@ -334,8 +338,21 @@ impl Containers {
     }
 
     /// Removes container work directory `work`: kept as a spare tree when
-    /// it can be ([`Containers::keep_as_spare`]), else deleted.
+    /// it can be ([`Containers::keep_as_spare`]), else deleted; left alone
+    /// (with a warning) while anything is mounted in it, since removal must
+    /// never reach into a mounted filesystem.
     fn retire_work_dir(&self, work: &Path) {
+        let mounted = std::iter::once(work.to_path_buf())
+            .chain(SPARE_TREE.iter().map(|d| work.join(d)))
+            .find(|d| crate::mount::is_mount_root(d));
+        if let Some(m) = mounted {
+            tracing::warn!(
+                "not removing {}: {} is mounted",
+                work.display(),
+                m.display()
+            );
+            return;
+        }
         if !self.keep_as_spare(work) {
             let _ = std::fs::remove_dir_all(work);
         }
@@ -752,6 +769,8 @@ impl Containers {
                 fs,
                 "ext4",
                 rustix::mount::MountFlags::NOATIME,
+                // `noload` needs a journal that wants no recovery: the
+                // template's was never mounted, so clones' never do.
                 disposable.then_some(c"nobarrier,noload"),
             )
             .map_err(|e| {
@@ -829,13 +848,7 @@ impl Containers {
         });
         detached?;
         image?;
-        // Only once nothing is mounted in it: removal must never reach into
-        // a mounted filesystem.
-        if discard
-            && ![&fs, &lower, &work.join("rootfs")]
-                .iter()
-                .any(|d| crate::mount::is_mount_root(d))
-        {
+        if discard {
             let _s = tracing::debug_span!("rmdir").entered();
             self.retire_work_dir(work);
         }

@@ -12,8 +12,12 @@
 //!   file is open on it and its page cache has been truncated (so every READ
 //!   it sent for the inode has been answered); it sends no READ for that
 //!   inode again before a new LOOKUP.
-//! - EMFILE or ENFILE while opening: every slot is emptied once (a cache may
-//!   always be dropped) and the open is retried.
+//! - EMFILE or ENFILE while opening (here, or a passthrough open through
+//!   [`ObjectFds::open`]): every slot is emptied once (a cache may always
+//!   be dropped) and the open is retried.
+//! - More than the cap given to [`ObjectFds::new`] kept: every slot is
+//!   emptied before the next is filled (the server raises its soft
+//!   descriptor limit to the hard one and keeps at most half of it).
 //!
 //! Readers hold an `Arc` of the descriptor for the length of their `pread`,
 //! so emptying a slot never closes a descriptor under a read in flight (and
@@ -24,13 +28,16 @@
 
 use std::io;
 use std::os::fd::OwnedFd;
-use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::atomic::{AtomicU64, AtomicUsize, Ordering};
 use std::sync::{Arc, RwLock};
 
 /// One slot per inode number.
 #[derive(Debug)]
 pub struct ObjectFds {
     slots: Box<[RwLock<Option<Arc<OwnedFd>>>]>,
+    /// Slots filled now, and how many may be.
+    kept: AtomicUsize,
+    cap: usize,
     /// Objects opened (each time a slot was filled, or a retry after EMFILE).
     pub opened: AtomicU64,
     /// Times every slot was emptied because descriptors ran out.
@@ -38,10 +45,12 @@ pub struct ObjectFds {
 }
 
 impl ObjectFds {
-    /// Slots for inode numbers below `inodes`.
-    pub fn new(inodes: usize) -> Self {
+    /// Slots for inode numbers below `inodes`, at most `cap` filled at once.
+    pub fn new(inodes: usize, cap: usize) -> Self {
         ObjectFds {
             slots: (0..inodes).map(|_| RwLock::new(None)).collect(),
+            kept: AtomicUsize::new(0),
+            cap: cap.max(1),
             opened: AtomicU64::new(0),
             sweeps: AtomicU64::new(0),
         }
@@ -62,25 +71,38 @@ impl ObjectFds {
         }
         // Opening is a path walk: not under the slot's lock. Two threads
         // that miss at once both open; the second keeps the first's.
-        let fd = match open() {
+        let fd = Arc::new(self.open(open)?);
+        self.opened.fetch_add(1, Ordering::Relaxed);
+        if self.kept.load(Ordering::Relaxed) >= self.cap {
+            self.sweep();
+        }
+        let mut slot = slot.write().expect("not poisoned");
+        if slot.is_none() {
+            self.kept.fetch_add(1, Ordering::Relaxed);
+        }
+        Ok(Arc::clone(slot.get_or_insert(fd)))
+    }
+
+    /// Runs `open`; when descriptors ran out, empties every slot and runs
+    /// it once more.
+    pub fn open<T>(&self, open: impl Fn() -> io::Result<T>) -> io::Result<T> {
+        match open() {
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
                 self.sweep();
-                open()?
+                open()
             }
-            r => r?,
-        };
-        self.opened.fetch_add(1, Ordering::Relaxed);
-        let fd = Arc::new(fd);
-        let mut kept = slot.write().expect("not poisoned");
-        Ok(Arc::clone(kept.get_or_insert(fd)))
+            r => r,
+        }
     }
 
     /// The kernel forgot `ino`: close its descriptor (once no read uses it).
     pub fn forget(&self, ino: u64) {
         if let Some(slot) = self.slots.get(ino as usize) {
             // Read first: most forgotten inodes were never read through us.
-            if slot.read().expect("not poisoned").is_some() {
-                slot.write().expect("not poisoned").take();
+            if slot.read().expect("not poisoned").is_some()
+                && slot.write().expect("not poisoned").take().is_some()
+            {
+                self.kept.fetch_sub(1, Ordering::Relaxed);
             }
         }
     }
@@ -95,9 +117,11 @@ impl ObjectFds {
 
     fn sweep(&self) {
         self.sweeps.fetch_add(1, Ordering::Relaxed);
-        tracing::info!("out of file descriptors: closing the kept object descriptors");
+        tracing::debug!("closing the kept object descriptors (at the cap, or none left)");
         for slot in self.slots.iter() {
-            slot.write().expect("not poisoned").take();
+            if slot.write().expect("not poisoned").take().is_some() {
+                self.kept.fetch_sub(1, Ordering::Relaxed);
+            }
         }
     }
 }
@@ -113,7 +137,7 @@ mod tests {
 
     #[test]
     fn one_open_per_inode_until_forgotten() {
-        let fds = ObjectFds::new(4);
+        let fds = ObjectFds::new(4, 100);
         let calls = AtomicUsize::new(0);
         let open = || {
             calls.fetch_add(1, Ordering::Relaxed);
@@ -140,7 +164,7 @@ mod tests {
 
     #[test]
     fn running_out_of_descriptors_empties_the_cache_once() {
-        let fds = ObjectFds::new(4);
+        let fds = ObjectFds::new(4, 100);
         fds.get(1, devnull).unwrap();
         fds.get(3, devnull).unwrap();
         let tries = AtomicUsize::new(0);
@@ -166,5 +190,20 @@ mod tests {
             .unwrap_err();
         assert_eq!(e.raw_os_error(), Some(libc::ENOENT));
         assert_eq!(fds.sweeps.load(Ordering::Relaxed), 1);
+    }
+
+    #[test]
+    fn at_the_cap_the_kept_descriptors_are_dropped_first() {
+        let fds = ObjectFds::new(8, 3);
+        for ino in 0..3 {
+            fds.get(ino, devnull).unwrap();
+        }
+        assert_eq!((fds.kept(), fds.sweeps.load(Ordering::Relaxed)), (3, 0));
+        fds.get(5, devnull).unwrap();
+        assert_eq!((fds.kept(), fds.sweeps.load(Ordering::Relaxed)), (1, 1));
+        fds.forget(5);
+        fds.forget(5);
+        assert_eq!(fds.kept(), 0);
+        assert_eq!(fds.kept.load(Ordering::Relaxed), 0, "the count follows");
     }
 }

@@ -110,6 +110,13 @@ type Decoded = (Arc<Vec<u8>>, u64);
 /// The file handle of an open filtered object (no descriptor is + 1 this large).
 const DECODED: u64 = u64::MAX;
 
+/// How many object descriptors the server keeps at most: half its soft
+/// descriptor limit (which [`super::serve`] raises to the hard one).
+fn kept_descriptors() -> usize {
+    let limit = rustix::process::getrlimit(rustix::process::Resource::Nofile);
+    limit.current.map_or(1 << 20, |n| (n / 2) as usize)
+}
+
 fn kind_of(kind: &NodeKind, attr: &fuser::FileAttr) -> FileType {
     match kind {
         NodeKind::Dir(_) => FileType::Directory,
@@ -127,7 +134,7 @@ impl ImageFs {
         counters: std::sync::Arc<Counters>,
     ) -> Self {
         ImageFs {
-            fds: ObjectFds::new(inodes.len() + 1),
+            fds: ObjectFds::new(inodes.len() + 1, kept_descriptors()),
             inodes,
             objects,
             passthrough: AtomicBool::new(passthrough),
@@ -383,7 +390,7 @@ impl Filesystem for ImageFs {
             // first read that reaches us: this open costs no path walk.
             return reply.opened(FileHandle(IN_TABLE), FopenFlags::FOPEN_KEEP_CACHE);
         }
-        let fd = match self.open_object(id) {
+        let fd = match self.fds.open(|| self.open_object(id)) {
             Ok(fd) => fd,
             Err(e) => {
                 tracing::error!("object {} of inode {}: {e}", id.to_hex(), ino.0);
@@ -446,7 +453,11 @@ impl Filesystem for ImageFs {
             return reply.error(Errno::EBADF);
         };
         if let Content::Object(id) = content {
-            // Zero-message opens: the kept descriptor of the inode's object.
+            if self.filter.is_some() {
+                // Filtered objects are read decoded, through DECODED handles.
+                return reply.error(Errno::EBADF);
+            }
+            // The kept descriptor of the inode's object.
             return match self.fds.get(ino.0, || self.open_object(id)) {
                 Ok(fd) => {
                     use std::os::fd::AsFd;

@@ -77,6 +77,7 @@ pub fn serve(
     if !canonical.is_dir() {
         return Err(MountError::Mountpoint(shown, "not a directory".into()));
     }
+    raise_nofile();
     let tree = store.image_tree(id)?;
     let inodes = inodes::Inodes::new(&tree);
     drop(tree);
@@ -166,6 +167,8 @@ pub fn serve(
             }
         }
     });
+    // `run` consumes the session: the filesystem, and with it every kept
+    // object descriptor, is gone by the time the tracking file is read.
     let result = session.run();
     handle.close();
     crate::delaypoint("fuse:exiting");
@@ -184,6 +187,20 @@ pub fn serve(
         counters.flushes.load(std::sync::atomic::Ordering::Relaxed),
     );
     result.map_err(|e| MountError::Server(e.to_string()))
+}
+
+/// Raises the soft limit on open descriptors to the hard one: the server
+/// keeps one per object read (src/fuse/fds.rs) and one per open under
+/// passthrough.
+fn raise_nofile() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!("raising the descriptor limit: {e}");
+        }
+    }
 }
 
 /// Starts `fukastor fuse-serve` in its own process group and returns once
