@@ -1744,6 +1744,60 @@ fn container_mount(st: &VStore, name: &str, mp: Option<&Path>) -> PathBuf {
     expected
 }
 
+/// Unmounts (lazily) what it names when dropped, even after a panic.
+struct LazyUmount(PathBuf);
+
+impl Drop for LazyUmount {
+    fn drop(&mut self) {
+        lazy_umount(&self.0);
+    }
+}
+
+/// `rm` never deletes through a mount it did not make: with a tmpfs mounted
+/// on a container's `bundle` directory, the container is removed, its work
+/// directory is left in place (with a warning) and the tmpfs keeps its file.
+#[test]
+fn rm_never_deletes_through_a_mount_in_the_work_directory() {
+    let _serial = serial();
+    require_volumes();
+    let fx = fixtures();
+    let st = VStore::new();
+    st.ok(["-q", "pull", &fx.oci("busybox"), "busybox"]);
+    st.ok(["create", "busybox", "--name", "m"]);
+    st.ok(["container", "mount", "m"]);
+    st.ok(["container", "umount", "m"]);
+    let work = st.path().join("fukastor/containers/m");
+    let bundle = work.join("bundle");
+    std::fs::create_dir_all(&bundle).expect("bundle directory");
+    let run = tool(
+        "mount",
+        [
+            OsStr::new("-t"),
+            OsStr::new("tmpfs"),
+            OsStr::new("none"),
+            bundle.as_os_str(),
+        ],
+    );
+    assert!(run.success(), "mounting a tmpfs: {run}");
+    let _guard = LazyUmount(bundle.clone());
+    std::fs::write(bundle.join("keep"), b"not yours").expect("write into the tmpfs");
+
+    let run = st.ok(["rm", "m"]);
+    assert!(
+        run.stderr.contains("is mounted"),
+        "`rm` says why it left the directory: {run}"
+    );
+    assert_eq!(
+        std::fs::read(bundle.join("keep")).expect("the tmpfs's file"),
+        b"not yours"
+    );
+    assert!(work.join("fs").is_dir(), "the work directory is left whole");
+    assert!(
+        !st.run(["container", "mount", "m"]).success(),
+        "the container is gone"
+    );
+}
+
 #[test]
 fn containers_are_isolated_clones_with_snapshots_and_rm() {
     let _serial = serial();

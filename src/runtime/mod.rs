@@ -294,7 +294,12 @@ fn crun_run(bundle: &Path, name: &str) -> Result<i32> {
         .arg(&id)
         .spawn()
         .map_err(|e| RuntimeError::Crun(format!("starting crun: {e}")))?;
-    let pid = child.id();
+    // Signals go to crun through a pidfd: once crun is reaped, its pid may
+    // be reused, but the pidfd still names crun (and sending fails).
+    // (Without pidfds, before Linux 5.3, by pid.)
+    let pid = rustix::process::Pid::from_raw(child.id() as i32);
+    let pidfd =
+        pid.and_then(|p| rustix::process::pidfd_open(p, rustix::process::PidfdFlags::empty()).ok());
     let mut signals = signal_hook::iterator::Signals::new([
         signal_hook::consts::SIGINT,
         signal_hook::consts::SIGTERM,
@@ -304,11 +309,13 @@ fn crun_run(bundle: &Path, name: &str) -> Result<i32> {
     let handle = signals.handle();
     let forwarder = std::thread::spawn(move || {
         for sig in signals.forever() {
-            if let (Some(p), Some(s)) = (
-                rustix::process::Pid::from_raw(pid as i32),
-                rustix::process::Signal::from_named_raw(sig),
-            ) {
-                let _ = rustix::process::kill_process(p, s);
+            let Some(s) = rustix::process::Signal::from_named_raw(sig) else {
+                continue;
+            };
+            match (&pidfd, pid) {
+                (Some(fd), _) => drop(rustix::process::pidfd_send_signal(fd, s)),
+                (None, Some(p)) => drop(rustix::process::kill_process(p, s)),
+                (None, None) => {}
             }
         }
     });
