@@ -117,6 +117,11 @@ fn kept_descriptors() -> usize {
     limit.current.map_or(1 << 20, |n| (n / 2) as usize)
 }
 
+/// Takes capability `flag` if the kernel offers it; true if taken.
+fn take_offer(config: &mut KernelConfig, flag: InitFlags) -> bool {
+    config.capabilities().contains(flag) && config.add_capabilities(flag).is_ok()
+}
+
 fn kind_of(kind: &NodeKind, attr: &fuser::FileAttr) -> FileType {
     match kind {
         NodeKind::Dir(_) => FileType::Directory,
@@ -289,15 +294,9 @@ impl Filesystem for ImageFs {
             | InitFlags::FUSE_MAX_PAGES
             | InitFlags::FUSE_ASYNC_READ;
         let _ = config.add_capabilities(wanted & config.capabilities());
-        self.no_opendir = config
-            .capabilities()
-            .contains(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
-            && config
-                .add_capabilities(InitFlags::FUSE_NO_OPENDIR_SUPPORT)
-                .is_ok();
+        self.no_opendir = take_offer(config, InitFlags::FUSE_NO_OPENDIR_SUPPORT);
         if self.passthrough.load(Ordering::Relaxed) {
-            if config.capabilities().contains(InitFlags::FUSE_PASSTHROUGH)
-                && config.add_capabilities(InitFlags::FUSE_PASSTHROUGH).is_ok()
+            if take_offer(config, InitFlags::FUSE_PASSTHROUGH)
                 // Depth 1: the backing objects are on a plain filesystem, and
                 // overlayfs may stack on this mount (a container's rootfs).
                 && config.set_max_stack_depth(1).is_ok()
@@ -313,12 +312,7 @@ impl Filesystem for ImageFs {
         // Passthrough is set up in the OPEN reply, and a filtered object is
         // decoded at OPEN and freed at RELEASE: those need the round trips.
         if !self.passthrough.load(Ordering::Relaxed) && self.filter.is_none() {
-            self.no_open = config
-                .capabilities()
-                .contains(InitFlags::FUSE_NO_OPEN_SUPPORT)
-                && config
-                    .add_capabilities(InitFlags::FUSE_NO_OPEN_SUPPORT)
-                    .is_ok();
+            self.no_open = take_offer(config, InitFlags::FUSE_NO_OPEN_SUPPORT);
         }
         Ok(())
     }
@@ -449,7 +443,9 @@ impl Filesystem for ImageFs {
         if fh.0 != IN_TABLE {
             return self.read_fd(fd_of(fh), offset, size, reply);
         }
-        let Some(NodeKind::File(content)) = self.inodes.get(ino.0).map(|n| &n.kind) else {
+        let Some((NodeKind::File(content), len)) =
+            self.inodes.get(ino.0).map(|n| (&n.kind, n.attr.size))
+        else {
             return reply.error(Errno::EBADF);
         };
         if let Content::Object(id) = content {
@@ -469,7 +465,6 @@ impl Filesystem for ImageFs {
                 }
             };
         }
-        let len = self.inodes.get(ino.0).map_or(0, |n| n.attr.size);
         let start = offset.min(len) as usize;
         let end = (offset.saturating_add(size as u64)).min(len) as usize;
         self.counters
