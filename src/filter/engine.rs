@@ -1,6 +1,7 @@
 //! The engine: chains, per-thread Lua states, the sandbox, the `fk` helpers.
 
 use std::cell::{Cell, RefCell};
+use std::ffi::c_int;
 use std::path::Path;
 use std::rc::Rc;
 use std::sync::Arc;
@@ -13,6 +14,7 @@ use mlua::{
     UserData, UserDataMethods, Value, VmState,
 };
 
+use super::bytes::{self, Returned};
 use super::native::{self, Key};
 use super::spec::{ChainSpec, Param, Stage, spec_of, valid_name};
 use super::{Ctx, FilterError, Limits, Result};
@@ -236,7 +238,6 @@ fn with_worker<R>(inner: &ChainInner, f: impl FnOnce(&mut Worker) -> Result<R>) 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Abort {
     Budget,
-    Buffers,
     /// The Lua heap limit, seen by the sandbox's `pcall` (which re-raises
     /// it as a plain string, so the engine would not know it otherwise).
     Heap,
@@ -249,12 +250,8 @@ struct CallState {
     /// strings are overwritten in place instead of allocated per call.
     ctx: RefCell<Option<Ctx>>,
     active: Cell<bool>,
-    /// The bytes objects made in the call and not yet freed, each with its
-    /// address (to find one without asking Lua for every entry's), except
-    /// the one the chain holds between stages ([`Piece`]).
-    created: RefCell<Vec<(usize, AnyUserData)>>,
-    buffer_used: Cell<usize>,
-    buffer_budget: Cell<usize>,
+    /// The call's buffers and their budget ([`bytes::Buffers`]).
+    buffers: bytes::Buffers,
     instructions: Cell<u64>,
     abort: Cell<Option<Abort>>,
 }
@@ -263,9 +260,8 @@ impl CallState {
     fn reset(&self, ctx: Option<&Ctx>, input_len: usize) {
         self.instructions.set(0);
         self.abort.set(None);
-        self.buffer_used.set(0);
         let plain = ctx.map_or(0, |c| usize::try_from(c.size()).unwrap_or(usize::MAX));
-        self.buffer_budget.set(
+        self.buffers.begin(
             self.limits
                 .buffers
                 .saturating_add(input_len.saturating_add(plain).saturating_mul(8)),
@@ -276,10 +272,9 @@ impl CallState {
         self.active.set(ctx.is_some());
     }
 
-    fn remaining(&self) -> usize {
-        self.buffer_budget
-            .get()
-            .saturating_sub(self.buffer_used.get())
+    /// True once the call must fail whatever a script's `pcall` says.
+    fn aborted(&self) -> bool {
+        self.abort.get().is_some() || self.buffers.over_budget()
     }
 }
 
@@ -311,120 +306,10 @@ fn assign_ctx(dst: &mut Option<Ctx>, src: &Ctx) {
     }
 }
 
-/// Makes a small Lua value from Rust (a bytes object's userdata)
-/// without mlua's protected call. While a heap limit is set, mlua wraps
-/// every allocation it makes in a `pcall`, which costs more than the
-/// allocation itself; here the limit is lifted for the one allocation
-/// (which then cannot fail short of the process running out of memory,
-/// as in any Lua state without a limit) and checked right after, so the
-/// heap overshoots the limit by that one object at most and the call
-/// fails with the heap error as it would have. Over the limit, a full
-/// collection runs first, as Lua's own allocator does before it gives up.
-fn unguarded<R>(lua: &Lua, st: &CallState, f: impl FnOnce() -> mlua::Result<R>) -> mlua::Result<R> {
-    let _ = lua.set_memory_limit(0);
-    let r = f();
-    let _ = lua.set_memory_limit(st.limits.memory);
-    let r = r?;
-    if lua.used_memory() > st.limits.memory
-        && (lua.gc_collect().is_err() || lua.used_memory() > st.limits.memory)
-    {
-        st.abort.set(Some(Abort::Heap));
-        return Err(mlua::Error::MemoryError("not enough memory".into()));
-    }
-    Ok(r)
-}
-
 fn call_state(lua: &Lua) -> Rc<CallState> {
     lua.app_data_ref::<Rc<CallState>>()
         .expect("set when the state is built")
         .clone()
-}
-
-/// A bytes object: a Rust buffer that scripts pass around without copying.
-/// It is a read-only view (`start..end`) of a shared buffer, so a helper
-/// whose result is part of its input (`checksum_open`, `b:sub`) returns a
-/// view instead of a copy; bytes objects are never modified, so a view
-/// cannot be told apart from a copy.
-struct Bytes {
-    buf: Rc<Vec<u8>>,
-    start: usize,
-    end: usize,
-}
-
-impl Bytes {
-    fn new(data: Vec<u8>) -> Bytes {
-        Bytes {
-            end: data.len(),
-            buf: Rc::new(data),
-            start: 0,
-        }
-    }
-
-    fn as_slice(&self) -> &[u8] {
-        &self.buf[self.start..self.end]
-    }
-
-    fn len(&self) -> usize {
-        self.end - self.start
-    }
-
-    /// A view of `range` (relative to this view) sharing the buffer.
-    fn view(&self, range: std::ops::Range<usize>) -> Bytes {
-        debug_assert!(range.start <= range.end && range.end <= self.len());
-        Bytes {
-            buf: self.buf.clone(),
-            start: self.start + range.start,
-            end: self.start + range.end,
-        }
-    }
-
-    /// `fk.checksum_seal` without copying: when this object is the only
-    /// one using its buffer and covers all of it, the trailer is appended
-    /// to the buffer and the sealed bytes are a view of it. This object
-    /// still shows the bytes it showed (its view ends before the trailer),
-    /// so nothing a script can do tells this from a copy. `None` when the
-    /// buffer is shared or only partly viewed (then the caller copies).
-    fn seal_in_place(&mut self) -> Option<Bytes> {
-        let (start, end) = (self.start, self.end);
-        let buf = Rc::get_mut(&mut self.buf)?;
-        if start != 0 || end != buf.len() {
-            return None;
-        }
-        *buf = native::checksum_append(std::mem::take(buf));
-        Some(Bytes {
-            end: buf.len(),
-            buf: self.buf.clone(),
-            start: 0,
-        })
-    }
-
-    /// The bytes as a vector: the buffer itself when nothing else shares
-    /// it and the view is most of it (trimmed in place), a copy otherwise
-    /// (so a small view does not keep a large allocation).
-    fn into_vec(self) -> Vec<u8> {
-        if self.len() < self.buf.len() / 2 {
-            return self.as_slice().to_vec();
-        }
-        match Rc::try_unwrap(self.buf) {
-            Ok(mut v) => {
-                v.truncate(self.end);
-                if self.start > 0 {
-                    v.drain(..self.start);
-                }
-                v
-            }
-            Err(shared) => shared[self.start..self.end].to_vec(),
-        }
-    }
-}
-
-/// Frees a bytes object's buffer now; the object is dead to scripts from
-/// then on ("a bytes object from an earlier call"). Taking the value out
-/// does this without the protected call and `__gc` dispatch of
-/// `AnyUserData::destroy`. Every userdata the engine frees is a bytes
-/// object; one already freed is left alone.
-fn destroy(ud: &AnyUserData) {
-    let _ = ud.take::<Bytes>();
 }
 
 /// An opaque key.
@@ -442,98 +327,15 @@ fn ext(e: FilterError) -> mlua::Error {
     mlua::Error::external(e)
 }
 
+/// Runs `f` on the bytes of a bytes object or a Lua string (for the
+/// helpers written with mlua; the hot ones are in [`super::bytes`]).
+fn with_bytes<R>(lua: &Lua, v: &Value, f: impl FnOnce(&[u8]) -> R) -> mlua::Result<R> {
+    bytes::with_value(lua, &call_state(lua).buffers, v, f)
+}
+
 /// Makes a bytes object, charging it to the call's buffer budget.
-fn new_bytes(lua: &Lua, data: Vec<u8>) -> mlua::Result<AnyUserData> {
-    new_bytes_from(lua, Bytes::new(data))
-}
-
-/// Makes a bytes object of `data` (a buffer or a view), charging its
-/// length to the call's buffer budget (a view is charged like a copy).
-fn new_bytes_from(lua: &Lua, data: Bytes) -> mlua::Result<AnyUserData> {
-    let st = call_state(lua);
-    let used = st.buffer_used.get().saturating_add(data.len());
-    if used > st.buffer_budget.get() {
-        st.abort.set(Some(Abort::Buffers));
-        return Err(ext(FilterError::Memory {
-            at: String::new(),
-            what: format!(
-                "helpers allocated more than the call's buffer budget of {} bytes",
-                st.buffer_budget.get()
-            ),
-        }));
-    }
-    st.buffer_used.set(used);
-    let ud = unguarded(lua, &st, || lua.create_userdata(data))?;
-    st.created
-        .borrow_mut()
-        .push((ud.to_pointer() as usize, ud.clone()));
-    Ok(ud)
-}
-
-/// Runs `f` on the bytes of a bytes object or a Lua string.
-fn with_bytes<R>(v: &Value, f: impl FnOnce(&[u8]) -> R) -> mlua::Result<R> {
-    match v {
-        Value::String(s) => Ok(f(&s.as_bytes())),
-        Value::UserData(ud) => match ud.borrow::<Bytes>() {
-            Ok(b) => Ok(f(b.as_slice())),
-            Err(mlua::Error::UserDataDestructed) => Err(mlua::Error::runtime(
-                "a bytes object from an earlier call (buffers live for one call)",
-            )),
-            Err(_) => Err(mlua::Error::runtime(
-                "expected bytes or a string, got another userdata",
-            )),
-        },
-        other => Err(mlua::Error::runtime(format!(
-            "expected bytes or a string, got {}",
-            other.type_name()
-        ))),
-    }
-}
-
-/// Lua-style `i, j` (1-based, negative from the end) to a byte range.
-fn lua_range(len: usize, i: Option<i64>, j: Option<i64>) -> std::ops::Range<usize> {
-    let n = i64::try_from(len).unwrap_or(i64::MAX);
-    let mut i = i.unwrap_or(1);
-    let mut j = j.unwrap_or(-1);
-    if i < 0 {
-        i = (n + i + 1).max(1);
-    } else if i == 0 {
-        i = 1;
-    }
-    if j < 0 {
-        j = n + j + 1;
-    } else if j > n {
-        j = n;
-    }
-    if i > j {
-        0..0
-    } else {
-        usize::try_from(i - 1).unwrap_or(0)..usize::try_from(j).unwrap_or(0)
-    }
-}
-
-impl UserData for Bytes {
-    fn add_methods<M: UserDataMethods<Self>>(methods: &mut M) {
-        methods.add_method("len", |_, this, ()| Ok(this.len()));
-        methods.add_meta_method(MetaMethod::Len, |_, this, ()| Ok(this.len()));
-        methods.add_method("str", |lua, this, (i, j): (Option<i64>, Option<i64>)| {
-            lua.create_string(&this.as_slice()[lua_range(this.len(), i, j)])
-        });
-        methods.add_method("sub", |lua, this, (i, j): (Option<i64>, Option<i64>)| {
-            new_bytes_from(lua, this.view(lua_range(this.len(), i, j)))
-        });
-        methods.add_meta_method(MetaMethod::ToString, |_, this, ()| {
-            Ok(format!("bytes({})", this.len()))
-        });
-        methods.add_meta_method(MetaMethod::Eq, |_, this, other: Value| {
-            with_bytes(&other, |o| o == this.as_slice())
-        });
-        methods.add_meta_function(MetaMethod::Concat, |lua, (a, b): (Value, Value)| {
-            let mut out = with_bytes(&a, <[u8]>::to_vec)?;
-            with_bytes(&b, |b| out.extend_from_slice(b))?;
-            new_bytes(lua, out)
-        });
-    }
+fn new_bytes(lua: &Lua, data: Vec<u8>) -> mlua::Result<Value> {
+    bytes::new_value(lua, &call_state(lua).buffers, data)
 }
 
 /// The `ctx` a stage sees: one object per Lua state, passed to every call,
@@ -621,26 +423,15 @@ fn is_memory_error(e: &mlua::Error) -> bool {
     false
 }
 
-/// The `fk` table.
-fn fk_table(lua: &Lua) -> mlua::Result<Table> {
+/// The `fk` table: the helpers written with mlua here, and the hot ones
+/// (`bytes`, `concat`, `crc32c`, `checksum_seal`, `checksum_open`) from
+/// [`bytes::install`].
+fn fk_table(lua: &Lua, buffers: &bytes::Buffers) -> mlua::Result<Table> {
     let fk = lua.create_table()?;
-    fk.set(
-        "bytes",
-        lua.create_function(|lua, v: Value| {
-            let data = with_bytes(&v, <[u8]>::to_vec)?;
-            new_bytes(lua, data)
-        })?,
-    )?;
-    fk.set(
-        "concat",
-        lua.create_function(|lua, args: MultiValue| {
-            let mut out = Vec::new();
-            for v in args.iter() {
-                with_bytes(v, |b| out.extend_from_slice(b))?;
-            }
-            new_bytes(lua, out)
-        })?,
-    )?;
+    for pair in bytes::install(lua, buffers)?.pairs::<Value, Value>() {
+        let (k, v) = pair?;
+        fk.raw_set(k, v)?;
+    }
     fk.set(
         "zstd_compress",
         lua.create_function(|lua, (v, level): (Value, Option<i32>)| {
@@ -650,49 +441,15 @@ fn fk_table(lua: &Lua) -> mlua::Result<Table> {
                     "zstd level {level}: use -7 to 22"
                 )));
             }
-            let out = with_bytes(&v, |b| native::zstd_compress(b, level))?.map_err(ext)?;
+            let out = with_bytes(lua, &v, |b| native::zstd_compress(b, level))?.map_err(ext)?;
             new_bytes(lua, out)
         })?,
     )?;
     fk.set(
         "zstd_decompress",
         lua.create_function(|lua, v: Value| {
-            let max = call_state(lua).remaining();
-            let out = with_bytes(&v, |b| native::zstd_decompress(b, max))?.map_err(ext)?;
-            new_bytes(lua, out)
-        })?,
-    )?;
-    fk.set(
-        "crc32c",
-        lua.create_function(|_, v: Value| with_bytes(&v, native::crc32c))?,
-    )?;
-    fk.set(
-        "checksum_seal",
-        lua.create_function(|lua, v: Value| {
-            if let Value::UserData(ud) = &v
-                && let Ok(mut b) = ud.borrow_mut::<Bytes>()
-                && let Some(sealed) = b.seal_in_place()
-            {
-                drop(b);
-                return new_bytes_from(lua, sealed);
-            }
-            let out = with_bytes(&v, native::checksum_seal)?;
-            new_bytes(lua, out)
-        })?,
-    )?;
-    fk.set(
-        "checksum_open",
-        lua.create_function(|lua, v: Value| {
-            // The body of a bytes object is a view of it: no copy.
-            if let Value::UserData(ud) = &v
-                && let Ok(b) = ud.borrow::<Bytes>()
-            {
-                let body = native::checksum_verify(b.as_slice()).map_err(ext)?.len();
-                let view = b.view(0..body);
-                drop(b);
-                return new_bytes_from(lua, view);
-            }
-            let out = with_bytes(&v, native::checksum_open)?.map_err(ext)?;
+            let max = call_state(lua).buffers.remaining();
+            let out = with_bytes(lua, &v, |b| native::zstd_decompress(b, max))?.map_err(ext)?;
             new_bytes(lua, out)
         })?,
     )?;
@@ -718,7 +475,7 @@ fn fk_table(lua: &Lua) -> mlua::Result<Table> {
         lua.create_function(|lua, (k, v): (AnyUserData, Value)| {
             let key = k.borrow::<KeyHandle>()?;
             let aad = with_ctx(lua, Ctx::aad)?;
-            let out = with_bytes(&v, |b| native::encrypt(&key.0, &aad, b))?.map_err(ext)?;
+            let out = with_bytes(lua, &v, |b| native::encrypt(&key.0, &aad, b))?.map_err(ext)?;
             new_bytes(lua, out)
         })?,
     )?;
@@ -727,7 +484,7 @@ fn fk_table(lua: &Lua) -> mlua::Result<Table> {
         lua.create_function(|lua, (k, v): (AnyUserData, Value)| {
             let key = k.borrow::<KeyHandle>()?;
             let aad = with_ctx(lua, Ctx::aad)?;
-            let out = with_bytes(&v, |b| native::decrypt(&key.0, &aad, b))?.map_err(ext)?;
+            let out = with_bytes(lua, &v, |b| native::decrypt(&key.0, &aad, b))?.map_err(ext)?;
             new_bytes(lua, out)
         })?,
     )?;
@@ -735,7 +492,7 @@ fn fk_table(lua: &Lua) -> mlua::Result<Table> {
         "replica_write",
         lua.create_function(|lua, (dir, v): (String, Value)| {
             with_ctx(lua, |ctx| {
-                with_bytes(&v, |b| native::replica_write(Path::new(&dir), ctx, b))
+                with_bytes(lua, &v, |b| native::replica_write(Path::new(&dir), ctx, b))
             })??
             .map_err(ext)?;
             Ok(v)
@@ -744,7 +501,7 @@ fn fk_table(lua: &Lua) -> mlua::Result<Table> {
     fk.set(
         "replica_read",
         lua.create_function(|lua, dir: String| {
-            let max = call_state(lua).remaining();
+            let max = call_state(lua).buffers.remaining();
             match with_ctx(lua, |ctx| native::replica_read(Path::new(&dir), ctx, max))?
                 .map_err(ext)?
             {
@@ -781,19 +538,31 @@ fn fk_table(lua: &Lua) -> mlua::Result<Table> {
 /// makes a script's environment and the function that freezes it.
 const PRELUDE: &str = r#"
 local fk, fatal, log = ...
-local real_pcall, error, setmetatable, tostring, type, rawget, next =
-      pcall, error, setmetatable, tostring, type, rawget, next
+local real_pcall, error, setmetatable, tostring, type, rawget, next, real_rawset =
+      pcall, error, setmetatable, tostring, type, rawget, next, rawset
 string.dump = nil
 getmetatable("").__metatable = false
 
+-- The read-only proxies and frozen environments, which `rawset` must not
+-- write either (that would bypass their __newindex, and what it wrote
+-- would stay for later calls and other stages).
+local protected = setmetatable({}, { __mode = "k" })
+
+local function safe_rawset(t, k, v)
+  if protected[t] then error("attempt to modify a read-only table with rawset", 2) end
+  return real_rawset(t, k, v)
+end
+
 local function readonly(t, name)
-  return setmetatable({}, {
+  local proxy = setmetatable({}, {
     __index = t,
     __newindex = function() error("attempt to modify the read-only table '" .. name .. "'", 2) end,
     __pairs = function() return next, t, nil end,
     __len = function() return #t end,
     __metatable = false,
   })
+  protected[proxy] = true
+  return proxy
 end
 
 local function rethrow(ok, ...)
@@ -822,7 +591,7 @@ local sandbox = {
   assert = assert, error = error, ipairs = ipairs, next = next, pairs = pairs,
   select = select, tonumber = tonumber, tostring = tostring, type = type,
   getmetatable = getmetatable, setmetatable = safe_setmetatable,
-  rawequal = rawequal, rawget = rawget, rawlen = rawlen, rawset = rawset,
+  rawequal = rawequal, rawget = rawget, rawlen = rawlen, rawset = safe_rawset,
   _VERSION = _VERSION,
   pcall = function(f, ...) return rethrow(real_pcall(f, ...)) end,
   xpcall = function(f, h, ...) return xrethrow(h, real_pcall(f, ...)) end,
@@ -841,6 +610,7 @@ return function(params)
   env._G = env
   setmetatable(env, mt)
   return env, function()
+    protected[env] = true
     mt.__newindex = function(_, k)
       error("assignment to global '" .. tostring(k) ..
             "' in a call: globals are read-only once the script is loaded (use a local)", 2)
@@ -866,44 +636,21 @@ const STRIPPED_GLOBALS: &[&str] = &[
     "rawget",
 ];
 
+/// A stage's functions, ready to call ([`bytes::stage_fn`]: registry
+/// references).
 struct StageFns {
     name: String,
-    encode: Function,
-    decode: Function,
-    recover: Option<Function>,
-}
-
-/// What flows from stage to stage: a bytes object the engine holds (the
-/// only one not on the call's end-of-call list: dropping the piece frees
-/// it, on every path), or a string (or, from `recover`, nil).
-struct Piece {
-    v: Value,
-    /// `v`'s address while the piece owns it (a live bytes object).
-    owned: Option<usize>,
-}
-
-impl Piece {
-    const NIL: Piece = Piece {
-        v: Value::Nil,
-        owned: None,
-    };
-}
-
-impl Drop for Piece {
-    fn drop(&mut self) {
-        if self.owned.is_some()
-            && let Value::UserData(ud) = &self.v
-        {
-            destroy(ud);
-        }
-    }
+    encode: c_int,
+    decode: c_int,
+    recover: Option<c_int>,
 }
 
 /// One thread's Lua state for one chain.
 struct Worker {
     stages: Vec<StageFns>,
-    /// The state's one `ctx` object ([`CtxView`]), passed to every call.
-    ctx: AnyUserData,
+    /// The registry reference of the state's one `ctx` object
+    /// ([`CtxView`]), passed to every call.
+    ctx: c_int,
     st: Rc<CallState>,
     lua: Lua,
 }
@@ -973,19 +720,19 @@ impl Worker {
             limits,
             ctx: RefCell::new(None),
             active: Cell::new(false),
-            created: RefCell::new(Vec::new()),
-            buffer_used: Cell::new(0),
-            buffer_budget: Cell::new(limits.buffers),
+            buffers: bytes::Buffers::new(limits.buffers),
             instructions: Cell::new(0),
             abort: Cell::new(None),
         });
+        // The app data keeps `st` (and so the `Buffers` that the bytes
+        // objects' C functions point at) for as long as the state.
         lua.set_app_data(st.clone());
 
-        let fk = fk_table(&lua).map_err(state_err)?;
+        let fk = fk_table(&lua, &st.buffers).map_err(state_err)?;
         let fatal = lua
             .create_function(|lua, e: Value| {
                 let st = call_state(lua);
-                if st.abort.get().is_some() {
+                if st.aborted() {
                     return Ok(true);
                 }
                 let heap = match &e {
@@ -1022,6 +769,7 @@ impl Worker {
         drop(globals);
 
         let ctx = lua.create_userdata(CtxView).map_err(state_err)?;
+        let ctx = bytes::registry_ref(&lua, Value::UserData(ctx)).map_err(state_err)?;
 
         lua.gc_set_mode(GcMode::Generational(GcGenParams::default()));
         // Limits apply from here on: to loading the scripts, too.
@@ -1091,11 +839,13 @@ impl Worker {
                     }));
                 }
             };
+            let keep = |f: Function| bytes::stage_fn(&self.lua, &self.st.buffers, f, self.ctx);
+            let recover = get("recover")?.map(keep).transpose()?;
             Ok(Ok(StageFns {
                 name: name.to_owned(),
-                encode,
-                decode,
-                recover: get("recover")?,
+                encode: keep(encode)?,
+                decode: keep(decode)?,
+                recover,
             }))
         })();
         let out = match r {
@@ -1118,29 +868,8 @@ impl Worker {
 
     /// Frees every buffer the call made: nothing outlives the call.
     fn finish(&self) {
-        self.free_buffers();
+        self.st.buffers.end();
         self.st.active.set(false);
-    }
-
-    /// Destroys the call's buffers (keeping the list's allocation for the
-    /// next call; dropping a buffer runs no Lua and no code of ours).
-    fn free_buffers(&self) {
-        for (_, ud) in self.st.created.borrow_mut().drain(..) {
-            destroy(&ud);
-        }
-    }
-
-    /// Takes the bytes object at address `p` off the end-of-call list;
-    /// false when it is not there (not a live bytes object of this call).
-    fn unlist(&self, p: usize) -> bool {
-        let mut created = self.st.created.borrow_mut();
-        match created.iter().rposition(|(q, _)| *q == p) {
-            Some(i) => {
-                created.swap_remove(i);
-                true
-            }
-            None => false,
-        }
     }
 
     fn classify(&self, e: &mlua::Error, place: &str) -> FilterError {
@@ -1153,12 +882,12 @@ impl Worker {
         if let Some(fe) = e.downcast_ref::<FilterError>() {
             return fe.clone().located(place);
         }
-        if self.st.abort.get() == Some(Abort::Buffers) {
+        if self.st.buffers.over_budget() {
             return FilterError::Memory {
                 at: place.to_owned(),
                 what: format!(
                     "helpers allocated more than the call's buffer budget of {} bytes",
-                    self.st.buffer_budget.get()
+                    self.st.buffers.budget()
                 ),
             };
         }
@@ -1174,37 +903,18 @@ impl Worker {
         }
     }
 
-    fn input(&self, data: Vec<u8>) -> Result<Piece> {
-        let ud = unguarded(&self.lua, &self.st, || {
-            self.lua.create_userdata(Bytes::new(data))
-        })
-        .map_err(|e| self.classify(&e, "filter input"))?;
-        Ok(Piece {
-            owned: Some(ud.to_pointer() as usize),
-            v: Value::UserData(ud),
-        })
+    /// Takes the result out: the buffer itself when nothing else shares
+    /// it. The call's other buffers are freed first, so a result that is a
+    /// view of one of them (`checksum_open`) is trimmed in place rather
+    /// than copied.
+    fn output(&self, slot: usize) -> Vec<u8> {
+        self.st.buffers.take_vec(slot)
     }
 
-    /// Takes the result out of Lua: a bytes object is moved, a string
-    /// copied. The call's other buffers are freed first, so a result that
-    /// is a view of one of them (`checksum_open`) is trimmed in place
-    /// rather than copied.
-    fn output(&self, mut p: Piece) -> Vec<u8> {
-        if p.owned.take().is_some()
-            && let Value::UserData(ud) = &p.v
-        {
-            let taken = ud.take::<Bytes>();
-            self.free_buffers();
-            return taken.map(Bytes::into_vec).unwrap_or_default();
-        }
-        match &p.v {
-            Value::String(s) => s.as_bytes().to_vec(),
-            _ => Vec::new(),
-        }
-    }
-
-    /// Calls one stage's `encode`/`decode` (with `input`) or `recover`.
-    fn call(&self, k: usize, op: Op, input: Option<Piece>, ctx: &Ctx) -> Result<Piece> {
+    /// Calls one stage's `encode`/`decode` (with the bytes in slot
+    /// `input`) or `recover` (no input). What it returns: a slot, or
+    /// `None` when `recover` found nothing (`nil`).
+    fn call(&self, k: usize, op: Op, input: Option<usize>, ctx: &Ctx) -> Result<Option<usize>> {
         let stage = &self.stages[k];
         let place = || {
             format!(
@@ -1215,61 +925,46 @@ impl Worker {
             )
         };
         let f = match op {
-            Op::Encode => &stage.encode,
-            Op::Decode => &stage.decode,
-            Op::Recover => match &stage.recover {
+            Op::Encode => stage.encode,
+            Op::Decode => stage.decode,
+            Op::Recover => match stage.recover {
                 Some(f) => f,
-                None => return Ok(Piece::NIL),
+                None => return Ok(None),
             },
         };
-        let out: Value = match &input {
-            Some(p) => f.call((&p.v, &self.ctx)),
-            None => f.call(&self.ctx),
-        }
-        .map_err(|e| self.classify(&e, &place()))?;
-        let ptr = match &out {
-            Value::UserData(ud) => Some(ud.to_pointer() as usize),
-            _ => None,
+        let out = bytes::call_stage(&self.st.buffers, f, input)
+            .map_err(|e| self.classify(&e, &place()))?;
+        let got = match out {
+            Returned::Slot(slot) => {
+                // The stage's input, unless returned, is freed now (peak
+                // memory stays at about two buffers whatever the chain's
+                // length).
+                if let Some(i) = input
+                    && i != slot
+                {
+                    self.st.buffers.free(i);
+                }
+                return Ok(Some(slot));
+            }
+            Returned::Nil if matches!(op, Op::Recover) => return Ok(None),
+            Returned::Nil => "nil",
+            Returned::Bad(got) => got,
         };
-        let mut input = input;
-        // The stage returned its input: the new piece owns it instead.
-        let same = ptr.is_some() && ptr == input.as_ref().and_then(|p| p.owned);
-        if same && let Some(p) = &mut input {
-            p.owned = None;
-        }
-        // Else a bytes object is live if this call made it and it was not
-        // freed yet: then it is on the end-of-call list, and moves here.
-        let live = same || ptr.is_some_and(|p| self.unlist(p));
-        let ok = live
-            || match &out {
-                Value::String(_) => true,
-                Value::Nil => matches!(op, Op::Recover),
-                _ => false,
-            };
-        if !ok {
-            return Err(FilterError::BadReturn {
-                at: place(),
-                got: match &out {
-                    Value::UserData(_) => {
-                        "a bytes object from an earlier call, or other userdata".to_owned()
-                    }
-                    other => other.type_name().to_owned(),
-                },
-            });
-        }
-        // The stage's input, unless returned, is freed here as `input`
-        // drops (peak memory stays at about two buffers whatever the
-        // chain's length).
-        Ok(Piece {
-            v: out,
-            owned: if live { ptr } else { None },
+        Err(FilterError::BadReturn {
+            at: place(),
+            got: got.to_owned(),
         })
     }
 
+    /// [`Worker::call`] of `encode` or `decode`, which never gives `None`.
+    fn step(&self, k: usize, op: Op, input: usize, ctx: &Ctx) -> Result<usize> {
+        Ok(self.call(k, op, Some(input), ctx)?.unwrap_or(input))
+    }
+
     fn encode(&self, data: Vec<u8>, ctx: &Ctx) -> Result<Vec<u8>> {
-        let mut cur = self.input(data)?;
+        let mut cur = self.st.buffers.insert(data);
         for k in 0..self.stages.len() {
-            cur = self.call(k, Op::Encode, Some(cur), ctx)?;
+            cur = self.step(k, Op::Encode, cur, ctx)?;
         }
         Ok(self.output(cur))
     }
@@ -1282,7 +977,7 @@ impl Worker {
         let mut recovered_by = None;
         // `next` is the number of stages still to decode: stage next-1 is next.
         let (mut cur, mut next) = match data {
-            Some(d) => (self.input(d)?, n),
+            Some(d) => (self.st.buffers.insert(d), n),
             None => {
                 tried.resize(n, false);
                 let mut found = None;
@@ -1291,8 +986,7 @@ impl Worker {
                         continue;
                     }
                     tried[j] = true;
-                    let v = self.call(j, Op::Recover, None, ctx)?;
-                    if !matches!(v.v, Value::Nil) {
+                    if let Some(v) = self.call(j, Op::Recover, None, ctx)? {
                         found = Some((v, j));
                         break;
                     }
@@ -1310,7 +1004,7 @@ impl Worker {
         let mut first_damage: Option<FilterError> = None;
         while next > 0 {
             let k = next - 1;
-            match self.call(k, Op::Decode, Some(cur), ctx) {
+            match self.step(k, Op::Decode, cur, ctx) {
                 Ok(v) => {
                     cur = v;
                     next = k;
@@ -1326,10 +1020,10 @@ impl Worker {
                         }
                         *done = true;
                         match self.call(j, Op::Recover, None, ctx) {
-                            Ok(Piece { v: Value::Nil, .. }) => {
+                            Ok(None) => {
                                 notes.push(format!("no replica in {}", self.stages[j].name))
                             }
-                            Ok(v) => {
+                            Ok(Some(v)) => {
                                 found = Some((v, j));
                                 break;
                             }

@@ -32,8 +32,9 @@
 //!
 //! # What a script sees
 //!
-//! * `bytes`: the data, as a **bytes object** (userdata holding a Rust
-//!   buffer, so a 1 MiB block is never copied into Lua). `#b` and
+//! * `bytes`: the data, as a **bytes object** (a small userdata naming a
+//!   Rust buffer, so a 1 MiB block is never copied into Lua; see
+//!   `bytes.rs` for how they are kept). `#b` and
 //!   `b:len()` give its length, `b:str([i [, j]])` copies (part of) it into
 //!   a Lua string, `b:sub(i [, j])` gives a new bytes object (a view of
 //!   the same buffer, like the body `fk.checksum_open` returns: bytes
@@ -90,15 +91,15 @@
 //!   stopped, so `setmetatable` refuses a `__gc` field and `xpcall`'s
 //!   handler runs after the stack has unwound.
 //! * Limits ([`Limits`]): a memory limit on the Lua heap (mlua
-//!   `set_memory_limit`; the one small object the engine makes from Rust
-//!   per bytes object, its handle, is made with the limit lifted and
-//!   checked right after, which spares mlua's protected
-//!   call per allocation: the heap passes the limit by one such object at
-//!   most before the call fails), a budget of Lua instructions per chain call
+//!   `set_memory_limit`; a bytes object's userdata counts against it, and
+//!   is made inside the call's protected Lua call, so running out is the
+//!   heap error like any other allocation), a budget of Lua instructions per chain call
 //!   (counted by a hook every 1000 instructions), and a budget of bytes
 //!   that helpers may allocate per call. Exceeding one fails that call
 //!   (FK0902, FK0903). `pcall`/`xpcall` cannot swallow these: the sandbox's
-//!   versions re-raise them. A script error, a runaway loop, deep recursion
+//!   versions re-raise them. A value other than a string thrown out of a
+//!   stage is reported by its type; the engine never runs its
+//!   `__tostring`. A script error, a runaway loop, deep recursion
 //!   or a bad return value fails that one call with a coded error; the Lua
 //!   state that ran it is then thrown away and rebuilt on the next call, so
 //!   the engine stays usable and starts clean.
@@ -173,6 +174,7 @@
 
 #[cfg(test)]
 mod bench;
+mod bytes;
 mod engine;
 pub mod floor;
 pub mod native;

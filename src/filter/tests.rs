@@ -446,6 +446,14 @@ fn probe(bad: &str, code: &str, limits: Limits) -> FilterError {
     e
 }
 
+/// `l` with room in the Lua heap for a few MiB of strings.
+fn big_heap(l: Limits) -> Limits {
+    Limits {
+        memory: 64 << 20,
+        ..l
+    }
+}
+
 fn small() -> Limits {
     Limits {
         memory: 8 << 20,
@@ -480,6 +488,11 @@ fn filter_sandbox_refuses_escapes() {
     probe("_G.x = 1", "FK0901", l);
     probe("setmetatable(_G, nil)", "FK0901", l);
     probe("params.level = 99", "FK0901", l);
+    // rawset cannot bypass them either.
+    probe("rawset(fk, 'crc32c', 1)", "FK0901", l);
+    probe("rawset(string, 'rep', 1)", "FK0901", l);
+    probe("rawset(_G, 'leak', b)", "FK0901", l);
+    probe("rawset(params, 'level', 99)", "FK0901", l);
     // Resources.
     probe("local s = string.rep('x', 1 << 30)", "FK0902", l);
     let heap = Limits {
@@ -504,10 +517,16 @@ fn filter_sandbox_refuses_escapes() {
         "FK0903",
         l,
     );
-    probe(
+    // The engine never runs an error object's `__tostring`: a table
+    // thrown out of a stage is reported by its type.
+    let e = probe(
         "error(setmetatable({}, {__tostring = function() while true do end end}))",
-        "FK0903",
+        "FK0901",
         l,
+    );
+    assert!(
+        e.to_string().contains("error object is a table value"),
+        "{e}"
     );
     probe(
         "setmetatable({}, {__gc = function() while true do end end})",
@@ -539,9 +558,16 @@ fn filter_sandbox_refuses_escapes() {
         "FK0902",
         l,
     );
-    // Bytes objects are made outside mlua's protected allocation (the heap
-    // limit is lifted for each and checked after): still the heap error.
+    // Many small objects: each costs the buffer budget besides its bytes.
     probe("for i = 1, 1e7 do fk.bytes('') end", "FK0902", l);
+    // One concatenation of many arguments naming one large string (100 GiB
+    // in all) fails on the budget before anything is allocated.
+    probe(
+        "local s = string.rep('x', 1 << 20) local t = {} for i = 1, 100000 do t[i] = s end \
+         fk.concat(table.unpack(t))",
+        "FK0902",
+        big_heap(l),
+    );
     let big = Limits {
         memory: 64 << 20,
         instructions: 50_000_000,
