@@ -732,6 +732,62 @@ fn run_prints_the_image_os_release_and_passes_exit_statuses_on() {
     }
     st.assert_nothing_left("after run --rm with exit statuses");
 
+    // Signals reach the container: SIGTERM to `fukastor run` is forwarded
+    // to the container's process, whose trap decides the exit status.
+    // (Without forwarding, fukastor itself dies of the signal.)
+    let mut cmd = st.command();
+    cmd.args([
+        "run",
+        "--rm",
+        "--name",
+        "sig",
+        "bookworm",
+        "--",
+        "sh",
+        "-c",
+        "trap 'exit 7' TERM; echo ready; while :; do sleep 0.1; done",
+    ])
+    .stdout(Stdio::piped())
+    .stderr(Stdio::piped());
+    let mut child = cmd.spawn().expect("spawn fukastor run");
+    let mut ready = String::new();
+    {
+        use std::io::BufRead;
+        let out = child.stdout.as_mut().expect("piped stdout");
+        std::io::BufReader::new(out)
+            .read_line(&mut ready)
+            .expect("read the container's stdout");
+    }
+    assert_eq!(ready, "ready\n", "the container did not start");
+    let sent = Command::new("kill")
+        .args(["-TERM", &child.id().to_string()])
+        .status()
+        .expect("run kill");
+    assert!(sent.success(), "kill -TERM {}", child.id());
+    // A hang guard, not a timing: forwarding takes milliseconds.
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(status) = child.try_wait().expect("wait for fukastor run") {
+            break status;
+        }
+        if Instant::now() > deadline {
+            let _ = child.kill();
+            panic!("fukastor run did not exit within 60 s of SIGTERM");
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let mut stderr = String::new();
+    if let Some(mut e) = child.stderr.take() {
+        use std::io::Read;
+        let _ = e.read_to_string(&mut stderr);
+    }
+    assert_eq!(
+        status.code(),
+        Some(7),
+        "SIGTERM was not forwarded to the container's trap ({status}); stderr: {stderr}"
+    );
+    st.assert_nothing_left("after a signal forwarded to run --rm");
+
     // stdout and stderr pass through, separately.
     let run = st.run([
         "run",
