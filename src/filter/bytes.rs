@@ -528,7 +528,7 @@ unsafe fn run(l: *mut lua_State, body: impl FnOnce(&Buffers) -> mlua::Result<Pus
 }
 
 /// Argument `idx` as bytes or a string.
-unsafe fn src(l: *mut lua_State, idx: c_int) -> mlua::Result<Src> {
+unsafe fn src(l: *mut lua_State, b: &Buffers, idx: c_int) -> mlua::Result<Src> {
     // SAFETY: reading arguments of a live C function call; nothing raises
     // (`lua_tolstring` is only called on strings, so converts nothing).
     unsafe {
@@ -538,7 +538,7 @@ unsafe fn src(l: *mut lua_State, idx: c_int) -> mlua::Result<Src> {
                 let p = ffi::lua_tolstring(l, idx, &mut n);
                 Ok(Src::Str(p as *const u8, n))
             }
-            ffi::LUA_TUSERDATA => match handle_at(l, idx, buffers(l).mt_ptr.get()) {
+            ffi::LUA_TUSERDATA => match handle_at(l, idx, b.mt_ptr.get()) {
                 Some(h) => Ok(Src::Obj(h)),
                 None => Err(runtime("expected bytes or a string, got another userdata")),
             },
@@ -551,10 +551,10 @@ unsafe fn src(l: *mut lua_State, idx: c_int) -> mlua::Result<Src> {
 }
 
 /// Argument `idx` as the bytes object a method is called on.
-unsafe fn this(l: *mut lua_State) -> mlua::Result<Handle> {
+unsafe fn this(l: *mut lua_State, b: &Buffers) -> mlua::Result<Handle> {
     // SAFETY: as `src`.
     unsafe {
-        handle_at(l, 1, buffers(l).mt_ptr.get())
+        handle_at(l, 1, b.mt_ptr.get())
             .ok_or_else(|| runtime("a bytes method called on something else (use b:method())"))
     }
 }
@@ -619,7 +619,7 @@ fn text(args: std::fmt::Arguments<'_>) -> Push {
 unsafe extern "C-unwind" fn b_len(l: *mut lua_State) -> c_int {
     unsafe {
         run(l, |b| {
-            let h = this(l)?;
+            let h = this(l, b)?;
             Ok(Push::Int(b.get(h)?.len() as i64))
         })
     }
@@ -628,7 +628,7 @@ unsafe extern "C-unwind" fn b_len(l: *mut lua_State) -> c_int {
 unsafe extern "C-unwind" fn b_str(l: *mut lua_State) -> c_int {
     unsafe {
         run(l, |b| {
-            let h = this(l)?;
+            let h = this(l, b)?;
             let (i, j) = (opt_int(l, 2)?, opt_int(l, 3)?);
             let bytes = b.get(h)?;
             let s = &bytes.as_slice()[lua_range(bytes.len(), i, j)];
@@ -641,7 +641,7 @@ unsafe extern "C-unwind" fn b_str(l: *mut lua_State) -> c_int {
 unsafe extern "C-unwind" fn b_sub(l: *mut lua_State) -> c_int {
     unsafe {
         run(l, |b| {
-            let h = this(l)?;
+            let h = this(l, b)?;
             let (i, j) = (opt_int(l, 2)?, opt_int(l, 3)?);
             let view = {
                 let bytes = b.get(h)?;
@@ -655,7 +655,7 @@ unsafe extern "C-unwind" fn b_sub(l: *mut lua_State) -> c_int {
 unsafe extern "C-unwind" fn b_tostring(l: *mut lua_State) -> c_int {
     unsafe {
         run(l, |b| {
-            let h = this(l)?;
+            let h = this(l, b)?;
             Ok(text(format_args!("bytes({})", b.get(h)?.len())))
         })
     }
@@ -679,7 +679,7 @@ unsafe extern "C-unwind" fn b_eq(l: *mut lua_State) -> c_int {
 unsafe extern "C-unwind" fn b_concat(l: *mut lua_State) -> c_int {
     unsafe {
         run(l, |b| {
-            let (x, y) = (src(l, 1)?, src(l, 2)?);
+            let (x, y) = (src(l, b, 1)?, src(l, b, 2)?);
             b.fits(b.with_src(x, <[u8]>::len)? + b.with_src(y, <[u8]>::len)?)?;
             let mut out = b.with_src(x, <[u8]>::to_vec)?;
             b.with_src(y, |s| out.extend_from_slice(s))?;
@@ -691,7 +691,7 @@ unsafe extern "C-unwind" fn b_concat(l: *mut lua_State) -> c_int {
 unsafe extern "C-unwind" fn fk_bytes(l: *mut lua_State) -> c_int {
     unsafe {
         run(l, |b| {
-            let made = match src(l, 1)? {
+            let made = match src(l, b, 1)? {
                 // Bytes never change: the whole view is the copy.
                 Src::Obj(h) => {
                     let bytes = b.get(h)?;
@@ -712,12 +712,12 @@ unsafe extern "C-unwind" fn fk_concat(l: *mut lua_State) -> c_int {
             let n = ffi::lua_gettop(l);
             let mut total = 0usize;
             for i in 1..=n {
-                total = total.saturating_add(b.with_src(src(l, i)?, <[u8]>::len)?);
+                total = total.saturating_add(b.with_src(src(l, b, i)?, <[u8]>::len)?);
             }
             b.fits(total)?;
             let mut out = Vec::with_capacity(total);
             for i in 1..=n {
-                b.with_src(src(l, i)?, |s| out.extend_from_slice(s))?;
+                b.with_src(src(l, b, i)?, |s| out.extend_from_slice(s))?;
             }
             Ok(Push::Obj(b.store(b.wrap(out), true)?))
         })
@@ -727,7 +727,7 @@ unsafe extern "C-unwind" fn fk_concat(l: *mut lua_State) -> c_int {
 unsafe extern "C-unwind" fn fk_crc32c(l: *mut lua_State) -> c_int {
     unsafe {
         run(l, |b| {
-            let crc = b.with_src(src(l, 1)?, native::crc32c)?;
+            let crc = b.with_src(src(l, b, 1)?, native::crc32c)?;
             Ok(Push::Int(i64::from(crc)))
         })
     }
@@ -736,7 +736,7 @@ unsafe extern "C-unwind" fn fk_crc32c(l: *mut lua_State) -> c_int {
 unsafe extern "C-unwind" fn fk_checksum_seal(l: *mut lua_State) -> c_int {
     unsafe {
         run(l, |b| {
-            let sealed = match src(l, 1)? {
+            let sealed = match src(l, b, 1)? {
                 Src::Obj(h) => b.seal(h)?,
                 s => b.wrap(b.with_src(s, native::checksum_seal)?),
             };
@@ -748,7 +748,7 @@ unsafe extern "C-unwind" fn fk_checksum_seal(l: *mut lua_State) -> c_int {
 unsafe extern "C-unwind" fn fk_checksum_open(l: *mut lua_State) -> c_int {
     unsafe {
         run(l, |b| {
-            let body = match src(l, 1)? {
+            let body = match src(l, b, 1)? {
                 // The body of a bytes object is a view of it: no copy.
                 Src::Obj(h) => {
                     let bytes = b.get(h)?;
@@ -1059,14 +1059,7 @@ unsafe fn returned(l: *mut lua_State, b: &Buffers) -> Returned {
             ffi::LUA_TSTRING => {
                 let mut n = 0usize;
                 let p = ffi::lua_tolstring(l, -1, &mut n) as *const u8;
-                let data = std::slice::from_raw_parts(p, n).to_vec();
-                match b.slots.try_borrow_mut() {
-                    Ok(mut slots) => {
-                        slots.push(Some(b.wrap(data)));
-                        Returned::Slot(slots.len() - 1)
-                    }
-                    Err(_) => Returned::Bad("string (bytes objects busy)"),
-                }
+                Returned::Slot(b.insert(std::slice::from_raw_parts(p, n).to_vec()))
             }
             ffi::LUA_TUSERDATA => match handle_at(l, -1, b.mt_ptr.get()) {
                 Some(h) if b.get(h).is_ok() => Returned::Slot(h.slot as usize),

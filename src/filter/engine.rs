@@ -956,9 +956,14 @@ impl Worker {
         })
     }
 
-    /// [`Worker::call`] of `encode` or `decode`, which never gives `None`.
+    /// [`Worker::call`] of `encode` or `decode` (whose `nil` is already a
+    /// bad return there, so `None` cannot come back).
     fn step(&self, k: usize, op: Op, input: usize, ctx: &Ctx) -> Result<usize> {
-        Ok(self.call(k, op, Some(input), ctx)?.unwrap_or(input))
+        self.call(k, op, Some(input), ctx)?
+            .ok_or_else(|| FilterError::BadReturn {
+                at: format!("filter {} ({})", self.stages[k].name, op.name()),
+                got: "nil".into(),
+            })
     }
 
     fn encode(&self, data: Vec<u8>, ctx: &Ctx) -> Result<Vec<u8>> {
