@@ -280,8 +280,8 @@ impl Containers {
     /// Keeps container work directory `work` as a spare tree when it is
     /// exactly what [`Containers::reuse_spare_tree`] hands out once
     /// `bundle/config.json` is gone: a directory holding the four
-    /// directories (none a symlink; the caller made sure none is a mount), `fs`, `lower` and `rootfs` empty, nothing in `bundle` but
-    /// that file. Returns false (and changes nothing but `config.json`)
+    /// directories (none a symlink; the caller made sure none is a mount),
+    /// `fs`, `lower` and `rootfs` empty, nothing in `bundle` but that file. Returns false (and changes nothing but `config.json`)
     /// otherwise, or when [`MAX_SPARE_TREES`] are kept already; the caller
     /// then removes `work`.
     fn keep_as_spare(&self, work: &Path) -> bool {
