@@ -1081,7 +1081,7 @@ fn a_server_with_few_descriptors_serves_every_file() {
     let canonical = std::fs::canonicalize(mnt.path()).expect("mountpoint");
     for mode in [Mode::Fuse, Mode::Passthrough] {
         let mut cmd = Command::new("prlimit");
-        cmd.env("FUKASTOR_LOG", "info")
+        cmd.env("FUKASTOR_LOG", "info,fukastor::fuse::fds=debug")
             .arg("--nofile=48:48")
             .arg("--")
             .arg(fukastor_bin())
@@ -1105,7 +1105,14 @@ fn a_server_with_few_descriptors_serves_every_file() {
         // Twice: the second pass finds some descriptors kept, some dropped.
         let bytes = read_fully(m.path(), &files);
         assert_eq!(read_fully(m.path(), &files), bytes, "{mode:?}");
+        let log = server_log(&m.store, &m.mp);
         let stats = umount_and_stats(m, None).expect("statistics");
+        // 150 objects against a cap of 24 kept descriptors: the cap, not
+        // running out, is what emptied the slots.
+        assert!(
+            log.contains("closing the kept object descriptors: at the cap"),
+            "{mode:?}: the server never reached its descriptor cap:\n{log}"
+        );
         eprintln!("{mode:?}: {} files, {bytes} bytes: {stats:?}", files.len());
     }
 }

@@ -74,7 +74,7 @@ impl ObjectFds {
         let fd = Arc::new(self.open(open)?);
         self.opened.fetch_add(1, Ordering::Relaxed);
         if self.kept.load(Ordering::Relaxed) >= self.cap {
-            self.sweep();
+            self.sweep("at the cap");
         }
         let mut slot = slot.write().expect("not poisoned");
         if slot.is_none() {
@@ -88,7 +88,7 @@ impl ObjectFds {
     pub fn open<T>(&self, open: impl Fn() -> io::Result<T>) -> io::Result<T> {
         match open() {
             Err(e) if matches!(e.raw_os_error(), Some(libc::EMFILE | libc::ENFILE)) => {
-                self.sweep();
+                self.sweep("out of descriptors");
                 open()
             }
             r => r,
@@ -115,9 +115,9 @@ impl ObjectFds {
             .count()
     }
 
-    fn sweep(&self) {
+    fn sweep(&self, why: &str) {
         self.sweeps.fetch_add(1, Ordering::Relaxed);
-        tracing::debug!("closing the kept object descriptors (at the cap, or none left)");
+        tracing::debug!("closing the kept object descriptors: {why}");
         for slot in self.slots.iter() {
             if slot.write().expect("not poisoned").take().is_some() {
                 self.kept.fetch_sub(1, Ordering::Relaxed);
