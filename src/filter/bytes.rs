@@ -6,20 +6,34 @@
 //! 2,500 instructions over its life (made, handed over, taken back, swept
 //! with a finalizer), and a checksum round trip makes four, which alone
 //! was most of the Lua overhead over the native helper (docs/benchmarks.md,
-//! *Lua filters*). Here a bytes object is a 16-byte userdata with no
-//! finalizer, and the stage call and the hot helpers (`fk.bytes`,
-//! `fk.concat`, `fk.crc32c`, `fk.checksum_seal`, `fk.checksum_open`, the
+//! *Lua filters*). Here a bytes object is a light userdata: a value, not
+//! an allocation, so making one costs Lua nothing and the collector never
+//! sees it. The stage call and the hot helpers (`fk.bytes`, `fk.concat`,
+//! `fk.equal`, `fk.crc32c`, `fk.checksum_seal`, `fk.checksum_open`, the
 //! bytes methods) are plain C functions.
 //!
 //! # How a bytes object is kept
 //!
 //! The buffers of a call live in the call's slab ([`Buffers`]), owned by
-//! Rust. A bytes object is a full userdata holding a [`Handle`] (the call's
-//! number and a slot of the slab) whose metatable is this module's. When
-//! the call ends, the engine empties the slab: every handle of that call
-//! then names nothing (its call number is old), so a bytes object a script
-//! kept is dead ("a bytes object from an earlier call"), and when Lua
-//! collects the userdata, nothing in Rust points into it.
+//! Rust. A bytes object is a light userdata whose value is a [`Handle`]
+//! (the call's number and a slot of the slab, packed; never dereferenced).
+//! When the call ends, the engine empties the slab: every handle of that
+//! call then names nothing (its call number is old), so a bytes object a
+//! script kept is dead ("a bytes object from an earlier call").
+//!
+//! The call number has 40 bits and wraps after 2⁴⁰ calls of one state
+//! (about 12 days at a million calls a second). A handle kept that long
+//! may then name a slot of the call in progress: it shows that call's
+//! bytes, which the script is being given anyway, never an earlier
+//! call's. The slot has 24 bits: a call that tries to make more objects
+//! fails (FK0902).
+//!
+//! All light userdata of a Lua state share one metatable, set by
+//! [`install`]: nothing else in the sandbox makes light userdata, and a
+//! value that is not a handle of the call in progress names no buffer
+//! ([`Buffers::get`] refuses it). Lua compares light userdata by value
+//! and never calls `__eq` for them, so `==` on bytes objects is identity
+//! (as for tables) and `fk.equal` compares contents.
 //!
 //! # The rules every function here keeps
 //!
@@ -128,14 +142,40 @@ impl Bytes {
     }
 }
 
-/// What a bytes object's userdata holds.
-#[repr(C)]
+/// What a bytes object is: the call that made it and its slot in that
+/// call's slab, packed into a light userdata's pointer-sized value (never
+/// dereferenced; see the module docs).
 #[derive(Clone, Copy, Debug, PartialEq, Eq)]
 struct Handle {
-    /// The call that made it ([`Buffers::begin`] counts calls).
+    /// The call that made it ([`Buffers::begin`] counts calls, in
+    /// [`CALL_BITS`] bits, from 1).
     call: u64,
-    /// Its slot in that call's slab.
+    /// Its slot in that call's slab (below [`MAX_SLOTS`]).
     slot: u64,
+}
+
+/// Bits of a handle's slot, and so the most objects one call can make.
+const SLOT_BITS: u32 = 24;
+const MAX_SLOTS: usize = 1 << SLOT_BITS;
+/// Bits of a handle's call number: it wraps after 2⁴⁰ calls of one state.
+const CALL_BITS: u32 = 64 - SLOT_BITS;
+// A handle is packed into a pointer.
+const _: () = assert!(usize::BITS == 64);
+
+impl Handle {
+    /// The light userdata value naming this handle.
+    fn to_ptr(self) -> *mut c_void {
+        debug_assert!(self.slot < MAX_SLOTS as u64 && self.call < 1 << CALL_BITS);
+        std::ptr::without_provenance_mut((self.call << SLOT_BITS | self.slot) as usize)
+    }
+
+    fn from_ptr(p: *mut c_void) -> Handle {
+        let v = p.addr() as u64;
+        Handle {
+            call: v >> SLOT_BITS,
+            slot: v & (MAX_SLOTS as u64 - 1),
+        }
+    }
 }
 
 /// What each bytes object a helper makes costs the call's buffer budget
@@ -173,10 +213,6 @@ pub(super) struct Buffers {
     over_budget: Cell<bool>,
     /// The error a C function is about to raise (taken by the thrower).
     pending: Rc<RefCell<Option<mlua::Error>>>,
-    /// The bytes metatable: its address (to recognise it) and its
-    /// registry reference (to set it from outside a C function).
-    mt_ptr: Cell<usize>,
-    mt_ref: Cell<c_int>,
     /// The registry reference of the thrower.
     thrower_ref: Cell<c_int>,
     /// The state's main thread, where stages are called.
@@ -200,8 +236,6 @@ impl Buffers {
             budget: Cell::new(budget),
             over_budget: Cell::new(false),
             pending: Rc::new(RefCell::new(None)),
-            mt_ptr: Cell::new(0),
-            mt_ref: Cell::new(ffi::LUA_NOREF),
             thrower_ref: Cell::new(ffi::LUA_NOREF),
             main: Cell::new(std::ptr::null_mut()),
             returned: Cell::new(Returned::Nil),
@@ -214,7 +248,8 @@ impl Buffers {
     /// Starts a call: earlier handles die, the budget is `budget`.
     pub(super) fn begin(&self, budget: usize) {
         self.end();
-        self.call.set(self.call.get().wrapping_add(1));
+        let next = self.call.get() + 1;
+        self.call.set(if next >> CALL_BITS == 0 { next } else { 1 });
         self.used.set(0);
         self.budget.set(budget);
         self.over_budget.set(false);
@@ -325,6 +360,13 @@ impl Buffers {
             .slots
             .try_borrow_mut()
             .map_err(|_| runtime("bytes objects are busy"))?;
+        if slots.len() >= MAX_SLOTS {
+            self.over_budget.set(true);
+            return Err(ext(FilterError::Memory {
+                at: String::new(),
+                what: format!("helpers made more than {MAX_SLOTS} bytes objects in one call"),
+            }));
+        }
         slots.push(Some(b));
         Ok(Handle {
             call: self.call.get(),
@@ -437,37 +479,23 @@ fn type_name(t: c_int) -> &'static str {
     }
 }
 
-/// The handle of the value at `idx` if it is a bytes object (its
-/// metatable's address is `mt`). Raises nothing; uses one stack slot.
-unsafe fn handle_at(l: *mut lua_State, idx: c_int, mt: usize) -> Option<Handle> {
-    // SAFETY (all calls): `l` is a live state with a free stack slot; none
-    // of these calls raises.
+/// The handle of the value at `idx` if it is a bytes object: a light
+/// userdata (only this module makes them in a filter's state; a value that
+/// names no live buffer is refused by [`Buffers::get`]). Raises nothing.
+unsafe fn handle_at(l: *mut lua_State, idx: c_int) -> Option<Handle> {
+    // SAFETY (both calls): `l` is a live state and `idx` a valid index;
+    // neither call raises.
     unsafe {
-        if ffi::lua_type(l, idx) != ffi::LUA_TUSERDATA || ffi::lua_getmetatable(l, idx) == 0 {
-            return None;
-        }
-        let ours = ffi::lua_topointer(l, -1) as usize == mt;
-        ffi::lua_settop(l, -2);
-        if !ours {
-            return None;
-        }
-        // A userdata with our metatable was made by `push_handle`, so it
-        // holds a `Handle` (Lua aligns userdata memory for any C type).
-        Some(*(ffi::lua_touserdata(l, idx) as *const Handle))
+        (ffi::lua_type(l, idx) == ffi::LUA_TLIGHTUSERDATA)
+            .then(|| Handle::from_ptr(ffi::lua_touserdata(l, idx)))
     }
 }
 
-/// Pushes a new bytes object for `h`, with the metatable that `push_mt`
-/// pushes. May raise a memory error (its caller holds nothing to drop).
-unsafe fn push_handle(l: *mut lua_State, h: Handle, push_mt: impl FnOnce()) {
-    // SAFETY: `l` is live with two free stack slots; the new block is at
-    // least `size_of::<Handle>()` bytes and aligned for it.
-    unsafe {
-        let p = ffi::lua_newuserdatauv(l, size_of::<Handle>(), 0) as *mut Handle;
-        p.write(h);
-        push_mt();
-        ffi::lua_setmetatable(l, -2);
-    }
+/// Pushes the bytes object of `h`. Raises nothing (a light userdata is
+/// not allocated); needs one free stack slot.
+unsafe fn push_handle(l: *mut lua_State, h: Handle) {
+    // SAFETY: `l` is live with a free stack slot.
+    unsafe { ffi::lua_pushlightuserdata(l, h.to_ptr()) }
 }
 
 /// The `Buffers` a C function's first upvalue points at.
@@ -476,9 +504,6 @@ unsafe fn buffers<'a>(l: *mut lua_State) -> &'a Buffers {
     // upvalue, and the `Buffers` outlives the state (module docs).
     unsafe { &*(ffi::lua_touserdata(l, ffi::lua_upvalueindex(1)) as *const Buffers) }
 }
-
-/// The C functions' second upvalue: the bytes metatable.
-const MT: c_int = ffi::lua_upvalueindex(2);
 
 /// Raises `b.pending` as an mlua error, by calling the thrower.
 unsafe fn raise(l: *mut lua_State, b: &Buffers) -> ! {
@@ -513,7 +538,7 @@ unsafe fn run(l: *mut lua_State, body: impl FnOnce(&Buffers) -> mlua::Result<Pus
             }
         };
         match p {
-            Push::Obj(h) => push_handle(l, h, || ffi::lua_pushvalue(l, MT)),
+            Push::Obj(h) => push_handle(l, h),
             Push::Int(n) => ffi::lua_pushinteger(l, n),
             Push::Bool(x) => ffi::lua_pushboolean(l, c_int::from(x)),
             Push::Str(p, n) => {
@@ -528,7 +553,7 @@ unsafe fn run(l: *mut lua_State, body: impl FnOnce(&Buffers) -> mlua::Result<Pus
 }
 
 /// Argument `idx` as bytes or a string.
-unsafe fn src(l: *mut lua_State, b: &Buffers, idx: c_int) -> mlua::Result<Src> {
+unsafe fn src(l: *mut lua_State, idx: c_int) -> mlua::Result<Src> {
     // SAFETY: reading arguments of a live C function call; nothing raises
     // (`lua_tolstring` is only called on strings, so converts nothing).
     unsafe {
@@ -538,9 +563,9 @@ unsafe fn src(l: *mut lua_State, b: &Buffers, idx: c_int) -> mlua::Result<Src> {
                 let p = ffi::lua_tolstring(l, idx, &mut n);
                 Ok(Src::Str(p as *const u8, n))
             }
-            ffi::LUA_TUSERDATA => match handle_at(l, idx, b.mt_ptr.get()) {
+            ffi::LUA_TLIGHTUSERDATA => match handle_at(l, idx) {
                 Some(h) => Ok(Src::Obj(h)),
-                None => Err(runtime("expected bytes or a string, got another userdata")),
+                None => Err(runtime("expected bytes or a string")),
             },
             t => Err(runtime(format!(
                 "expected bytes or a string, got {}",
@@ -551,10 +576,10 @@ unsafe fn src(l: *mut lua_State, b: &Buffers, idx: c_int) -> mlua::Result<Src> {
 }
 
 /// Argument `idx` as the bytes object a method is called on.
-unsafe fn this(l: *mut lua_State, b: &Buffers) -> mlua::Result<Handle> {
+unsafe fn this(l: *mut lua_State) -> mlua::Result<Handle> {
     // SAFETY: as `src`.
     unsafe {
-        handle_at(l, 1, b.mt_ptr.get())
+        handle_at(l, 1)
             .ok_or_else(|| runtime("a bytes method called on something else (use b:method())"))
     }
 }
@@ -619,7 +644,7 @@ fn text(args: std::fmt::Arguments<'_>) -> Push {
 unsafe extern "C-unwind" fn b_len(l: *mut lua_State) -> c_int {
     unsafe {
         run(l, |b| {
-            let h = this(l, b)?;
+            let h = this(l)?;
             Ok(Push::Int(b.get(h)?.len() as i64))
         })
     }
@@ -628,7 +653,7 @@ unsafe extern "C-unwind" fn b_len(l: *mut lua_State) -> c_int {
 unsafe extern "C-unwind" fn b_str(l: *mut lua_State) -> c_int {
     unsafe {
         run(l, |b| {
-            let h = this(l, b)?;
+            let h = this(l)?;
             let (i, j) = (opt_int(l, 2)?, opt_int(l, 3)?);
             let bytes = b.get(h)?;
             let s = &bytes.as_slice()[lua_range(bytes.len(), i, j)];
@@ -641,7 +666,7 @@ unsafe extern "C-unwind" fn b_str(l: *mut lua_State) -> c_int {
 unsafe extern "C-unwind" fn b_sub(l: *mut lua_State) -> c_int {
     unsafe {
         run(l, |b| {
-            let h = this(l, b)?;
+            let h = this(l)?;
             let (i, j) = (opt_int(l, 2)?, opt_int(l, 3)?);
             let view = {
                 let bytes = b.get(h)?;
@@ -655,23 +680,18 @@ unsafe extern "C-unwind" fn b_sub(l: *mut lua_State) -> c_int {
 unsafe extern "C-unwind" fn b_tostring(l: *mut lua_State) -> c_int {
     unsafe {
         run(l, |b| {
-            let h = this(l, b)?;
+            let h = this(l)?;
             Ok(text(format_args!("bytes({})", b.get(h)?.len())))
         })
     }
 }
 
-unsafe extern "C-unwind" fn b_eq(l: *mut lua_State) -> c_int {
+unsafe extern "C-unwind" fn fk_equal(l: *mut lua_State) -> c_int {
     unsafe {
         run(l, |b| {
-            let mt = b.mt_ptr.get();
-            match (handle_at(l, 1, mt), handle_at(l, 2, mt)) {
-                (Some(x), Some(y)) => {
-                    let (x, y) = (b.get(x)?, b.get(y)?);
-                    Ok(Push::Bool(x.as_slice() == y.as_slice()))
-                }
-                _ => Ok(Push::Bool(false)),
-            }
+            let (x, y) = (src(l, 1)?, src(l, 2)?);
+            let same = b.with_src(x, |x| b.with_src(y, |y| x == y))??;
+            Ok(Push::Bool(same))
         })
     }
 }
@@ -679,7 +699,7 @@ unsafe extern "C-unwind" fn b_eq(l: *mut lua_State) -> c_int {
 unsafe extern "C-unwind" fn b_concat(l: *mut lua_State) -> c_int {
     unsafe {
         run(l, |b| {
-            let (x, y) = (src(l, b, 1)?, src(l, b, 2)?);
+            let (x, y) = (src(l, 1)?, src(l, 2)?);
             b.fits(b.with_src(x, <[u8]>::len)? + b.with_src(y, <[u8]>::len)?)?;
             let mut out = b.with_src(x, <[u8]>::to_vec)?;
             b.with_src(y, |s| out.extend_from_slice(s))?;
@@ -691,7 +711,7 @@ unsafe extern "C-unwind" fn b_concat(l: *mut lua_State) -> c_int {
 unsafe extern "C-unwind" fn fk_bytes(l: *mut lua_State) -> c_int {
     unsafe {
         run(l, |b| {
-            let made = match src(l, b, 1)? {
+            let made = match src(l, 1)? {
                 // Bytes never change: the whole view is the copy.
                 Src::Obj(h) => {
                     let bytes = b.get(h)?;
@@ -712,12 +732,12 @@ unsafe extern "C-unwind" fn fk_concat(l: *mut lua_State) -> c_int {
             let n = ffi::lua_gettop(l);
             let mut total = 0usize;
             for i in 1..=n {
-                total = total.saturating_add(b.with_src(src(l, b, i)?, <[u8]>::len)?);
+                total = total.saturating_add(b.with_src(src(l, i)?, <[u8]>::len)?);
             }
             b.fits(total)?;
             let mut out = Vec::with_capacity(total);
             for i in 1..=n {
-                b.with_src(src(l, b, i)?, |s| out.extend_from_slice(s))?;
+                b.with_src(src(l, i)?, |s| out.extend_from_slice(s))?;
             }
             Ok(Push::Obj(b.store(b.wrap(out), true)?))
         })
@@ -727,7 +747,7 @@ unsafe extern "C-unwind" fn fk_concat(l: *mut lua_State) -> c_int {
 unsafe extern "C-unwind" fn fk_crc32c(l: *mut lua_State) -> c_int {
     unsafe {
         run(l, |b| {
-            let crc = b.with_src(src(l, b, 1)?, native::crc32c)?;
+            let crc = b.with_src(src(l, 1)?, native::crc32c)?;
             Ok(Push::Int(i64::from(crc)))
         })
     }
@@ -736,7 +756,7 @@ unsafe extern "C-unwind" fn fk_crc32c(l: *mut lua_State) -> c_int {
 unsafe extern "C-unwind" fn fk_checksum_seal(l: *mut lua_State) -> c_int {
     unsafe {
         run(l, |b| {
-            let sealed = match src(l, b, 1)? {
+            let sealed = match src(l, 1)? {
                 Src::Obj(h) => b.seal(h)?,
                 s => b.wrap(b.with_src(s, native::checksum_seal)?),
             };
@@ -748,7 +768,7 @@ unsafe extern "C-unwind" fn fk_checksum_seal(l: *mut lua_State) -> c_int {
 unsafe extern "C-unwind" fn fk_checksum_open(l: *mut lua_State) -> c_int {
     unsafe {
         run(l, |b| {
-            let body = match src(l, b, 1)? {
+            let body = match src(l, 1)? {
                 // The body of a bytes object is a view of it: no copy.
                 Src::Obj(h) => {
                     let bytes = b.get(h)?;
@@ -770,11 +790,11 @@ const METHODS: &[(&std::ffi::CStr, CFn)] = &[(c"len", b_len), (c"str", b_str), (
 const META: &[(&std::ffi::CStr, CFn)] = &[
     (c"__len", b_len),
     (c"__tostring", b_tostring),
-    (c"__eq", b_eq),
     (c"__concat", b_concat),
 ];
 const HELPERS: &[(&std::ffi::CStr, CFn)] = &[
     (c"bytes", fk_bytes),
+    (c"equal", fk_equal),
     (c"concat", fk_concat),
     (c"crc32c", fk_crc32c),
     (c"checksum_seal", fk_checksum_seal),
@@ -802,10 +822,10 @@ pub(super) fn install(lua: &Lua, b: &Buffers) -> mlua::Result<Table> {
     b.catcher_ref
         .set(registry_ref(lua, Value::Function(catcher))?);
     let bp = b as *const Buffers as *mut c_void;
-    let (mt_ptr, mt_ref, main) = (&b.mt_ptr, &b.mt_ref, &b.main);
+    let main = &b.main;
     // SAFETY: a protected call (`exec_raw`), so the allocations here may
     // raise; the closure holds only references and copies. Each C closure
-    // gets the upvalues `buffers` and `MT` expect.
+    // gets the upvalue `buffers` expects.
     unsafe {
         lua.exec_raw::<Table>((), |l| {
             // Outside callbacks and coroutines (the sandbox has none),
@@ -815,35 +835,36 @@ pub(super) fn install(lua: &Lua, b: &Buffers) -> mlua::Result<Table> {
             ffi::lua_settop(l, -2);
             debug_assert!(is_main, "not the main thread");
             ffi::luaL_checkstack(l, 8, std::ptr::null());
-            let closure = |f: CFn, mt: c_int| {
+            let closure = |f: CFn| {
                 ffi::lua_pushlightuserdata(l, bp);
-                ffi::lua_pushvalue(l, mt);
-                ffi::lua_pushcclosure(l, f, 2);
+                ffi::lua_pushcclosure(l, f, 1);
             };
-            ffi::lua_createtable(l, 0, 6);
+            // The metatable of every light userdata in the state: they are
+            // all bytes objects (nothing else in the sandbox makes one).
+            ffi::lua_createtable(l, 0, 5);
             let mt = ffi::lua_gettop(l);
             ffi::lua_createtable(l, 0, METHODS.len() as c_int);
             for (name, f) in METHODS {
-                closure(*f, mt);
+                closure(*f);
                 ffi::lua_setfield(l, -2, name.as_ptr());
             }
             ffi::lua_setfield(l, mt, c"__index".as_ptr());
             for (name, f) in META {
-                closure(*f, mt);
+                closure(*f);
                 ffi::lua_setfield(l, mt, name.as_ptr());
             }
             // getmetatable(b) is false: scripts cannot change bytes objects.
             ffi::lua_pushboolean(l, 0);
             ffi::lua_setfield(l, mt, c"__metatable".as_ptr());
-            mt_ptr.set(ffi::lua_topointer(l, mt) as usize);
+            ffi::lua_pushlightuserdata(l, std::ptr::null_mut());
             ffi::lua_pushvalue(l, mt);
-            mt_ref.set(ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX));
+            ffi::lua_setmetatable(l, -2);
+            ffi::lua_settop(l, mt - 1);
             ffi::lua_createtable(l, 0, HELPERS.len() as c_int);
             for (name, f) in HELPERS {
-                closure(*f, mt);
+                closure(*f);
                 ffi::lua_setfield(l, -2, name.as_ptr());
             }
-            ffi::lua_remove(l, mt);
         })
     }
 }
@@ -863,29 +884,10 @@ pub(super) fn registry_ref(lua: &Lua, v: Value) -> mlua::Result<c_int> {
 
 /// The bytes of `v`, for a helper written with mlua: a bytes object of
 /// the call in progress or a Lua string.
-pub(super) fn with_value<R>(
-    lua: &Lua,
-    b: &Buffers,
-    v: &Value,
-    f: impl FnOnce(&[u8]) -> R,
-) -> mlua::Result<R> {
+pub(super) fn with_value<R>(b: &Buffers, v: &Value, f: impl FnOnce(&[u8]) -> R) -> mlua::Result<R> {
     match v {
         Value::String(s) => Ok(f(&s.as_bytes())),
-        Value::UserData(ud) => {
-            let mut h = None;
-            let out = &mut h;
-            let mt = b.mt_ptr.get();
-            // SAFETY: a protected call; `handle_at` raises nothing.
-            unsafe {
-                lua.exec_raw::<()>(ud, |l| {
-                    *out = handle_at(l, -1, mt);
-                })?;
-            }
-            match h {
-                Some(h) => b.with_src(Src::Obj(h), f),
-                None => Err(runtime("expected bytes or a string, got another userdata")),
-            }
-        }
+        Value::LightUserData(ud) => b.with_src(Src::Obj(Handle::from_ptr(ud.0)), f),
         other => Err(runtime(format!(
             "expected bytes or a string, got {}",
             other.type_name()
@@ -895,18 +897,9 @@ pub(super) fn with_value<R>(
 
 /// A new bytes object of `data`, for a helper written with mlua (charged
 /// to the buffer budget).
-pub(super) fn new_value(lua: &Lua, b: &Buffers, data: Vec<u8>) -> mlua::Result<Value> {
+pub(super) fn new_value(b: &Buffers, data: Vec<u8>) -> mlua::Result<Value> {
     let h = b.store(b.wrap(data), true)?;
-    let mt_ref = ffi::lua_Integer::from(b.mt_ref.get());
-    // SAFETY: a protected call, leaving the new object as its result.
-    unsafe {
-        lua.exec_raw::<Value>((), |l| {
-            ffi::luaL_checkstack(l, 2, std::ptr::null());
-            push_handle(l, h, || {
-                ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, mt_ref);
-            });
-        })
-    }
+    Ok(Value::LightUserData(mlua::LightUserData(h.to_ptr())))
 }
 
 /// What a stage returned.
@@ -921,8 +914,8 @@ pub(super) enum Returned {
 }
 
 /// A stage function ready to call: a C closure (`stage_call`) whose
-/// upvalues are the buffers, the bytes metatable, the stage's Lua
-/// function and `ctx`, kept in the registry (this is its reference).
+/// upvalues are the buffers, the stage's Lua function and `ctx`, kept in
+/// the registry (this is its reference).
 pub(super) fn stage_fn(
     lua: &Lua,
     b: &Buffers,
@@ -930,7 +923,6 @@ pub(super) fn stage_fn(
     ctx: c_int,
 ) -> mlua::Result<c_int> {
     let bp = b as *const Buffers as *mut c_void;
-    let mt_ref = ffi::lua_Integer::from(b.mt_ref.get());
     let ctx = ffi::lua_Integer::from(ctx);
     let mut r = ffi::LUA_NOREF;
     let out = &mut r;
@@ -939,12 +931,11 @@ pub(super) fn stage_fn(
     unsafe {
         lua.exec_raw::<()>(f, |l| {
             let f_idx = ffi::lua_gettop(l);
-            ffi::luaL_checkstack(l, 5, std::ptr::null());
+            ffi::luaL_checkstack(l, 4, std::ptr::null());
             ffi::lua_pushlightuserdata(l, bp);
-            ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, mt_ref);
             ffi::lua_pushvalue(l, f_idx);
             ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, ctx);
-            ffi::lua_pushcclosure(l, stage_call, 4);
+            ffi::lua_pushcclosure(l, stage_call, 3);
             *out = ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX);
         })?;
     }
@@ -956,25 +947,31 @@ pub(super) fn stage_fn(
 /// with it and `ctx`, and leaves what it returned in `Buffers::returned`.
 unsafe extern "C-unwind" fn stage_call(l: *mut lua_State) -> c_int {
     // SAFETY: called only by `call_stage`, inside its `lua_pcall`, so
-    // making the object and calling the stage may raise; nothing here
-    // needs dropping; `returned` raises nothing.
+    // calling the stage may raise; nothing here needs dropping; pushing a
+    // bytes object and `returned` raise nothing.
     unsafe {
         let b = buffers(l);
         let input = (ffi::lua_type(l, 1) == ffi::LUA_TNUMBER)
             .then(|| ffi::lua_tointegerx(l, 1, std::ptr::null_mut()));
-        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(3));
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
         let nargs = match input {
-            Some(slot) => {
+            Some(slot) if (slot as u64) < MAX_SLOTS as u64 => {
                 let h = Handle {
                     call: b.call.get(),
                     slot: slot as u64,
                 };
-                push_handle(l, h, || ffi::lua_pushvalue(l, MT));
+                push_handle(l, h);
                 2
+            }
+            Some(_) => {
+                *b.pending.borrow_mut() = Some(runtime(format!(
+                    "more than {MAX_SLOTS} bytes objects in one call"
+                )));
+                raise(l, b)
             }
             None => 1,
         };
-        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(4));
+        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(3));
         ffi::lua_callk(l, nargs, 1, 0, None);
         let got = std::panic::catch_unwind(AssertUnwindSafe(|| returned(l, b)))
             .unwrap_or(Returned::Bad("(an internal error reading it)"));
@@ -1061,11 +1058,54 @@ unsafe fn returned(l: *mut lua_State, b: &Buffers) -> Returned {
                 let p = ffi::lua_tolstring(l, -1, &mut n) as *const u8;
                 Returned::Slot(b.insert(std::slice::from_raw_parts(p, n).to_vec()))
             }
-            ffi::LUA_TUSERDATA => match handle_at(l, -1, b.mt_ptr.get()) {
+            ffi::LUA_TLIGHTUSERDATA => match handle_at(l, -1) {
                 Some(h) if b.get(h).is_ok() => Returned::Slot(h.slot as usize),
-                _ => Returned::Bad("a bytes object from an earlier call, or other userdata"),
+                _ => Returned::Bad("a bytes object from an earlier call"),
             },
             t => Returned::Bad(type_name(t)),
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn handles_pack_into_a_pointer_and_back() {
+        let last_call = (1 << CALL_BITS) - 1;
+        for h in [
+            Handle { call: 1, slot: 0 },
+            Handle {
+                call: last_call,
+                slot: MAX_SLOTS as u64 - 1,
+            },
+            Handle {
+                call: 12_345,
+                slot: 678,
+            },
+        ] {
+            assert_eq!(Handle::from_ptr(h.to_ptr()), h);
+        }
+    }
+
+    #[test]
+    fn call_numbers_wrap_to_one_and_old_handles_stay_dead() {
+        let b = Buffers::new(1 << 20);
+        let last_call = (1 << CALL_BITS) - 1;
+        b.call.set(last_call - 1);
+        b.begin(1 << 20);
+        assert_eq!(b.call.get(), last_call);
+        let slot = b.insert(vec![7]) as u64;
+        let old = Handle {
+            call: last_call,
+            slot,
+        };
+        assert_eq!(b.get(old).unwrap().as_slice(), [7]);
+        b.begin(1 << 20);
+        assert_eq!(b.call.get(), 1);
+        b.insert(vec![8]);
+        assert!(b.get(old).is_err());
+        assert_eq!(b.get(Handle { call: 1, slot }).unwrap().as_slice(), [8]);
     }
 }

@@ -330,12 +330,12 @@ fn ext(e: FilterError) -> mlua::Error {
 /// Runs `f` on the bytes of a bytes object or a Lua string (for the
 /// helpers written with mlua; the hot ones are in [`super::bytes`]).
 fn with_bytes<R>(lua: &Lua, v: &Value, f: impl FnOnce(&[u8]) -> R) -> mlua::Result<R> {
-    bytes::with_value(lua, &call_state(lua).buffers, v, f)
+    bytes::with_value(&call_state(lua).buffers, v, f)
 }
 
 /// Makes a bytes object, charging it to the call's buffer budget.
 fn new_bytes(lua: &Lua, data: Vec<u8>) -> mlua::Result<Value> {
-    bytes::new_value(lua, &call_state(lua).buffers, data)
+    bytes::new_value(&call_state(lua).buffers, data)
 }
 
 /// The `ctx` a stage sees: one object per Lua state, passed to every call,

@@ -32,9 +32,9 @@
 //!
 //! # What a script sees
 //!
-//! * `bytes`: the data, as a **bytes object** (a small userdata naming a
-//!   Rust buffer, so a 1 MiB block is never copied into Lua; see
-//!   `bytes.rs` for how they are kept). `#b` and
+//! * `bytes`: the data, as a **bytes object** (a light userdata naming a
+//!   Rust buffer, so a 1 MiB block is never copied into Lua and making
+//!   one allocates nothing in Lua; see `bytes.rs` for how they are kept). `#b` and
 //!   `b:len()` give its length, `b:str([i [, j]])` copies (part of) it into
 //!   a Lua string, `b:sub(i [, j])` gives a new bytes object (a view of
 //!   the same buffer, like the body `fk.checksum_open` returns: bytes
@@ -43,7 +43,9 @@
 //!   `fk.checksum_seal(b)`, when `b` alone uses its whole buffer, appends
 //!   the trailer to that buffer and returns a view of it, `b` still
 //!   showing its old bytes),
-//!   `tostring(b)`, `b == other` and `b .. x` work. Every helper that takes
+//!   `tostring(b)` and `b .. x` work. `==` compares identity, as for
+//!   tables (Lua never calls `__eq` for light userdata): compare contents
+//!   with `fk.equal(a, b)`. Every helper that takes
 //!   bytes accepts a bytes object or a Lua string, and `encode`/`decode`
 //!   may return either; anything else is FK0904. Bytes objects are valid
 //!   for the call that made them only: the engine frees every buffer when
@@ -62,6 +64,7 @@
 //! | helper | does |
 //! |---|---|
 //! | `fk.bytes(s)` / `fk.concat(a, b, …)` | a bytes object from strings or bytes |
+//! | `fk.equal(a, b)` | whether two bytes objects or strings hold the same bytes |
 //! | `fk.zstd_compress(b [, level])` | one standard zstd frame (content size and checksum in the frame) |
 //! | `fk.zstd_decompress(b)` | its inverse; a corrupt frame is damage (FK0905) |
 //! | `fk.crc32c(b)` | the CRC-32C, an integer |
@@ -91,11 +94,10 @@
 //!   stopped, so `setmetatable` refuses a `__gc` field and `xpcall`'s
 //!   handler runs after the stack has unwound.
 //! * Limits ([`Limits`]): a memory limit on the Lua heap (mlua
-//!   `set_memory_limit`; a bytes object's userdata counts against it, and
-//!   is made inside the call's protected Lua call, so running out is the
-//!   heap error like any other allocation), a budget of Lua instructions per chain call
+//!   `set_memory_limit`), a budget of Lua instructions per chain call
 //!   (counted by a hook every 1000 instructions), and a budget of bytes
-//!   that helpers may allocate per call. Exceeding one fails that call
+//!   that helpers may allocate per call (each object they make counts 128
+//!   bytes besides its length, and one call makes at most 2²⁴). Exceeding one fails that call
 //!   (FK0902, FK0903). `pcall`/`xpcall` cannot swallow these: the sandbox's
 //!   versions re-raise them. A value other than a string thrown out of a
 //!   stage is reported by its type; the engine never runs its
