@@ -8,9 +8,10 @@
 //! was most of the Lua overhead over the native helper (docs/benchmarks.md,
 //! *Lua filters*). Here a bytes object is a light userdata: a value, not
 //! an allocation, so making one costs Lua nothing and the collector never
-//! sees it. The stage call and the hot helpers (`fk.bytes`, `fk.concat`,
-//! `fk.equal`, `fk.crc32c`, `fk.checksum_seal`, `fk.checksum_open`, the
-//! bytes methods) are plain C functions.
+//! sees it. The hot helpers (`fk.bytes`, `fk.concat`, `fk.equal`,
+//! `fk.crc32c`, `fk.checksum_seal`, `fk.checksum_open`, the bytes
+//! methods) are plain C functions, and a stage is called with one
+//! `lua_pcall` from Rust ([`call_stage`]).
 //!
 //! # How a bytes object is kept
 //!
@@ -217,8 +218,6 @@ pub(super) struct Buffers {
     thrower_ref: Cell<c_int>,
     /// The state's main thread, where stages are called.
     main: Cell<*mut lua_State>,
-    /// What the last stage call returned (set by `stage_call`).
-    returned: Cell<Returned>,
     /// The registry reference of the catcher, and what it caught.
     catcher_ref: Cell<c_int>,
     caught: Rc<RefCell<Option<Value>>>,
@@ -238,7 +237,6 @@ impl Buffers {
             pending: Rc::new(RefCell::new(None)),
             thrower_ref: Cell::new(ffi::LUA_NOREF),
             main: Cell::new(std::ptr::null_mut()),
-            returned: Cell::new(Returned::Nil),
             spare: RefCell::new(Vec::new()),
             catcher_ref: Cell::new(ffi::LUA_NOREF),
             caught: Rc::new(RefCell::new(None)),
@@ -913,78 +911,13 @@ pub(super) enum Returned {
     Bad(&'static str),
 }
 
-/// A stage function ready to call: a C closure (`stage_call`) whose
-/// upvalues are the buffers, the stage's Lua function and `ctx`, kept in
-/// the registry (this is its reference).
-pub(super) fn stage_fn(
-    lua: &Lua,
-    b: &Buffers,
-    f: mlua::Function,
-    ctx: c_int,
-) -> mlua::Result<c_int> {
-    let bp = b as *const Buffers as *mut c_void;
-    let ctx = ffi::lua_Integer::from(ctx);
-    let mut r = ffi::LUA_NOREF;
-    let out = &mut r;
-    // SAFETY: a protected call; the closure holds only copies and a
-    // reference; `f` is its one argument, on top of the stack.
-    unsafe {
-        lua.exec_raw::<()>(f, |l| {
-            let f_idx = ffi::lua_gettop(l);
-            ffi::luaL_checkstack(l, 4, std::ptr::null());
-            ffi::lua_pushlightuserdata(l, bp);
-            ffi::lua_pushvalue(l, f_idx);
-            ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, ctx);
-            ffi::lua_pushcclosure(l, stage_call, 3);
-            *out = ffi::luaL_ref(l, ffi::LUA_REGISTRYINDEX);
-        })?;
-    }
-    Ok(r)
-}
-
-/// The C side of a stage call (see [`stage_fn`]): makes the input's bytes
-/// object (argument 1: its slot, or nil for `recover`), calls the stage
-/// with it and `ctx`, and leaves what it returned in `Buffers::returned`.
-unsafe extern "C-unwind" fn stage_call(l: *mut lua_State) -> c_int {
-    // SAFETY: called only by `call_stage`, inside its `lua_pcall`, so
-    // calling the stage may raise; nothing here needs dropping; pushing a
-    // bytes object and `returned` raise nothing.
-    unsafe {
-        let b = buffers(l);
-        let input = (ffi::lua_type(l, 1) == ffi::LUA_TNUMBER)
-            .then(|| ffi::lua_tointegerx(l, 1, std::ptr::null_mut()));
-        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(2));
-        let nargs = match input {
-            Some(slot) if (slot as u64) < MAX_SLOTS as u64 => {
-                let h = Handle {
-                    call: b.call.get(),
-                    slot: slot as u64,
-                };
-                push_handle(l, h);
-                2
-            }
-            Some(_) => {
-                *b.pending.borrow_mut() = Some(runtime(format!(
-                    "more than {MAX_SLOTS} bytes objects in one call"
-                )));
-                raise(l, b)
-            }
-            None => 1,
-        };
-        ffi::lua_pushvalue(l, ffi::lua_upvalueindex(3));
-        ffi::lua_callk(l, nargs, 1, 0, None);
-        let got = std::panic::catch_unwind(AssertUnwindSafe(|| returned(l, b)))
-            .unwrap_or(Returned::Bad("(an internal error reading it)"));
-        b.returned.set(got);
-        0
-    }
-}
-
-/// Calls a stage ([`stage_fn`]'s reference) with the bytes in slot
-/// `input`, or with none (`recover`).
+/// Calls a stage function (`f`, a registry reference) with the bytes in
+/// slot `input` and `ctx` (a registry reference), or with `ctx` alone
+/// (`recover`), in one protected call from Rust.
 pub(super) fn call_stage(
     b: &Buffers,
-    stage: c_int,
+    f: c_int,
+    ctx: c_int,
     input: Option<usize>,
 ) -> mlua::Result<Returned> {
     let l = b.main.get();
@@ -993,18 +926,42 @@ pub(super) fn call_stage(
     // here raises outside the `lua_pcall`, and the stack is restored.
     unsafe {
         let top = ffi::lua_gettop(l);
-        // Two for the call; the error path holds three.
+        // Three for the call; the error path holds three.
         if ffi::lua_checkstack(l, 3) == 0 {
             return Err(mlua::Error::StackError);
         }
-        ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, ffi::lua_Integer::from(stage));
-        match input {
-            Some(slot) => ffi::lua_pushinteger(l, slot as ffi::lua_Integer),
-            None => ffi::lua_pushnil(l),
-        }
-        let status = ffi::lua_pcallk(l, 1, 0, 0, 0, None);
+        // Neither reading the registry nor pushing a light userdata
+        // allocates or raises, so all of this may run unprotected.
+        ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, ffi::lua_Integer::from(f));
+        let nargs = match input {
+            Some(slot) if slot < MAX_SLOTS => {
+                push_handle(
+                    l,
+                    Handle {
+                        call: b.call.get(),
+                        slot: slot as u64,
+                    },
+                );
+                2
+            }
+            Some(_) => {
+                ffi::lua_settop(l, top);
+                b.over_budget.set(true);
+                return Err(ext(FilterError::Memory {
+                    at: String::new(),
+                    what: format!("more than {MAX_SLOTS} bytes objects in one call"),
+                }));
+            }
+            None => 1,
+        };
+        ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, ffi::lua_Integer::from(ctx));
+        let status = ffi::lua_pcallk(l, nargs, 1, 0, 0, None);
         if status == ffi::LUA_OK {
-            return Ok(b.returned.get());
+            // What it returned is on top; reading it raises nothing.
+            let got = std::panic::catch_unwind(AssertUnwindSafe(|| returned(l, b)))
+                .unwrap_or(Returned::Bad("(an internal error reading it)"));
+            ffi::lua_settop(l, top);
+            return Ok(got);
         }
         // The error value is on top: hand it to the catcher, an mlua
         // function, so mlua reads it (a Rust error it raised stays that

@@ -609,12 +609,23 @@ return function(params)
   env.params = readonly(params, "params")
   env._G = env
   setmetatable(env, mt)
+  -- Freezing moves what the top level defined, with the sandbox's names,
+  -- into one table behind `env`, which is left empty: every assignment to
+  -- a global in a call then reaches __newindex (one to a key `env` still
+  -- held would not), and a name is found in one step. Returns that table.
   return env, function()
+    local frozen = {}
+    for k, v in next, sandbox do frozen[k] = v end
+    for k, v in next, env do frozen[k] = v end
+    for k in next, frozen do real_rawset(env, k, nil) end
     protected[env] = true
+    mt.__index = frozen
+    mt.__pairs = function() return next, frozen, nil end
     mt.__newindex = function(_, k)
       error("assignment to global '" .. tostring(k) ..
             "' in a call: globals are read-only once the script is loaded (use a local)", 2)
     end
+    return frozen
   end
 end
 "#;
@@ -636,7 +647,7 @@ const STRIPPED_GLOBALS: &[&str] = &[
     "rawget",
 ];
 
-/// A stage's functions, ready to call ([`bytes::stage_fn`]: registry
+/// A stage's functions, ready to call ([`bytes::call_stage`]: registry
 /// references).
 struct StageFns {
     name: String,
@@ -818,9 +829,9 @@ impl Worker {
                 .set_mode(ChunkMode::Text)
                 .set_environment(env.clone())
                 .exec()?;
-            freeze.call::<()>(())?;
+            let globals: Table = freeze.call(())?;
             let get = |field: &str| -> mlua::Result<Option<Function>> {
-                match env.raw_get::<Value>(field)? {
+                match globals.raw_get::<Value>(field)? {
                     Value::Function(f) => Ok(Some(f)),
                     Value::Nil => Ok(None),
                     other => Err(mlua::Error::runtime(format!(
@@ -839,7 +850,7 @@ impl Worker {
                     }));
                 }
             };
-            let keep = |f: Function| bytes::stage_fn(&self.lua, &self.st.buffers, f, self.ctx);
+            let keep = |f: Function| bytes::registry_ref(&self.lua, Value::Function(f));
             let recover = get("recover")?.map(keep).transpose()?;
             Ok(Ok(StageFns {
                 name: name.to_owned(),
@@ -932,7 +943,7 @@ impl Worker {
                 None => return Ok(None),
             },
         };
-        let out = bytes::call_stage(&self.st.buffers, f, input)
+        let out = bytes::call_stage(&self.st.buffers, f, self.ctx, input)
             .map_err(|e| self.classify(&e, &place()))?;
         let got = match out {
             Returned::Slot(slot) => {

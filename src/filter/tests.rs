@@ -485,6 +485,10 @@ fn filter_sandbox_refuses_escapes() {
     probe("string.rep = nil", "FK0901", l);
     probe("fk.crc32c = nil", "FK0901", l);
     probe("leak = b", "FK0901", l);
+    probe("encode = nil", "FK0901", l);
+    probe("decode = encode", "FK0901", l);
+    probe("params = {}", "FK0901", l);
+    probe("fk = {}", "FK0901", l);
     probe("_G.x = 1", "FK0901", l);
     probe("setmetatable(_G, nil)", "FK0901", l);
     probe("params.level = 99", "FK0901", l);
@@ -998,5 +1002,25 @@ fn filter_seal_in_place_equals_a_copy() {
         roomy.extend_from_slice(&data);
         assert_eq!(native::checksum_append(roomy), enc);
         assert_eq!(native::checksum_append(data.clone()), enc);
+    }
+}
+
+#[test]
+fn filter_globals_set_at_load_are_read_only_in_calls() {
+    let _g = serial();
+    // A global the top level defined is as read-only in a call as a new
+    // one: a call cannot change it for the next call.
+    let chain = inline(
+        "counter",
+        r#"count = 0
+           function encode(b)
+             local ok, err = pcall(function() count = count + 1 end)
+             assert(not ok and tostring(err):find("read%-only"), tostring(err))
+             return fk.bytes(tostring(count))
+           end
+           function decode(b) return b end"#,
+    );
+    for _ in 0..3 {
+        assert_eq!(chain.encode(b"x".to_vec(), &obj(1)).unwrap(), b"0");
     }
 }
