@@ -310,7 +310,23 @@ impl Default for Limits {
 /// object or block (empty when raised outside a call).
 #[derive(Debug, Clone, thiserror::Error)]
 pub enum FilterError {
-    /// A script cannot be read or compiled, or defines no `encode`/`decode`.
+    /// A script file cannot be read.
+    #[error("filter {script}: {why}")]
+    Unreadable {
+        /// The script's path.
+        script: String,
+        /// Why.
+        why: String,
+    },
+    /// A `--filter` argument is malformed (`SCRIPT[,NAME=VALUE]...`).
+    #[error("--filter {arg}: {why}")]
+    BadArg {
+        /// The argument.
+        arg: String,
+        /// Why.
+        why: String,
+    },
+    /// A script cannot be compiled, or defines no `encode`/`decode`.
     #[error("filter {script}: {why}")]
     Load {
         /// The script's name or path.
@@ -411,6 +427,8 @@ impl FilterError {
                 | FilterError::Budget { .. }
                 | FilterError::BadReturn { .. }
                 | FilterError::Load { .. }
+                | FilterError::Unreadable { .. }
+                | FilterError::BadArg { .. }
         )
     }
 
@@ -429,7 +447,10 @@ impl FilterError {
                     *at = place.to_owned();
                 }
             }
-            FilterError::Load { .. } | FilterError::Spec { .. } => {}
+            FilterError::Load { .. }
+            | FilterError::Unreadable { .. }
+            | FilterError::BadArg { .. }
+            | FilterError::Spec { .. } => {}
         }
         self
     }
@@ -438,7 +459,9 @@ impl FilterError {
 impl Coded for FilterError {
     fn code(&self) -> &'static str {
         match self {
-            FilterError::Load { .. } => "FK0900",
+            FilterError::Load { .. }
+            | FilterError::Unreadable { .. }
+            | FilterError::BadArg { .. } => "FK0900",
             FilterError::Script { .. } => "FK0901",
             FilterError::Memory { .. } => "FK0902",
             FilterError::Budget { .. } => "FK0903",
@@ -453,6 +476,12 @@ impl Coded for FilterError {
 
     fn hint(&self) -> String {
         match self {
+            FilterError::BadArg { .. } => {
+                "write --filter SCRIPT.lua or --filter SCRIPT.lua,NAME=VALUE,... (a name of 1-64 of A-Za-z0-9._-)".into()
+            }
+            FilterError::Unreadable { .. } => {
+                "check the script's path: the file must exist and be readable".into()
+            }
             FilterError::Load { .. } => {
                 "fix the script: it must be Lua 5.4 text defining encode(bytes, ctx) and decode(bytes, ctx)".into()
             }

@@ -90,7 +90,7 @@ impl Script {
 
     /// Reads a script file; its name is the file name without `.lua`.
     pub fn from_file(path: &Path) -> Result<Script> {
-        let source = std::fs::read(path).map_err(|e| FilterError::Load {
+        let source = std::fs::read(path).map_err(|e| FilterError::Unreadable {
             script: path.display().to_string(),
             why: e.to_string(),
         })?;
@@ -153,15 +153,15 @@ impl Stage {
         let mut parts = arg.split(',');
         let path = parts.next().unwrap_or_default();
         if path.is_empty() {
-            return Err(FilterError::Load {
-                script: arg.to_owned(),
+            return Err(FilterError::BadArg {
+                arg: arg.to_owned(),
                 why: "no script path before the parameters".into(),
             });
         }
         let mut stage = Stage::new(Script::from_file(Path::new(path))?);
         if !valid_name(stage.script.name()) {
-            return Err(FilterError::Load {
-                script: path.to_owned(),
+            return Err(FilterError::BadArg {
+                arg: arg.to_owned(),
                 why: format!(
                     "{:?} is not a valid filter name (1-64 of A-Za-z0-9._-)",
                     stage.script.name()
@@ -170,8 +170,8 @@ impl Stage {
         }
         for kv in parts {
             let Some((k, v)) = kv.split_once('=').filter(|(k, _)| !k.is_empty()) else {
-                return Err(FilterError::Load {
-                    script: path.to_owned(),
+                return Err(FilterError::BadArg {
+                    arg: arg.to_owned(),
                     why: format!("parameter {kv:?} is not NAME=VALUE"),
                 });
             };

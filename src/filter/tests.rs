@@ -1024,3 +1024,26 @@ fn filter_globals_set_at_load_are_read_only_in_calls() {
         assert_eq!(chain.encode(b"x".to_vec(), &obj(1)).unwrap(), b"0");
     }
 }
+
+#[test]
+fn filter_arguments_and_unreadable_scripts_say_what_to_fix() {
+    let tmp = tempfile::tempdir().unwrap();
+    let missing = tmp.path().join("nope.lua");
+    let e = Stage::from_arg(missing.to_str().unwrap()).unwrap_err();
+    assert_eq!(e.code(), "FK0900", "{e}");
+    assert!(e.to_string().contains("nope.lua"), "{e}");
+    assert!(e.hint().contains("path"), "{}", e.hint());
+    let script = Path::new(env!("CARGO_MANIFEST_DIR")).join("examples/filters/checksum.lua");
+    let script = script.to_str().unwrap();
+    for bad in [
+        ",level=3".to_owned(),
+        format!("{script},level"),
+        format!("{script},=3"),
+    ] {
+        let e = Stage::from_arg(&bad).unwrap_err();
+        assert_eq!(e.code(), "FK0900", "{e}");
+        assert!(e.to_string().starts_with("--filter "), "{e}");
+        assert!(e.hint().contains("--filter SCRIPT.lua"), "{}", e.hint());
+    }
+    assert!(Stage::from_arg(&format!("{script},level=3")).is_ok());
+}
