@@ -992,6 +992,9 @@ pub(super) fn call_stage(
                 mlua::Error::MemoryError(s.to_string_lossy())
             }
             Some(Value::String(s)) => mlua::Error::RuntimeError(s.to_string_lossy()),
+            Some(Value::LightUserData(_)) => {
+                mlua::Error::RuntimeError("(error object is a bytes object)".into())
+            }
             Some(other) => mlua::Error::RuntimeError(format!(
                 "(error object is a {} value)",
                 other.type_name()

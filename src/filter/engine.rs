@@ -424,8 +424,8 @@ fn is_memory_error(e: &mlua::Error) -> bool {
 }
 
 /// The `fk` table: the helpers written with mlua here, and the hot ones
-/// (`bytes`, `concat`, `crc32c`, `checksum_seal`, `checksum_open`) from
-/// [`bytes::install`].
+/// (`bytes`, `concat`, `equal`, `crc32c`, `checksum_seal`,
+/// `checksum_open`) from [`bytes::install`].
 fn fk_table(lua: &Lua, buffers: &bytes::Buffers) -> mlua::Result<Table> {
     let fk = lua.create_table()?;
     for pair in bytes::install(lua, buffers)?.pairs::<Value, Value>() {
@@ -540,6 +540,7 @@ const PRELUDE: &str = r#"
 local fk, fatal, log = ...
 local real_pcall, error, setmetatable, tostring, type, rawget, next, real_rawset =
       pcall, error, setmetatable, tostring, type, rawget, next, rawset
+local pack, unpack = table.pack, table.unpack
 string.dump = nil
 getmetatable("").__metatable = false
 
@@ -553,11 +554,19 @@ local function safe_rawset(t, k, v)
   return real_rawset(t, k, v)
 end
 
+-- pairs() over a hidden table: an iterator that closes over it, never the
+-- table itself as the iterator's state (a script would get it from
+-- `local _, t = pairs(proxy)` and could write to it).
+local function hidden_pairs(t)
+  local function iter(_, k) return next(t, k) end
+  return function(self) return iter, self, nil end
+end
+
 local function readonly(t, name)
   local proxy = setmetatable({}, {
     __index = t,
     __newindex = function() error("attempt to modify the read-only table '" .. name .. "'", 2) end,
-    __pairs = function() return next, t, nil end,
+    __pairs = hidden_pairs(t),
     __len = function() return #t end,
     __metatable = false,
   })
@@ -595,7 +604,12 @@ local sandbox = {
   _VERSION = _VERSION,
   pcall = function(f, ...) return rethrow(real_pcall(f, ...)) end,
   xpcall = function(f, h, ...) return xrethrow(h, real_pcall(f, ...)) end,
-  print = log,
+  -- tostring first: it shows a bytes object as bytes(N).
+  print = function(...)
+    local t = pack(...)
+    for i = 1, t.n do t[i] = tostring(t[i]) end
+    return log(unpack(t, 1, t.n))
+  end,
   string = readonly(string, "string"),
   table = readonly(table, "table"),
   math = readonly(math, "math"),
@@ -620,7 +634,7 @@ return function(params)
     for k in next, frozen do real_rawset(env, k, nil) end
     protected[env] = true
     mt.__index = frozen
-    mt.__pairs = function() return next, frozen, nil end
+    mt.__pairs = hidden_pairs(frozen)
     mt.__newindex = function(_, k)
       error("assignment to global '" .. tostring(k) ..
             "' in a call: globals are read-only once the script is loaded (use a local)", 2)

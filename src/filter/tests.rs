@@ -492,6 +492,17 @@ fn filter_sandbox_refuses_escapes() {
     probe("_G.x = 1", "FK0901", l);
     probe("setmetatable(_G, nil)", "FK0901", l);
     probe("params.level = 99", "FK0901", l);
+    // Nor can the tables behind them be reached through pairs.
+    probe("local _, g = pairs(_G) g.leak = b", "FK0901", l);
+    probe("local _, g = pairs(_G) g.encode = nil", "FK0901", l);
+    probe("local _, s = pairs(string) s.rep = nil", "FK0901", l);
+    probe("local _, f = pairs(fk) f.crc32c = nil", "FK0901", l);
+    probe("local _, p = pairs(params) p.level = 99", "FK0901", l);
+    probe(
+        "local _, p = pairs(params) rawset(p, 'level', 99)",
+        "FK0901",
+        l,
+    );
     // rawset cannot bypass them either.
     probe("rawset(fk, 'crc32c', 1)", "FK0901", l);
     probe("rawset(string, 'rep', 1)", "FK0901", l);
@@ -530,6 +541,11 @@ fn filter_sandbox_refuses_escapes() {
     );
     assert!(
         e.to_string().contains("error object is a table value"),
+        "{e}"
+    );
+    let e = probe("print(b, #b) error(b)", "FK0901", l);
+    assert!(
+        e.to_string().contains("error object is a bytes object"),
         "{e}"
     );
     probe(
