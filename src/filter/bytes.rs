@@ -358,17 +358,25 @@ impl Buffers {
             .slots
             .try_borrow_mut()
             .map_err(|_| runtime("bytes objects are busy"))?;
-        if slots.len() >= MAX_SLOTS {
+        let h = self.handle(slots.len())?;
+        slots.push(Some(b));
+        Ok(h)
+    }
+
+    /// The handle of `slot` in the call in progress: the one place a slot
+    /// becomes a bytes object, so the one place the slot's 24 bits are
+    /// checked (FK0902 past them; it poisons the call like the budget).
+    fn handle(&self, slot: usize) -> mlua::Result<Handle> {
+        if slot >= MAX_SLOTS {
             self.over_budget.set(true);
             return Err(ext(FilterError::Memory {
                 at: String::new(),
-                what: format!("helpers made more than {MAX_SLOTS} bytes objects in one call"),
+                what: format!("more than {MAX_SLOTS} bytes objects in one call"),
             }));
         }
-        slots.push(Some(b));
         Ok(Handle {
             call: self.call.get(),
-            slot: (slots.len() - 1) as u64,
+            slot: slot as u64,
         })
     }
 
@@ -561,10 +569,7 @@ unsafe fn src(l: *mut lua_State, idx: c_int) -> mlua::Result<Src> {
                 let p = ffi::lua_tolstring(l, idx, &mut n);
                 Ok(Src::Str(p as *const u8, n))
             }
-            ffi::LUA_TLIGHTUSERDATA => match handle_at(l, idx) {
-                Some(h) => Ok(Src::Obj(h)),
-                None => Err(runtime("expected bytes or a string")),
-            },
+            ffi::LUA_TLIGHTUSERDATA => Ok(Src::Obj(Handle::from_ptr(ffi::lua_touserdata(l, idx)))),
             t => Err(runtime(format!(
                 "expected bytes or a string, got {}",
                 type_name(t)
@@ -933,26 +938,16 @@ pub(super) fn call_stage(
         // Neither reading the registry nor pushing a light userdata
         // allocates or raises, so all of this may run unprotected.
         ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, ffi::lua_Integer::from(f));
-        let nargs = match input {
-            Some(slot) if slot < MAX_SLOTS => {
-                push_handle(
-                    l,
-                    Handle {
-                        call: b.call.get(),
-                        slot: slot as u64,
-                    },
-                );
+        let nargs = match input.map(|slot| b.handle(slot)).transpose() {
+            Ok(Some(h)) => {
+                push_handle(l, h);
                 2
             }
-            Some(_) => {
+            Ok(None) => 1,
+            Err(e) => {
                 ffi::lua_settop(l, top);
-                b.over_budget.set(true);
-                return Err(ext(FilterError::Memory {
-                    at: String::new(),
-                    what: format!("more than {MAX_SLOTS} bytes objects in one call"),
-                }));
+                return Err(e);
             }
-            None => 1,
         };
         ffi::lua_rawgeti(l, ffi::LUA_REGISTRYINDEX, ffi::lua_Integer::from(ctx));
         let status = ffi::lua_pcallk(l, nargs, 1, 0, 0, None);
@@ -1018,10 +1013,13 @@ unsafe fn returned(l: *mut lua_State, b: &Buffers) -> Returned {
                 let p = ffi::lua_tolstring(l, -1, &mut n) as *const u8;
                 Returned::Slot(b.insert(std::slice::from_raw_parts(p, n).to_vec()))
             }
-            ffi::LUA_TLIGHTUSERDATA => match handle_at(l, -1) {
-                Some(h) if b.get(h).is_ok() => Returned::Slot(h.slot as usize),
-                _ => Returned::Bad("a bytes object from an earlier call"),
-            },
+            ffi::LUA_TLIGHTUSERDATA => {
+                let h = Handle::from_ptr(ffi::lua_touserdata(l, -1));
+                match b.get(h) {
+                    Ok(_) => Returned::Slot(h.slot as usize),
+                    Err(_) => Returned::Bad("a bytes object from an earlier call"),
+                }
+            }
             t => Returned::Bad(type_name(t)),
         }
     }
@@ -1067,5 +1065,16 @@ mod tests {
         b.insert(vec![8]);
         assert!(b.get(old).is_err());
         assert_eq!(b.get(Handle { call: 1, slot }).unwrap().as_slice(), [8]);
+    }
+
+    #[test]
+    fn a_slot_past_the_handle_bits_is_a_memory_error_that_poisons_the_call() {
+        let b = Buffers::new(1 << 20);
+        b.begin(1 << 20);
+        assert_eq!(b.handle(MAX_SLOTS - 1).unwrap().slot, MAX_SLOTS as u64 - 1);
+        assert!(!b.over_budget());
+        let e = b.handle(MAX_SLOTS).unwrap_err();
+        assert!(e.to_string().contains("bytes objects in one call"), "{e}");
+        assert!(b.over_budget());
     }
 }
