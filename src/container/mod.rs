@@ -281,8 +281,9 @@ impl Containers {
     /// exactly what [`Containers::reuse_spare_tree`] hands out once
     /// `bundle/config.json` is gone: a directory holding the four
     /// directories (none a symlink; the caller made sure none is a mount),
-    /// `fs`, `lower` and `rootfs` empty, nothing in `bundle` but that file. Returns false (and changes nothing but `config.json`)
-    /// otherwise, or when [`MAX_SPARE_TREES`] are kept already; the caller
+    /// `fs`, `lower` and `rootfs` empty, nothing in `bundle` but that file.
+    /// Returns false (and changes nothing but `config.json`) otherwise, or
+    /// when [`MAX_SPARE_TREES`] are kept already; the caller
     /// then removes `work`.
     fn keep_as_spare(&self, work: &Path) -> bool {
         let names = |d: &Path| -> Option<Vec<std::ffi::OsString>> {

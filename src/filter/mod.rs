@@ -34,8 +34,8 @@
 //!
 //! * `bytes`: the data, as a **bytes object** (a light userdata naming a
 //!   Rust buffer, so a 1 MiB block is never copied into Lua and making
-//!   one allocates nothing in Lua; see `bytes.rs` for how they are kept). `#b` and
-//!   `b:len()` give its length, `b:str([i [, j]])` copies (part of) it into
+//!   one allocates nothing in Lua; see `bytes.rs` for how they are kept).
+//!   `#b` and `b:len()` give its length, `b:str([i [, j]])` copies (part of) it into
 //!   a Lua string, `b:sub(i [, j])` gives a new bytes object (a view of
 //!   the same buffer, like the body `fk.checksum_open` returns: bytes
 //!   objects never change, so a view is a copy that costs nothing; it is
@@ -97,8 +97,8 @@
 //!   `set_memory_limit`), a budget of Lua instructions per chain call
 //!   (counted by a hook every 1000 instructions), and a budget of bytes
 //!   that helpers may allocate per call (each object they make counts 128
-//!   bytes besides its length, and one call makes at most 2²⁴). Exceeding one fails that call
-//!   (FK0902, FK0903). `pcall`/`xpcall` cannot swallow these: the sandbox's
+//!   bytes besides its length, and one call makes at most 2²⁴). Exceeding
+//!   one fails that call (FK0902, FK0903). `pcall`/`xpcall` cannot swallow these: the sandbox's
 //!   versions re-raise them. A value other than a string thrown out of a
 //!   stage is reported by its type; the engine never runs its
 //!   `__tostring`. A script error, a runaway loop, deep recursion
