@@ -391,6 +391,18 @@ impl CStore {
         json_array(&self.ok(["--json", "ps"]))
     }
 
+    /// Waits up to 15 s for `ps` to be empty; returns how long it took.
+    /// For podman's poststop hooks only: `podman run --rm` can return while
+    /// conmon's cleanup process (`podman container cleanup --rm`) still runs
+    /// them, so their effect may come after the command.
+    fn wait_for_no_containers(&self) -> std::time::Duration {
+        let start = std::time::Instant::now();
+        while !self.ps().is_empty() && start.elapsed() < std::time::Duration::from_secs(15) {
+            std::thread::sleep(std::time::Duration::from_millis(50));
+        }
+        start.elapsed()
+    }
+
     fn ps_row(&self, name: &str) -> Option<serde_json::Value> {
         self.ps().into_iter().find(|r| r["name"] == name)
     }
@@ -1572,7 +1584,10 @@ fn podman_runs_on_fukastor_through_the_hooks() {
     );
     assert_root_is_fukastor_overlay(&st, &run.stdout_str(), Some("pm2"));
     podman.assert_empty("after the second podman run --rm");
-    // The poststop hook removed both containers (generated name and given).
+    // The poststop hook removed both containers (generated name and given),
+    // maybe after podman returned (see `wait_for_no_containers`).
+    let waited = st.wait_for_no_containers();
+    eprintln!("the poststop hooks were done {waited:.2?} after the second podman run");
     st.assert_nothing_left(&format!(
         "after two podman run --rm (containers {name} and pm2): the poststop hook removes them"
     ));
