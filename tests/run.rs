@@ -728,6 +728,18 @@ fn run_prints_the_image_os_release_and_passes_exit_statuses_on() {
     assert_exit(&run, 0, "true");
     eprintln!("run --rm bookworm -- true: {:.2?}", run.elapsed);
 
+    // The cgroup write that takes crun's grace-period wait out of its way
+    // (src/runtime/cgroup.rs) works on this host.
+    let mut cmd = st.command();
+    cmd.env("FUKASTOR_LOG", "fukastor::runtime=debug")
+        .args(["run", "--rm", "--name", "osr", "bookworm", "--", "true"]);
+    let run = run_command(cmd);
+    assert_exit(&run, 0, "true, with debug output");
+    assert!(
+        run.stderr.contains("cgroup lock warmed through"),
+        "run did not write its pid into its cgroup: {run}"
+    );
+
     for code in [7, 0, 1, 42, 255] {
         let run = st.run([
             "run",

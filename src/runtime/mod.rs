@@ -5,12 +5,14 @@
 //! - this module: `run` and `start` — create (or reuse) a container, mount
 //!   its root filesystem, write its bundle
 //!   (`STORE/fukastor/containers/NAME/bundle/config.json`), run
-//!   `crun run`, pass its exit status on, unmount (and with `--rm`, remove).
+//!   `crun run`, pass its exit status on, unmount (and with `--rm`, remove);
+//! - `cgroup`: starts early a kernel wait that crun would otherwise pay.
 //!
 //! While crun runs, SIGINT, SIGTERM and SIGHUP sent to fukastor are passed to
 //! crun (which passes them to the container) instead of ending fukastor, so
 //! the container is always unmounted afterwards.
 
+mod cgroup;
 pub mod hook;
 pub mod spec;
 
@@ -140,6 +142,9 @@ fn bundle_dir(store_root: &Path, name: &str) -> PathBuf {
 pub fn run(store_root: &Path, image: &str, opts: &RunOptions) -> Result<i32> {
     let _span = tracing::debug_span!("run").entered();
     which_crun()?;
+    // crun's cgroup join would wait for an RCU grace period: start it now
+    // (cgroup.rs).
+    let warmer = cgroup::Warmer::start();
     let containers = Containers::new(store_root);
     // The container's mount will need the volume server: start it now, so
     // that it gets ready while the container is created.
@@ -154,13 +159,14 @@ pub fn run(store_root: &Path, image: &str, opts: &RunOptions) -> Result<i32> {
             containers.create(image, opts.name.as_deref(), opts.size)?
         }
     };
-    let result = run_created(store_root, &containers, &c, opts);
+    let result = run_created(store_root, &containers, &c, opts, &warmer);
     if opts.rm {
         let _s = tracing::debug_span!("remove").entered();
         if let Err(e) = containers.discard(&c.name) {
             tracing::warn!("removing container {}: {e}", c.name);
         }
     }
+    drop(warmer);
     result
 }
 
@@ -169,6 +175,7 @@ fn run_created(
     containers: &Containers,
     c: &Container,
     opts: &RunOptions,
+    warmer: &cgroup::Warmer,
 ) -> Result<i32> {
     let name = c.name.as_str();
     // The config of the name the container was created from (two names
@@ -211,7 +218,7 @@ fn run_created(
         })?;
         drop(bundle_span);
         let _s = tracing::debug_span!("crun").entered();
-        crun_run(&bundle, name)
+        crun_run(&bundle, name, warmer)
     })();
     // A disposable container is unmounted by its removal (`discard`).
     if !opts.rm {
@@ -227,6 +234,7 @@ fn run_created(
 /// `run` wrote; returns the container's exit status.
 pub fn start(store_root: &Path, name: &str) -> Result<i32> {
     which_crun()?;
+    let warmer = cgroup::Warmer::start();
     let containers = Containers::new(store_root);
     containers.get(name)?;
     let bundle = bundle_dir(store_root, name);
@@ -250,11 +258,12 @@ pub fn start(store_root: &Path, name: &str) -> Result<i32> {
             rootfs.display()
         )))
     } else {
-        crun_run(&bundle, name)
+        crun_run(&bundle, name, &warmer)
     };
     if !was_mounted && let Err(e) = containers.umount(name) {
         tracing::warn!("unmounting container {name}: {e}");
     }
+    drop(warmer);
     result
 }
 
@@ -269,7 +278,7 @@ pub fn which_crun() -> Result<PathBuf> {
 
 /// Runs `crun run` on `bundle` with this process's stdio; returns the
 /// container's exit status (128 + N for a signal).
-fn crun_run(bundle: &Path, name: &str) -> Result<i32> {
+fn crun_run(bundle: &Path, name: &str, warmer: &cgroup::Warmer) -> Result<i32> {
     let crun = which_crun()?;
     let id = format!("fukastor-{name}");
     // A container state left by a crash would make `run` refuse the ID
@@ -287,6 +296,7 @@ fn crun_run(bundle: &Path, name: &str) -> Result<i32> {
             .stderr(std::process::Stdio::null())
             .status()
             .is_ok();
+    warmer.crun_starts();
     let mut child = Command::new(&crun)
         .arg("run")
         .arg("--bundle")
