@@ -737,7 +737,7 @@ fn run_prints_the_image_os_release_and_passes_exit_statuses_on() {
     assert_exit(&run, 0, "true, with debug output");
     assert!(
         run.stderr.contains("cgroup lock warmed through"),
-        "run did not write its pid into its cgroup: {run}"
+        "run did not warm the cgroup lock (src/runtime/cgroup.rs; is /sys/fs/cgroup writable?): {run}"
     );
 
     for code in [7, 0, 1, 42, 255] {

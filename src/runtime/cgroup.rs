@@ -6,36 +6,61 @@
 //! unless another writer took it within the last RCU grace period,
 //! `percpu_down_write` first waits for a grace period (`rcu_sync_enter`), so
 //! that readers (every fork and exit on the machine) switch to its slow path.
-//! On this kind of host that wait was 5–13 ms of a ~40 ms `crun run`
+//! On this project's host (Linux 6.18, cgroup v1 controllers with a v2
+//! hierarchy beside them) that wait was 5–13 ms of a ~40 ms `crun run`
 //! (docs/benchmarks.md, *Running containers*).
 //!
-//! A write of a process's own pid into its own cgroup's `cgroup.procs` (a
-//! migration to where it already is) takes the same lock, so it starts that
-//! grace period. A writer that comes while it is running waits only for the
-//! rest of it; one that comes within a grace period after it does not wait.
-//! [`Warmer`] makes that write on a thread of its own when `run` starts, so
-//! the grace period passes while the root filesystem is assembled instead
-//! of inside crun, and repeats it until crun starts so that the fast path is
-//! still open when crun gets to its cgroups.
+//! A thread that writes its own thread ID into its own cgroup's
+//! `cgroup.threads` (v2) or `tasks` (v1) takes the same lock (a write of
+//! `0` does not, measured), so it starts that grace period; the move to
+//! where the thread already is changes nothing. A writer that comes while
+//! the grace period runs waits only for the rest of it; one that comes
+//! within a grace period after it does not wait. [`Warmer`] makes that
+//! write on a thread of its own when `run` starts, so the grace period
+//! passes while the root filesystem is assembled instead of inside crun. It
+//! repeats the write every [`REWRITE`] until crun starts (at most
+//! [`BEFORE_CRUN`] times: a `run` that waits long for a busy store stops
+//! early) and [`AFTER_CRUN`] times after, so the fast path is still open
+//! when crun gets to its cgroups.
 //!
-//! It is an optimisation only: a write that fails (no cgroup filesystem, not
-//! root) is logged at debug level and changes nothing. Where the cgroup
-//! hierarchy is mounted with `favordynmods`, the lock stays in its slow mode,
-//! no writer waits, and the write costs the thread ~0.1 ms.
+//! Only the warmer thread is ever named, never the process: a file that
+//! is not the thread's own cgroup (a hierarchy mounted from elsewhere) can
+//! at worst move that thread, which ends right after, and cgroup v2 refuses
+//! to move a thread out of its domain. The files are found through
+//! `/proc/self/mountinfo`, whose cgroup roots are relative to the same
+//! cgroup namespace as `/proc/self/cgroup`.
+//!
+//! Costs: while the lock is in its slow mode, every fork and exit on the
+//! machine takes the slower path (as after any cgroup move); each write
+//! holds the lock for a move that does nothing. crun's own write would put
+//! the lock in that mode anyway; this puts it there ~10 ms earlier and keeps
+//! it there for `run`'s setup. It is an optimisation only: it runs for root
+//! (crun as root writes cgroupfs itself; rootless crun goes through
+//! systemd), and a write that fails (no cgroup filesystem, read-only) is
+//! logged at debug level and ends the thread. Where the hierarchy is mounted
+//! with `favordynmods`, no writer waits for a grace period, and the writes
+//! save nothing.
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::sync::mpsc;
 use std::time::Duration;
 
-/// How often the write is repeated until crun starts: a write keeps the
-/// lock's fast path for at least a grace period after it (15–20 ms on an
-/// idle machine here), so the window never closes while `run` mounts.
+/// How often the write is repeated: a write keeps the lock's fast path
+/// open for at least a grace period after it (15–20 ms on an idle machine
+/// here), so the window does not close in between.
 const REWRITE: Duration = Duration::from_millis(8);
+
+/// Writes before crun starts at most (the first included): ~250 ms.
+const BEFORE_CRUN: usize = 32;
+
+/// Writes after crun is spawned (the first at once): the window stays open
+/// ~40 ms more, however long crun takes to reach its cgroups.
+const AFTER_CRUN: usize = 5;
 
 /// The thread that keeps the cgroup attach lock warm until crun starts
 /// (module docs). Dropping it stops the thread and waits for it: at most
-/// one write, which after crun has run is long done.
+/// one write in flight.
 #[derive(Debug)]
 pub struct Warmer {
     crun_starts: Option<mpsc::Sender<()>>,
@@ -43,9 +68,7 @@ pub struct Warmer {
 }
 
 impl Warmer {
-    /// Starts the thread (root only: crun as another user does not write
-    /// cgroup files as root does). It writes at once, then every
-    /// [`REWRITE`], until [`Warmer::crun_starts`] or the drop.
+    /// Starts the thread, as root only (module docs).
     pub fn start() -> Warmer {
         let mut w = Warmer {
             crun_starts: None,
@@ -57,7 +80,9 @@ impl Warmer {
         let (tx, rx) = mpsc::channel();
         let spawned = std::thread::Builder::new()
             .name("cgroup-warm".into())
-            .spawn(move || keep_warm(&rx));
+            .spawn(move || {
+                keep_warm(&rx, first_write, write_own_tid);
+            });
         match spawned {
             Ok(t) => {
                 w.crun_starts = Some(tx);
@@ -68,7 +93,7 @@ impl Warmer {
         w
     }
 
-    /// crun is about to be started: one last write, then the thread ends.
+    /// crun is about to be spawned.
     pub fn crun_starts(&self) {
         if let Some(tx) = &self.crun_starts {
             let _ = tx.send(());
@@ -85,46 +110,91 @@ impl Drop for Warmer {
     }
 }
 
-fn keep_warm(crun_starts: &mpsc::Receiver<()>) {
-    let path = match write_own_pid() {
+/// What [`keep_warm`] did: the writes made, and whether it ended on a
+/// failed write.
+#[derive(Debug, PartialEq)]
+struct Warmed {
+    writes: usize,
+    failed: bool,
+}
+
+/// The thread's work. `first` finds the file and makes the first write;
+/// `again` repeats it on that file. A message on `crun_starts` says crun is
+/// being spawned; its sender's drop says `run` is over.
+fn keep_warm(
+    crun_starts: &mpsc::Receiver<()>,
+    first: fn() -> std::io::Result<PathBuf>,
+    again: fn(&Path) -> std::io::Result<()>,
+) -> Warmed {
+    let path = match first() {
         Ok(path) => path,
         Err(e) => {
             tracing::debug!("warming the cgroup lock: {e}");
-            return;
+            return Warmed {
+                writes: 0,
+                failed: true,
+            };
         }
     };
-    let mut writes = 1;
-    // A write that fails later (the cgroup went away) ends the loop too.
-    while let Err(mpsc::RecvTimeoutError::Timeout) = crun_starts.recv_timeout(REWRITE) {
-        writes += 1;
-        if write_to(&path).is_err() {
+    let mut done = Warmed {
+        writes: 1,
+        failed: false,
+    };
+    let write = |done: &mut Warmed| match again(&path) {
+        Ok(()) => {
+            done.writes += 1;
+            true
+        }
+        Err(e) => {
+            tracing::debug!("warming the cgroup lock through {}: {e}", path.display());
+            done.failed = true;
+            false
+        }
+    };
+    // Until crun starts.
+    let mut crun = loop {
+        match crun_starts.recv_timeout(REWRITE) {
+            Ok(()) => break true,
+            Err(mpsc::RecvTimeoutError::Disconnected) => break false,
+            Err(mpsc::RecvTimeoutError::Timeout) => {
+                if done.writes >= BEFORE_CRUN {
+                    // Enough: wait for crun without writing.
+                    break crun_starts.recv().is_ok();
+                }
+                if !write(&mut done) {
+                    break false;
+                }
+            }
+        }
+    };
+    // From crun's start until its own write.
+    for i in 0..AFTER_CRUN {
+        if !crun || !write(&mut done) {
             break;
         }
+        if i + 1 < AFTER_CRUN
+            && let Err(mpsc::RecvTimeoutError::Disconnected) = crun_starts.recv_timeout(REWRITE)
+        {
+            crun = false;
+        }
     }
-    // As crun starts: its own write comes a few ms later, inside the window
-    // this one opens.
-    let last = write_to(&path);
     tracing::debug!(
-        "cgroup lock warmed through {} ({} writes; the last: {last:?})",
+        "cgroup lock warmed through {} ({} writes{})",
         path.display(),
-        writes + 1
+        done.writes,
+        if done.failed { ", the last failed" } else { "" }
     );
+    done
 }
 
-fn write_to(path: &Path) -> std::io::Result<()> {
-    std::fs::OpenOptions::new()
-        .write(true)
-        .open(path)
-        .and_then(|mut f| f.write_all(std::process::id().to_string().as_bytes()))
-}
-
-/// Writes this process's pid into the `cgroup.procs` of a cgroup it is in;
-/// returns that file.
-fn write_own_pid() -> std::io::Result<PathBuf> {
+/// Writes the calling thread's ID into the first of [`candidates`] that
+/// takes it; returns that file.
+fn first_write() -> std::io::Result<PathBuf> {
     let own = std::fs::read_to_string("/proc/self/cgroup")?;
-    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no cgroup.procs found");
-    for path in candidates(&own) {
-        match write_to(&path) {
+    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no cgroup file found");
+    for path in candidates(&own, &mounts) {
+        match write_own_tid(&path) {
             Ok(()) => return Ok(path),
             Err(e) => last = e,
         }
@@ -132,10 +202,87 @@ fn write_own_pid() -> std::io::Result<PathBuf> {
     Err(last)
 }
 
-/// The `cgroup.procs` files of the cgroups named by a `/proc/PID/cgroup`
-/// text, where systemd-style hosts mount them: the unified (v2) hierarchy
-/// first, then each v1 hierarchy. Every one of them takes the same lock.
-fn candidates(proc_cgroup: &str) -> Vec<PathBuf> {
+/// Writes the calling thread's ID into `path` (a `cgroup.threads` or
+/// `tasks` file).
+fn write_own_tid(path: &Path) -> std::io::Result<()> {
+    let tid = rustix::thread::gettid().as_raw_nonzero().to_string();
+    std::fs::OpenOptions::new()
+        .write(true)
+        .open(path)
+        .and_then(|mut f| f.write_all(tid.as_bytes()))
+}
+
+/// A cgroup hierarchy mounted in this mount namespace.
+#[derive(Debug)]
+struct Hierarchy {
+    /// The cgroup shown at the mount point (relative to our cgroup
+    /// namespace, as `/proc/self/cgroup` paths are).
+    root: PathBuf,
+    point: PathBuf,
+    /// cgroup2, or else cgroup (v1) with these super options (controllers,
+    /// `name=...`).
+    v2: bool,
+    options: Vec<String>,
+}
+
+/// The cgroup hierarchies of a `/proc/PID/mountinfo` text.
+fn hierarchies(mountinfo: &str) -> Vec<Hierarchy> {
+    let mut out = Vec::new();
+    for line in mountinfo.lines() {
+        let Some((left, right)) = line.split_once(" - ") else {
+            continue;
+        };
+        let left: Vec<&str> = left.split(' ').collect();
+        let right: Vec<&str> = right.split(' ').collect();
+        let (Some(root), Some(point), Some(fstype)) = (left.get(3), left.get(4), right.first())
+        else {
+            continue;
+        };
+        let v2 = match *fstype {
+            "cgroup2" => true,
+            "cgroup" => false,
+            _ => continue,
+        };
+        out.push(Hierarchy {
+            root: PathBuf::from(unescape(root)),
+            point: PathBuf::from(unescape(point)),
+            v2,
+            options: right
+                .get(2)
+                .map(|o| o.split(',').map(str::to_owned).collect())
+                .unwrap_or_default(),
+        });
+    }
+    out
+}
+
+/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
+fn unescape(s: &str) -> String {
+    let b = s.as_bytes();
+    let mut out = Vec::with_capacity(b.len());
+    let mut i = 0;
+    while i < b.len() {
+        let octal = b.get(i + 1..i + 4).filter(|d| {
+            b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)) && d[0] <= b'3'
+        });
+        if let Some(d) = octal {
+            out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
+            i += 4;
+        } else {
+            out.push(b[i]);
+            i += 1;
+        }
+    }
+    String::from_utf8_lossy(&out).into_owned()
+}
+
+/// The files a thread of this process writes its ID into to move to the
+/// cgroup it is in, given `/proc/self/cgroup` and `/proc/self/mountinfo`:
+/// `cgroup.threads` of the v2 cgroup first, then `tasks` of each v1 one,
+/// each under a mount of its hierarchy whose root holds it. Every one of
+/// them takes the same lock.
+fn candidates(proc_cgroup: &str, mountinfo: &str) -> Vec<PathBuf> {
+    let mounts = hierarchies(mountinfo);
     let mut v2 = Vec::new();
     let mut v1 = Vec::new();
     for line in proc_cgroup.lines() {
@@ -144,25 +291,29 @@ fn candidates(proc_cgroup: &str) -> Vec<PathBuf> {
         else {
             continue;
         };
-        // A path the kernel writes is absolute and has no `..`; anything
-        // else (a cgroup outside our namespace shows as `/..`) is skipped.
-        if !path.starts_with('/') || path.split('/').any(|c| c == "..") {
+        // The kernel writes absolute paths; a cgroup outside our namespace
+        // shows as `/..`.
+        let path = Path::new(path);
+        if !path.is_absolute() || path.components().any(|c| c.as_os_str() == "..") {
             continue;
         }
-        let rel = path.trim_start_matches('/');
-        if controllers.is_empty() {
-            for root in ["/sys/fs/cgroup/unified", "/sys/fs/cgroup"] {
-                v2.push(PathBuf::from(root).join(rel).join("cgroup.procs"));
+        let wanted: Vec<&str> = controllers.split(',').filter(|c| !c.is_empty()).collect();
+        for m in &mounts {
+            let holds = if controllers.is_empty() {
+                m.v2
+            } else {
+                !m.v2 && wanted.iter().all(|c| m.options.iter().any(|o| o == c))
+            };
+            let Ok(rel) = path.strip_prefix(&m.root) else {
+                continue;
+            };
+            if !holds {
+                continue;
             }
-        } else if let Some(first) = controllers.split(',').next() {
-            let dir = first.strip_prefix("name=").unwrap_or(first);
-            if !dir.is_empty() && !dir.contains('/') {
-                v1.push(
-                    PathBuf::from("/sys/fs/cgroup")
-                        .join(dir)
-                        .join(rel)
-                        .join("cgroup.procs"),
-                );
+            if m.v2 {
+                v2.push(m.point.join(rel).join("cgroup.threads"));
+            } else {
+                v1.push(m.point.join(rel).join("tasks"));
             }
         }
     }
@@ -174,25 +325,124 @@ fn candidates(proc_cgroup: &str) -> Vec<PathBuf> {
 mod tests {
     use super::*;
 
+    const MOUNTINFO: &str = "\
+22 1 254:1 / / rw,relatime - ext4 /dev/vda rw
+31 23 0:28 / /sys/fs/cgroup rw,relatime - tmpfs tmpfs rw,mode=755
+32 31 0:29 / /sys/fs/cgroup/cpu,cpuacct rw,relatime - cgroup cgroup rw,cpu,cpuacct
+33 31 0:30 / /sys/fs/cgroup/pids rw,relatime - cgroup cgroup rw,pids
+34 31 0:31 / /sys/fs/cgroup/systemd rw,relatime shared:9 - cgroup cgroup rw,xattr,name=systemd
+35 31 0:32 /a /sys/fs/cgroup/mem\\040ory rw,relatime - cgroup cgroup rw,memory
+36 31 0:33 / /sys/fs/cgroup/unified rw,relatime - cgroup2 cgroup2 rw
+37 31 0:34 /.. /elsewhere rw,relatime - cgroup2 cgroup2 rw
+";
+
     #[test]
-    fn candidates_cover_v2_then_v1_and_skip_paths_outside() {
-        let text = "10:hugetlb:/\n9:name=systemd:/\n4:memory:/a/b\n\
-                    3:cpu,cpuacct:/x\n2:pids:/..\n0::/\n";
-        let got: Vec<String> = candidates(text)
+    fn candidates_follow_the_mounts_v2_first() {
+        let cgroup = "9:name=systemd:/\n8:pids:/x:y\n4:memory:/a/b\n\
+                      3:cpu,cpuacct:/c\n2:blkio:/\n1:freezer:/..\n0::/s\n";
+        let got: Vec<String> = candidates(cgroup, MOUNTINFO)
             .iter()
             .map(|p| p.display().to_string())
             .collect();
         similar_asserts::assert_eq!(
             got,
             [
-                "/sys/fs/cgroup/unified/cgroup.procs",
-                "/sys/fs/cgroup/cgroup.procs",
-                "/sys/fs/cgroup/hugetlb/cgroup.procs",
-                "/sys/fs/cgroup/systemd/cgroup.procs",
-                "/sys/fs/cgroup/memory/a/b/cgroup.procs",
-                "/sys/fs/cgroup/cpu/x/cgroup.procs",
+                "/sys/fs/cgroup/unified/s/cgroup.threads",
+                "/sys/fs/cgroup/systemd/tasks",
+                "/sys/fs/cgroup/pids/x:y/tasks",
+                // The mount's root /a holds /a/b: its b.
+                "/sys/fs/cgroup/mem ory/b/tasks",
+                "/sys/fs/cgroup/cpu,cpuacct/c/tasks",
             ]
         );
-        assert!(candidates("garbage\n\n1:cpu\n").is_empty());
+        // A cgroup outside the mount's root has no file; nor has a
+        // hierarchy that is not mounted (blkio), or a path with `..`.
+        assert!(candidates("4:memory:/z\n", MOUNTINFO).is_empty());
+        assert!(candidates("0::/../x\n", MOUNTINFO).is_empty());
+        assert!(candidates("garbage\n\n1:cpu\n", MOUNTINFO).is_empty());
+    }
+
+    #[test]
+    fn unescape_undoes_octal_escapes_only() {
+        assert_eq!(unescape("a\\040b\\134c"), "a b\\c");
+        assert_eq!(unescape("x\\09y\\4"), "x\\09y\\4");
+    }
+
+    fn found() -> std::io::Result<PathBuf> {
+        Ok(PathBuf::from("/cg/tasks"))
+    }
+    fn not_found() -> std::io::Result<PathBuf> {
+        Err(std::io::ErrorKind::NotFound.into())
+    }
+    fn ok(_: &Path) -> std::io::Result<()> {
+        Ok(())
+    }
+    fn fails(_: &Path) -> std::io::Result<()> {
+        Err(std::io::ErrorKind::PermissionDenied.into())
+    }
+
+    #[test]
+    fn keep_warm_writes_until_crun_then_a_bounded_number_more() {
+        // crun starts at once: the first write, then AFTER_CRUN more.
+        let (tx, rx) = mpsc::channel();
+        tx.send(()).unwrap();
+        let t = std::thread::spawn(move || keep_warm(&rx, found, ok));
+        let got = t.join().unwrap();
+        drop(tx);
+        assert_eq!(
+            got,
+            Warmed {
+                writes: 1 + AFTER_CRUN,
+                failed: false
+            }
+        );
+
+        // run ends before crun: no write after the first few.
+        let (tx, rx) = mpsc::channel::<()>();
+        let t = std::thread::spawn(move || keep_warm(&rx, found, ok));
+        std::thread::sleep(REWRITE * 2);
+        drop(tx);
+        let got = t.join().unwrap();
+        assert!(
+            !got.failed && got.writes >= 1 && got.writes < BEFORE_CRUN,
+            "{got:?}"
+        );
+
+        // crun never starts: the writes stop at BEFORE_CRUN, and the
+        // thread waits without writing until the drop.
+        let (tx, rx) = mpsc::channel::<()>();
+        let t = std::thread::spawn(move || keep_warm(&rx, found, ok));
+        std::thread::sleep(REWRITE * (BEFORE_CRUN as u32 + 8));
+        drop(tx);
+        assert_eq!(
+            t.join().unwrap(),
+            Warmed {
+                writes: BEFORE_CRUN,
+                failed: false
+            }
+        );
+    }
+
+    #[test]
+    fn keep_warm_stops_at_the_first_failure() {
+        let (tx, rx) = mpsc::channel();
+        tx.send(()).unwrap();
+        let got = keep_warm(&rx, not_found, ok);
+        assert_eq!(
+            got,
+            Warmed {
+                writes: 0,
+                failed: true
+            }
+        );
+        let got = keep_warm(&rx, found, fails);
+        assert_eq!(
+            got,
+            Warmed {
+                writes: 1,
+                failed: true
+            }
+        );
+        drop(tx);
     }
 }
