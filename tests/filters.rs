@@ -424,14 +424,17 @@ fn bad_filters_are_refused_and_leave_the_store_as_it_was() {
         std::fs::write(&p, text).unwrap();
         p.display().to_string()
     };
-    let cases: Vec<(String, &[&str])> = vec![
+    // (--filter, the codes it may give, a piece of the hint it must give)
+    let cases: Vec<(String, &[&str], Option<&str>)> = vec![
         (
             work.path().join("missing.lua").display().to_string(),
             &["FK0900"],
+            Some("hint: check the script's path"),
         ),
         (
             write("noencode", "function decode(b) return b end"),
             &["FK0900"],
+            None,
         ),
         (
             write(
@@ -439,6 +442,7 @@ fn bad_filters_are_refused_and_leave_the_store_as_it_was() {
                 "os.execute('touch /tmp/fk-escaped')\nfunction encode(b) return b end\nfunction decode(b) return b end",
             ),
             &["FK0900", "FK0901"],
+            None,
         ),
         (
             write(
@@ -446,6 +450,7 @@ fn bad_filters_are_refused_and_leave_the_store_as_it_was() {
                 "function encode(b) io.open('/tmp/fk-escaped','w') return b end\nfunction decode(b) return b end",
             ),
             &["FK0901"],
+            None,
         ),
         (
             write(
@@ -453,6 +458,7 @@ fn bad_filters_are_refused_and_leave_the_store_as_it_was() {
                 "function encode(b) while true do end end\nfunction decode(b) return b end",
             ),
             &["FK0903"],
+            None,
         ),
         (
             write(
@@ -460,6 +466,7 @@ fn bad_filters_are_refused_and_leave_the_store_as_it_was() {
                 "function encode(b) local s = string.rep('x', 1 << 40) return b end\nfunction decode(b) return b end",
             ),
             &["FK0902", "FK0901"],
+            None,
         ),
         (
             write(
@@ -467,21 +474,33 @@ fn bad_filters_are_refused_and_leave_the_store_as_it_was() {
                 "function encode(b) return 42 end\nfunction decode(b) return b end",
             ),
             &["FK0904"],
+            None,
         ),
         (
             format!("{},key_env=FK_TEST_NO_SUCH_VARIABLE", example("encrypt")),
             &["FK0907"],
+            None,
         ),
-        (format!("{},notaparam", example("compress")), &["FK0900"]),
+        (
+            format!("{},notaparam", example("compress")),
+            &["FK0900"],
+            Some("hint: write --filter SCRIPT.lua or --filter SCRIPT.lua,NAME=VALUE"),
+        ),
     ];
     let before = support::snapshot(store.path());
-    for (filter, codes) in cases {
+    for (filter, codes, hint) in cases {
         let run = store.run(["pull", &source, "bad:1", "--filter", &filter]);
         let code = code_of(&run);
         assert!(
             codes.contains(&code.as_str()),
             "--filter {filter}: expected {codes:?}: {run}"
         );
+        if let Some(hint) = hint {
+            assert!(
+                run.stderr.contains(hint),
+                "--filter {filter}: expected the hint {hint:?}: {run}"
+            );
+        }
         let after = support::snapshot(store.path());
         let diff = support::snapshot_diff(&before, &after);
         assert!(
