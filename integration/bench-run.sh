@@ -435,7 +435,7 @@ goal() {
 }
 if [[ -n ${SAMPLES[fukastor]:-} && -n $floor_med ]]; then
     fm=$(med fukastor)
-    goal "fukastor run --rm within 1.5x of the crun floor (median $(bench_ms "$fm") vs $(bench_ms "$floor_med"): $(ratio "$fm" "$floor_med")x)" \
+    goal "fukastor run --rm within 1.5x of the crun floor (median $(bench_ms "$fm") vs $(bench_ms "$floor_med"): $(ratio "$fm" "$floor_med")x; with a ${PAUSE} s pause before each run, --pause 0 gives the back-to-back ratio)" \
         "$((fm * 2 <= floor_med * 3))"
 fi
 if [[ -n ${SAMPLES[fukastor]:-} && -n $warm_med ]]; then
