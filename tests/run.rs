@@ -783,6 +783,20 @@ fn run_prints_the_image_os_release_and_passes_exit_statuses_on() {
             .expect("read the container's stdout");
     }
     assert_eq!(ready, "ready\n", "the container did not start");
+    // While it runs, its volume is listed as ephemeral (a disposable
+    // container's), in JSON and in the table.
+    let row = st
+        .volumes()
+        .into_iter()
+        .find(|v| v["name"] == "ctr.sig")
+        .expect("the running --rm container's volume is listed");
+    assert_eq!(row["ephemeral"], true, "{row}");
+    let table = st.ok(["volume", "ls"]).stdout_str();
+    let line = table
+        .lines()
+        .find(|l| l.starts_with("ctr.sig "))
+        .unwrap_or_else(|| panic!("no ctr.sig row in:\n{table}"));
+    assert!(line.contains(" ephemeral "), "{table}");
     let sent = Command::new("kill")
         .args(["-TERM", &child.id().to_string()])
         .status()
@@ -1073,6 +1087,7 @@ fn run_without_rm_keeps_the_container_and_start_runs_it_again() {
         .find(|v| v["name"] == "ctr.keep")
         .unwrap_or_else(|| panic!("no volume ctr.keep"));
     assert!(vol["device"].is_null(), "the volume stays attached: {vol}");
+    assert_eq!(vol["ephemeral"], false, "a kept container's volume: {vol}");
     let bundle = st.container_dir("keep").join("bundle/config.json");
     let spec: serde_json::Value = serde_json::from_slice(
         &std::fs::read(&bundle)

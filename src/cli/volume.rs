@@ -186,8 +186,8 @@ pub fn volume(out: &mut impl Write, cli: &Cli, cmd: &VolumeCommand) -> CliResult
             }
             writeln!(
                 out,
-                "{:<32} {:>10} {:>10} {:>9}  {:<12} FILTERS",
-                "NAME", "SIZE", "USED", "SNAPSHOTS", "DEVICE"
+                "{:<32} {:>10} {:>10} {:>9}  {:<12} {:<9} FILTERS",
+                "NAME", "SIZE", "USED", "SNAPSHOTS", "DEVICE", "KIND"
             )
             .map_err(io)?;
             for v in volumes {
@@ -198,12 +198,13 @@ pub fn volume(out: &mut impl Write, cli: &Cli, cmd: &VolumeCommand) -> CliResult
                 };
                 writeln!(
                     out,
-                    "{:<32} {:>10} {:>10} {:>9}  {:<12} {filters}",
+                    "{:<32} {:>10} {:>10} {:>9}  {:<12} {:<9} {filters}",
                     v.name,
                     human(v.size),
                     human(v.used),
                     v.snapshots.len(),
-                    v.device.as_deref().unwrap_or("-")
+                    v.device.as_deref().unwrap_or("-"),
+                    if v.ephemeral { "ephemeral" } else { "durable" }
                 )
                 .map_err(io)?;
             }

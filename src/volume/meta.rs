@@ -519,6 +519,15 @@ fn remove_legacy(backend: &dyn Backend, name: &str) -> std::io::Result<()> {
     }
 }
 
+/// Whether a volume's metadata is ephemeral (a disposable container's: in
+/// [`EPHEMERAL_DIR`], never synced, valid in this boot only).
+pub(crate) fn is_ephemeral(backend: &dyn Backend, name: &str) -> Result<bool> {
+    Ok(matches!(
+        locate(backend, name, false)?,
+        Some((_, Kind::Ephemeral, _))
+    ))
+}
+
 /// Removes a volume's metadata durably (an ephemeral volume's: with no
 /// sync).
 pub(crate) fn remove(backend: &dyn Backend, name: &str) -> Result<()> {

@@ -391,6 +391,12 @@ impl Pool {
         Ok(VolumeInfo::new(name, &meta::read(self.backend(), name)?))
     }
 
+    /// Whether volume `name` is ephemeral ([`Pool::clone_ephemeral`]).
+    pub fn is_ephemeral(&self, name: &str) -> Result<bool> {
+        let _st = lock(&self.shared.state);
+        meta::is_ephemeral(self.backend(), name)
+    }
+
     /// Creates volume `new` from snapshot `snapshot` of volume `volume`: its
     /// stack is the snapshot's sealed layers (shared, not copied) and a new
     /// empty head. Costs the same whatever the amount of data.

@@ -257,6 +257,10 @@ pub struct VolumeEntry {
     /// Its filters' names, in encode order (empty: not filtered).
     #[serde(default)]
     pub filters: Vec<String>,
+    /// A disposable container's (`run --rm`): its metadata is never synced
+    /// and is not read after a reboot (docs/volume-format.md).
+    #[serde(default)]
+    pub ephemeral: bool,
 }
 
 /// One snapshot, as `snapshot list` shows it.
@@ -837,6 +841,7 @@ impl Ctx {
                         .map(|m| m.len())
                         .sum();
                     volumes.push(VolumeEntry {
+                        ephemeral: self.pool.is_ephemeral(&name)?,
                         device: self.device(&name),
                         size: info.size,
                         used,
