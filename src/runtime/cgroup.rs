@@ -409,10 +409,23 @@ mod tests {
         );
 
         // crun never starts: the writes stop at BEFORE_CRUN, and the
-        // thread waits without writing until the drop.
+        // thread waits without writing until the drop. (Counted, not
+        // timed: a loaded machine only makes it slower.)
+        static COUNTED: std::sync::atomic::AtomicUsize = std::sync::atomic::AtomicUsize::new(0);
+        fn counted(_: &Path) -> std::io::Result<()> {
+            COUNTED.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            Ok(())
+        }
+        let repeats = || COUNTED.load(std::sync::atomic::Ordering::SeqCst);
         let (tx, rx) = mpsc::channel::<()>();
-        let t = std::thread::spawn(move || keep_warm(&rx, found, ok));
-        std::thread::sleep(REWRITE * (BEFORE_CRUN as u32 + 8));
+        let t = std::thread::spawn(move || keep_warm(&rx, found, counted));
+        let deadline = std::time::Instant::now() + Duration::from_secs(60);
+        while repeats() < BEFORE_CRUN - 1 {
+            assert!(std::time::Instant::now() < deadline, "hang guard");
+            std::thread::sleep(REWRITE);
+        }
+        std::thread::sleep(REWRITE * 5);
+        assert_eq!(repeats(), BEFORE_CRUN - 1, "writes went on past the bound");
         drop(tx);
         assert_eq!(
             t.join().unwrap(),
