@@ -1154,6 +1154,60 @@ fn run_without_rm_keeps_the_container_and_start_runs_it_again() {
     st.assert_fsck_clean();
 }
 
+/// A container record that does not parse: `ps` fails with FK0104, whose
+/// hint is fsck; `fsck` reports it, `fsck --repair` moves it aside and
+/// keeps the volume; then `ps` and `fsck` are clean again.
+#[test]
+fn fsck_reports_and_repairs_a_damaged_container_record() {
+    let _serial = serial();
+    require_containers();
+    let fx = fixtures();
+    let st = CStore::new();
+    st.pull_named(&fx.oci("busybox"), "busybox");
+    st.ok(["create", "busybox", "--name", "dmg"]);
+    st.ok(["create", "busybox", "--name", "fine"]);
+    let record = st.path().join("fukastor/containers/dmg.json");
+    assert!(record.is_file(), "no record at {}", record.display());
+    std::fs::write(&record, b"{\"name\": \"dmg\", \"ima").unwrap();
+
+    let ps = st.run(["ps"]);
+    assert_coded_error(&ps, "FK0104", "ps with a damaged record");
+    assert!(ps.stderr.contains("fukastor fsck"), "{ps}");
+
+    let fsck = st.run(["--json", "fsck"]);
+    assert_coded_error(&fsck, "FK0500", "fsck with a damaged record");
+    let report = json_of(&fsck);
+    let problems = report["problems"].as_array().cloned().unwrap_or_default();
+    assert_eq!(problems.len(), 1, "{report}");
+    assert_eq!(problems[0]["kind"], "damaged-container-record", "{report}");
+    assert_eq!(problems[0]["repaired"], false, "{report}");
+    assert_eq!(report["containers"], 2, "{report}");
+
+    let repair = st.ok(["--json", "fsck", "--repair"]);
+    let report = json_of(&repair);
+    assert_eq!(report["clean"], true, "{report}");
+    assert_eq!(report["problems"][0]["repaired"], true, "{report}");
+    assert!(!record.exists(), "the damaged record is still read");
+    assert!(
+        st.path()
+            .join("fukastor/containers/dmg.json.damaged")
+            .is_file(),
+        "the damaged record was not kept aside"
+    );
+
+    let names: Vec<_> = st.ps().iter().map(|r| r["name"].clone()).collect();
+    assert_eq!(names, [serde_json::json!("fine")], "ps after the repair");
+    assert!(
+        st.volumes().iter().any(|v| v["name"] == "ctr.dmg"),
+        "the repair removed the damaged container's volume"
+    );
+    let fsck = st.ok(["--json", "fsck"]);
+    assert_eq!(json_of(&fsck)["clean"], true, "{fsck}");
+    st.ok(["volume", "rm", "ctr.dmg"]);
+    st.ok(["rm", "fine"]);
+    st.assert_nothing_left("after the repair and the removals");
+}
+
 // ---------------------------------------------------------------------------
 // 4. Snapshot of a running container, rollback, start
 // ---------------------------------------------------------------------------

@@ -538,7 +538,12 @@ fn run(cli: &Cli) -> CliResult {
                 LockMode::Shared
             };
             let store = open(cli, mode)?;
-            let report = store.fsck(*repair)?;
+            let mut report = store.fsck(*repair)?;
+            let containers = crate::container::Containers::new(store.root());
+            let (problems, checked) = containers.check_records(*repair)?;
+            report.containers = checked;
+            report.problems.extend(problems);
+            report.clean = report.problems.iter().all(|p| p.repaired);
             output::fsck(out, cli, &report)?;
             if report.clean {
                 Ok(())

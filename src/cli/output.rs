@@ -184,9 +184,10 @@ pub(super) fn fsck(out: &mut impl Write, cli: &Cli, r: &FsckReport) -> CliResult
     let g = &r.garbage;
     writeln!(
         out,
-        "checked {} images and {} objects: {}",
+        "checked {} images, {} objects and {} container records: {}",
         r.images,
         r.objects,
+        r.containers,
         if r.clean { "clean" } else { "NOT clean" }
     )
     .map_err(io)?;

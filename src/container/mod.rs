@@ -422,6 +422,21 @@ impl Containers {
     /// file) or removed meanwhile (`run --rm` takes no store lock for
     /// either) is not an error: it is listed or not. A damaged record is.
     pub fn list(&self) -> Result<Vec<Container>> {
+        let names = self.record_names();
+        let mut found = Vec::with_capacity(names.len());
+        for n in &names {
+            match self.get(n) {
+                Ok(c) => found.push(c),
+                Err(ContainerError::NotFound(_)) => {}
+                Err(e) => return Err(e),
+            }
+        }
+        Ok(found)
+    }
+
+    /// The names of the containers that have a record (durable, or
+    /// ephemeral of this boot), sorted.
+    fn record_names(&self) -> Vec<String> {
         let names_in = |dir: &Path, name_of: &dyn Fn(&str) -> Option<String>| -> Vec<String> {
             let Ok(entries) = std::fs::read_dir(dir) else {
                 return vec![];
@@ -444,15 +459,54 @@ impl Containers {
         }
         names.sort();
         names.dedup();
-        let mut found = Vec::with_capacity(names.len());
-        for n in &names {
-            match self.get(n) {
-                Ok(c) => found.push(c),
-                Err(ContainerError::NotFound(_)) => {}
-                Err(e) => return Err(e),
+        names
+    }
+
+    /// `fsck`'s part for containers: a record that cannot be read is a
+    /// problem (`ps`, `gc` and every command naming the container fail on
+    /// it). With `repair` it is moved aside, to `<record>.damaged` (kept to
+    /// look at, never read again); the container's volume and work
+    /// directory stay, as they may hold the only copy of its data. The
+    /// volume is then like one a crash during `create` left: a new
+    /// container of that name replaces it, `volume rm` removes it. Returns
+    /// the problems and how many records were checked.
+    pub fn check_records(&self, repair: bool) -> Result<(Vec<crate::store::Problem>, u64)> {
+        let names = self.record_names();
+        let mut problems = Vec::new();
+        for name in &names {
+            let why = match self.get(name) {
+                Err(ContainerError::Store(StoreError::Damaged(why))) => why,
+                _ => continue,
+            };
+            let Some(path) = self.locate(name) else {
+                continue;
+            };
+            let aside = path.with_extension("json.damaged");
+            let repaired = repair && {
+                std::fs::rename(&path, &aside)
+                    .and_then(|()| crate::store::fsync_dir(path.parent().unwrap_or(&self.dir)))
+                    .map_err(|e| StoreError::Io {
+                        context: format!("moving {} aside", path.display()),
+                        source: e,
+                    })?;
+                true
+            };
+            let volume = volume_of(name);
+            let mut detail = format!(
+                "{why}; its volume {volume} is kept (`fukastor volume attach {volume}` \
+                 gives its ext4 as a block device; a new container of that name \
+                 replaces it, `fukastor volume rm {volume}` removes it)"
+            );
+            if repaired {
+                detail.push_str(&format!("; the record is now {}", aside.display()));
             }
+            problems.push(crate::store::Problem {
+                kind: "damaged-container-record",
+                detail,
+                repaired,
+            });
         }
-        Ok(found)
+        Ok((problems, names.len() as u64))
     }
 
     /// `ps`: every container and whether it is mounted.

@@ -41,6 +41,9 @@ pub struct FsckReport {
     pub images: u64,
     /// Objects checked (each digest recomputed).
     pub objects: u64,
+    /// Container records checked (by the CLI, which adds their problems:
+    /// containers are not the store's to know).
+    pub containers: u64,
     /// Problems found.
     pub problems: Vec<Problem>,
     /// Garbage found (not problems).
