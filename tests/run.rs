@@ -1155,8 +1155,9 @@ fn run_without_rm_keeps_the_container_and_start_runs_it_again() {
 }
 
 /// A container record that does not parse: `ps` fails with FK0104, whose
-/// hint is fsck; `fsck` reports it, `fsck --repair` moves it aside and
-/// keeps the volume; then `ps` and `fsck` are clean again.
+/// hint is fsck; `fsck` reports it; `fsck --repair` leaves a mounted one
+/// alone, moves an unmounted one aside and keeps its volume, and `create`
+/// refuses the name while the set-aside record is there.
 #[test]
 fn fsck_reports_and_repairs_a_damaged_container_record() {
     let _serial = serial();
@@ -1164,47 +1165,112 @@ fn fsck_reports_and_repairs_a_damaged_container_record() {
     let fx = fixtures();
     let st = CStore::new();
     st.pull_named(&fx.oci("busybox"), "busybox");
-    st.ok(["create", "busybox", "--name", "dmg"]);
-    st.ok(["create", "busybox", "--name", "fine"]);
-    let record = st.path().join("fukastor/containers/dmg.json");
-    assert!(record.is_file(), "no record at {}", record.display());
-    std::fs::write(&record, b"{\"name\": \"dmg\", \"ima").unwrap();
+    for name in ["dmg", "fine", "mnt"] {
+        st.ok(["create", "busybox", "--name", name]);
+    }
+    let rootfs = st.ok(["container", "mount", "mnt"]).stdout_str();
+    let records = st.path().join("fukastor/containers");
+    for name in ["dmg", "mnt"] {
+        std::fs::write(
+            records.join(format!("{name}.json")),
+            b"{\"name\": \"x\", \"ima",
+        )
+        .unwrap();
+    }
 
     let ps = st.run(["ps"]);
     assert_coded_error(&ps, "FK0104", "ps with a damaged record");
     assert!(ps.stderr.contains("fukastor fsck"), "{ps}");
 
     let fsck = st.run(["--json", "fsck"]);
-    assert_coded_error(&fsck, "FK0500", "fsck with a damaged record");
+    assert_coded_error(&fsck, "FK0500", "fsck with damaged records");
     let report = json_of(&fsck);
-    let problems = report["problems"].as_array().cloned().unwrap_or_default();
-    assert_eq!(problems.len(), 1, "{report}");
-    assert_eq!(problems[0]["kind"], "damaged-container-record", "{report}");
-    assert_eq!(problems[0]["repaired"], false, "{report}");
-    assert_eq!(report["containers"], 2, "{report}");
-
-    let repair = st.ok(["--json", "fsck", "--repair"]);
-    let report = json_of(&repair);
-    assert_eq!(report["clean"], true, "{report}");
-    assert_eq!(report["problems"][0]["repaired"], true, "{report}");
-    assert!(!record.exists(), "the damaged record is still read");
-    assert!(
-        st.path()
-            .join("fukastor/containers/dmg.json.damaged")
-            .is_file(),
-        "the damaged record was not kept aside"
+    let kinds: Vec<_> = report["problems"]
+        .as_array()
+        .cloned()
+        .unwrap_or_default()
+        .iter()
+        .map(|p| (p["kind"].clone(), p["repaired"].clone()))
+        .collect();
+    let unrepaired = (
+        serde_json::json!("damaged-container-record"),
+        serde_json::json!(false),
     );
+    assert_eq!(kinds, [unrepaired.clone(), unrepaired], "{report}");
+    assert_eq!(report["containers"], 3, "{report}");
+
+    // The mounted one stays, with what to unmount; the other is set aside.
+    let repair = st.run(["--json", "fsck", "--repair"]);
+    assert_coded_error(&repair, "FK0500", "repair with a mounted damaged container");
+    let report = json_of(&repair);
+    let problems = report["problems"].as_array().cloned().unwrap_or_default();
+    let of = |name: &str| {
+        problems
+            .iter()
+            .find(|p| {
+                p["detail"]
+                    .as_str()
+                    .unwrap_or("")
+                    .contains(&format!("record {name}:"))
+            })
+            .cloned()
+            .unwrap_or_else(|| panic!("no problem for {name}: {report}"))
+    };
+    assert_eq!(of("dmg")["repaired"], true, "{report}");
+    assert_eq!(of("mnt")["repaired"], false, "{report}");
+    assert!(
+        of("mnt")["detail"]
+            .as_str()
+            .unwrap_or("")
+            .contains("not moved aside while mounted"),
+        "{report}"
+    );
+    assert!(
+        !records.join("dmg.json").exists(),
+        "dmg's record is still read"
+    );
+    assert!(records.join("dmg.json.damaged").is_file(), "not kept aside");
+    assert!(
+        records.join("mnt.json").is_file(),
+        "a mounted container's record moved"
+    );
+
+    // By hand, as the detail says; then the repair finishes.
+    for d in ["rootfs", "fs", "lower"] {
+        let path = st.container_dir("mnt").join(d);
+        let out = tool("umount", [path.as_os_str()]);
+        assert!(out.success(), "umount {}: {out}", path.display());
+    }
+    assert_eq!(rootfs.trim(), st.rootfs("mnt").display().to_string());
+    st.ok(["volume", "detach", "ctr.mnt"]);
+    let repair = st.ok(["--json", "fsck", "--repair"]);
+    assert_eq!(json_of(&repair)["clean"], true, "{repair}");
+    let fsck = st.ok(["--json", "fsck"]);
+    assert_eq!(json_of(&fsck)["clean"], true, "{fsck}");
 
     let names: Vec<_> = st.ps().iter().map(|r| r["name"].clone()).collect();
     assert_eq!(names, [serde_json::json!("fine")], "ps after the repair");
+    for v in ["ctr.dmg", "ctr.mnt"] {
+        assert!(
+            st.volumes().iter().any(|x| x["name"] == v),
+            "the repair removed {v}"
+        );
+    }
+    let again = st.run(["create", "busybox", "--name", "dmg"]);
+    assert_coded_error(&again, "FK0756", "create over a set-aside record");
     assert!(
-        st.volumes().iter().any(|v| v["name"] == "ctr.dmg"),
-        "the repair removed the damaged container's volume"
+        st.volumes().iter().any(|x| x["name"] == "ctr.dmg"),
+        "create removed the kept volume"
     );
-    let fsck = st.ok(["--json", "fsck"]);
-    assert_eq!(json_of(&fsck)["clean"], true, "{fsck}");
-    st.ok(["volume", "rm", "ctr.dmg"]);
-    st.ok(["rm", "fine"]);
+
+    for v in ["ctr.dmg", "ctr.mnt"] {
+        st.ok(["volume", "rm", v]);
+    }
+    std::fs::remove_file(records.join("dmg.json.damaged")).unwrap();
+    st.ok(["create", "busybox", "--name", "dmg"]);
+    for name in ["dmg", "fine"] {
+        st.ok(["rm", name]);
+    }
     st.assert_nothing_left("after the repair and the removals");
 }
 

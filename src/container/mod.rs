@@ -70,6 +70,10 @@ pub enum ContainerError {
     /// An unmount step failed.
     #[error("unmounting container {0:?}: {1}")]
     Umount(String, String),
+    /// `fsck --repair` set a damaged record of that name aside; its volume
+    /// may still hold the container's files.
+    #[error("container {0:?} has a damaged record that `fsck --repair` set aside ({1})")]
+    SetAside(String, String),
     /// Its volume.
     #[error(transparent)]
     Volume(#[from] VolumeError),
@@ -90,6 +94,7 @@ impl Coded for ContainerError {
             ContainerError::Mounted(_) => "FK0753",
             ContainerError::Mount(..) => "FK0754",
             ContainerError::Umount(..) => "FK0755",
+            ContainerError::SetAside(..) => "FK0756",
             ContainerError::Volume(e) => e.code(),
             ContainerError::ImageMount(e) => e.code(),
             ContainerError::Store(e) => e.code(),
@@ -115,6 +120,10 @@ impl Coded for ContainerError {
             ContainerError::Umount(..) => {
                 "stop the processes using the container's files, then try again".into()
             }
+            ContainerError::SetAside(name, _) => format!(
+                "copy what you need out of its volume (`fukastor volume attach ctr.{name}` gives its ext4), \
+                 then `fukastor volume rm ctr.{name}` and delete the set-aside file; or choose another name"
+            ),
             ContainerError::Volume(e) => e.hint(),
             ContainerError::ImageMount(e) => e.hint(),
             ContainerError::Store(e) => e.hint(),
@@ -443,6 +452,9 @@ impl Containers {
             };
             entries
                 .filter_map(|e| e.ok())
+                // A container's work directory may be named like a record
+                // (a container `x.json`): only files are records.
+                .filter(|e| e.file_type().is_ok_and(|t| t.is_file()))
                 .filter_map(|e| name_of(e.file_name().to_str()?))
                 .filter(|n| check_name(n).is_ok())
                 .collect()
@@ -462,43 +474,68 @@ impl Containers {
         names
     }
 
-    /// `fsck`'s part for containers: a record that cannot be read is a
-    /// problem (`ps`, `gc` and every command naming the container fail on
-    /// it). With `repair` it is moved aside, to `<record>.damaged` (kept to
-    /// look at, never read again); the container's volume and work
-    /// directory stay, as they may hold the only copy of its data. The
-    /// volume is then like one a crash during `create` left: a new
-    /// container of that name replaces it, `volume rm` removes it. Returns
-    /// the problems and how many records were checked.
+    /// `fsck`'s part for containers. A record that does not parse, or
+    /// names no valid image ID, is a problem (`ps`, `gc` and every command
+    /// naming the container fail on it); so is one that cannot be read
+    /// (reported only). With `repair` a damaged record is moved aside, to
+    /// `<record>.damaged` (or `.damaged.N`, never over an earlier one),
+    /// unless the container's work directory has something mounted: then
+    /// the problem stays, with what to unmount. The container's volume and
+    /// work directory stay, as they may hold the only copy of its data;
+    /// `create` refuses the name while a durable record is set aside
+    /// ([`ContainerError::SetAside`]). Returns the problems and how many
+    /// records were checked.
     pub fn check_records(&self, repair: bool) -> Result<(Vec<crate::store::Problem>, u64)> {
         let names = self.record_names();
         let mut problems = Vec::new();
         for name in &names {
-            let why = match self.get(name) {
-                Err(ContainerError::Store(StoreError::Damaged(why))) => why,
-                _ => continue,
-            };
             let Some(path) = self.locate(name) else {
                 continue;
             };
-            let aside = path.with_extension("json.damaged");
-            let repaired = repair && {
-                std::fs::rename(&path, &aside)
-                    .and_then(|()| crate::store::fsync_dir(path.parent().unwrap_or(&self.dir)))
-                    .map_err(|e| StoreError::Io {
-                        context: format!("moving {} aside", path.display()),
-                        source: e,
-                    })?;
-                true
+            let why = match self.get(name) {
+                Ok(c) if crate::store::ObjectId::from_hex(&c.image_id).is_ok() => continue,
+                Ok(c) => format!("container record {name}: bad image ID {:?}", c.image_id),
+                Err(ContainerError::NotFound(_)) => continue,
+                Err(ContainerError::Store(StoreError::Damaged(why))) => why,
+                Err(e) => {
+                    problems.push(crate::store::Problem {
+                        kind: "unreadable-container-record",
+                        detail: format!("{}: {e}", path.display()),
+                        repaired: false,
+                    });
+                    continue;
+                }
             };
             let volume = volume_of(name);
-            let mut detail = format!(
-                "{why}; its volume {volume} is kept (`fukastor volume attach {volume}` \
-                 gives its ext4 as a block device; a new container of that name \
-                 replaces it, `fukastor volume rm {volume}` removes it)"
-            );
-            if repaired {
-                detail.push_str(&format!("; the record is now {}", aside.display()));
+            let mut detail = format!("{why}; its volume {volume} is kept");
+            let mut repaired = false;
+            if repair {
+                let work = self.work_dir(name);
+                let mounted: Vec<String> = ["rootfs", "fs", "lower"]
+                    .iter()
+                    .map(|d| work.join(d))
+                    .filter(|p| crate::mount::is_mount_root(p))
+                    .map(|p| p.display().to_string())
+                    .collect();
+                if !mounted.is_empty() {
+                    detail.push_str(&format!(
+                        "; not moved aside while mounted: unmount {} (in that order), then repair again",
+                        mounted.join(", ")
+                    ));
+                } else {
+                    match set_aside(&path) {
+                        Ok(aside) => {
+                            repaired = true;
+                            detail.push_str(&format!(
+                                "; the record is now {} (`fukastor volume attach {volume}` gives \
+                                 the container's ext4; `create --name {name}` is refused until \
+                                 that file is deleted)",
+                                aside.display()
+                            ));
+                        }
+                        Err(e) => detail.push_str(&format!("; could not move it aside: {e}")),
+                    }
+                }
             }
             problems.push(crate::store::Problem {
                 kind: "damaged-container-record",
@@ -507,6 +544,26 @@ impl Containers {
             });
         }
         Ok((problems, names.len() as u64))
+    }
+
+    /// A durable record of `name` that `fsck --repair` set aside, if any.
+    fn set_aside_record(&self, name: &str) -> Option<PathBuf> {
+        let prefix = format!("{name}.json.damaged");
+        std::fs::read_dir(&self.dir)
+            .ok()?
+            .filter_map(|e| e.ok())
+            .map(|e| e.file_name())
+            .find(|f| {
+                f.to_str().is_some_and(|f| {
+                    f.strip_prefix(&prefix).is_some_and(|rest| {
+                        rest.is_empty()
+                            || rest
+                                .strip_prefix('.')
+                                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
+                    })
+                })
+            })
+            .map(|f| self.dir.join(f))
     }
 
     /// `ps`: every container and whether it is mounted.
@@ -611,6 +668,10 @@ impl Containers {
         check_name(&name)?;
         if self.locate(&name).is_some() {
             return Err(ContainerError::Exists(name));
+        }
+        if let Some(aside) = self.set_aside_record(&name) {
+            let shown = aside.display().to_string();
+            return Err(ContainerError::SetAside(name, shown));
         }
         // A disposable container of that name that died with the machine
         // left its work directory, and maybe a torn config.json in it,
@@ -1034,6 +1095,37 @@ impl Drop for Undo<'_> {
             let _ = crate::mount::umount(&self.containers.paths.store, &work.join("lower"));
         }
     }
+}
+
+/// Renames a damaged record to `<record>.damaged`, or `.damaged.N` when
+/// that exists (never over an earlier one); syncs its directory.
+fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
+    let dir = path.parent().unwrap_or(Path::new("."));
+    let first = path.with_extension("json.damaged");
+    for n in 0..1000 {
+        let to = if n == 0 {
+            first.clone()
+        } else {
+            first.with_extension(format!("damaged.{n}"))
+        };
+        match rustix::fs::renameat_with(
+            rustix::fs::CWD,
+            path,
+            rustix::fs::CWD,
+            &to,
+            rustix::fs::RenameFlags::NOREPLACE,
+        ) {
+            Ok(()) => {
+                crate::store::fsync_dir(dir)?;
+                return Ok(to);
+            }
+            Err(rustix::io::Errno::EXIST) => continue,
+            Err(e) => return Err(e.into()),
+        }
+    }
+    Err(std::io::Error::other(
+        "1000 set-aside records of that name exist",
+    ))
 }
 
 fn unmount(path: &Path) -> Result<(), String> {
