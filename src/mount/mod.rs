@@ -100,6 +100,12 @@ pub struct MountEntry {
     pub source: String,
     /// The filesystem type.
     pub fstype: String,
+    /// The directory of its filesystem shown at the mountpoint (`/` but
+    /// for bind mounts; for cgroup filesystems, relative to this process's
+    /// cgroup namespace).
+    pub root: PathBuf,
+    /// The superblock's options (for cgroup v1: its controllers).
+    pub super_options: String,
 }
 
 /// Mounts image `id` read-only at `mountpoint` through the kernel.
@@ -169,20 +175,29 @@ pub(crate) fn now() -> u64 {
 /// Every mount of this process's mount namespace, from
 /// `/proc/self/mountinfo` (mountpoint, source and type unescaped).
 pub fn table() -> Vec<MountEntry> {
-    let Ok(info) = fs::read_to_string("/proc/self/mountinfo") else {
-        return Vec::new();
-    };
+    fs::read_to_string("/proc/self/mountinfo")
+        .map(|info| parse_table(&info))
+        .unwrap_or_default()
+}
+
+/// The entries of a `/proc/PID/mountinfo` text (see [`table`]).
+pub(crate) fn parse_table(info: &str) -> Vec<MountEntry> {
     info.lines()
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
-            let mountpoint = unescape(left.split(' ').nth(4)?);
+            let mut l = left.split(' ');
+            let root = unescape(l.nth(3)?);
+            let mountpoint = unescape(l.next()?);
             let mut r = right.split(' ');
             let fstype = r.next()?.to_string();
             let source = unescape(r.next()?);
+            let super_options = r.next().unwrap_or_default().to_string();
             Some(MountEntry {
                 mountpoint: PathBuf::from(mountpoint),
                 source,
                 fstype,
+                root: PathBuf::from(root),
+                super_options,
             })
         })
         .collect()

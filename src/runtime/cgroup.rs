@@ -26,9 +26,9 @@
 //! Only the warmer thread is ever named, never the process: a file that
 //! is not the thread's own cgroup (a hierarchy mounted from elsewhere) can
 //! at worst move that thread, which ends right after, and cgroup v2 refuses
-//! to move a thread out of its domain. The files are found through
-//! `/proc/self/mountinfo`, whose cgroup roots are relative to the same
-//! cgroup namespace as `/proc/self/cgroup`.
+//! to move a thread out of its domain. The files are found through the
+//! mount table ([`crate::mount::table`]), whose cgroup roots are relative
+//! to the same cgroup namespace as `/proc/self/cgroup`.
 //!
 //! Costs: while the lock is in its slow mode, every fork and exit on the
 //! machine takes the slower path (as after any cgroup move); each write
@@ -43,6 +43,8 @@
 
 use std::io::Write;
 use std::path::{Path, PathBuf};
+
+use crate::mount::MountEntry;
 use std::sync::mpsc;
 use std::time::Duration;
 
@@ -191,7 +193,7 @@ fn keep_warm(
 /// takes it; returns that file.
 fn first_write() -> std::io::Result<PathBuf> {
     let own = std::fs::read_to_string("/proc/self/cgroup")?;
-    let mounts = std::fs::read_to_string("/proc/self/mountinfo")?;
+    let mounts = crate::mount::table();
     let mut last = std::io::Error::new(std::io::ErrorKind::NotFound, "no cgroup file found");
     for path in candidates(&own, &mounts) {
         match write_own_tid(&path) {
@@ -212,79 +214,14 @@ fn write_own_tid(path: &Path) -> std::io::Result<()> {
         .and_then(|mut f| f.write_all(tid.as_bytes()))
 }
 
-/// A cgroup hierarchy mounted in this mount namespace.
-#[derive(Debug)]
-struct Hierarchy {
-    /// The cgroup shown at the mount point (relative to our cgroup
-    /// namespace, as `/proc/self/cgroup` paths are).
-    root: PathBuf,
-    point: PathBuf,
-    /// cgroup2, or else cgroup (v1) with these super options (controllers,
-    /// `name=...`).
-    v2: bool,
-    options: Vec<String>,
-}
-
-/// The cgroup hierarchies of a `/proc/PID/mountinfo` text.
-fn hierarchies(mountinfo: &str) -> Vec<Hierarchy> {
-    let mut out = Vec::new();
-    for line in mountinfo.lines() {
-        let Some((left, right)) = line.split_once(" - ") else {
-            continue;
-        };
-        let left: Vec<&str> = left.split(' ').collect();
-        let right: Vec<&str> = right.split(' ').collect();
-        let (Some(root), Some(point), Some(fstype)) = (left.get(3), left.get(4), right.first())
-        else {
-            continue;
-        };
-        let v2 = match *fstype {
-            "cgroup2" => true,
-            "cgroup" => false,
-            _ => continue,
-        };
-        out.push(Hierarchy {
-            root: PathBuf::from(unescape(root)),
-            point: PathBuf::from(unescape(point)),
-            v2,
-            options: right
-                .get(2)
-                .map(|o| o.split(',').map(str::to_owned).collect())
-                .unwrap_or_default(),
-        });
-    }
-    out
-}
-
-/// Undoes mountinfo's octal escapes (`\040` for a space, and so on).
-fn unescape(s: &str) -> String {
-    let b = s.as_bytes();
-    let mut out = Vec::with_capacity(b.len());
-    let mut i = 0;
-    while i < b.len() {
-        let octal = b.get(i + 1..i + 4).filter(|d| {
-            b[i] == b'\\' && d.iter().all(|c| (b'0'..=b'7').contains(c)) && d[0] <= b'3'
-        });
-        if let Some(d) = octal {
-            out.push((d[0] - b'0') * 64 + (d[1] - b'0') * 8 + (d[2] - b'0'));
-            i += 4;
-        } else {
-            out.push(b[i]);
-            i += 1;
-        }
-    }
-    String::from_utf8_lossy(&out).into_owned()
-}
-
 /// The files a thread of this process writes its ID into to move to the
-/// cgroup it is in, given `/proc/self/cgroup` and `/proc/self/mountinfo`:
+/// cgroup it is in, given `/proc/self/cgroup` and the mount table:
 /// `cgroup.threads` of the v2 cgroup first, then `tasks` of each v1 one,
 /// each under a mount of its hierarchy whose root holds it. Every one of
 /// them takes the same lock.
-fn candidates(proc_cgroup: &str, mountinfo: &str) -> Vec<PathBuf> {
-    let mounts = hierarchies(mountinfo);
-    let mut v2 = Vec::new();
-    let mut v1 = Vec::new();
+fn candidates(proc_cgroup: &str, mounts: &[MountEntry]) -> Vec<PathBuf> {
+    let mut found_v2 = Vec::new();
+    let mut found_v1 = Vec::new();
     for line in proc_cgroup.lines() {
         let mut parts = line.splitn(3, ':');
         let (Some(_), Some(controllers), Some(path)) = (parts.next(), parts.next(), parts.next())
@@ -298,11 +235,18 @@ fn candidates(proc_cgroup: &str, mountinfo: &str) -> Vec<PathBuf> {
             continue;
         }
         let wanted: Vec<&str> = controllers.split(',').filter(|c| !c.is_empty()).collect();
-        for m in &mounts {
+        for m in mounts {
+            let v2 = match m.fstype.as_str() {
+                "cgroup2" => true,
+                "cgroup" => false,
+                _ => continue,
+            };
             let holds = if controllers.is_empty() {
-                m.v2
+                v2
             } else {
-                !m.v2 && wanted.iter().all(|c| m.options.iter().any(|o| o == c))
+                !v2 && wanted
+                    .iter()
+                    .all(|c| m.super_options.split(',').any(|o| o == *c))
             };
             let Ok(rel) = path.strip_prefix(&m.root) else {
                 continue;
@@ -310,15 +254,15 @@ fn candidates(proc_cgroup: &str, mountinfo: &str) -> Vec<PathBuf> {
             if !holds {
                 continue;
             }
-            if m.v2 {
-                v2.push(m.point.join(rel).join("cgroup.threads"));
+            if v2 {
+                found_v2.push(m.mountpoint.join(rel).join("cgroup.threads"));
             } else {
-                v1.push(m.point.join(rel).join("tasks"));
+                found_v1.push(m.mountpoint.join(rel).join("tasks"));
             }
         }
     }
-    v2.extend(v1);
-    v2
+    found_v2.extend(found_v1);
+    found_v2
 }
 
 #[cfg(test)]
@@ -340,7 +284,7 @@ mod tests {
     fn candidates_follow_the_mounts_v2_first() {
         let cgroup = "9:name=systemd:/\n8:pids:/x:y\n4:memory:/a/b\n\
                       3:cpu,cpuacct:/c\n2:blkio:/\n1:freezer:/..\n0::/s\n";
-        let got: Vec<String> = candidates(cgroup, MOUNTINFO)
+        let got: Vec<String> = candidates(cgroup, &crate::mount::parse_table(MOUNTINFO))
             .iter()
             .map(|p| p.display().to_string())
             .collect();
@@ -357,15 +301,9 @@ mod tests {
         );
         // A cgroup outside the mount's root has no file; nor has a
         // hierarchy that is not mounted (blkio), or a path with `..`.
-        assert!(candidates("4:memory:/z\n", MOUNTINFO).is_empty());
-        assert!(candidates("0::/../x\n", MOUNTINFO).is_empty());
-        assert!(candidates("garbage\n\n1:cpu\n", MOUNTINFO).is_empty());
-    }
-
-    #[test]
-    fn unescape_undoes_octal_escapes_only() {
-        assert_eq!(unescape("a\\040b\\134c"), "a b\\c");
-        assert_eq!(unescape("x\\09y\\4"), "x\\09y\\4");
+        assert!(candidates("4:memory:/z\n", &crate::mount::parse_table(MOUNTINFO)).is_empty());
+        assert!(candidates("0::/../x\n", &crate::mount::parse_table(MOUNTINFO)).is_empty());
+        assert!(candidates("garbage\n\n1:cpu\n", &crate::mount::parse_table(MOUNTINFO)).is_empty());
     }
 
     fn found() -> std::io::Result<PathBuf> {
