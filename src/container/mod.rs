@@ -478,8 +478,7 @@ impl Containers {
     /// names no valid image ID, is a problem (`ps`, `gc` and every command
     /// naming the container fail on it); so is one that cannot be read
     /// (reported only). With `repair` a damaged record is moved aside, to
-    /// `<record>.damaged` (or `.damaged.N`, never over an earlier one),
-    /// unless the container's work directory has something mounted: then
+    /// `<record>.damaged` (never over an earlier one), unless the container's work directory has something mounted: then
     /// the problem stays, with what to unmount. The container's volume and
     /// work directory stay, as they may hold the only copy of its data;
     /// `create` refuses the name while a durable record is set aside
@@ -546,24 +545,11 @@ impl Containers {
         Ok((problems, names.len() as u64))
     }
 
-    /// A durable record of `name` that `fsck --repair` set aside, if any.
+    /// A durable record of `name` that `fsck --repair` set aside, if any
+    /// (one `stat`: `create` asks on every container).
     fn set_aside_record(&self, name: &str) -> Option<PathBuf> {
-        let prefix = format!("{name}.json.damaged");
-        std::fs::read_dir(&self.dir)
-            .ok()?
-            .filter_map(|e| e.ok())
-            .map(|e| e.file_name())
-            .find(|f| {
-                f.to_str().is_some_and(|f| {
-                    f.strip_prefix(&prefix).is_some_and(|rest| {
-                        rest.is_empty()
-                            || rest
-                                .strip_prefix('.')
-                                .is_some_and(|n| n.bytes().all(|b| b.is_ascii_digit()))
-                    })
-                })
-            })
-            .map(|f| self.dir.join(f))
+        let p = self.record_path(name).with_extension("json.damaged");
+        p.symlink_metadata().is_ok().then_some(p)
     }
 
     /// `ps`: every container and whether it is mounted.
@@ -1097,35 +1083,26 @@ impl Drop for Undo<'_> {
     }
 }
 
-/// Renames a damaged record to `<record>.damaged`, or `.damaged.N` when
-/// that exists (never over an earlier one); syncs its directory.
+/// Renames a damaged record to `<record>.damaged`, never over an existing
+/// one (`create` refuses the name while it exists, so a second one comes
+/// only from files put there by hand); syncs its directory.
 fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
-    let dir = path.parent().unwrap_or(Path::new("."));
-    let first = path.with_extension("json.damaged");
-    for n in 0..1000 {
-        let to = if n == 0 {
-            first.clone()
-        } else {
-            first.with_extension(format!("damaged.{n}"))
-        };
-        match rustix::fs::renameat_with(
-            rustix::fs::CWD,
-            path,
-            rustix::fs::CWD,
-            &to,
-            rustix::fs::RenameFlags::NOREPLACE,
-        ) {
-            Ok(()) => {
-                crate::store::fsync_dir(dir)?;
-                return Ok(to);
-            }
-            Err(rustix::io::Errno::EXIST) => continue,
-            Err(e) => return Err(e.into()),
+    let to = path.with_extension("json.damaged");
+    rustix::fs::renameat_with(
+        rustix::fs::CWD,
+        path,
+        rustix::fs::CWD,
+        &to,
+        rustix::fs::RenameFlags::NOREPLACE,
+    )
+    .map_err(|e| match e {
+        rustix::io::Errno::EXIST => {
+            std::io::Error::other(format!("{} exists: move it away first", to.display()))
         }
-    }
-    Err(std::io::Error::other(
-        "1000 set-aside records of that name exist",
-    ))
+        e => e.into(),
+    })?;
+    crate::store::fsync_dir(path.parent().unwrap_or(Path::new(".")))?;
+    Ok(to)
 }
 
 fn unmount(path: &Path) -> Result<(), String> {
