@@ -542,8 +542,7 @@ fn run(cli: &Cli) -> CliResult {
             let containers = crate::container::Containers::new(store.root());
             let (problems, checked) = containers.check_records(*repair)?;
             report.containers = checked;
-            report.problems.extend(problems);
-            report.clean = report.problems.iter().all(|p| p.repaired);
+            report.add(problems);
             output::fsck(out, cli, &report)?;
             if report.clean {
                 Ok(())

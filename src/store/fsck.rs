@@ -50,6 +50,15 @@ pub struct FsckReport {
     pub garbage: Garbage,
 }
 
+impl FsckReport {
+    /// Adds problems found outside the store (container records); clean
+    /// stays true only if each was repaired.
+    pub fn add(&mut self, problems: Vec<Problem>) {
+        self.clean &= problems.iter().all(|p| p.repaired);
+        self.problems.extend(problems);
+    }
+}
+
 /// Leftovers that `gc` removes.
 #[derive(Debug, Clone, Serialize, Default)]
 pub struct Garbage {
