@@ -1374,6 +1374,37 @@ fn default_mount_as_root_is_kernel() {
     umount_and_stats(m, None);
 }
 
+/// As root, `mount --fuse` raises the mount's readahead to the 1 MiB
+/// requests the server takes (the kernel starts every FUSE mount at 128
+/// KiB), also at a mountpoint whose name the mount table escapes (a space
+/// is `\040` there; until 2026-12-02 such a mount kept 128 KiB).
+#[test]
+fn fuse_mount_readahead_is_raised_whatever_the_mountpoint_is_called() {
+    require_fuse();
+    let store = store_with("busybox");
+    let mnt = scratch_dir("fukastor-test-mnt-");
+    for name in ["plain", "with space"] {
+        let mp = mnt.path().join(name);
+        std::fs::create_dir(&mp).expect("mkdir");
+        let m = mount(store.path(), "busybox", &mp, Mode::Fuse);
+        let dev = std::fs::metadata(m.path())
+            .unwrap_or_else(|e| panic!("stat {}: {e}", m.path().display()))
+            .dev();
+        let knob = format!(
+            "/sys/class/bdi/{}:{}/read_ahead_kb",
+            rustix::fs::major(dev),
+            rustix::fs::minor(dev)
+        );
+        let kb = std::fs::read_to_string(&knob).unwrap_or_else(|e| panic!("{knob}: {e}"));
+        assert_eq!(
+            kb.trim(),
+            "1024",
+            "readahead of the FUSE mount at {:?} ({knob})",
+            m.path()
+        );
+        umount_and_stats(m, None);
+    }
+}
 // ---------------------------------------------------------------------------
 // Unprivileged use (fusermount3)
 // ---------------------------------------------------------------------------

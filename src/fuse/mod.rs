@@ -285,18 +285,19 @@ pub fn log_path(store_root: &Path, mountpoint: &Path) -> PathBuf {
 /// table (`maj:min` of the mount), not `stat`, which would wait on this very
 /// server before it serves. Best effort: root only, failures are logged.
 fn raise_readahead(mountpoint: &Path) {
-    let Ok(info) = std::fs::read_to_string("/proc/self/mountinfo") else {
+    // The last mount at that path is the one just made.
+    let Some(m) = crate::mount::table()
+        .into_iter()
+        .rfind(|m| m.mountpoint == mountpoint)
+    else {
+        tracing::info!(
+            "could not raise readahead: {} is not in the mount table",
+            mountpoint.display()
+        );
         return;
     };
-    let want = mountpoint.to_string_lossy();
-    let mut dev = info.lines().filter_map(|l| {
-        let f: Vec<&str> = l.split(' ').collect();
-        (f.len() > 4 && f[4] == want).then(|| f[2].to_string())
-    });
-    if let Some(dev) = dev.next_back() {
-        let path = format!("/sys/class/bdi/{dev}/read_ahead_kb");
-        if let Err(e) = std::fs::write(&path, format!("{}", fs::MAX_IO / 1024)) {
-            tracing::info!("could not raise readahead ({path}: {e})");
-        }
+    let path = format!("/sys/class/bdi/{}/read_ahead_kb", m.device);
+    if let Err(e) = std::fs::write(&path, format!("{}", fs::MAX_IO / 1024)) {
+        tracing::info!("could not raise readahead ({path}: {e})");
     }
 }

@@ -106,6 +106,9 @@ pub struct MountEntry {
     pub root: PathBuf,
     /// The superblock's options (for cgroup v1: its controllers).
     pub super_options: String,
+    /// The filesystem's device number, `MAJOR:MINOR` (for FUSE, the
+    /// connection's, which names its `/sys/class/bdi/` entry).
+    pub device: String,
 }
 
 /// Mounts image `id` read-only at `mountpoint` through the kernel.
@@ -186,7 +189,8 @@ pub(crate) fn parse_table(info: &str) -> Vec<MountEntry> {
         .filter_map(|line| {
             let (left, right) = line.split_once(" - ")?;
             let mut l = left.split(' ');
-            let root = unescape(l.nth(3)?);
+            let device = l.nth(2)?.to_string();
+            let root = unescape(l.next()?);
             let mountpoint = unescape(l.next()?);
             let mut r = right.split(' ');
             let fstype = r.next()?.to_string();
@@ -198,6 +202,7 @@ pub(crate) fn parse_table(info: &str) -> Vec<MountEntry> {
                 fstype,
                 root: PathBuf::from(root),
                 super_options,
+                device,
             })
         })
         .collect()
@@ -360,6 +365,23 @@ mod tests {
         assert_eq!(super::unescape(r"/end\134"), "/end\\");
         assert_eq!(super::unescape(r"/bad\777"), r"/bad\777");
         assert_eq!(super::unescape(r"/short\04"), r"/short\04");
+    }
+
+    #[test]
+    fn mount_table_fields() {
+        let t = super::parse_table(
+            "36 25 0:32 / /mnt/a\\040b rw,relatime shared:1 - fuse fukastor:x@y rw,user_id=0\n\
+             37 25 259:1 /sub /mnt/c rw - ext4 /dev/vda rw\n\
+             garbage\n",
+        );
+        assert_eq!(t.len(), 2, "{t:?}");
+        assert_eq!(t[0].mountpoint, std::path::Path::new("/mnt/a b"));
+        assert_eq!(t[0].device, "0:32");
+        assert_eq!(t[0].fstype, "fuse");
+        assert_eq!(t[0].source, "fukastor:x@y");
+        assert_eq!(t[0].super_options, "rw,user_id=0");
+        assert_eq!(t[1].device, "259:1");
+        assert_eq!(t[1].root, std::path::Path::new("/sub"));
     }
 
     /// `is_mount_root` agrees with the mount table on a mount, on paths
