@@ -59,6 +59,16 @@
 #   it passes while the root filesystem is assembled; floor-warm gives crun
 #   alone the whole of it ahead of the timed span.
 #
+# Part "phases" (--phases N; off by default): where the time of a run goes,
+#   from the kernel's own records of process starts and exits (tracefs events
+#   sched_process_fork/exec/exit in a private instance, plus a marker before
+#   each run). N pairs of: floor, fukastor (same pause as part "run"). For each
+#   run: before crun (the marker to crun's exec: for fukastor its start,
+#   create, mount and bundle; for the floor bash's fork and exec), crun (its
+#   exec to its exit, the runtime's own time on each root filesystem), after
+#   crun (crun's exit to the exit of fukastor's last thread: unmount and
+#   removal). Medians. Needs tracefs (/sys/kernel/tracing).
+#
 # Part "disk": $CONTAINERS stopped containers of TAG, two ways:
 #   created  fukastor create TAG --name cI          podman create --name cI IMG true
 #   ran      fukastor run --name rI TAG -- true     podman run --name rI --network none IMG true
@@ -76,12 +86,14 @@
 # like-for-like podman column), both on medians.
 #
 # Usage: integration/bench-run.sh [--runs N] [--containers N] [--image TAG]
-#                                 [--kinds "COLUMN..."] [--no-install] [--keep]
+#                                 [--kinds "COLUMN..."] [--pause S] [--phases N]
+#                                 [--no-install] [--keep]
 #   --runs        rounds of part "run" (default 20)
 #   --containers  containers of part "disk" (default 20; 0 skips it)
 #   --image       fixture tag (default bookworm)
 #   --kinds       columns of part "run" (default: all six above)
 #   --pause       seconds of idle before each timed run of part "run" (default 0.1)
+#   --phases      pairs of part "phases" (default 0: skipped)
 #   --no-install  install nothing, build nothing
 #   --keep        keep $WORK's stores after the run
 # Environment:
@@ -114,6 +126,7 @@ KINDS="fukastor-cold floor floor-warm fukastor podman-nonet podman"
 INSTALL=1
 KEEP=0
 PAUSE=0.1
+PHASES=0
 
 while (($#)); do
     case $1 in
@@ -122,6 +135,7 @@ while (($#)); do
     --image) IMAGE=$2; shift 2 ;;
     --kinds) KINDS=$2; shift 2 ;;
     --pause) PAUSE=$2; shift 2 ;;
+    --phases) PHASES=$2; shift 2 ;;
     --no-install) INSTALL=0; shift ;;
     --keep) KEEP=1; shift ;;
     -h | --help) sed -n '3,/^$/{s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
@@ -131,6 +145,11 @@ done
 [[ $RUNS =~ ^[1-9][0-9]*$ ]] || bench_die "--runs wants a positive number"
 [[ $CONTAINERS =~ ^[0-9]+$ ]] || bench_die "--containers wants a number"
 [[ $PAUSE =~ ^[0-9]+(\.[0-9]+)?$ ]] || bench_die "--pause wants a number of seconds"
+[[ $PHASES =~ ^[0-9]+$ ]] || bench_die "--phases wants a number"
+TRACEFS=/sys/kernel/tracing
+if ((PHASES > 0)) && [[ ! -e $TRACEFS/instances ]]; then
+    bench_die "--phases needs tracefs at $TRACEFS (mount -t tracefs nodev $TRACEFS)"
+fi
 for k in $KINDS; do
     [[ $k == @(fukastor-cold|floor|floor-warm|fukastor|podman-nonet|podman) ]] || bench_die "unknown column $k"
 done
@@ -213,8 +232,17 @@ cleanup_all() {
     for dev in $(bench_loops_under "$WORK"); do losetup -d "$dev" 2>/dev/null || true; done
 }
 
+# Part "phases"'s trace instance (a leftover one only holds a buffer).
+PHASE_TRACE=
+phases_stop() {
+    [[ -n $PHASE_TRACE && -d $PHASE_TRACE ]] || return 0
+    echo 0 >"$PHASE_TRACE/tracing_on" 2>/dev/null || true
+    rmdir "$PHASE_TRACE" 2>/dev/null || true
+}
+
 on_exit() {
     local rc=$?
+    phases_stop
     cleanup_all
     if ((KEEP)); then
         bench_say "kept the stores in $WORK"
@@ -319,6 +347,63 @@ for ((r = 1; r <= RUNS; r++)); do
     done
 done
 
+# --- part "phases" ----------------------------------------------------------------
+
+# phases_parse < TRACE: one line per run, "KIND before crun after" (µs).
+phases_parse() {
+    awk '
+    function ts(   i) { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+:$/) return substr($i, 1, length($i) - 1) * 1e6; return -1 }
+    function val(key,   i) { for (i = 1; i <= NF; i++) if (index($i, key "=") == 1) return substr($i, length(key) + 2); return "" }
+    function flush() {
+        if (kind != "" && tc > 0 && te > 0 && (kind == "floor" || tf > 0))
+            printf "%s %d %d %d\n", kind, tc - t0, te - tc, (kind == "floor" ? 0 : tf - te)
+        kind = ""
+    }
+    / tracing_mark_write: fkbench / { flush(); kind = $NF; t0 = ts(); fk = ""; crun = ""; tc = 0; te = 0; tf = 0; delete ours; next }
+    kind == "" { next }
+    / sched_process_exec: / {
+        f = val("filename"); p = val("pid")
+        if (kind == "fukastor" && fk == "" && f ~ /fukastor$/) { fk = p; ours[p] = 1 }
+        else if (crun == "" && f ~ /crun$/ && (kind == "floor" || fk != "")) { crun = p; tc = ts(); delete ours[p] }
+        next
+    }
+    / sched_process_fork: / { if (val("pid") in ours && val("child_pid") != crun) ours[val("child_pid")] = 1; next }
+    / sched_process_exit: / {
+        p = val("pid")
+        if (p == crun && te == 0) te = ts()
+        else if ((p in ours) && val("group_dead") == "true" && te > 0) tf = ts()
+        next
+    }
+    END { flush() }'
+}
+
+if ((PHASES > 0)); then
+    PHASE_TRACE=$TRACEFS/instances/fukastor-bench-run-$$
+    mkdir "$PHASE_TRACE" || bench_die "cannot make the trace instance $PHASE_TRACE"
+    echo 4096 >"$PHASE_TRACE/buffer_size_kb"
+    for e in sched_process_fork sched_process_exec sched_process_exit; do
+        echo 1 >"$PHASE_TRACE/events/sched/$e/enable"
+    done
+    bench_say "part phases: $PHASES pairs of: floor fukastor (a ${PAUSE} s pause before each)"
+    echo 1 >"$PHASE_TRACE/tracing_on"
+    for ((r = 1; r <= PHASES; r++)); do
+        sleep "$PAUSE"
+        echo "fkbench floor" >"$PHASE_TRACE/trace_marker"
+        crun run --bundle "$FLOOR_BUNDLE" "$FLOOR_ID" >>"$BENCH_LOG" 2>&1 || bench_die "crun run failed (see $BENCH_LOG)"
+        sleep "$PAUSE"
+        echo "fkbench fukastor" >"$PHASE_TRACE/trace_marker"
+        F run --rm --name bench-run "$IMAGE" -- true >>"$BENCH_LOG" 2>&1 || bench_die "fukastor run failed (see $BENCH_LOG)"
+    done
+    echo 0 >"$PHASE_TRACE/tracing_on"
+    phases_parse <"$PHASE_TRACE/trace" >"$WORK/phases.tsv"
+    phases_stop
+    while read -r k b c a; do printf 'phase\t%s\t%s\t%s\t%s\n' "$k" "$b" "$c" "$a" >>"$RESULTS"; done <"$WORK/phases.tsv"
+    for k in floor fukastor; do
+        n=$(awk -v k="$k" '$1 == k' "$WORK/phases.tsv" | wc -l)
+        ((n * 2 > PHASES)) || bench_die "part phases: only $n of $PHASES $k runs found in the trace (lost events? see $WORK/phases.tsv)"
+    done
+fi
+
 # --- part "disk" ------------------------------------------------------------------
 
 du_b() {
@@ -412,6 +497,19 @@ for k in floor floor-warm fukastor fukastor-cold podman-nonet podman; do
 done
 echo
 echo "Setup (once): fukastor pull $(bench_ms "$t_pull"), first fukastor run (ext4 template built) $(bench_ms "$t_first"), umoci unpack $(bench_ms "$t_unpack"), skopeo copy to podman's storage $(bench_ms "$t_skopeo")."
+if ((PHASES > 0)); then
+    pmed() { awk -v k="$1" -v c="$2" '$1 == k { print $c }' "$WORK/phases.tsv" | sort -n | awk '{ v[NR] = $1 } END { print v[int((NR + 1) / 2)] }'; }
+    echo
+    echo "## bench-run: where the time goes ($PHASES runs each, ${PAUSE} s idle before each; kernel process events)"
+    echo
+    printf '| | before crun | crun | after crun |\n|---|--:|--:|--:|\n'
+    for k in floor fukastor; do
+        printf '| %s | %s | %s | %s |\n' "$(title "$k")" "$(bench_ms "$(pmed "$k" 2)")" "$(bench_ms "$(pmed "$k" 3)")" \
+            "$( [[ $k == floor ]] && echo – || bench_ms "$(pmed "$k" 4)")"
+    done
+    echo
+    echo "before crun: from the harness's marker to crun's exec (fukastor: its start, create, mount, config.json); crun: crun's exec to its exit; after crun: to the exit of fukastor's last thread (unmount, removal). Medians of each column."
+fi
 if ((CONTAINERS > 0)); then
     echo
     echo "## bench-run: disk used by $CONTAINERS stopped containers of $IMAGE"
