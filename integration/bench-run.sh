@@ -351,7 +351,7 @@ done
 
 # phases_parse < TRACE: one line per run, "KIND before crun after" (µs).
 phases_parse() {
-    awk '
+    awk -v fkbin="$FK" '
     function ts(   i) { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+:$/) return substr($i, 1, length($i) - 1) * 1e6; return -1 }
     function val(key,   i) { for (i = 1; i <= NF; i++) if (index($i, key "=") == 1) return substr($i, length(key) + 2); return "" }
     function flush() {
@@ -363,7 +363,7 @@ phases_parse() {
     kind == "" { next }
     / sched_process_exec: / {
         f = val("filename"); p = val("pid")
-        if (kind == "fukastor" && fk == "" && f ~ /fukastor$/) { fk = p; ours[p] = 1 }
+        if (kind == "fukastor" && fk == "" && f == fkbin) { fk = p; ours[p] = 1 }
         else if (crun == "" && f ~ /crun$/ && (kind == "floor" || fk != "")) { crun = p; tc = ts(); delete ours[p] }
         next
     }
