@@ -429,12 +429,27 @@ impl CStore {
     /// volume server stops 2 s after the last detach) no mount and no loop
     /// device of the store.
     fn assert_nothing_left(&self, context: &str) {
-        let ps = self.ps();
+        self.assert_nothing_left_but(&[], context);
+    }
+
+    /// [`CStore::assert_nothing_left`] but for the unmounted containers
+    /// `keep` (and their volumes).
+    fn assert_nothing_left_but(&self, keep: &[&str], context: &str) {
+        let ps: Vec<_> = self
+            .ps()
+            .into_iter()
+            .filter(|c| {
+                !keep
+                    .iter()
+                    .any(|k| c["name"] == *k && c["state"] == "stopped")
+            })
+            .collect();
         assert!(ps.is_empty(), "{context}: containers left: {ps:?}");
         let vols: Vec<_> = self
             .volumes()
             .into_iter()
             .filter(|v| v["name"].as_str().is_some_and(|n| n.starts_with("ctr.")))
+            .filter(|v| !keep.iter().any(|k| v["name"] == format!("ctr.{k}")))
             .collect();
         assert!(
             vols.is_empty(),
@@ -1966,5 +1981,271 @@ fn hooks_fail_with_coded_errors_and_leave_nothing_behind() {
     });
     hook(&st, "poststop", state.to_string().as_bytes(), &[]).assert_success();
     assert_hook_left_nothing(&st, "after poststop");
+    st.assert_fsck_clean();
+}
+
+// ---------------------------------------------------------------------------
+// A full store
+// ---------------------------------------------------------------------------
+
+/// A small ext4 filesystem on a loop device (`mount -o loop`, which frees
+/// the device at unmount), to put a store on and fill up. Unmounted when
+/// dropped: declare it before the store, which is dropped first.
+struct SmallFs {
+    dir: tempfile::TempDir,
+}
+
+impl SmallFs {
+    fn new(mib: u64) -> Self {
+        let dir = scratch_dir("fukastor-test-smallfs-");
+        let img = dir.path().join("fs.img");
+        let mnt = dir.path().join("mnt");
+        std::fs::create_dir(&mnt).expect("mkdir mnt");
+        std::fs::File::create(&img)
+            .and_then(|f| f.set_len(mib * MIB))
+            .expect("make the image file");
+        tool("mkfs.ext4", [OsStr::new("-q"), img.as_os_str()]).assert_success();
+        tool(
+            "mount",
+            [
+                OsStr::new("-o"),
+                OsStr::new("loop"),
+                img.as_os_str(),
+                mnt.as_os_str(),
+            ],
+        )
+        .assert_success();
+        SmallFs { dir }
+    }
+
+    fn path(&self) -> PathBuf {
+        self.dir.path().join("mnt")
+    }
+
+    /// Free bytes as root sees them (the reserved blocks included).
+    fn avail(&self) -> u64 {
+        let s = rustix::fs::statvfs(self.path()).expect("statvfs");
+        s.f_bfree * s.f_frsize
+    }
+
+    /// Fills the filesystem (as root: the reserved blocks too) but for
+    /// `leave` bytes.
+    fn fill_but(&self, leave: u64) {
+        use std::io::Write;
+        let path = self.path().join("filler");
+        let chunk = vec![0x5a_u8; MIB as usize];
+        // Until a pass adds nothing: closing the file gives back what ext4
+        // had set aside for it.
+        loop {
+            let mut f = std::fs::OpenOptions::new()
+                .create(true)
+                .append(true)
+                .open(&path)
+                .expect("open the filler");
+            let mut added = 0;
+            // Down to one block once a larger write fails: ext4 refuses a
+            // write that would dip into its reserve, not a smaller one.
+            let mut most = MIB;
+            loop {
+                let avail = self.avail();
+                if avail <= leave {
+                    break;
+                }
+                let n = (avail - leave).min(most) as usize;
+                match f.write_all(&chunk[..n]).and_then(|()| f.sync_data()) {
+                    Ok(()) => added += n,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOSPC) && n > 4096 => most = 4096,
+                    Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => break,
+                    Err(e) => panic!("filling {}: {e}", path.display()),
+                }
+            }
+            if added == 0 {
+                break;
+            }
+        }
+    }
+
+    fn unfill(&self) {
+        std::fs::remove_file(self.path().join("filler")).expect("remove the filler");
+    }
+}
+
+impl Drop for SmallFs {
+    fn drop(&mut self) {
+        let mnt = self.path();
+        if !tool("umount", [mnt.as_os_str()]).success() {
+            eprintln!("SmallFs: umount {} failed, detaching it", mnt.display());
+            lazy_umount(&mnt);
+        }
+    }
+}
+
+impl CStore {
+    /// Waits (up to 15 s) for the volume server to exit: it frees the
+    /// layers of deleted volumes on a thread, and stops 2 s after the last
+    /// detach.
+    fn wait_server_gone(&self) {
+        let deadline = Instant::now() + Duration::from_secs(15);
+        while let Some(pid) = self.server_pid().filter(|p| process_alive(*p)) {
+            assert!(
+                Instant::now() < deadline,
+                "volume server {pid} still running 15 s after the last detach"
+            );
+            std::thread::sleep(Duration::from_millis(100));
+        }
+    }
+
+    /// A store on `fs`.
+    fn new_on(fs: &SmallFs) -> Self {
+        let store = Store::new_in(&fs.path());
+        let root = store.path().canonicalize().expect("canonical store path");
+        CStore { store, root }
+    }
+}
+
+/// `error[CODE]: …` naming the full disk, and a hint.
+fn assert_full_store_error(run: &Run, context: &str) {
+    assert_coded_error(run, "FK", context);
+    assert!(
+        run.stderr.contains("No space left on device"),
+        "{context}: the error should say the disk is full: {run}"
+    );
+    assert!(run.stderr.contains("hint: "), "{context}: no hint: {run}");
+}
+
+/// On a store whose filesystem is full, `run --rm`, the precreate hook,
+/// `mount` (kernel and FUSE) and `container mount` fail with a coded error
+/// and leave nothing mounted, created or recorded; once space is freed the
+/// store works again.
+#[test]
+fn a_full_store_fails_cleanly_and_works_again_once_freed() {
+    let _serial = serial();
+    require_containers();
+    let fx = fixtures();
+    let fs = SmallFs::new(96);
+    let st = CStore::new_on(&fs);
+    let scratch = scratch_dir("fukastor-test-full-");
+    st.pull_named(&fx.oci("busybox"), "busybox");
+    // The first run builds the ext4 template: not what is tested here.
+    st.ok(["run", "--rm", "busybox", "--", "true"]);
+    st.ok(["create", "busybox", "--name", "made-before"]);
+    st.assert_nothing_left_but(&["made-before"], "before filling");
+    st.wait_server_gone();
+    fs.fill_but(0);
+
+    let run = st.run(["run", "--rm", "busybox", "--", "true"]);
+    assert_full_store_error(&run, "run --rm on a full store");
+    st.assert_nothing_left_but(&["made-before"], "run --rm on a full store");
+
+    let config = proposed_config(Some("busybox"), scratch.path());
+    let run = hook(&st, "precreate", config.to_string().as_bytes(), &[]);
+    assert_full_store_error(&run, "precreate on a full store");
+    st.assert_nothing_left_but(&["made-before"], "precreate on a full store");
+
+    let mp = scratch.path().join("mp");
+    std::fs::create_dir(&mp).unwrap();
+    let mp = mp.canonicalize().unwrap();
+    for flag in ["--kernel", "--fuse"] {
+        let run = st.run([
+            OsStr::new("mount"),
+            OsStr::new("busybox"),
+            mp.as_os_str(),
+            OsStr::new(flag),
+        ]);
+        assert_full_store_error(&run, &format!("mount {flag} on a full store"));
+        // A FUSE server that failed goes with its mount: give it a moment.
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while mount_at(&mp).is_some() && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(50));
+        }
+        assert!(
+            mount_at(&mp).is_none(),
+            "mount {flag} failed on a full store but left {:?} mounted",
+            mount_at(&mp)
+        );
+    }
+
+    let run = st.run([
+        OsStr::new("container"),
+        OsStr::new("mount"),
+        OsStr::new("made-before"),
+        mp.as_os_str(),
+    ]);
+    assert_full_store_error(&run, "container mount on a full store");
+    assert!(
+        mount_at(&mp).is_none(),
+        "container mount left {mp:?} mounted"
+    );
+    st.assert_nothing_left_but(&["made-before"], "container mount on a full store");
+
+    fs.unfill();
+    let run = st.ok(["run", "--rm", "busybox", "--", "echo", "works again"]);
+    assert!(run.stdout_str().contains("works again"), "{run}");
+    st.ok(["rm", "made-before"]);
+    st.assert_nothing_left("after freeing space");
+    st.assert_fsck_clean();
+}
+
+/// A container that fills the store: its processes see their buffered
+/// writes succeed, the volume stops taking writes, and fukastor says so.
+/// With `--rm` nothing is left and the space comes back; a kept container
+/// reopens as of its last flush.
+#[test]
+fn a_container_that_fills_the_store_is_told_of_and_cleaned_up() {
+    let _serial = serial();
+    require_containers();
+    let fx = fixtures();
+    let fs = SmallFs::new(128);
+    let st = CStore::new_on(&fs);
+    st.pull_named(&fx.oci("busybox"), "busybox");
+    st.ok(["run", "--rm", "busybox", "--", "true"]);
+    st.wait_server_gone();
+    fs.fill_but(24 * MIB);
+    let before = fs.avail();
+
+    let script = "dd if=/dev/zero of=/big bs=1M count=64 2>/dev/null; sync; echo wrote";
+    let run = st.run(["run", "--rm", "busybox", "--", "sh", "-c", script]);
+    // The container's own status: its writes returned success.
+    assert!(run.success(), "{run}");
+    assert!(run.stdout_str().contains("wrote"), "{run}");
+    assert!(
+        run.stderr.contains("stopped taking writes") && run.stderr.contains("No space left"),
+        "run --rm must say that the container's writes were lost: {run}"
+    );
+    st.assert_nothing_left("a --rm container that filled the store");
+    // The volume's layer files go with it (the server frees them on a thread).
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while fs.avail() + 4 * MIB < before && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        fs.avail() + 4 * MIB >= before,
+        "space not given back: {} bytes free, {before} before the run",
+        fs.avail()
+    );
+
+    let script = "echo kept > /before; sync; \
+                  dd if=/dev/zero of=/big bs=1M count=64 2>/dev/null; sync; echo wrote";
+    let run = st.run(["run", "--name", "k", "busybox", "--", "sh", "-c", script]);
+    assert!(run.success(), "{run}");
+    assert!(
+        run.stderr.contains("stopped after a failed write") && run.stderr.contains("No space left"),
+        "run must say that the container's writes were lost: {run}"
+    );
+    assert_eq!(st.ps_row("k").expect("k is kept")["state"], "stopped");
+    fs.unfill();
+    let run = st.ok(["run", "--rm", "busybox", "--", "true"]);
+    assert!(!run.stderr.contains("stopped"), "{run}");
+    let mp = st.rootfs("k");
+    st.ok(["container", "mount", "k"]);
+    let kept = std::fs::read_to_string(mp.join("before"));
+    st.ok(["container", "umount", "k"]);
+    assert_eq!(
+        kept.ok().as_deref(),
+        Some("kept\n"),
+        "a file flushed before the store filled up"
+    );
+    st.ok(["rm", "k"]);
+    st.assert_nothing_left("after removing the kept container");
     st.assert_fsck_clean();
 }

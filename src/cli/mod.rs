@@ -314,10 +314,18 @@ pub fn main() -> i32 {
         Err(e) => {
             if cli.json {
                 let j = serde_json::json!({"error": {"code": e.code, "message": e.message, "hint": e.hint}});
-                eprintln!("{j}");
+                let _ = writeln!(std::io::stderr(), "{j}");
             }
-            eprintln!("error[{}]: {}", e.code, e.message);
-            eprintln!("  hint: {}", e.hint);
+            // Not eprintln!, which panics when stderr cannot be written: a
+            // background server's stderr is its log, in the store, and the
+            // error may be that the store's filesystem is full.
+            let _ = writeln!(
+                std::io::stderr(),
+                "error[{}]: {}\n  hint: {}",
+                e.code,
+                e.message,
+                e.hint
+            );
             1
         }
     }

@@ -828,12 +828,17 @@ impl Containers {
             overlay(&lower, &fs.join("upper"), &fs.join("work"), &target)
                 .map_err(|e| ContainerError::Mount(name.into(), e))?;
         }
-        undo.disarm();
         let recorded = (target != default).then_some(target.clone());
         if c.mountpoint != recorded {
             c.mountpoint = recorded;
-            self.put(&c)?;
+            // A record that cannot be written (a full store) undoes the
+            // mount: unrecorded, no command would find it to unmount.
+            if let Err(e) = self.put(&c) {
+                let _ = unmount(&target);
+                return Err(e);
+            }
         }
+        undo.disarm();
         Ok(target)
     }
 
@@ -909,7 +914,13 @@ impl Containers {
     /// a `run --rm`), the volume is detached unflushed and deleted instead,
     /// and once nothing is mounted in it the container's directory `work`
     /// is retired (kept as a spare tree or removed).
-    fn teardown(&self, name: &str, volume: &str, work: &Path, discard: bool) -> Result<()> {
+    fn teardown(
+        &self,
+        name: &str,
+        volume: &str,
+        work: &Path,
+        discard: bool,
+    ) -> Result<Option<String>> {
         let (fs, lower) = (work.join("fs"), work.join("lower"));
         let image = || -> Result<()> {
             if crate::mount::is_mount_root(&lower) {
@@ -933,12 +944,13 @@ impl Containers {
                     Request::Detach { name }
                 };
                 match call(&self.paths, &req) {
-                    Ok(_) => Ok(()),
+                    Ok(Response::Discarded { lost }) => Ok(lost),
+                    Ok(_) => Ok(None),
                     // Not attached, or gone (a `discard` a crash cut short).
                     Err(ContainerError::Volume(e))
                         if e.code() == "FK0716" || e.code() == "FK0701" =>
                     {
-                        Ok(())
+                        Ok(None)
                     }
                     Err(e) => Err(e),
                 }
@@ -948,13 +960,13 @@ impl Containers {
                 .unwrap_or_else(|p| std::panic::resume_unwind(p));
             (detached, image)
         });
-        detached?;
+        let lost = detached?;
         image?;
         if discard {
             let _s = tracing::debug_span!("rmdir").entered();
             self.retire_work_dir(work);
         }
-        Ok(())
+        Ok(lost)
     }
 
     /// Removes container `name` and its volume. A mounted container is
@@ -1006,7 +1018,10 @@ impl Containers {
     /// what `umount` then `remove` do, with the volume detached and deleted
     /// in one request and not flushed first (its data is being dropped). A
     /// crash part way leaves the container, unmounted or not, for `rm`.
-    pub fn discard(&self, name: &str) -> Result<()> {
+    /// Returns why its volume had stopped taking writes while it ran (the
+    /// store's filesystem full, an I/O error), if it had: the container's
+    /// processes may not have seen the failure.
+    pub fn discard(&self, name: &str) -> Result<Option<String>> {
         let c = self.get(name)?;
         let work = self.work_dir(name);
         let mp = self.mountpoint_of(&c);
@@ -1014,8 +1029,9 @@ impl Containers {
             let _s = tracing::debug_span!("overlay").entered();
             unmount(&mp).map_err(|e| ContainerError::Umount(name.into(), e))?;
         }
-        self.teardown(name, &c.volume, &work, true)?;
-        self.forget(name, &work)
+        let lost = self.teardown(name, &c.volume, &work, true)?;
+        self.forget(name, &work)?;
+        Ok(lost)
     }
 
     /// The volume behind snapshot target `target`: a container's volume when

@@ -227,10 +227,19 @@ pub fn spawn(
             source: e,
         })?;
     }
-    let log = std::fs::File::create(&log_path).map_err(|e| StoreError::Io {
-        context: "creating the server log".into(),
-        source: e,
-    })?;
+    // A first line written here gives the log its first block, so that the
+    // server's error still fits in it when the store's filesystem is full
+    // (and a full store is reported here, before any server starts).
+    let log = std::fs::File::create(&log_path)
+        .and_then(|mut f| {
+            use std::io::Write;
+            writeln!(f, "{LOG_HEADER}{image} at {}", canonical.display())?;
+            Ok(f)
+        })
+        .map_err(|e| StoreError::Io {
+            context: "creating the server log".into(),
+            source: e,
+        })?;
     let mut cmd = Command::new(exe);
     cmd.arg("--store")
         .arg(store_root)
@@ -256,7 +265,7 @@ pub fn spawn(
         }
         if let Ok(Some(status)) = child.try_wait() {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let mut lines = text.lines().rev();
+            let mut lines = text.lines().rev().filter(|l| !l.starts_with(LOG_HEADER));
             let last = lines
                 .clone()
                 .find(|l| l.starts_with("error["))
@@ -273,6 +282,9 @@ pub fn spawn(
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// How [`spawn`] starts a server's log, before the server writes to it.
+const LOG_HEADER: &str = "# fukastor fuse-serve: ";
 
 /// Where `fukastor mounts` finds a server's log.
 pub fn log_path(store_root: &Path, mountpoint: &Path) -> PathBuf {

@@ -152,12 +152,13 @@ pub fn mount_kernel(
         Some(libc::EPERM) => MountError::NotPrivileged(label.to_string()),
         _ => MountError::Kernel(e.to_string()),
     })?;
-    mount_at(mnt.as_fd(), CWD, mountpoint).map_err(|e| MountError::Kernel(e.to_string()))?;
+    // Tracked before it is attached: a store too full for the tracking
+    // file then leaves no mount behind (the detached mount goes with `mnt`).
     let canonical = fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
     track::record(
         store.root(),
         &track::Tracked {
-            mountpoint: canonical,
+            mountpoint: canonical.clone(),
             image: label.to_string(),
             id: id.to_hex(),
             mode: "kernel".into(),
@@ -165,6 +166,10 @@ pub fn mount_kernel(
             started: now(),
         },
     )?;
+    mount_at(mnt.as_fd(), CWD, mountpoint).map_err(|e| {
+        track::forget(store.root(), &canonical);
+        MountError::Kernel(e.to_string())
+    })?;
     Ok(())
 }
 

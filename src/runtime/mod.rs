@@ -162,8 +162,15 @@ pub fn run(store_root: &Path, image: &str, opts: &RunOptions) -> Result<i32> {
     let result = run_created(store_root, &containers, &c, opts, &warmer);
     if opts.rm {
         let _s = tracing::debug_span!("remove").entered();
-        if let Err(e) = containers.discard(&c.name) {
-            tracing::warn!("removing container {}: {e}", c.name);
+        match containers.discard(&c.name) {
+            Ok(None) => {}
+            // The processes saw their writes succeed (until a flush): say it.
+            Ok(Some(why)) => tracing::warn!(
+                "container {}: its volume stopped taking writes while it ran, so what it wrote \
+                 after that was lost ({why}); free space in the store's filesystem",
+                c.name
+            ),
+            Err(e) => tracing::warn!("removing container {}: {e}", c.name),
         }
     }
     drop(warmer);

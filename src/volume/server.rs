@@ -304,6 +304,12 @@ pub enum Response {
     },
     /// The server is stopping: ask again.
     Retry,
+    /// `Discard` done; `lost` says why the volume had stopped taking
+    /// writes (its writes since then were lost), if it had.
+    Discarded {
+        /// The failure, as `Volume::failure` gives it.
+        lost: Option<String>,
+    },
     /// `volume compact`: what compaction did.
     Compacted {
         /// The volume.
@@ -341,7 +347,9 @@ fn compacted(volume: &str, r: &CompactReport) -> Response {
 /// need one.
 pub fn call(paths: &Paths, req: &Request) -> Result<Response> {
     let deadline = Instant::now() + WAIT;
-    let mut spawned = false;
+    // The server this call started, while it has not answered.
+    let mut spawned: Option<Spawned> = None;
+    let mut spawns = 0;
     loop {
         match connect(paths) {
             Ok(stream) => match exchange(stream, req) {
@@ -363,9 +371,22 @@ pub fn call(paths: &Paths, req: &Request) -> Result<Response> {
             Err(e) => {
                 tracing::debug!("no server: {e}");
                 if req.needs_server() {
-                    if !spawned {
-                        spawn(paths, true)?;
-                        spawned = true;
+                    match spawned.as_mut().and_then(Spawned::exited) {
+                        _ if spawned.is_none() => {
+                            spawned = Some(Spawned::start(paths)?);
+                            spawns += 1;
+                        }
+                        // Still starting.
+                        None => {}
+                        // It found another server running, which has
+                        // stopped since: start one again (a few times).
+                        Some(status) if status.success() && spawns < 3 => spawned = None,
+                        Some(status) => {
+                            let log = spawned.take().map(|s| s.log_tail()).unwrap_or_default();
+                            return Err(VolumeError::Server(format!(
+                                "the volume server exited ({status}) before answering: {log}"
+                            )));
+                        }
                     }
                 } else if let Some(lock) = try_lock(paths)? {
                     let ctx = Ctx::local(paths)?;
@@ -457,12 +478,73 @@ pub fn start(paths: &Paths) -> Result<()> {
     spawn(paths, true)
 }
 
+/// A volume server [`call`] started: reaped on a thread when dropped.
+struct Spawned {
+    child: Option<std::process::Child>,
+    log: PathBuf,
+    /// Where its output starts in the log (shared by every server).
+    log_from: u64,
+}
+
+impl Spawned {
+    fn start(paths: &Paths) -> Result<Spawned> {
+        let log = paths.log();
+        let log_from = std::fs::metadata(&log).map_or(0, |m| m.len());
+        Ok(Spawned {
+            child: Some(spawn_child(paths)?),
+            log,
+            log_from,
+        })
+    }
+
+    /// Its exit status, once it has exited.
+    fn exited(&mut self) -> Option<std::process::ExitStatus> {
+        self.child.as_mut()?.try_wait().ok().flatten()
+    }
+
+    /// Its last error line (or last line) in the log.
+    fn log_tail(&self) -> String {
+        use std::io::{Read, Seek};
+        let mut text = String::new();
+        if let Ok(mut f) = std::fs::File::open(&self.log) {
+            let _ = f.seek(std::io::SeekFrom::Start(self.log_from));
+            let _ = f.take(64 * 1024).read_to_string(&mut text);
+        }
+        let mut lines = text.lines().rev().filter(|l| !l.trim().is_empty());
+        lines
+            .clone()
+            .find(|l| l.starts_with("error["))
+            .or_else(|| lines.next())
+            .map_or_else(
+                || format!("nothing in its log ({})", self.log.display()),
+                str::to_string,
+            )
+    }
+}
+
+impl Drop for Spawned {
+    fn drop(&mut self) {
+        if let Some(mut child) = self.child.take() {
+            std::thread::spawn(move || child.wait());
+        }
+    }
+}
+
 /// Starts `fukastor volume-serve` for the store in its own process group.
 /// With `reap`, a thread waits for it; without, it is left to this
 /// process's exit (it is re-parented then): for a command that ends right
 /// away, whose exit would otherwise wait for that thread too (up to 1.5 ms
 /// was traced after a rollback).
 fn spawn(paths: &Paths, reap: bool) -> Result<()> {
+    let mut child = spawn_child(paths)?;
+    if reap {
+        // Reap it when it exits, without blocking this command.
+        std::thread::spawn(move || child.wait());
+    }
+    Ok(())
+}
+
+fn spawn_child(paths: &Paths) -> Result<std::process::Child> {
     std::fs::create_dir_all(&paths.dir)
         .map_err(super::io_err(format!("creating {}", paths.dir.display())))?;
     let exe = std::env::current_exe()
@@ -476,14 +558,8 @@ fn spawn(paths: &Paths, reap: bool) -> Result<()> {
     cmd.arg("--store").arg(&paths.store).arg("volume-serve");
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
-    let mut child = cmd
-        .spawn()
-        .map_err(|e| VolumeError::Server(format!("starting the volume server: {e}")))?;
-    if reap {
-        // Reap it when it exits, without blocking this command.
-        std::thread::spawn(move || child.wait());
-    }
-    Ok(())
+    cmd.spawn()
+        .map_err(|e| VolumeError::Server(format!("starting the volume server: {e}")))
 }
 
 /// What the pool's owner works with.
@@ -925,12 +1001,14 @@ impl Ctx {
                 Ok(Response::Ok)
             }
             Request::Discard { name } => {
+                let mut lost = None;
                 if let Some(served) = &self.served
                     && let Some(device) = self.device(name)
                 {
                     // Not flushed: what the head holds since its last
                     // commit goes with the volume.
-                    drop(self.unbind(served, name, device.clone())?);
+                    let volume = self.unbind(served, name, device.clone())?;
+                    lost = volume.and_then(|v| v.failure());
                     tracing::info!("detached {name} ({device}) to delete it");
                 } else if self.served.is_none() {
                     // No server: unbind what a dead one left for it.
@@ -955,7 +1033,7 @@ impl Ctx {
                     }
                 }
                 self.reclaim_later();
-                Ok(Response::Ok)
+                Ok(Response::Discarded { lost })
             }
             Request::Snapshot {
                 volume,

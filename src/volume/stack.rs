@@ -527,6 +527,13 @@ impl Volume {
         Ok(())
     }
 
+    /// Why the volume stopped taking writes (a write or flush failed: the
+    /// pool's filesystem full, an I/O error), if it did. What was written
+    /// since its last flush is then lost.
+    pub fn failure(&self) -> Option<String> {
+        lock(&self.head).failed.clone()
+    }
+
     /// Makes every earlier write and discard durable: appends a commit
     /// record and syncs the head. Does nothing if nothing changed.
     pub fn flush(&self) -> Result<()> {

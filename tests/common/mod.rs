@@ -309,6 +309,16 @@ impl Store {
         Store { dir }
     }
 
+    /// A store in a new directory under `parent` (a filesystem of the
+    /// test's choosing).
+    pub fn new_in(parent: &Path) -> Self {
+        let dir = tempfile::Builder::new()
+            .prefix("fukastor-test-store-")
+            .tempdir_in(parent)
+            .expect("create a temporary store directory");
+        Store { dir }
+    }
+
     pub fn path(&self) -> &Path {
         self.dir.path()
     }
