@@ -1352,6 +1352,55 @@ fn lifecycle_foreground_server_answers_ctrl_c() {
 // Without a flag, root gets the kernel
 // ---------------------------------------------------------------------------
 
+/// A tmpfs mounted for a test, unmounted (lazily if need be) when dropped.
+struct Tmpfs(tempfile::TempDir);
+
+impl Tmpfs {
+    fn new() -> Self {
+        let dir = scratch_dir("fukastor-test-tmpfs-");
+        let mut cmd = Command::new("mount");
+        cmd.args(["-t", "tmpfs", "-o", "size=64m", "tmpfs"])
+            .arg(dir.path());
+        let run = run_command(cmd);
+        assert!(run.success(), "mounting a tmpfs: {run}");
+        Tmpfs(dir)
+    }
+}
+
+impl Drop for Tmpfs {
+    fn drop(&mut self) {
+        let mut cmd = Command::new("umount");
+        cmd.arg("-l").arg(self.0.path());
+        let _ = run_command(cmd);
+    }
+}
+
+/// The kernel cannot mount an image from a file on tmpfs (ENOTBLK):
+/// `--kernel` says so with FK0307 and what to do, and `mount` without a
+/// flag falls back to FUSE.
+#[test]
+fn a_store_on_tmpfs_gets_fk0307_for_kernel_mounts_and_fuse_by_default() {
+    require_fuse();
+    let fs = Tmpfs::new();
+    let store = Store::new_in(fs.0.path());
+    store.ok(["-q", "pull", &fixtures().oci("busybox"), "busybox"]);
+    let mnt = scratch_dir("fukastor-test-mnt-");
+    let (m, run) = try_mount(store.path(), None, "busybox", mnt.path(), Mode::Kernel);
+    assert!(!run.success(), "a kernel mount from tmpfs worked: {run}");
+    assert!(
+        run.stderr.contains("error[FK0307]") && run.stderr.contains("(tmpfs)"),
+        "{run}"
+    );
+    assert!(run.stderr.contains("hint: keep the store on ext4"), "{run}");
+    assert!(mount_at(m.path()).is_none(), "a failed mount left a mount");
+    drop(m);
+    let (m, run) = try_mount(store.path(), None, "busybox", mnt.path(), Mode::Default);
+    assert!(run.success(), "mount without a flag: {run}");
+    assert!(run.stdout_str().contains("(FUSE"), "{run}");
+    std::fs::metadata(m.path().join(BUSYBOX_FILE)).expect("stat through the FUSE mount");
+    umount_and_stats(m, None);
+}
+
 #[test]
 fn default_mount_as_root_is_kernel() {
     require_fuse();

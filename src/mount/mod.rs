@@ -54,6 +54,10 @@ pub enum MountError {
         "image {0} is filtered (its objects are stored encoded by Lua filters); the kernel cannot read it"
     )]
     Filtered(String),
+    /// The store's filesystem cannot back a file-backed EROFS mount
+    /// (the kernel says ENOTBLK: tmpfs, for one).
+    #[error("the kernel cannot mount images from the store's filesystem ({0}): {1}")]
+    StoreFs(String, String),
     /// Store trouble.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -69,6 +73,7 @@ impl Coded for MountError {
             MountError::Umount(..) => "FK0304",
             MountError::Server(_) => "FK0305",
             MountError::Filtered(_) => "FK0306",
+            MountError::StoreFs(..) => "FK0307",
             MountError::Store(e) => e.code(),
         }
     }
@@ -85,6 +90,9 @@ impl Coded for MountError {
             MountError::Server(_) => "check that /dev/fuse exists and fuse3 (fusermount3) is installed; see the log above".into(),
             MountError::Filtered(_) => {
                 "mount it through FUSE, which decodes: `fukastor mount --fuse IMAGE MOUNTPOINT`".into()
+            }
+            MountError::StoreFs(..) => {
+                "keep the store on ext4, xfs or btrfs (`--store DIR`); `mount --fuse` works from any filesystem".into()
             }
             MountError::Store(e) => e.hint(),
         }
@@ -150,6 +158,7 @@ pub fn mount_kernel(
     )
     .map_err(|e| match e.raw_os_error() {
         Some(libc::EPERM) => MountError::NotPrivileged(label.to_string()),
+        Some(libc::ENOTBLK) => MountError::StoreFs(fs_type_of(&image_path), e.to_string()),
         _ => MountError::Kernel(e.to_string()),
     })?;
     // Tracked before it is attached: a store too full for the tracking
@@ -171,6 +180,17 @@ pub fn mount_kernel(
         MountError::Kernel(e.to_string())
     })?;
     Ok(())
+}
+
+/// The type of the filesystem holding `path`, from the mount table (the
+/// longest mountpoint above it), or "unknown".
+fn fs_type_of(path: &Path) -> String {
+    let path = fs::canonicalize(path).unwrap_or_else(|_| path.to_path_buf());
+    table()
+        .into_iter()
+        .filter(|m| path.starts_with(&m.mountpoint))
+        .max_by_key(|m| m.mountpoint.as_os_str().len())
+        .map_or_else(|| "unknown".into(), |m| m.fstype)
 }
 
 /// Unix seconds.
