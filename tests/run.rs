@@ -2247,5 +2247,53 @@ fn a_container_that_fills_the_store_is_told_of_and_cleaned_up() {
     );
     st.ok(["rm", "k"]);
     st.assert_nothing_left("after removing the kept container");
+
+    // Through podman's hooks: precreate mounts, the "container" (this test)
+    // fills the store, poststop (policy remove) removes it all the same,
+    // and says that writes were lost.
+    st.wait_server_gone();
+    fs.fill_but(24 * MIB);
+    let scratch = scratch_dir("fukastor-test-full-hook-");
+    let config = proposed_config(Some("busybox"), scratch.path());
+    let run = hook(&st, "precreate", config.to_string().as_bytes(), &[]);
+    run.assert_success();
+    let out = json_of(&run);
+    let name = out["annotations"]["io.fukastor.container"]
+        .as_str()
+        .unwrap_or_else(|| panic!("precreate did not add io.fukastor.container: {out}"))
+        .to_owned();
+    let big = st.rootfs(&name).join("big");
+    let written = std::fs::File::create(&big).and_then(|mut f| {
+        use std::io::Write;
+        let chunk = vec![0xa5_u8; MIB as usize];
+        for _ in 0..64 {
+            f.write_all(&chunk)?;
+        }
+        f.sync_all()
+    });
+    assert!(
+        written.is_err(),
+        "writing and syncing 64 MiB into a container on a store with 24 MiB free worked"
+    );
+    let state = serde_json::json!({
+        "ociVersion": "1.0.2-dev",
+        "id": PODMAN_ID,
+        "status": "stopped",
+        "bundle": scratch.path().display().to_string(),
+        "annotations": out["annotations"]
+    });
+    let run = hook(&st, "poststop", state.to_string().as_bytes(), &[]);
+    run.assert_success();
+    assert!(
+        run.stderr.contains("stopped taking writes") && run.stderr.contains("No space left"),
+        "poststop must say that the container's writes were lost: {run}"
+    );
+    st.assert_nothing_left("poststop of a container that filled the store");
+    assert!(
+        !st.container_dir(&name).exists(),
+        "poststop left {}",
+        st.container_dir(&name).display()
+    );
+    fs.unfill();
     st.assert_fsck_clean();
 }

@@ -170,7 +170,14 @@ pub fn poststop(store_root: &Path, input: &mut impl Read) -> Result<()> {
     let containers = Containers::new(store_root);
     let policy = annotation(&state, POSTSTOP).unwrap_or("remove").to_string();
     match policy.as_str() {
-        "remove" => containers.remove(&name, true)?,
+        // As `run --rm` ends: unmounted and deleted without a flush (its
+        // data is being dropped), which also works when the volume stopped
+        // taking writes (a full store) and a flush would fail.
+        "remove" => {
+            if let Some(why) = containers.discard(&name)? {
+                super::warn_lost_writes(&name, &why);
+            }
+        }
         "keep" => containers.umount(&name)?,
         p => match p.strip_prefix("snapshot:") {
             Some(snap) if !snap.is_empty() => {

@@ -165,11 +165,7 @@ pub fn run(store_root: &Path, image: &str, opts: &RunOptions) -> Result<i32> {
         match containers.discard(&c.name) {
             Ok(None) => {}
             // The processes saw their writes succeed (until a flush): say it.
-            Ok(Some(why)) => tracing::warn!(
-                "container {}: its volume stopped taking writes while it ran, so what it wrote \
-                 after that was lost ({why}); free space in the store's filesystem",
-                c.name
-            ),
+            Ok(Some(why)) => warn_lost_writes(&c.name, &why),
             Err(e) => tracing::warn!("removing container {}: {e}", c.name),
         }
     }
@@ -272,6 +268,15 @@ pub fn start(store_root: &Path, name: &str) -> Result<i32> {
     }
     drop(warmer);
     result
+}
+
+/// Says that container `name`'s volume stopped taking writes while it ran
+/// (`why`): its processes saw their buffered writes succeed.
+fn warn_lost_writes(name: &str, why: &str) {
+    tracing::warn!(
+        "container {name}: its volume stopped taking writes while it ran, so what it wrote \
+         after that was lost ({why}); free space in the store's filesystem"
+    );
 }
 
 /// Where crun is, from `PATH`.
