@@ -1825,6 +1825,19 @@ fn proposed_config(image: Option<&str>, rootfs: &Path) -> serde_json::Value {
     })
 }
 
+/// A successful precreate of `config`: its output config and the name of
+/// the container it made.
+fn precreate(st: &CStore, config: &serde_json::Value) -> (serde_json::Value, String) {
+    let run = hook(st, "precreate", config.to_string().as_bytes(), &[]);
+    run.assert_success();
+    let out = json_of(&run);
+    let name = out["annotations"]["io.fukastor.container"]
+        .as_str()
+        .unwrap_or_else(|| panic!("precreate did not add io.fukastor.container: {out}"))
+        .to_owned();
+    (out, name)
+}
+
 fn hook(st: &CStore, stage: &str, input: &[u8], env: &[(&str, Option<&str>)]) -> Run {
     let mut cmd = st.command();
     cmd.args(["hook", stage]);
@@ -1949,13 +1962,7 @@ fn hooks_fail_with_coded_errors_and_leave_nothing_behind() {
 
     // And the same config works once the store is free: a container is
     // created and mounted, root.path points at it, everything else is kept.
-    let run = hook(&st, "precreate", config.to_string().as_bytes(), &[]);
-    run.assert_success();
-    let out = json_of(&run);
-    let name = out["annotations"]["io.fukastor.container"]
-        .as_str()
-        .unwrap_or_else(|| panic!("precreate did not add io.fukastor.container: {out}"))
-        .to_owned();
+    let (out, name) = precreate(&st, &config);
     assert_eq!(
         out["root"]["path"].as_str().map(PathBuf::from),
         Some(st.rootfs(&name)),
@@ -2255,13 +2262,7 @@ fn a_container_that_fills_the_store_is_told_of_and_cleaned_up() {
     fs.fill_but(24 * MIB);
     let scratch = scratch_dir("fukastor-test-full-hook-");
     let config = proposed_config(Some("busybox"), scratch.path());
-    let run = hook(&st, "precreate", config.to_string().as_bytes(), &[]);
-    run.assert_success();
-    let out = json_of(&run);
-    let name = out["annotations"]["io.fukastor.container"]
-        .as_str()
-        .unwrap_or_else(|| panic!("precreate did not add io.fukastor.container: {out}"))
-        .to_owned();
+    let (out, name) = precreate(&st, &config);
     let big = st.rootfs(&name).join("big");
     let written = std::fs::File::create(&big).and_then(|mut f| {
         use std::io::Write;
