@@ -67,7 +67,10 @@
 #   create, mount and bundle; for the floor bash's fork and exec), crun (its
 #   exec to its exit, the runtime's own time on each root filesystem), after
 #   crun (crun's exit to the exit of fukastor's last thread: unmount and
-#   removal). Medians. Needs tracefs (/sys/kernel/tracing).
+#   removal). Only the harness's own children and their descendants count.
+#   The exit event fires as a process starts to exit, so the unmapping of its
+#   memory and the harness's wakeup are in no phase (the totals of part
+#   "run" hold them). Medians. Needs tracefs (/sys/kernel/tracing).
 #
 # Part "disk": $CONTAINERS stopped containers of TAG, two ways:
 #   created  fukastor create TAG --name cI          podman create --name cI IMG true
@@ -149,6 +152,9 @@ done
 TRACEFS=/sys/kernel/tracing
 if ((PHASES > 0)) && [[ ! -e $TRACEFS/instances ]]; then
     bench_die "--phases needs tracefs at $TRACEFS (mount -t tracefs nodev $TRACEFS)"
+fi
+if ((PHASES > 0)) && ! grep -q group_dead "$TRACEFS/events/sched/sched_process_exit/format" 2>/dev/null; then
+    bench_die "--phases needs the group_dead field of sched_process_exit (a newer kernel)"
 fi
 for k in $KINDS; do
     [[ $k == @(fukastor-cold|floor|floor-warm|fukastor|podman-nonet|podman) ]] || bench_die "unknown column $k"
@@ -354,20 +360,34 @@ phases_parse() {
     awk -v fkbin="$FK" '
     function ts(   i) { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+:$/) return substr($i, 1, length($i) - 1) * 1e6; return -1 }
     function val(key,   i) { for (i = 1; i <= NF; i++) if (index($i, key "=") == 1) return substr($i, length(key) + 2); return "" }
+    # The exec event`s file name, spaces included.
+    function filename(   a, b) { a = index($0, " filename="); b = index($0, " pid="); return (a && b > a) ? substr($0, a + 10, b - a - 10) : "" }
+    # The pid of the task that wrote the line (COMM-PID [CPU]).
+    function writer() { return match($0, /-[0-9]+ +\[[0-9]+\]/) ? substr($0, RSTART + 1, RLENGTH) + 0 : -1 }
     function flush() {
         if (kind != "" && tc > 0 && te > 0 && (kind == "floor" || tf > 0))
             printf "%s %d %d %d\n", kind, tc - t0, te - tc, (kind == "floor" ? 0 : tf - te)
         kind = ""
     }
-    / tracing_mark_write: fkbench / { flush(); kind = $NF; t0 = ts(); fk = ""; crun = ""; tc = 0; te = 0; tf = 0; delete ours; next }
+    / tracing_mark_write: fkbench / {
+        flush(); kind = $NF; t0 = ts(); hp = writer(); fk = ""; crun = ""; tc = 0; te = 0; tf = 0
+        delete ours; delete kids; next
+    }
     kind == "" { next }
-    / sched_process_exec: / {
-        f = val("filename"); p = val("pid")
-        if (kind == "fukastor" && fk == "" && f == fkbin) { fk = p; ours[p] = 1 }
-        else if (crun == "" && f ~ /crun$/ && (kind == "floor" || fk != "")) { crun = p; tc = ts(); delete ours[p] }
+    # Children of the harness; every task of fukastor (its threads, and
+    # children until they exec another program).
+    / sched_process_fork: / {
+        if (val("pid") + 0 == hp) kids[val("child_pid")] = 1
+        if (val("pid") in ours) ours[val("child_pid")] = 1
         next
     }
-    / sched_process_fork: / { if (val("pid") in ours && val("child_pid") != crun) ours[val("child_pid")] = 1; next }
+    / sched_process_exec: / {
+        f = filename(); p = val("pid")
+        if (kind == "fukastor" && fk == "" && f == fkbin && (p in kids)) { fk = p; ours[p] = 1 }
+        else if (crun == "" && f ~ /crun$/ && ((kind == "floor" && (p in kids)) || (kind == "fukastor" && (p in ours) && p != fk))) { crun = p; tc = ts(); delete ours[p] }
+        else if ((p in ours) && p != fk) delete ours[p]
+        next
+    }
     / sched_process_exit: / {
         p = val("pid")
         if (p == crun && te == 0) te = ts()
