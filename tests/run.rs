@@ -2011,7 +2011,20 @@ impl SmallFs {
         std::fs::File::create(&img)
             .and_then(|f| f.set_len(mib * MIB))
             .expect("make the image file");
-        tool("mkfs.ext4", [OsStr::new("-q"), img.as_os_str()]).assert_success();
+        // 4 KiB blocks (mke2fs would pick 1 KiB for so small a
+        // filesystem) and no root reserve: filled means filled.
+        tool(
+            "mkfs.ext4",
+            [
+                OsStr::new("-q"),
+                OsStr::new("-b"),
+                OsStr::new("4096"),
+                OsStr::new("-m"),
+                OsStr::new("0"),
+                img.as_os_str(),
+            ],
+        )
+        .assert_success();
         tool(
             "mount",
             [
@@ -2068,6 +2081,20 @@ impl SmallFs {
             }
             if added == 0 {
                 break;
+            }
+        }
+        if leave == 0 {
+            // Filled means a new one-byte file cannot be written either.
+            let probe = self.path().join("probe");
+            let r: std::io::Result<()> = std::fs::write(&probe, b"x").and_then(|()| {
+                std::fs::File::open(&probe)?.sync_all()?;
+                // Written after all: fill the rest.
+                Err(std::io::Error::other("a one-byte file still fits"))
+            });
+            let _ = std::fs::remove_file(&probe);
+            match r {
+                Err(e) if e.raw_os_error() == Some(libc::ENOSPC) => {}
+                other => panic!("{} is not full: {other:?}", self.path().display()),
             }
         }
     }
@@ -2130,8 +2157,9 @@ fn a_full_store_fails_cleanly_and_works_again_once_freed() {
     require_containers();
     let fx = fixtures();
     let fs = SmallFs::new(96);
-    let st = CStore::new_on(&fs);
+    // Before the store: dropped after it, once its mounts are gone.
     let scratch = scratch_dir("fukastor-test-full-");
+    let st = CStore::new_on(&fs);
     st.pull_named(&fx.oci("busybox"), "busybox");
     // The first run builds the ext4 template: not what is tested here.
     st.ok(["run", "--rm", "busybox", "--", "true"]);
@@ -2297,4 +2325,71 @@ fn a_container_that_fills_the_store_is_told_of_and_cleaned_up() {
     );
     fs.unfill();
     st.assert_fsck_clean();
+}
+
+/// `chattr +i` on a directory for a test, undone when dropped.
+struct Immutable(PathBuf);
+
+impl Immutable {
+    fn new(dir: &Path) -> Self {
+        tool("chattr", [OsStr::new("+i"), dir.as_os_str()]).assert_success();
+        Immutable(dir.to_owned())
+    }
+}
+
+impl Drop for Immutable {
+    fn drop(&mut self) {
+        let _ = tool("chattr", [OsStr::new("-i"), self.0.as_os_str()]);
+    }
+}
+
+/// `container mount NAME DIR` records DIR in the container's record after
+/// mounting; when that write fails (here: the containers directory made
+/// immutable, so nothing else fails), every mount it made is undone.
+#[test]
+fn a_container_mount_whose_record_cannot_be_written_leaves_nothing_mounted() {
+    let _serial = serial();
+    require_containers();
+    require_tool("chattr", "e2fsprogs");
+    let fx = fixtures();
+    let scratch = scratch_dir("fukastor-test-record-");
+    let st = CStore::new();
+    st.pull_named(&fx.oci("busybox"), "busybox");
+    st.ok(["create", "busybox", "--name", "c"]);
+    let mp = scratch.path().join("mp");
+    std::fs::create_dir(&mp).unwrap();
+    let mp = mp.canonicalize().unwrap();
+    // Its work directory made first (a mount makes it, and it stays), so
+    // that only the record's write meets the immutable directory.
+    st.ok(["container", "mount", "c"]);
+    st.ok(["container", "umount", "c"]);
+    assert!(st.container_dir("c").join("fs").is_dir());
+    let frozen = Immutable::new(&st.path().join("fukastor/containers"));
+    let run = st.run([
+        OsStr::new("container"),
+        OsStr::new("mount"),
+        OsStr::new("c"),
+        mp.as_os_str(),
+    ]);
+    assert_coded_error(&run, "FK", "container mount with an unwritable record");
+    assert!(
+        run.stderr.contains("Operation not permitted"),
+        "the record's write should be what failed: {run}"
+    );
+    assert!(mount_at(&mp).is_none(), "{mp:?} left mounted: {run}");
+    drop(frozen);
+    st.assert_nothing_left_but(&["c"], "container mount with an unwritable record");
+    st.ok([
+        OsStr::new("container"),
+        OsStr::new("mount"),
+        OsStr::new("c"),
+        mp.as_os_str(),
+    ]);
+    assert!(
+        mp.join("bin").exists(),
+        "mounted once the record can be written"
+    );
+    st.ok(["container", "umount", "c"]);
+    st.ok(["rm", "c"]);
+    st.assert_nothing_left("after rm");
 }

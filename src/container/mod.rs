@@ -834,7 +834,11 @@ impl Containers {
             // A record that cannot be written (a full store) undoes the
             // mount: unrecorded, no command would find it to unmount.
             if let Err(e) = self.put(&c) {
-                let _ = unmount(&target);
+                if unmount(&target).is_err() {
+                    // Busy: detached at least, so that the undo below can
+                    // take the ext4 and the image away.
+                    let _ = rustix::mount::unmount(&target, rustix::mount::UnmountFlags::DETACH);
+                }
                 return Err(e);
             }
         }

@@ -54,8 +54,8 @@ pub enum MountError {
         "image {0} is filtered (its objects are stored encoded by Lua filters); the kernel cannot read it"
     )]
     Filtered(String),
-    /// The store's filesystem cannot back a file-backed EROFS mount
-    /// (the kernel says ENOTBLK: tmpfs, for one).
+    /// The store's filesystem cannot back a file-backed EROFS mount (the
+    /// kernel says ENOTBLK from a store on tmpfs).
     #[error("the kernel cannot mount images from the store's filesystem ({0}): {1}")]
     StoreFs(String, String),
     /// Store trouble.
@@ -158,7 +158,11 @@ pub fn mount_kernel(
     )
     .map_err(|e| match e.raw_os_error() {
         Some(libc::EPERM) => MountError::NotPrivileged(label.to_string()),
-        Some(libc::ENOTBLK) => MountError::StoreFs(fs_type_of(&image_path), e.to_string()),
+        // ENOTBLK also comes from kernels without file-backed EROFS
+        // (before 6.12): only a store on tmpfs is told to move.
+        Some(libc::ENOTBLK) if fs_type_of(&image_path) == "tmpfs" => {
+            MountError::StoreFs("tmpfs".into(), e.to_string())
+        }
         _ => MountError::Kernel(e.to_string()),
     })?;
     // Tracked before it is attached: a store too full for the tracking

@@ -2,10 +2,12 @@
 //! per mountpoint (`key` is a hash of the canonical mountpoint path).
 //!
 //! A tracking file says which image is mounted where, how, and which process
-//! serves it (FUSE). It is written once the mount is usable and removed by
-//! `umount` or by a server that unmounts on SIGTERM. A file whose mount is
-//! gone from the mount table is stale and is ignored (and removed by the next
-//! `umount` or `mounts`). `gc` keeps the objects of every image that is
+//! serves it (FUSE). A FUSE server writes it once its mount is usable; a
+//! kernel mount writes it just before attaching the mount (so that a store
+//! too full for the file leaves no mount; a failed attach removes it). It is
+//! removed by `umount` or by a server that unmounts on SIGTERM. A file whose
+//! mount is gone from the mount table is stale and is ignored (and removed
+//! by the next `umount` of that mountpoint). `gc` keeps the objects of every image that is
 //! mounted according to a live tracking file. Tracking files are not
 //! fsynced: after a crash of the system no mount is left for them to
 //! describe, and one that cannot be parsed is ignored.

@@ -600,12 +600,16 @@ fn replace_file(path: &Path, data: &[u8], sync: bool) -> io::Result<()> {
     use std::io::Write;
     let tmp = tmp_sibling(path);
     let mut f = fs::File::create(&tmp)?;
-    f.write_all(data)?;
-    if sync {
-        f.sync_all()?;
-    }
-    drop(f);
-    fs::rename(&tmp, path).inspect_err(|_| {
+    // A failed write (a full disk) leaves no temporary file behind.
+    (|| {
+        f.write_all(data)?;
+        if sync {
+            f.sync_all()?;
+        }
+        drop(f);
+        fs::rename(&tmp, path)
+    })()
+    .inspect_err(|_| {
         let _ = fs::remove_file(&tmp);
     })
 }

@@ -372,20 +372,26 @@ pub fn call(paths: &Paths, req: &Request) -> Result<Response> {
                 tracing::debug!("no server: {e}");
                 if req.needs_server() {
                     match spawned.as_mut().and_then(Spawned::exited) {
-                        _ if spawned.is_none() => {
+                        _ if spawned.is_none() && spawns < 3 => {
                             spawned = Some(Spawned::start(paths)?);
                             spawns += 1;
                         }
-                        // Still starting.
+                        // Still starting, or (after three starts) waiting
+                        // for the process that holds the pool.
                         None => {}
-                        // It found another server running, which has
-                        // stopped since: start one again (a few times).
-                        Some(status) if status.success() && spawns < 3 => spawned = None,
                         Some(status) => {
-                            let log = spawned.take().map(|s| s.log_tail()).unwrap_or_default();
-                            return Err(VolumeError::Server(format!(
-                                "the volume server exited ({status}) before answering: {log}"
-                            )));
+                            let s = spawned.take();
+                            // It found another server (stopped since), or
+                            // another process holds the pool: wait for
+                            // that one, starting ours again (three times
+                            // in all). Otherwise it failed on its own.
+                            let pool_held = try_lock(paths)?.is_none();
+                            if !status.success() && !pool_held {
+                                let log = s.map(|s| s.log_tail()).unwrap_or_default();
+                                return Err(VolumeError::Server(format!(
+                                    "the volume server exited ({status}) before answering: {log}"
+                                )));
+                            }
                         }
                     }
                 } else if let Some(lock) = try_lock(paths)? {
