@@ -265,12 +265,7 @@ pub fn spawn(
         }
         if let Ok(Some(status)) = child.try_wait() {
             let text = std::fs::read_to_string(&log_path).unwrap_or_default();
-            let mut lines = text.lines().rev().filter(|l| !l.starts_with(LOG_HEADER));
-            let last = lines
-                .clone()
-                .find(|l| l.starts_with("error["))
-                .or_else(|| lines.find(|l| !l.trim().is_empty()))
-                .unwrap_or("no output");
+            let last = crate::error::last_words(&text).unwrap_or("no output");
             return Err(MountError::Server(format!("it exited ({status}): {last}")));
         }
         if Instant::now() > deadline {
@@ -283,7 +278,8 @@ pub fn spawn(
     }
 }
 
-/// How [`spawn`] starts a server's log, before the server writes to it.
+/// How [`spawn`] starts a server's log, before the server writes to it
+/// (a `# ` line, which [`crate::error::last_words`] passes over).
 const LOG_HEADER: &str = "# fukastor fuse-serve: ";
 
 /// Where `fukastor mounts` finds a server's log.

@@ -516,15 +516,10 @@ impl Spawned {
             let _ = f.seek(std::io::SeekFrom::Start(self.log_from));
             let _ = f.take(64 * 1024).read_to_string(&mut text);
         }
-        let mut lines = text.lines().rev().filter(|l| !l.trim().is_empty());
-        lines
-            .clone()
-            .find(|l| l.starts_with("error["))
-            .or_else(|| lines.next())
-            .map_or_else(
-                || format!("nothing in its log ({})", self.log.display()),
-                str::to_string,
-            )
+        crate::error::last_words(&text).map_or_else(
+            || format!("nothing in its log ({})", self.log.display()),
+            str::to_string,
+        )
     }
 }
 
