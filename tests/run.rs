@@ -2213,6 +2213,17 @@ fn a_full_store_fails_cleanly_and_works_again_once_freed() {
     );
     st.assert_nothing_left_but(&["made-before"], "container mount on a full store");
 
+    // The volume server cannot start on a full store (it writes
+    // server.json): the command that started it says so at once, instead
+    // of waiting a minute for an answer.
+    let run = st.run(["volume", "attach", "ctr.made-before"]);
+    assert_coded_error(&run, "FK", "volume attach on a full store");
+    assert!(
+        run.stderr.contains("the volume server exited"),
+        "volume attach on a full store should report the server's exit: {run}"
+    );
+    st.assert_nothing_left_but(&["made-before"], "volume attach on a full store");
+
     fs.unfill();
     let run = st.ok(["run", "--rm", "busybox", "--", "echo", "works again"]);
     assert!(run.stdout_str().contains("works again"), "{run}");
