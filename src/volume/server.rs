@@ -693,6 +693,36 @@ impl Ctx {
         Ok(())
     }
 
+    /// Runs `f`, which needs detached volume `name` closed; runs it again,
+    /// for up to 2 s, while it finds the volume open. A FUSE request is
+    /// answered before its thread lets go of the volume: the request that
+    /// let the loop device's last I/O complete, and so its detach, can
+    /// still hold the volume after the detach was answered (seen in CI as
+    /// a rollback refused with FK0706 right after `container umount`).
+    /// Only this server opens the pool's volumes, so what holds a volume
+    /// that is neither attached nor being compacted lets go soon.
+    fn once_closed<T>(&self, name: &str, f: impl Fn() -> Result<T>) -> Result<T> {
+        let deadline = Instant::now() + Duration::from_secs(2);
+        loop {
+            match f() {
+                Err(VolumeError::Busy(_))
+                    if self.served.is_some()
+                        && self.device(name).is_none()
+                        && self.compacting_volume(name).is_none()
+                        && Instant::now() < deadline =>
+                {
+                    std::thread::sleep(Duration::from_millis(1));
+                }
+                r => return r,
+            }
+        }
+    }
+
+    /// Opens volume `name`, which is neither attached nor being compacted.
+    fn open_detached(&self, name: &str) -> Result<Volume> {
+        self.once_closed(name, || self.pool.open_volume(name))
+    }
+
     /// The volume a background compaction holds open.
     fn compacting_volume(&self, name: &str) -> Option<Arc<Volume>> {
         let s = self.served.as_ref()?;
@@ -707,7 +737,7 @@ impl Ctx {
         let open = self.served.as_ref().and_then(|s| s.disks.get(name));
         match open.or_else(|| self.compacting_volume(name)) {
             Some(v) => Ok(v),
-            None => Ok(Arc::new(self.pool.open_volume(name)?)),
+            None => Ok(Arc::new(self.open_detached(name)?)),
         }
     }
 
@@ -932,7 +962,7 @@ impl Ctx {
             }
             Request::Remove { name } => {
                 self.refuse_attached(name)?;
-                self.pool.delete_volume(name)?;
+                self.once_closed(name, || self.pool.delete_volume(name))?;
                 self.reclaim_later();
                 Ok(Response::Ok)
             }
@@ -949,7 +979,7 @@ impl Ctx {
                     Some(v) => v,
                     None => {
                         let _s = tracing::debug_span!("open").entered();
-                        Arc::new(self.pool.open_volume(name)?)
+                        Arc::new(self.open_detached(name)?)
                     }
                 };
                 if let Err(e) = served.mount(&self.paths) {
@@ -1016,22 +1046,14 @@ impl Ctx {
                     cleanup_stale(&self.paths, Some(name));
                 }
                 self.stop_compaction(Some(name));
-                // A FUSE request that was in flight when the loop device
-                // let go may still hold the volume open for a moment.
-                let deadline = Instant::now() + Duration::from_secs(2);
-                loop {
-                    match self.pool.delete_volume(name) {
-                        Err(VolumeError::Busy(_)) if Instant::now() < deadline => {
-                            std::thread::sleep(Duration::from_millis(1));
-                        }
-                        Err(VolumeError::Busy(_)) => {
-                            return Err(VolumeError::Server(format!(
-                                "volume {name:?} was detached but is still open 2 s later; \
-                                 remove it with `fukastor volume rm {name}`"
-                            )));
-                        }
-                        r => break r?,
+                match self.once_closed(name, || self.pool.delete_volume(name)) {
+                    Err(VolumeError::Busy(_)) => {
+                        return Err(VolumeError::Server(format!(
+                            "volume {name:?} was detached but is still open 2 s later; \
+                             remove it with `fukastor volume rm {name}`"
+                        )));
                     }
+                    r => r?,
                 }
                 self.reclaim_later();
                 Ok(Response::Discarded { lost })
@@ -1073,7 +1095,7 @@ impl Ctx {
                             // (The compaction gives up.)
                             Some(v) => v.snapshot(name)?,
                             None => {
-                                let v = self.pool.open_volume(volume)?;
+                                let v = self.open_detached(volume)?;
                                 v.snapshot(name)?;
                                 v.close()?;
                             }
@@ -1096,7 +1118,7 @@ impl Ctx {
             }),
             Request::Rollback { volume, name } => {
                 self.refuse_attached(volume)?;
-                self.pool.rollback(volume, name)?;
+                self.once_closed(volume, || self.pool.rollback(volume, name))?;
                 self.reclaim_later();
                 Ok(Response::Ok)
             }
@@ -1161,7 +1183,7 @@ impl Ctx {
             }
             Ok(_) => {
                 self.refuse_attached(name)?;
-                self.pool.delete_volume(name)?;
+                self.once_closed(name, || self.pool.delete_volume(name))?;
             }
             Err(VolumeError::NotFound(_)) => {}
             Err(e) => return Err(e),
@@ -1552,5 +1574,68 @@ mod tests {
         assert!(worth_compacting(&stats(65 << 20, 100 << 20)));
         assert!(!worth_compacting(&stats(63 << 20, 100 << 20)), "too little");
         assert!(!worth_compacting(&stats(65 << 20, 140 << 20)), "under half");
+    }
+
+    /// A server's rollback, snapshot and rm of a volume just detached wait for the
+    /// FUSE request thread that still holds it (here a thread that keeps a
+    /// reference for 200 ms), and give up with FK0706 after 2 s.
+    #[test]
+    fn requests_on_a_detached_volume_wait_for_a_request_thread_to_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path());
+        std::fs::create_dir_all(&paths.pool).unwrap();
+        let ctx = Ctx {
+            pool: Pool::open(&paths.pool).unwrap(),
+            paths,
+            served: Some(Served {
+                disks: DiskFs::new(),
+                devices: Default::default(),
+                session: Default::default(),
+                compactions: Default::default(),
+            }),
+        };
+        ctx.pool
+            .create_volume("v", &crate::volume::VolumeOptions::new(1 << 20))
+            .unwrap();
+        let v = ctx.pool.open_volume("v").unwrap();
+        v.snapshot("s").unwrap();
+        let held_for = |v: Volume, ms| {
+            std::thread::spawn(move || {
+                std::thread::sleep(Duration::from_millis(ms));
+                drop(v)
+            })
+        };
+        let rollback = Request::Rollback {
+            volume: "v".into(),
+            name: "s".into(),
+        };
+        let t = held_for(v, 200);
+        assert!(matches!(ctx.execute_request(&rollback), Ok(Response::Ok)));
+        t.join().unwrap();
+
+        let t = held_for(ctx.pool.open_volume("v").unwrap(), 200);
+        let snapshot = Request::Snapshot {
+            volume: "v".into(),
+            name: "t".into(),
+            atomic: false,
+        };
+        assert!(matches!(ctx.execute_request(&snapshot), Ok(Response::Ok)));
+        t.join().unwrap();
+
+        let t = held_for(ctx.pool.open_volume("v").unwrap(), 200);
+        let remove = Request::Remove { name: "v".into() };
+        assert!(matches!(ctx.execute_request(&remove), Ok(Response::Ok)));
+        t.join().unwrap();
+        assert!(ctx.pool.volumes().unwrap().is_empty());
+
+        ctx.pool
+            .create_volume("w", &crate::volume::VolumeOptions::new(1 << 20))
+            .unwrap();
+        let _kept = ctx.pool.open_volume("w").unwrap();
+        let remove = Request::Remove { name: "w".into() };
+        let started = Instant::now();
+        let e = ctx.execute_request(&remove).unwrap_err();
+        assert_eq!(e.code(), "FK0706");
+        assert!(started.elapsed() >= Duration::from_secs(2), "gave up early");
     }
 }
