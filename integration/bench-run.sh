@@ -67,10 +67,11 @@
 #   create, mount and bundle; for the floor bash's fork and exec), crun (its
 #   exec to its exit, the runtime's own time on each root filesystem), after
 #   crun (crun's exit to the exit of fukastor's last thread: unmount and
-#   removal). Only the harness's own children and their descendants count.
-#   The exit event fires as a process starts to exit, so the unmapping of its
-#   memory and the harness's wakeup are in no phase (the totals of part
-#   "run" hold them). Medians. Needs tracefs (/sys/kernel/tracing).
+#   removal), exit (from there to the SIGCHLD the harness is sent: the
+#   kernel tearing the process down, its memory unmapped and its files
+#   closed; event signal_generate). Only the harness's own children and their
+#   descendants count. The harness's wakeup is in no phase (the totals of
+#   part "run" hold it). Medians. Needs tracefs (/sys/kernel/tracing).
 #
 # Part "disk": $CONTAINERS stopped containers of TAG, two ways:
 #   created  fukastor create TAG --name cI          podman create --name cI IMG true
@@ -355,7 +356,7 @@ done
 
 # --- part "phases" ----------------------------------------------------------------
 
-# phases_parse < TRACE: one line per run, "KIND before crun after" (µs).
+# phases_parse < TRACE: one line per run, "KIND before crun after exit" (µs).
 phases_parse() {
     awk -v fkbin="$FK" '
     function ts(   i) { for (i = 1; i <= NF; i++) if ($i ~ /^[0-9]+\.[0-9]+:$/) return substr($i, 1, length($i) - 1) * 1e6; return -1 }
@@ -365,12 +366,12 @@ phases_parse() {
     # The pid of the task that wrote the line (COMM-PID [CPU]).
     function writer() { return match($0, /-[0-9]+ +\[[0-9]+\]/) ? substr($0, RSTART + 1, RLENGTH) + 0 : -1 }
     function flush() {
-        if (kind != "" && tc > 0 && te > 0 && (kind == "floor" || tf > 0))
-            printf "%s %d %d %d\n", kind, tc - t0, te - tc, (kind == "floor" ? 0 : tf - te)
+        if (kind != "" && tc > 0 && te > 0 && (kind == "floor" || tf > 0) && tx > 0)
+            printf "%s %d %d %d %d\n", kind, tc - t0, te - tc, (kind == "floor" ? 0 : tf - te), tx - (kind == "floor" ? te : tf)
         kind = ""
     }
     / tracing_mark_write: fkbench / {
-        flush(); kind = $NF; t0 = ts(); hp = writer(); fk = ""; crun = ""; tc = 0; te = 0; tf = 0
+        flush(); kind = $NF; t0 = ts(); hp = writer(); fk = ""; crun = ""; tc = 0; te = 0; tf = 0; tx = 0
         delete ours; delete kids; next
     }
     kind == "" { next }
@@ -394,6 +395,12 @@ phases_parse() {
         else if ((p in ours) && val("group_dead") == "true" && te > 0) tf = ts()
         next
     }
+    # The run`s process (crun for the floor, fukastor) is gone: its parent,
+    # the harness, is sent SIGCHLD.
+    / signal_generate: / {
+        if (tx == 0 && te > 0 && (kind == "floor" || tf > 0) && val("sig") == 17 && val("pid") + 0 == hp) tx = ts()
+        next
+    }
     END { flush() }'
 }
 
@@ -401,9 +408,10 @@ if ((PHASES > 0)); then
     PHASE_TRACE=$TRACEFS/instances/fukastor-bench-run-$$
     mkdir "$PHASE_TRACE" || bench_die "cannot make the trace instance $PHASE_TRACE"
     echo 4096 >"$PHASE_TRACE/buffer_size_kb"
-    for e in sched_process_fork sched_process_exec sched_process_exit; do
-        echo 1 >"$PHASE_TRACE/events/sched/$e/enable"
+    for e in sched/sched_process_fork sched/sched_process_exec sched/sched_process_exit signal/signal_generate; do
+        echo 1 >"$PHASE_TRACE/events/$e/enable"
     done
+    echo 'sig == 17' >"$PHASE_TRACE/events/signal/signal_generate/filter"
     bench_say "part phases: $PHASES pairs of: floor fukastor (a ${PAUSE} s pause before each)"
     echo 1 >"$PHASE_TRACE/tracing_on"
     for ((r = 1; r <= PHASES; r++)); do
@@ -417,7 +425,7 @@ if ((PHASES > 0)); then
     echo 0 >"$PHASE_TRACE/tracing_on"
     phases_parse <"$PHASE_TRACE/trace" >"$WORK/phases.tsv"
     phases_stop
-    while read -r k b c a; do printf 'phase\t%s\t%s\t%s\t%s\n' "$k" "$b" "$c" "$a" >>"$RESULTS"; done <"$WORK/phases.tsv"
+    while read -r k b c a x; do printf 'phase\t%s\t%s\t%s\t%s\t%s\n' "$k" "$b" "$c" "$a" "$x" >>"$RESULTS"; done <"$WORK/phases.tsv"
     for k in floor fukastor; do
         n=$(awk -v k="$k" '$1 == k' "$WORK/phases.tsv" | wc -l)
         ((n * 2 > PHASES)) || bench_die "part phases: only $n of $PHASES $k runs found in the trace (lost events? see $WORK/phases.tsv)"
@@ -522,13 +530,13 @@ if ((PHASES > 0)); then
     echo
     echo "## bench-run: where the time goes ($PHASES runs each, ${PAUSE} s idle before each; kernel process events)"
     echo
-    printf '| | before crun | crun | after crun |\n|---|--:|--:|--:|\n'
+    printf '| | before crun | crun | after crun | exit |\n|---|--:|--:|--:|--:|\n'
     for k in floor fukastor; do
-        printf '| %s | %s | %s | %s |\n' "$(title "$k")" "$(bench_ms "$(pmed "$k" 2)")" "$(bench_ms "$(pmed "$k" 3)")" \
-            "$( [[ $k == floor ]] && echo – || bench_ms "$(pmed "$k" 4)")"
+        printf '| %s | %s | %s | %s | %s |\n' "$(title "$k")" "$(bench_ms "$(pmed "$k" 2)")" "$(bench_ms "$(pmed "$k" 3)")" \
+            "$( [[ $k == floor ]] && echo – || bench_ms "$(pmed "$k" 4)")" "$(bench_ms "$(pmed "$k" 5)")"
     done
     echo
-    echo "before crun: from the harness's marker to crun's exec (fukastor: its start, create, mount, config.json); crun: crun's exec to its exit; after crun: to the exit of fukastor's last thread (unmount, removal). Medians of each column."
+    echo "before crun: from the harness's marker to crun's exec (fukastor: its start, create, mount, config.json); crun: crun's exec to its exit; after crun: to the exit of fukastor's last thread (unmount, removal); exit: from that exit to the harness's SIGCHLD (the kernel tearing the process down). Medians of each column."
 fi
 if ((CONTAINERS > 0)); then
     echo
