@@ -1200,6 +1200,76 @@ fn lifecycle_sigterm_unmounts() {
     assert!(mounts_row(store.path(), None, m.path()).is_none());
 }
 
+/// How many mounts the mount table shows at `canonical`.
+fn mounts_at(canonical: &Path) -> usize {
+    let info = std::fs::read_to_string("/proc/self/mountinfo").unwrap_or_default();
+    info.lines()
+        .filter_map(|l| l.split(' ').nth(4))
+        .filter(|mp| unescape_mountinfo(mp) == canonical.as_os_str().as_bytes())
+        .count()
+}
+
+/// A mountpoint that holds a live mount of the store is refused (FK0308)
+/// whatever the mode asked, and the mount there stays as it was: still
+/// tracked with its server, its log not truncated, nothing stacked on it
+/// (before, a kernel mount over a FUSE one replaced its tracking file and
+/// left the server running untracked). A tracking file whose mount was
+/// removed by other means does not block the next mount.
+#[test]
+fn a_mountpoint_holding_our_mount_is_refused_and_its_mount_stays_tracked() {
+    require_fuse();
+    let store = store_with("busybox");
+    let mnt = scratch_dir("fukastor-test-mnt-");
+    let m = mount(store.path(), "busybox", mnt.path(), Mode::Fuse);
+    let pid = m.pid.expect("server pid");
+    let log = server_log(store.path(), m.path());
+    assert!(!log.is_empty(), "the server has no log");
+    for mode in [Mode::Kernel, Mode::Default, Mode::Fuse, Mode::Passthrough] {
+        let (mut again, run) = try_mount(store.path(), None, "busybox", m.path(), mode);
+        again.active = false;
+        assert_eq!(
+            run.status.code(),
+            Some(1),
+            "mount ({mode:?}) over our FUSE mount: {run}"
+        );
+        assert!(
+            run.stderr.contains("error[FK0308]") && run.stderr.contains("hint: unmount it first"),
+            "mount ({mode:?}) over our FUSE mount: {run}"
+        );
+        assert_eq!(mounts_at(m.path()), 1, "mount ({mode:?}) stacked a mount");
+        let row = mounts_row(store.path(), None, m.path()).expect("still listed");
+        assert_eq!(row["mode"], "fuse", "{mode:?}: {row}");
+        assert_eq!(row["pid"].as_u64(), Some(u64::from(pid)), "{mode:?}: {row}");
+        assert_eq!(row["state"], "serving", "{mode:?}: {row}");
+        assert_eq!(
+            server_log(store.path(), m.path()),
+            log,
+            "{mode:?}: the log changed"
+        );
+    }
+    let canonical = m.path().to_owned();
+    umount_and_stats(m, None);
+
+    let k = mount(store.path(), "busybox", &canonical, Mode::Kernel);
+    let (mut again, run) = try_mount(store.path(), None, "busybox", k.path(), Mode::Fuse);
+    again.active = false;
+    assert!(
+        run.stderr.contains("error[FK0308]"),
+        "--fuse over our kernel mount: {run}"
+    );
+    assert_eq!(
+        mounts_at(k.path()),
+        1,
+        "--fuse stacked a mount on the kernel one"
+    );
+    // Unmounted behind fukastor's back: the tracking file stays, stale.
+    rustix::mount::unmount(k.path(), rustix::mount::UnmountFlags::empty()).unwrap();
+    assert!(tracking_file(store.path(), k.path(), "json").exists());
+    drop(k);
+    let k = mount(store.path(), "busybox", &canonical, Mode::Kernel);
+    assert_eq!(mounts_at(k.path()), 1);
+}
+
 #[test]
 fn lifecycle_sigkill_leaves_a_dead_mount_that_umount_cleans() {
     require_fuse();

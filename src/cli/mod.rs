@@ -482,7 +482,14 @@ fn run(cli: &Cli) -> CliResult {
             if want_kernel {
                 match crate::mount::mount_kernel(&store, &id, &label, mountpoint) {
                     Ok(()) => done = true,
-                    Err(e) if *kernel || matches!(e, crate::mount::MountError::Mountpoint(..)) => {
+                    Err(e)
+                        if *kernel
+                            || matches!(
+                                e,
+                                crate::mount::MountError::Mountpoint(..)
+                                    | crate::mount::MountError::Taken(..)
+                            ) =>
+                    {
                         return Err(e.into());
                     }
                     Err(e) => tracing::warn!("kernel mount failed ({e}); using FUSE"),

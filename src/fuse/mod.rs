@@ -77,6 +77,7 @@ pub fn serve(
     if !canonical.is_dir() {
         return Err(MountError::Mountpoint(shown, "not a directory".into()));
     }
+    crate::mount::refuse_taken(store.root(), &canonical)?;
     raise_nofile();
     let tree = store.image_tree(id)?;
     let inodes = inodes::Inodes::new(&tree);
@@ -218,6 +219,8 @@ pub fn spawn(
     if !canonical.is_dir() {
         return Err(MountError::Mountpoint(shown, "not a directory".into()));
     }
+    // Before the log is created: it would truncate a live server's log.
+    crate::mount::refuse_taken(store_root, &canonical)?;
     let exe = std::env::current_exe()
         .map_err(|e| MountError::Server(format!("finding this program: {e}")))?;
     let log_path = track::path_for(store_root, &canonical).with_extension("log");

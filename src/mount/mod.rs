@@ -58,6 +58,9 @@ pub enum MountError {
     /// kernel says ENOTBLK from a store on tmpfs).
     #[error("the kernel cannot mount images from the store's filesystem ({0}): {1}")]
     StoreFs(String, String),
+    /// The mountpoint already holds a live mount of this store.
+    #[error("{0} already holds a fukastor mount of {1} ({2})")]
+    Taken(String, String, String),
     /// Store trouble.
     #[error(transparent)]
     Store(#[from] StoreError),
@@ -74,6 +77,7 @@ impl Coded for MountError {
             MountError::Server(_) => "FK0305",
             MountError::Filtered(_) => "FK0306",
             MountError::StoreFs(..) => "FK0307",
+            MountError::Taken(..) => "FK0308",
             MountError::Store(e) => e.code(),
         }
     }
@@ -93,6 +97,9 @@ impl Coded for MountError {
             }
             MountError::StoreFs(..) => {
                 "keep the store on ext4, xfs or btrfs (`--store DIR`); `mount --fuse` works from any filesystem".into()
+            }
+            MountError::Taken(at, ..) => {
+                format!("unmount it first (`fukastor umount {at}`), or mount somewhere else")
             }
             MountError::Store(e) => e.hint(),
         }
@@ -138,6 +145,8 @@ pub fn mount_kernel(
     if !rustix::process::geteuid().is_root() {
         return Err(MountError::NotPrivileged(label.to_string()));
     }
+    let canonical = fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    refuse_taken(store.root(), &canonical)?;
     let image_path = store.root().join("images").join(id.to_hex());
     let image: OwnedFd =
         rustix::fs::open(&image_path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
@@ -167,7 +176,6 @@ pub fn mount_kernel(
     })?;
     // Tracked before it is attached: a store too full for the tracking
     // file then leaves no mount behind (the detached mount goes with `mnt`).
-    let canonical = fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
     track::record(
         store.root(),
         &track::Tracked {
@@ -183,6 +191,26 @@ pub fn mount_kernel(
         track::forget(store.root(), &canonical);
         MountError::Kernel(e.to_string())
     })?;
+    Ok(())
+}
+
+/// Refuses mountpoint `canonical` when it holds a live mount of this store
+/// (in the mount table, or its server running): a mount over it would
+/// replace its tracking file, and `mounts` and `umount` would lose the one
+/// below (a FUSE server would be left running untracked). A tracking file
+/// whose mount is gone (unmounted by other means) does not count. Costs one
+/// failed `open` when nothing was mounted there.
+pub(crate) fn refuse_taken(store_root: &Path, canonical: &Path) -> Result<(), MountError> {
+    let Some(t) = track::read(store_root, canonical) else {
+        return Ok(());
+    };
+    if list().iter().any(|m| m.mountpoint == canonical) || t.pid.is_some_and(track::alive) {
+        return Err(MountError::Taken(
+            canonical.display().to_string(),
+            t.image,
+            t.mode,
+        ));
+    }
     Ok(())
 }
 
