@@ -1169,6 +1169,62 @@ fn run_without_rm_keeps_the_container_and_start_runs_it_again() {
     st.assert_fsck_clean();
 }
 
+/// `rmi` of the last name of an image that a container or a live mount
+/// uses is refused with FK0113 and changes nothing; untagging another of its
+/// names works. Before, the image went, and the next `gc` deleted the
+/// objects under the mounted container, whose files then vanished. Once the
+/// container is removed and the mount gone, `rmi` and `gc` free it.
+#[test]
+fn rmi_refuses_an_image_a_container_or_a_mount_uses() {
+    let _serial = serial();
+    require_containers();
+    let fx = fixtures();
+    let st = CStore::new();
+    st.pull_named(&fx.oci("busybox"), "busybox");
+    st.ok(["tag", "busybox", "other"]);
+    st.ok(["create", "busybox", "--name", "user"]);
+    st.ok(["container", "mount", "user"]);
+    st.ok(["rmi", "other"]);
+    let images = st.ok(["--json", "images"]).stdout_str();
+    let run = st.run(["rmi", "busybox"]);
+    assert_coded_error(&run, "FK0113", "rmi of the image of a mounted container");
+    assert!(run.stderr.contains("container user"), "{run}");
+    assert_eq!(
+        st.ok(["--json", "images"]).stdout_str(),
+        images,
+        "rmi changed the images"
+    );
+    st.ok(["gc"]);
+    // Read for the first time now: nothing of it is cached.
+    let through_rootfs = std::fs::read(st.rootfs("user").join("bin/busybox"))
+        .unwrap_or_else(|e| panic!("the container's /bin/busybox after rmi and gc: {e}"));
+    assert!(through_rootfs == image_file(&st, "busybox", "bin/busybox"));
+    st.ok(["container", "umount", "user"]);
+    assert_coded_error(
+        &st.run(["rmi", "busybox"]),
+        "FK0113",
+        "rmi of the image of a stopped container",
+    );
+    st.ok(["rm", "user"]);
+
+    let mnt = scratch_dir("fukastor-test-mnt-");
+    st.ok([
+        OsStr::new("mount"),
+        OsStr::new("--kernel"),
+        OsStr::new("busybox"),
+        mnt.path().as_os_str(),
+    ]);
+    let run = st.run(["rmi", "busybox"]);
+    let refused = run.stderr.contains("error[FK0113]") && run.stderr.contains("the mount at");
+    st.ok([OsStr::new("umount"), mnt.path().as_os_str()]);
+    assert!(refused, "rmi of a mounted image: {run}");
+    st.ok(["rmi", "busybox"]);
+    let gc = json_of(&st.ok(["--json", "gc"]));
+    assert!(gc["objects"].as_u64() > Some(0), "gc freed nothing: {gc}");
+    st.assert_nothing_left("after rm, umount and rmi");
+    st.assert_fsck_clean();
+}
+
 /// A container record that does not parse: `ps` fails with FK0104, whose
 /// hint is fsck; `fsck` reports it; `fsck --repair` leaves a mounted one
 /// alone, moves an unmounted one aside and keeps its volume, and `create`

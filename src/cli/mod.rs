@@ -633,6 +633,25 @@ fn rmi(store: &Store, image: &str, out: &mut impl Write, quiet: bool) -> CliResu
             .map(|(n, _)| n)
             .collect(),
     };
+    // Its last name goes: refused while a container or a live mount uses
+    // it (as podman's rmi refuses), before anything changes. Removed, its
+    // objects would go at the next `gc` from under them.
+    let last = !store
+        .refs()?
+        .iter()
+        .any(|(n, i)| *i == id && !names.contains(n));
+    if last {
+        let users = image_users(store, &id)?;
+        if !users.is_empty() {
+            return Err(CliError {
+                code: "FK0113",
+                message: format!("image {image} is in use by {}", users.join(", ")),
+                hint: "remove those containers (`fukastor rm NAME`) and unmount those mounts \
+                       (`fukastor umount MOUNTPOINT`) first"
+                    .into(),
+            });
+        }
+    }
     // Record first, then the ref: a crash in between leaves a named image
     // whose record forgot the name, never a lost name that repair revives.
     if let Ok(mut record) = store.record(&id) {
@@ -659,6 +678,32 @@ fn rmi(store: &Store, image: &str, out: &mut impl Write, quiet: bool) -> CliResu
         }
     }
     Ok(())
+}
+
+/// The containers and live mounts that use image `id`, as "container NAME"
+/// and "the mount at PATH".
+fn image_users(store: &Store, id: &crate::store::ObjectId) -> CliResult<Vec<String>> {
+    let hex = id.to_hex();
+    let mut users: Vec<String> = crate::container::Containers::new(store.root())
+        .list()?
+        .into_iter()
+        .filter(|c| c.image_id == hex)
+        .map(|c| format!("container {}", c.name))
+        .collect();
+    let own = store.root().join("fukastor/containers");
+    let table: Vec<PathBuf> = crate::mount::list()
+        .into_iter()
+        .map(|m| m.mountpoint)
+        .collect();
+    users.extend(
+        crate::mount::track::all(store.root())
+            .into_iter()
+            // A container's own image mount: the container is named.
+            .filter(|t| !t.mountpoint.starts_with(&own))
+            .filter(|t| t.id == hex && table.contains(&t.mountpoint))
+            .map(|t| format!("the mount at {}", t.mountpoint.display())),
+    );
+    Ok(users)
 }
 
 fn io(e: std::io::Error) -> CliError {
