@@ -620,6 +620,28 @@ impl Background {
         }
     }
 
+    /// Waits up to 60 s for the container to write `path` (seen from the
+    /// host); panics if it exits first or never does.
+    fn wait_for_file(&mut self, path: &Path) {
+        let deadline = Instant::now() + Duration::from_secs(60);
+        while !path.exists() {
+            if let Some(status) = self.try_wait() {
+                panic!(
+                    "the container exited ({status}) before writing {}:\n{}",
+                    path.display(),
+                    self.output()
+                );
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the container did not write {} within 60 s:\n{}",
+                path.display(),
+                self.output()
+            );
+            std::thread::sleep(Duration::from_millis(50));
+        }
+    }
+
     fn output(&self) -> String {
         format!(
             "--- stdout:\n{}\n--- stderr:\n{}",
@@ -1225,6 +1247,81 @@ fn rmi_refuses_an_image_a_container_or_a_mount_uses() {
     st.assert_fsck_clean();
 }
 
+/// While a container runs (here under `run`), `start`, `rm`, `rm --force`
+/// and `container umount` are refused with FK0807 and leave it running:
+/// before, `start` force-deleted crun's state of the running container,
+/// killing it, and `rm --force` unmounted what it could and stopped at the
+/// busy volume. Once it exits, `rm` works. A container whose mounts are gone
+/// but whose volume was left attached (an unmount cut short) is removed by
+/// `rm`, which detaches the volume (before: FK0715).
+#[test]
+fn a_running_container_is_not_started_unmounted_or_removed_under_itself() {
+    let _serial = serial();
+    require_containers();
+    let fx = fixtures();
+    let out = scratch_dir("fukastor-test-busy-out-");
+    let st = CStore::new();
+    st.pull_named(&fx.oci("busybox"), "busybox");
+    let script = "echo up > /up; i=0; \
+        while [ ! -e /go ]; do i=$((i + 1)); [ $i -gt 1200 ] && exit 9; sleep 0.1; done; \
+        echo still-ran";
+    let mut cmd = st.command();
+    cmd.args(["run", "--name", "busy", "busybox", "--", "sh", "-c", script]);
+    let mut bg = Background::spawn(cmd, "fukastor run --name busy", out.path());
+    let rootfs = st.rootfs("busy");
+    bg.wait_for_file(&rootfs.join("up"));
+    for args in [
+        &["start", "busy"][..],
+        &["rm", "busy"],
+        &["rm", "--force", "busy"],
+        &["container", "umount", "busy"],
+    ] {
+        let run = st.run(args);
+        assert_coded_error(&run, "FK0807", &format!("{args:?} of a running container"));
+        assert!(
+            bg.try_wait().is_none(),
+            "{args:?} stopped the container:\n{}",
+            bg.output()
+        );
+        assert!(
+            mount_at(&rootfs).is_some(),
+            "{args:?} unmounted the running container's root"
+        );
+    }
+    std::fs::write(rootfs.join("go"), b"").unwrap();
+    let status = bg
+        .wait_for(Duration::from_secs(60))
+        .unwrap_or_else(|| panic!("the container did not finish:\n{}", bg.output()));
+    assert!(
+        status.success(),
+        "run ended with {status}:\n{}",
+        bg.output()
+    );
+    assert!(bg.output().contains("still-ran"), "{}", bg.output());
+    st.ok(["rm", "busy"]);
+
+    // Mounts gone, volume still attached.
+    st.ok(["create", "busybox", "--name", "left"]);
+    st.ok(["container", "mount", "left"]);
+    let dir = st.container_dir("left");
+    for m in [dir.join("rootfs"), dir.join("fs"), dir.join("lower")] {
+        rustix::mount::unmount(&m, rustix::mount::UnmountFlags::empty())
+            .unwrap_or_else(|e| panic!("unmounting {}: {e}", m.display()));
+    }
+    let attached = st
+        .volumes()
+        .into_iter()
+        .any(|v| v["name"] == "ctr.left" && !v["device"].is_null());
+    assert!(
+        attached,
+        "the volume should still be attached: {:?}",
+        st.volumes()
+    );
+    st.ok(["rm", "left"]);
+    st.assert_nothing_left("after rm of a container whose volume was left attached");
+    st.assert_fsck_clean();
+}
+
 /// A container record that does not parse: `ps` fails with FK0104, whose
 /// hint is fsck; `fsck` reports it; `fsck --repair` leaves a mounted one
 /// alone, moves an unmounted one aside and keeps its volume, and `create`
@@ -1371,21 +1468,7 @@ fn atomic_snapshot_of_a_running_container_then_rollback_and_start() {
     let mut bg = Background::spawn(cmd, "fukastor run --name snap", out.path());
 
     let rootfs = st.rootfs("snap");
-    let deadline = Instant::now() + Duration::from_secs(60);
-    while !rootfs.join("before").exists() {
-        if let Some(status) = bg.try_wait() {
-            panic!(
-                "the container exited ({status}) before writing /before:\n{}",
-                bg.output()
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "the container did not write /before within 60 s:\n{}",
-            bg.output()
-        );
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    bg.wait_for_file(&rootfs.join("before"));
 
     // While it runs: mounted, an overlay on the image's composefs mount.
     assert_eq!(st.ps_row("snap").unwrap()["state"], "mounted");

@@ -395,7 +395,12 @@ pub fn container(out: &mut impl Write, cli: &Cli, cmd: &ContainerCommand) -> Cli
             let at = containers.mount(container, mountpoint.as_deref())?;
             writeln!(out, "{}", at.display()).map_err(io)
         }
-        ContainerCommand::Umount { container } => Ok(containers.umount(container)?),
+        ContainerCommand::Umount { container } => {
+            // Its processes keep their own copies of the mounts: unmounting
+            // here would stop at the volume, busy under them.
+            crate::runtime::refuse_running(container)?;
+            Ok(containers.umount(container)?)
+        }
     }
 }
 
@@ -403,6 +408,7 @@ pub fn container(out: &mut impl Write, cli: &Cli, cmd: &ContainerCommand) -> Cli
 pub fn rm(cli: &Cli, names: &[String], force: bool) -> CliResult {
     let containers = Containers::new(&store_root(cli));
     for n in names {
+        crate::runtime::refuse_running(n)?;
         containers.remove(n, force)?;
     }
     Ok(())

@@ -984,9 +984,9 @@ impl Containers {
         if mounted && !force {
             return Err(ContainerError::Mounted(name.into()));
         }
-        if mounted || c.mountpoint.is_some() {
-            self.umount(name)?;
-        }
+        // Also when nothing is mounted: a volume left attached (an unmount
+        // cut short) is detached, not refused with FK0715.
+        self.umount(name)?;
         self.remove_volume(&c.volume)?;
         self.forget(name, &work)
     }

@@ -56,6 +56,9 @@ pub enum RuntimeError {
     /// Malformed hook input.
     #[error("hook input: {0}")]
     HookInput(String),
+    /// The container runs (under another `run` or `start`).
+    #[error("container {0:?} is running")]
+    Running(String),
     /// The container.
     #[error(transparent)]
     Container(#[from] ContainerError),
@@ -74,6 +77,7 @@ impl Coded for RuntimeError {
             RuntimeError::Config(_) => "FK0804",
             RuntimeError::NoBundle(_) => "FK0805",
             RuntimeError::HookInput(_) => "FK0806",
+            RuntimeError::Running(_) => "FK0807",
             RuntimeError::Container(e) => e.code(),
             RuntimeError::Store(e) => e.code(),
         }
@@ -96,6 +100,9 @@ impl Coded for RuntimeError {
             RuntimeError::HookInput(_) => {
                 "hooks read the runtime config (precreate) or state (poststop) JSON on stdin, as podman passes them".into()
             }
+            RuntimeError::Running(name) => format!(
+                "wait for it to exit, or stop it: `crun kill fukastor-{name}` (as the user who ran it)"
+            ),
             RuntimeError::Container(e) => e.hint(),
             RuntimeError::Store(e) => e.hint(),
         }
@@ -240,6 +247,7 @@ pub fn start(store_root: &Path, name: &str) -> Result<i32> {
     let warmer = cgroup::Warmer::start();
     let containers = Containers::new(store_root);
     containers.get(name)?;
+    refuse_running(name)?;
     let bundle = bundle_dir(store_root, name);
     if !bundle.join("config.json").is_file() {
         return Err(RuntimeError::NoBundle(name.to_string()));
@@ -288,20 +296,71 @@ pub fn which_crun() -> Result<PathBuf> {
         .ok_or(RuntimeError::NoCrun)
 }
 
-/// Runs `crun run` on `bundle` with this process's stdio; returns the
-/// container's exit status (128 + N for a signal).
-fn crun_run(bundle: &Path, name: &str, warmer: &cgroup::Warmer) -> Result<i32> {
-    let crun = which_crun()?;
-    let id = format!("fukastor-{name}");
-    // A container state left by a crash would make `run` refuse the ID
-    // (crun keeps it in /run/crun/ID as root; asking costs ~100 ms).
-    let state = std::env::var_os("XDG_RUNTIME_DIR")
+/// crun's ID for container `name`.
+fn crun_id(name: &str) -> String {
+    format!("fukastor-{name}")
+}
+
+/// Where crun keeps the state of container `id`: `/run/crun/ID` as root,
+/// `$XDG_RUNTIME_DIR/crun/ID` otherwise.
+fn crun_state_dir(id: &str) -> PathBuf {
+    std::env::var_os("XDG_RUNTIME_DIR")
         .filter(|_| !rustix::process::geteuid().is_root())
         .map_or_else(
             || PathBuf::from("/run/crun"),
             |d| PathBuf::from(d).join("crun"),
-        );
-    let _ = state.join(&id).exists()
+        )
+        .join(id)
+}
+
+/// True when container `name` runs under crun (a `run` or `start`, maybe
+/// another user's session): crun's state names a process that is alive
+/// and started when the state says, as crun itself checks (a pid reused
+/// since is another process). Reads one small file; no crun process.
+pub fn is_running(name: &str) -> bool {
+    #[derive(serde::Deserialize)]
+    struct Status {
+        pid: i32,
+        #[serde(rename = "process-start-time")]
+        start: u64,
+    }
+    let status = crun_state_dir(&crun_id(name)).join("status");
+    let Some(s) = std::fs::read(status)
+        .ok()
+        .and_then(|d| serde_json::from_slice::<Status>(&d).ok())
+    else {
+        return false;
+    };
+    process_start_time(s.pid) == Some(s.start)
+}
+
+/// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks
+/// after boot.
+fn process_start_time(pid: i32) -> Option<u64> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    // The command name (field 2) is in parentheses and may hold anything.
+    let after_name = stat.get(stat.rfind(')')? + 2..)?;
+    after_name.split(' ').nth(22 - 3)?.parse().ok()
+}
+
+/// Refuses container `name` while it runs.
+pub fn refuse_running(name: &str) -> Result<()> {
+    if is_running(name) {
+        return Err(RuntimeError::Running(name.to_string()));
+    }
+    Ok(())
+}
+
+/// Runs `crun run` on `bundle` with this process's stdio; returns the
+/// container's exit status (128 + N for a signal).
+fn crun_run(bundle: &Path, name: &str, warmer: &cgroup::Warmer) -> Result<i32> {
+    let crun = which_crun()?;
+    let id = crun_id(name);
+    // A container state left by a crash would make `run` refuse the ID
+    // (asking crun costs ~100 ms). A running container's is not a leftover:
+    // `delete --force` would kill it.
+    refuse_running(name)?;
+    let _ = crun_state_dir(&id).exists()
         && Command::new(&crun)
             .args(["delete", "--force", &id])
             .stdout(std::process::Stdio::null())
