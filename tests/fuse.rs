@@ -1213,8 +1213,9 @@ fn mounts_at(canonical: &Path) -> usize {
 /// whatever the mode asked, and the mount there stays as it was: still
 /// tracked with its server, its log not truncated, nothing stacked on it
 /// (before, a kernel mount over a FUSE one replaced its tracking file and
-/// left the server running untracked). A tracking file whose mount was
-/// removed by other means does not block the next mount.
+/// left the server running untracked). A tracking file whose mount is gone
+/// (removed by other means, or naming a pid reused since) does not block
+/// the next mount.
 #[test]
 fn a_mountpoint_holding_our_mount_is_refused_and_its_mount_stays_tracked() {
     require_fuse();
@@ -1224,14 +1225,15 @@ fn a_mountpoint_holding_our_mount_is_refused_and_its_mount_stays_tracked() {
     let pid = m.pid.expect("server pid");
     let log = server_log(store.path(), m.path());
     assert!(!log.is_empty(), "the server has no log");
+    let tracked = std::fs::read_to_string(tracking_file(store.path(), m.path(), "json")).unwrap();
     for mode in [Mode::Kernel, Mode::Default, Mode::Fuse, Mode::Passthrough] {
         let (mut again, run) = try_mount(store.path(), None, "busybox", m.path(), mode);
-        again.active = false;
         assert_eq!(
             run.status.code(),
             Some(1),
             "mount ({mode:?}) over our FUSE mount: {run}"
         );
+        again.active = false;
         assert!(
             run.stderr.contains("error[FK0308]") && run.stderr.contains("hint: unmount it first"),
             "mount ({mode:?}) over our FUSE mount: {run}"
@@ -1250,13 +1252,22 @@ fn a_mountpoint_holding_our_mount_is_refused_and_its_mount_stays_tracked() {
     let canonical = m.path().to_owned();
     umount_and_stats(m, None);
 
+    // A tracking file left behind whose pid is now another live process
+    // (this test's): nothing is mounted, so it does not block.
+    let leftover = serde_json::from_str::<serde_json::Value>(&tracked)
+        .map(|mut t| {
+            t["pid"] = std::process::id().into();
+            t.to_string()
+        })
+        .unwrap();
+    std::fs::write(tracking_file(store.path(), &canonical, "json"), leftover).unwrap();
     let k = mount(store.path(), "busybox", &canonical, Mode::Kernel);
     let (mut again, run) = try_mount(store.path(), None, "busybox", k.path(), Mode::Fuse);
-    again.active = false;
     assert!(
         run.stderr.contains("error[FK0308]"),
         "--fuse over our kernel mount: {run}"
     );
+    again.active = false;
     assert_eq!(
         mounts_at(k.path()),
         1,

@@ -194,17 +194,23 @@ pub fn mount_kernel(
     Ok(())
 }
 
-/// Refuses mountpoint `canonical` when it holds a live mount of this store
-/// (in the mount table, or its server running): a mount over it would
+/// Refuses mountpoint `canonical` when the mount table shows a mount of
+/// this store there and a tracking file names it: a mount over it would
 /// replace its tracking file, and `mounts` and `umount` would lose the one
-/// below (a FUSE server would be left running untracked). A tracking file
-/// whose mount is gone (unmounted by other means) does not count. Costs one
-/// failed `open` when nothing was mounted there.
+/// below (a FUSE server would be left running untracked). Only the mount
+/// table counts: a tracking file whose mount is gone (unmounted by other
+/// means, its server maybe still exiting, or its pid reused since) does not
+/// block, nor does another store's mount. Costs one failed `open` when
+/// nothing was mounted there.
 pub(crate) fn refuse_taken(store_root: &Path, canonical: &Path) -> Result<(), MountError> {
     let Some(t) = track::read(store_root, canonical) else {
         return Ok(());
     };
-    if list().iter().any(|m| m.mountpoint == canonical) || t.pid.is_some_and(track::alive) {
+    let ours = format!("@{}", store_root.display());
+    if list()
+        .iter()
+        .any(|m| m.mountpoint == canonical && m.source.ends_with(&ours))
+    {
         return Err(MountError::Taken(
             canonical.display().to_string(),
             t.image,
