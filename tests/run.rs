@@ -1322,6 +1322,59 @@ fn a_running_container_is_not_started_unmounted_or_removed_under_itself() {
     st.assert_fsck_clean();
 }
 
+/// Creates of one name at once: exactly one succeeds, the others get
+/// FK0751, and one volume is left for the one record. Before, a create that
+/// found the name's volume but not yet its record took it for a crash's
+/// leftover and deleted it: two creates could both succeed over one name.
+#[test]
+fn concurrent_creates_of_one_name_make_one_container() {
+    let _serial = serial();
+    require_containers();
+    let fx = fixtures();
+    let st = CStore::new();
+    st.pull_named(&fx.oci("busybox"), "busybox");
+    st.ok(["create", "busybox", "--name", "warm"]);
+    for round in 0..5 {
+        let name = format!("same{round}");
+        let outputs: Vec<std::process::Output> = std::thread::scope(|s| {
+            let spawned: Vec<_> = (0..4)
+                .map(|_| {
+                    let mut cmd = st.command();
+                    cmd.args(["create", "busybox", "--name", &name]);
+                    s.spawn(move || cmd.output().expect("run fukastor create"))
+                })
+                .collect();
+            spawned.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let won = outputs.iter().filter(|o| o.status.success()).count();
+        let report: Vec<String> = outputs
+            .iter()
+            .map(|o| format!("{}: {}", o.status, String::from_utf8_lossy(&o.stderr)))
+            .collect();
+        assert_eq!(
+            won, 1,
+            "round {round}: {won} creates of {name} succeeded: {report:#?}"
+        );
+        assert!(
+            outputs
+                .iter()
+                .filter(|o| !o.status.success())
+                .all(|o| String::from_utf8_lossy(&o.stderr).contains("error[FK0751]")),
+            "round {round}: {report:#?}"
+        );
+        let volumes = st
+            .volumes()
+            .into_iter()
+            .filter(|v| v["name"] == format!("ctr.{name}"))
+            .count();
+        assert_eq!(volumes, 1, "round {round}");
+        st.ok(["rm", &name]);
+    }
+    st.ok(["rm", "warm"]);
+    st.assert_nothing_left("after the concurrent creates");
+    st.assert_fsck_clean();
+}
+
 /// A container record that does not parse: `ps` fails with FK0104, whose
 /// hint is fsck; `fsck` reports it; `fsck --repair` leaves a mounted one
 /// alone, moves an unmounted one aside and keeps its volume, and `create`

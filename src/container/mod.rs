@@ -16,9 +16,11 @@
 //!
 //! # Steps and what a crash leaves
 //!
-//! `create`: clone the template (one metadata file), then write the record.
-//! A crash between leaves a volume `ctr.<name>` without a record; the next
-//! `create` of that name removes it first.
+//! `create`: clone the template (one metadata file), then write the record,
+//! under `fukastor/containers.lock` (`flock`) from the name check to the
+//! record, so a volume without a record is never another create's at work.
+//! A crash between leaves a volume `ctr.<name>` without a record (and drops
+//! the lock); the next `create` of that name removes it first.
 //!
 //! `mount`: image at `lower` (on a thread) while the volume is attached and
 //! its ext4 mounted at `fs`, then the overlay at the mountpoint; the record
@@ -244,6 +246,29 @@ impl Containers {
         let boot = crate::volume::boot_id()?;
         let file = crate::volume::boot_file(name, &boot, ".json");
         Some(self.dir.join(".ephemeral").join(file))
+    }
+
+    /// Takes `fukastor/containers.lock` (`flock`, exclusive, waiting for
+    /// it): creates run one at a time from the name check to the record.
+    /// The kernel drops the lock when its holder dies.
+    fn create_lock(&self) -> Result<std::fs::File> {
+        let io = |e: std::io::Error| StoreError::Io {
+            context: "taking the containers' create lock".into(),
+            source: e,
+        };
+        let path = self.paths.store.join("fukastor/containers.lock");
+        if let Some(dir) = path.parent() {
+            std::fs::create_dir_all(dir).map_err(io)?;
+        }
+        let file = std::fs::OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(path)
+            .map_err(io)?;
+        rustix::fs::flock(&file, rustix::fs::FlockOperation::LockExclusive)
+            .map_err(|e| io(e.into()))?;
+        Ok(file)
     }
 
     /// Container `name`'s record file, if it has one: the durable one,
@@ -652,6 +677,11 @@ impl Containers {
             None => generated_name(&label),
         };
         check_name(&name)?;
+        // Held until the record is written: two creates of one name (two
+        // `run --rm --name X` at once) would otherwise both find no record,
+        // and the second take the first's fresh volume for a crash's
+        // leftover and delete it.
+        let _creating = self.create_lock()?;
         if self.locate(&name).is_some() {
             return Err(ContainerError::Exists(name));
         }
