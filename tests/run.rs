@@ -112,6 +112,11 @@ where
 {
     let mut cmd = Command::new(program);
     cmd.args(args);
+    if program == "crun" {
+        // As root fukastor keeps crun's state in /run/crun whatever
+        // XDG_RUNTIME_DIR says; crun alone would look under that variable.
+        cmd.env_remove("XDG_RUNTIME_DIR");
+    }
     run_command(cmd)
 }
 
@@ -1206,6 +1211,25 @@ fn rmi_refuses_an_image_a_container_or_a_mount_uses() {
     st.ok(["tag", "busybox", "other"]);
     st.ok(["create", "busybox", "--name", "user"]);
     st.ok(["container", "mount", "user"]);
+    // Both names in one command, or the ID: the last name would go.
+    let images = st.ok(["--json", "images"]).stdout_str();
+    let id = json_array(&st.ok(["--json", "images"]))[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    for args in [&["rmi", "other", "busybox"][..], &["rmi", &id[..12]]] {
+        let run = st.run(args);
+        assert_coded_error(
+            &run,
+            "FK0113",
+            &format!("{args:?} of the image of a mounted container"),
+        );
+        assert_eq!(
+            st.ok(["--json", "images"]).stdout_str(),
+            images,
+            "{args:?} changed the images"
+        );
+    }
     st.ok(["rmi", "other"]);
     let images = st.ok(["--json", "images"]).stdout_str();
     let run = st.run(["rmi", "busybox"]);
@@ -1248,7 +1272,9 @@ fn rmi_refuses_an_image_a_container_or_a_mount_uses() {
 }
 
 /// While a container runs (here under `run`), `start`, `rm`, `rm --force`
-/// and `container umount` are refused with FK0807 and leave it running:
+/// and `container umount` are refused with FK0807 and leave it running,
+/// from a session with another `XDG_RUNTIME_DIR` too (crun keeps its state
+/// under that variable; fukastor pins it to /run/crun as root):
 /// before, `start` force-deleted crun's state of the running container,
 /// killing it, and `rm --force` unmounted what it could and stopped at the
 /// busy volume. Once it exits, `rm` works. A container whose mounts are gone
@@ -1265,11 +1291,23 @@ fn a_running_container_is_not_started_unmounted_or_removed_under_itself() {
     let script = "echo up > /up; i=0; \
         while [ ! -e /go ]; do i=$((i + 1)); [ $i -gt 1200 ] && exit 9; sleep 0.1; done; \
         echo still-ran";
+    // Started from a session with its own XDG_RUNTIME_DIR (a root login's
+    // /run/user/0), checked from one without it, and with it.
+    let session = scratch_dir("fukastor-test-xdg-");
     let mut cmd = st.command();
+    cmd.env("XDG_RUNTIME_DIR", session.path());
     cmd.args(["run", "--name", "busy", "busybox", "--", "sh", "-c", script]);
     let mut bg = Background::spawn(cmd, "fukastor run --name busy", out.path());
     let rootfs = st.rootfs("busy");
     bg.wait_for_file(&rootfs.join("up"));
+    let mut start = st.command();
+    start.env("XDG_RUNTIME_DIR", session.path());
+    start.args(["start", "busy"]);
+    assert_coded_error(
+        &run_command(start),
+        "FK0807",
+        "start of a running container, same session",
+    );
     for args in [
         &["start", "busy"][..],
         &["rm", "busy"],

@@ -18,7 +18,7 @@ use composefs::fsverity::FsVerityHashValue;
 
 use crate::error::Coded;
 use crate::oci::{PullOptions, Source};
-use crate::store::{ImageName, LockMode, Store, StoreError};
+use crate::store::{ImageName, LockMode, ObjectId, Store, StoreError};
 
 /// fukastor: a composefs-style image store with kernel mounts.
 #[derive(Debug, Parser)]
@@ -407,8 +407,27 @@ fn run(cli: &Cli) -> CliResult {
         }
         Command::Rmi { images } => {
             let store = open(cli, LockMode::Shared)?;
-            for image in images {
-                rmi(&store, image, out, cli.quiet)?;
+            // Held from the check to the removal: a `create` resolves its
+            // image and writes its record under this lock, so it cannot
+            // take the image in between.
+            let _creates = crate::container::Containers::new(store.root()).lock_creates()?;
+            let targets = images
+                .iter()
+                .map(|image| rmi_names(&store, image))
+                .collect::<CliResult<Vec<_>>>()?;
+            refuse_in_use(&store, images, &targets)?;
+            // A name given twice (or by name and by ID) goes once.
+            let mut gone: Vec<ImageName> = Vec::new();
+            for (id, names) in &targets {
+                let names: Vec<ImageName> = names
+                    .iter()
+                    .filter(|n| !gone.contains(n))
+                    .cloned()
+                    .collect();
+                if !names.is_empty() {
+                    rmi(&store, id, &names, out, cli.quiet)?;
+                    gone.extend(names);
+                }
             }
             Ok(())
         }
@@ -622,7 +641,9 @@ fn run(cli: &Cli) -> CliResult {
     }
 }
 
-fn rmi(store: &Store, image: &str, out: &mut impl Write, quiet: bool) -> CliResult {
+/// The image `image` names and the names `rmi image` removes: that name,
+/// or every name of the image for an ID.
+fn rmi_names(store: &Store, image: &str) -> CliResult<(ObjectId, Vec<ImageName>)> {
     let (id, name) = store.resolve(image)?;
     let names: Vec<ImageName> = match name {
         Some(n) => vec![n],
@@ -633,15 +654,27 @@ fn rmi(store: &Store, image: &str, out: &mut impl Write, quiet: bool) -> CliResu
             .map(|(n, _)| n)
             .collect(),
     };
-    // Its last name goes: refused while a container or a live mount uses
-    // it (as podman's rmi refuses), before anything changes. Removed, its
-    // objects would go at the next `gc` from under them.
-    let last = !store
-        .refs()?
-        .iter()
-        .any(|(n, i)| *i == id && !names.contains(n));
-    if last {
-        let users = image_users(store, &id)?;
+    Ok((id, names))
+}
+
+/// Refuses an `rmi` that would take the last name of an image a container
+/// or a live mount uses (as podman's rmi refuses), before anything changes:
+/// removed, its objects would go at the next `gc` from under them. Every
+/// argument is weighed together (`rmi a b` of an image named only a and b
+/// takes its last name).
+fn refuse_in_use(
+    store: &Store,
+    images: &[String],
+    targets: &[(ObjectId, Vec<ImageName>)],
+) -> CliResult {
+    let going: Vec<&ImageName> = targets.iter().flat_map(|(_, n)| n).collect();
+    let refs = store.refs()?;
+    for (image, (id, _)) in images.iter().zip(targets) {
+        let last = !refs.iter().any(|(n, i)| i == id && !going.contains(&n));
+        if !last {
+            continue;
+        }
+        let users = image_users(store, id)?;
         if !users.is_empty() {
             return Err(CliError {
                 code: "FK0113",
@@ -652,22 +685,33 @@ fn rmi(store: &Store, image: &str, out: &mut impl Write, quiet: bool) -> CliResu
             });
         }
     }
+    Ok(())
+}
+
+/// Removes `names`, then image `id` when no name is left.
+fn rmi(
+    store: &Store,
+    id: &ObjectId,
+    names: &[ImageName],
+    out: &mut impl Write,
+    quiet: bool,
+) -> CliResult {
     // Record first, then the ref: a crash in between leaves a named image
     // whose record forgot the name, never a lost name that repair revives.
-    if let Ok(mut record) = store.record(&id) {
+    if let Ok(mut record) = store.record(id) {
         record
             .names
             .retain(|n| !names.iter().any(|m| m.as_str() == n));
-        store.write_record(&id, &record)?;
+        store.write_record(id, &record)?;
     }
-    for n in &names {
+    for n in names {
         store.remove_ref(n)?;
         if !quiet {
             writeln!(out, "untagged {n}").map_err(io)?;
         }
     }
-    if !store.refs()?.iter().any(|(_, i)| *i == id) {
-        store.forget_image(&id)?;
+    if !store.refs()?.iter().any(|(_, i)| i == id) {
+        store.forget_image(id)?;
         if !quiet {
             writeln!(
                 out,
@@ -682,7 +726,7 @@ fn rmi(store: &Store, image: &str, out: &mut impl Write, quiet: bool) -> CliResu
 
 /// The containers and live mounts that use image `id`, as "container NAME"
 /// and "the mount at PATH".
-fn image_users(store: &Store, id: &crate::store::ObjectId) -> CliResult<Vec<String>> {
+fn image_users(store: &Store, id: &ObjectId) -> CliResult<Vec<String>> {
     let hex = id.to_hex();
     let mut users: Vec<String> = crate::container::Containers::new(store.root())
         .list()?
@@ -691,8 +735,10 @@ fn image_users(store: &Store, id: &crate::store::ObjectId) -> CliResult<Vec<Stri
         .map(|c| format!("container {}", c.name))
         .collect();
     let own = store.root().join("fukastor/containers");
+    let ours = format!("@{}", store.root().display());
     let table: Vec<PathBuf> = crate::mount::list()
         .into_iter()
+        .filter(|m| m.source.ends_with(&ours))
         .map(|m| m.mountpoint)
         .collect();
     users.extend(

@@ -249,9 +249,11 @@ impl Containers {
     }
 
     /// Takes `fukastor/containers.lock` (`flock`, exclusive, waiting for
-    /// it): creates run one at a time from the name check to the record.
-    /// The kernel drops the lock when its holder dies.
-    fn create_lock(&self) -> Result<std::fs::File> {
+    /// it) until the file returned is dropped: creates hold it from the
+    /// image's resolution to the record, `rmi` from its check that no
+    /// container uses the image to the image's removal. The kernel drops
+    /// the lock when its holder dies.
+    pub fn lock_creates(&self) -> Result<std::fs::File> {
         let io = |e: std::io::Error| StoreError::Io {
             context: "taking the containers' create lock".into(),
             source: e,
@@ -668,6 +670,13 @@ impl Containers {
         // Before anything is written: a bad size would otherwise surface
         // as a failed mkfs of the template.
         crate::volume::check_size(size)?;
+        // Held until the record is written, from before the image is
+        // resolved: two creates of one name (two `run --rm --name X` at
+        // once) would otherwise both find no record, and the second take
+        // the first's fresh volume for a crash's leftover and delete it;
+        // and an `rmi` (which takes it too) could remove the image between
+        // its resolution here and the record that names it.
+        let _creating = self.lock_creates()?;
         let store = Store::open(&self.paths.store, LockMode::Shared)?;
         let (id, image_name) = store.resolve(image)?;
         drop(store);
@@ -677,11 +686,6 @@ impl Containers {
             None => generated_name(&label),
         };
         check_name(&name)?;
-        // Held until the record is written: two creates of one name (two
-        // `run --rm --name X` at once) would otherwise both find no record,
-        // and the second take the first's fresh volume for a crash's
-        // leftover and delete it.
-        let _creating = self.create_lock()?;
         if self.locate(&name).is_some() {
             return Err(ContainerError::Exists(name));
         }

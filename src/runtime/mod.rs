@@ -101,7 +101,8 @@ impl Coded for RuntimeError {
                 "hooks read the runtime config (precreate) or state (poststop) JSON on stdin, as podman passes them".into()
             }
             RuntimeError::Running(name) => format!(
-                "wait for it to exit, or stop it: `crun kill fukastor-{name}` (as the user who ran it)"
+                "wait for it to exit, or stop it: `crun --root {} kill fukastor-{name}`",
+                crun_root().display()
             ),
             RuntimeError::Container(e) => e.hint(),
             RuntimeError::Store(e) => e.hint(),
@@ -301,37 +302,44 @@ fn crun_id(name: &str) -> String {
     format!("fukastor-{name}")
 }
 
-/// Where crun keeps the state of container `id`: `/run/crun/ID` as root,
-/// `$XDG_RUNTIME_DIR/crun/ID` otherwise.
-fn crun_state_dir(id: &str) -> PathBuf {
+/// The state directory fukastor gives crun (`crun --root`): `/run/crun` as
+/// root, whatever `XDG_RUNTIME_DIR` says (crun itself would use
+/// `$XDG_RUNTIME_DIR/crun` when it is set, root included, so a root login's
+/// `/run/user/0` would hide a container from a shell without it); for other
+/// users `$XDG_RUNTIME_DIR/crun`, as crun chooses.
+pub fn crun_root() -> PathBuf {
     std::env::var_os("XDG_RUNTIME_DIR")
-        .filter(|_| !rustix::process::geteuid().is_root())
+        .filter(|d| !d.is_empty() && !rustix::process::geteuid().is_root())
         .map_or_else(
             || PathBuf::from("/run/crun"),
             |d| PathBuf::from(d).join("crun"),
         )
-        .join(id)
 }
 
 /// True when container `name` runs under crun (a `run` or `start`, maybe
-/// another user's session): crun's state names a process that is alive
-/// and started when the state says, as crun itself checks (a pid reused
-/// since is another process). Reads one small file; no crun process.
+/// from another session): crun's state in [`crun_root`] names a process that is alive and
+/// started when the state says, as crun itself checks (a pid reused since
+/// is another process; a state without a start time, which older crun
+/// versions write, counts when its pid is alive). Reads one small file; no
+/// crun process.
 pub fn is_running(name: &str) -> bool {
     #[derive(serde::Deserialize)]
     struct Status {
         pid: i32,
-        #[serde(rename = "process-start-time")]
-        start: u64,
+        #[serde(rename = "process-start-time", default)]
+        start: Option<u64>,
     }
-    let status = crun_state_dir(&crun_id(name)).join("status");
+    let status = crun_root().join(crun_id(name)).join("status");
     let Some(s) = std::fs::read(status)
         .ok()
         .and_then(|d| serde_json::from_slice::<Status>(&d).ok())
     else {
         return false;
     };
-    process_start_time(s.pid) == Some(s.start)
+    match (process_start_time(s.pid), s.start) {
+        (Some(now), Some(then)) => now == then,
+        (alive, _) => alive.is_some(),
+    }
 }
 
 /// Field 22 of `/proc/PID/stat`: when the process started, in clock ticks
@@ -360,8 +368,11 @@ fn crun_run(bundle: &Path, name: &str, warmer: &cgroup::Warmer) -> Result<i32> {
     // (asking crun costs ~100 ms). A running container's is not a leftover:
     // `delete --force` would kill it.
     refuse_running(name)?;
-    let _ = crun_state_dir(&id).exists()
+    let root = crun_root();
+    let _ = root.join(&id).exists()
         && Command::new(&crun)
+            .arg("--root")
+            .arg(&root)
             .args(["delete", "--force", &id])
             .stdout(std::process::Stdio::null())
             .stderr(std::process::Stdio::null())
@@ -369,6 +380,8 @@ fn crun_run(bundle: &Path, name: &str, warmer: &cgroup::Warmer) -> Result<i32> {
             .is_ok();
     warmer.crun_starts();
     let mut child = Command::new(&crun)
+        .arg("--root")
+        .arg(&root)
         .arg("run")
         .arg("--bundle")
         .arg(bundle)

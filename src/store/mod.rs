@@ -181,7 +181,7 @@ impl Store {
     }
 
     /// Opens the store at `root`, creating it when missing, and takes the lock
-    /// in `mode`.
+    /// in `mode`. [`Store::root`] is then the canonical path.
     pub fn open(root: &Path, mode: LockMode) -> Result<Store> {
         let open_err = |source| StoreError::Open {
             path: root.to_path_buf(),
@@ -198,10 +198,10 @@ impl Store {
             });
         }
         let lock = lock::StoreLock::take(&root.join("fukastor/lock"), mode)?;
-        Ok(Store {
-            root: root.to_path_buf(),
-            _lock: lock,
-        })
+        // Absolute and canonical: mount sources name the store by it
+        // (`composefs:IMAGE@ROOT`), and whoever reads them compares.
+        let root = fs::canonicalize(root).map_err(open_err)?;
+        Ok(Store { root, _lock: lock })
     }
 
     /// Creates the directory skeleton. Safe to run concurrently: every step
