@@ -593,7 +593,10 @@ fn run(cli: &Cli) -> CliResult {
         }
         Command::Gc { dry_run } => {
             let store = open(cli, LockMode::Exclusive)?;
-            let mut in_use = crate::mount::track::mounted_ids(&store);
+            let mut in_use: Vec<String> = crate::mount::track::mounted(&store)
+                .into_iter()
+                .map(|t| t.id)
+                .collect();
             let containers = crate::container::Containers::new(store.root());
             if !*dry_run {
                 let n = containers.remove_stale_records()?;
@@ -735,18 +738,11 @@ fn image_users(store: &Store, id: &ObjectId) -> CliResult<Vec<String>> {
         .map(|c| format!("container {}", c.name))
         .collect();
     let own = store.root().join("fukastor/containers");
-    let ours = format!("@{}", store.root().display());
-    let table: Vec<PathBuf> = crate::mount::list()
-        .into_iter()
-        .filter(|m| m.source.ends_with(&ours))
-        .map(|m| m.mountpoint)
-        .collect();
     users.extend(
-        crate::mount::track::all(store.root())
+        crate::mount::track::mounted(store)
             .into_iter()
             // A container's own image mount: the container is named.
-            .filter(|t| !t.mountpoint.starts_with(&own))
-            .filter(|t| t.id == hex && table.contains(&t.mountpoint))
+            .filter(|t| t.id == hex && !t.mountpoint.starts_with(&own))
             .map(|t| format!("the mount at {}", t.mountpoint.display())),
     );
     Ok(users)

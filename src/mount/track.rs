@@ -118,12 +118,13 @@ pub fn alive(pid: u32) -> bool {
     }
 }
 
-/// Image IDs mounted right now (tracking file and mount table agree).
-pub fn mounted_ids(store: &Store) -> Vec<String> {
+/// The mounts of the store that are there right now (tracking file and
+/// mount table agree; stale tracking files left out). What `gc` keeps and
+/// `rmi` refuses to remove.
+pub fn mounted(store: &Store) -> Vec<Tracked> {
     let table: Vec<PathBuf> = super::list().into_iter().map(|m| m.mountpoint).collect();
     all(store.root())
         .into_iter()
         .filter(|t| table.contains(&t.mountpoint))
-        .map(|t| t.id)
         .collect()
 }
