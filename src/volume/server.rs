@@ -699,18 +699,20 @@ impl Ctx {
     /// let the loop device's last I/O complete, and so its detach, can
     /// still hold the volume after the detach was answered (seen in CI as
     /// a rollback refused with FK0706 right after `container umount`).
-    /// Only this server opens the pool's volumes, so what holds a volume
-    /// that is neither attached nor being compacted lets go soon.
+    /// Only this server opens the pool's volumes, and its callers have
+    /// made sure the volume is neither attached nor being compacted, so
+    /// what still holds it lets go soon; if not, the error says so (not
+    /// FK0706's "detach the volume first": it is detached).
     fn once_closed<T>(&self, name: &str, f: impl Fn() -> Result<T>) -> Result<T> {
         let deadline = Instant::now() + Duration::from_secs(2);
         loop {
             match f() {
-                Err(VolumeError::Busy(_))
-                    if self.served.is_some()
-                        && self.device(name).is_none()
-                        && self.compacting_volume(name).is_none()
-                        && Instant::now() < deadline =>
-                {
+                Err(VolumeError::Busy(_)) if self.served.is_some() => {
+                    if Instant::now() >= deadline {
+                        return Err(VolumeError::Server(format!(
+                            "volume {name:?} is detached but still open 2 s later"
+                        )));
+                    }
                     std::thread::sleep(Duration::from_millis(1));
                 }
                 r => return r,
@@ -1046,15 +1048,7 @@ impl Ctx {
                     cleanup_stale(&self.paths, Some(name));
                 }
                 self.stop_compaction(Some(name));
-                match self.once_closed(name, || self.pool.delete_volume(name)) {
-                    Err(VolumeError::Busy(_)) => {
-                        return Err(VolumeError::Server(format!(
-                            "volume {name:?} was detached but is still open 2 s later; \
-                             remove it with `fukastor volume rm {name}`"
-                        )));
-                    }
-                    r => r?,
-                }
+                self.once_closed(name, || self.pool.delete_volume(name))?;
                 self.reclaim_later();
                 Ok(Response::Discarded { lost })
             }
@@ -1578,7 +1572,8 @@ mod tests {
 
     /// A server's rollback, snapshot and rm of a volume just detached wait for the
     /// FUSE request thread that still holds it (here a thread that keeps a
-    /// reference for 200 ms), and give up with FK0706 after 2 s.
+    /// reference for 200 ms), and give up after 2 s with FK0714, which
+    /// says the volume is still open.
     #[test]
     fn requests_on_a_detached_volume_wait_for_a_request_thread_to_let_go() {
         let dir = tempfile::tempdir().unwrap();
@@ -1635,7 +1630,8 @@ mod tests {
         let remove = Request::Remove { name: "w".into() };
         let started = Instant::now();
         let e = ctx.execute_request(&remove).unwrap_err();
-        assert_eq!(e.code(), "FK0706");
+        assert_eq!(e.code(), "FK0714", "{e}");
+        assert!(e.to_string().contains("still open"), "{e}");
         assert!(started.elapsed() >= Duration::from_secs(2), "gave up early");
     }
 }
