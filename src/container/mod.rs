@@ -1018,11 +1018,10 @@ impl Containers {
         if mounted && !force {
             return Err(ContainerError::Mounted(name.into()));
         }
-        // Also when nothing is mounted: a volume left attached (an unmount
-        // cut short) is detached, not refused with FK0715.
-        self.umount(name)?;
-        self.remove_volume(&c.volume)?;
-        self.forget(name, &work)
+        // What the end of `run --rm` does: whatever is left of its mounts
+        // goes (a volume left attached by an unmount cut short included),
+        // and the volume is detached and deleted in one request, unflushed.
+        self.discard(name).map(drop)
     }
 
     /// Deletes volume `volume` (the volume server), if it is there.
