@@ -382,6 +382,13 @@ impl CStore {
         CStore { store, root }
     }
 
+    /// A new store holding fixture image `tag` under that name.
+    fn with_image(tag: &str) -> Self {
+        let st = CStore::new();
+        st.pull_named(&fixtures().oci(tag), tag);
+        st
+    }
+
     fn path(&self) -> &Path {
         &self.root
     }
@@ -736,9 +743,7 @@ fn assert_lower_is_composefs(st: &CStore, name: &str) {
 fn run_prints_the_image_os_release_and_passes_exit_statuses_on() {
     let _serial = serial();
     require_containers();
-    let fx = fixtures();
-    let st = CStore::new();
-    st.pull_named(&fx.oci("bookworm"), "bookworm");
+    let st = CStore::with_image("bookworm");
     let expected = image_file(&st, "bookworm", "/usr/lib/os-release");
     assert!(
         String::from_utf8_lossy(&expected).contains("VERSION_CODENAME=bookworm"),
@@ -1107,9 +1112,7 @@ fn run_honours_the_image_config_and_its_overrides() {
 fn run_without_rm_keeps_the_container_and_start_runs_it_again() {
     let _serial = serial();
     require_containers();
-    let fx = fixtures();
-    let st = CStore::new();
-    st.pull_named(&fx.oci("busybox"), "busybox");
+    let st = CStore::with_image("busybox");
     let script = "echo x >> /runs; n=$(wc -l < /runs); echo \"runs=$n\"; exit $((10 + n))";
 
     let run = st.run(["run", "--name", "keep", "busybox", "--", "sh", "-c", script]);
@@ -1205,9 +1208,7 @@ fn run_without_rm_keeps_the_container_and_start_runs_it_again() {
 fn rmi_refuses_an_image_a_container_or_a_mount_uses() {
     let _serial = serial();
     require_containers();
-    let fx = fixtures();
-    let st = CStore::new();
-    st.pull_named(&fx.oci("busybox"), "busybox");
+    let st = CStore::with_image("busybox");
     st.ok(["tag", "busybox", "other"]);
     st.ok(["create", "busybox", "--name", "user"]);
     st.ok(["container", "mount", "user"]);
@@ -1284,10 +1285,8 @@ fn rmi_refuses_an_image_a_container_or_a_mount_uses() {
 fn a_running_container_is_not_started_unmounted_or_removed_under_itself() {
     let _serial = serial();
     require_containers();
-    let fx = fixtures();
     let out = scratch_dir("fukastor-test-busy-out-");
-    let st = CStore::new();
-    st.pull_named(&fx.oci("busybox"), "busybox");
+    let st = CStore::with_image("busybox");
     let script = "echo up > /up; i=0; \
         while [ ! -e /go ]; do i=$((i + 1)); [ $i -gt 1200 ] && exit 9; sleep 0.1; done; \
         echo still-ran";
@@ -1368,9 +1367,7 @@ fn a_running_container_is_not_started_unmounted_or_removed_under_itself() {
 fn concurrent_creates_of_one_name_make_one_container() {
     let _serial = serial();
     require_containers();
-    let fx = fixtures();
-    let st = CStore::new();
-    st.pull_named(&fx.oci("busybox"), "busybox");
+    let st = CStore::with_image("busybox");
     st.ok(["create", "busybox", "--name", "warm"]);
     for round in 0..5 {
         let name = format!("same{round}");
@@ -1421,9 +1418,7 @@ fn concurrent_creates_of_one_name_make_one_container() {
 fn fsck_reports_and_repairs_a_damaged_container_record() {
     let _serial = serial();
     require_containers();
-    let fx = fixtures();
-    let st = CStore::new();
-    st.pull_named(&fx.oci("busybox"), "busybox");
+    let st = CStore::with_image("busybox");
     for name in ["dmg", "fine", "mnt"] {
         st.ok(["create", "busybox", "--name", name]);
     }
@@ -1541,10 +1536,8 @@ fn fsck_reports_and_repairs_a_damaged_container_record() {
 fn atomic_snapshot_of_a_running_container_then_rollback_and_start() {
     let _serial = serial();
     require_containers();
-    let fx = fixtures();
     let out = scratch_dir("fukastor-test-snap-out-");
-    let st = CStore::new();
-    st.pull_named(&fx.oci("busybox"), "busybox");
+    let st = CStore::with_image("busybox");
     // First run: writes /before, waits for /go (made by the test after the
     // snapshot), writes /after. Any later run reports what it finds.
     let script = "if [ -e /before ]; then \
@@ -1641,9 +1634,7 @@ fn twenty_containers_share_the_image_objects() {
     const WRITE: usize = 256 * KIB as usize;
     let _serial = serial();
     require_containers();
-    let fx = fixtures();
-    let st = CStore::new();
-    st.pull_named(&fx.oci("bookworm"), "bookworm");
+    let st = CStore::with_image("bookworm");
     let os_release = image_file(&st, "bookworm", "/usr/lib/os-release");
     let objects = st.path().join("objects");
     let images = st.path().join("images");
