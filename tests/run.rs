@@ -9,9 +9,12 @@
 //!   hostname = the container's name), and `-e`, `--workdir`, `--user` and a
 //!   command after `--` override it. The test image is the `busybox` fixture
 //!   with a config set by `umoci config`.
-//! - Inside the container, `/proc/self/mountinfo` shows an overlay root whose
-//!   lower layer is `STORE/fukastor/containers/NAME/lower`, which on the host
-//!   is the image's composefs mount.
+//! - Inside the container, `/proc/self/mountinfo` shows that its root is a
+//!   writable composefs mount of the store: an overlay with source
+//!   `composefs:IMAGE@STORE`, the store's `objects` as its data-only layer
+//!   (`datadir+=`, `metacopy=on`) and `STORE/fukastor/containers/NAME/fs/upper`
+//!   (the volume's ext4) as its upper layer; on the host the same mount is at
+//!   the container's `rootfs`.
 //! - Without `--rm` the container stays (`ps`: stopped) and `start` runs it
 //!   again with its writes kept; `start` of a container without a bundle fails
 //!   with a coded error.
@@ -248,14 +251,40 @@ fn mount_at(mp: &Path) -> Option<MountEntry> {
         .find(|m| m.mount_point == mp)
 }
 
-/// The first lower layer of an overlay mount, from its super options
-/// (`lowerdir=A:B` or, with the new mount API, `lowerdir+=A`).
-fn overlay_first_lower(m: &MountEntry) -> Option<String> {
-    m.super_opts.split(',').find_map(|o| {
-        o.strip_prefix("lowerdir+=")
-            .or_else(|| o.strip_prefix("lowerdir="))
-            .map(|v| v.split(':').next().unwrap_or_default().to_owned())
-    })
+/// Option `key` (`upperdir=`, `datadir+=`, ...) of an overlay mount's
+/// super options.
+fn overlay_option<'a>(m: &'a MountEntry, key: &str) -> Option<&'a str> {
+    m.super_opts.split(',').find_map(|o| o.strip_prefix(key))
+}
+
+/// Checks that mount `m` is a container's root filesystem as fukastor makes
+/// it: a writable composefs mount of store `st` (overlay, source
+/// `composefs:IMAGE@STORE`, the store's objects as data-only layer, with
+/// metacopy) whose upper layer is `STORE/fukastor/containers/NAME/fs/upper`;
+/// returns that NAME.
+fn assert_writable_composefs(st: &CStore, m: &MountEntry) -> String {
+    assert_eq!(m.fstype, "overlay", "not an overlay: {m:?}");
+    let store = st.path().display().to_string();
+    assert!(
+        m.source.starts_with("composefs:") && m.source.ends_with(&format!("@{store}")),
+        "the overlay's source is not composefs:IMAGE@{store}: {m:?}"
+    );
+    assert_eq!(
+        overlay_option(m, "datadir+="),
+        Some(format!("{store}/objects").as_str()),
+        "the overlay's data-only layer is not the store's objects: {m:?}"
+    );
+    assert_eq!(overlay_option(m, "metacopy="), Some("on"), "{m:?}");
+    let containers = format!("{store}/fukastor/containers/");
+    let upper = overlay_option(m, "upperdir=")
+        .unwrap_or_else(|| panic!("the overlay has no upper layer: {m:?}"));
+    upper
+        .strip_prefix(&containers)
+        .and_then(|rest| rest.strip_suffix("/fs/upper"))
+        .unwrap_or_else(|| {
+            panic!("the overlay's upper layer is {upper}, not {containers}NAME/fs/upper: {m:?}")
+        })
+        .to_owned()
 }
 
 /// Loop devices whose backing file is in the store.
@@ -688,8 +717,8 @@ fn image_file(st: &CStore, image: &str, path: &str) -> Vec<u8> {
     std::fs::read(&dest).unwrap_or_else(|e| panic!("read {}: {e}", dest.display()))
 }
 
-/// Checks the root line of a container's mountinfo: an overlay whose first
-/// lower layer is `STORE/fukastor/containers/NAME/lower` (any NAME when
+/// Checks the root line of a container's mountinfo: container NAME's
+/// writable composefs mount ([`assert_writable_composefs`]; any NAME when
 /// `name` is None); returns that NAME.
 fn assert_root_is_fukastor_overlay(st: &CStore, mountinfo: &str, name: Option<&str>) -> String {
     let root = parse_mountinfo(mountinfo)
@@ -697,22 +726,7 @@ fn assert_root_is_fukastor_overlay(st: &CStore, mountinfo: &str, name: Option<&s
         .rev()
         .find(|m| m.mount_point == Path::new("/"))
         .unwrap_or_else(|| panic!("no `/` in the container's mountinfo:\n{mountinfo}"));
-    assert_eq!(
-        root.fstype, "overlay",
-        "the container's root is not an overlay: {root:?}"
-    );
-    let lower = overlay_first_lower(&root)
-        .unwrap_or_else(|| panic!("the container's root overlay has no lowerdir: {root:?}"));
-    let containers = format!("{}/fukastor/containers/", st.path().display());
-    let ctr = lower
-        .strip_prefix(&containers)
-        .and_then(|rest| rest.strip_suffix("/lower"))
-        .unwrap_or_else(|| {
-            panic!(
-                "the root overlay's lower layer is {lower}, not {containers}NAME/lower: {root:?}"
-            )
-        })
-        .to_owned();
+    let ctr = assert_writable_composefs(st, &root);
     if let Some(name) = name {
         assert_eq!(
             ctr, name,
@@ -720,19 +734,6 @@ fn assert_root_is_fukastor_overlay(st: &CStore, mountinfo: &str, name: Option<&s
         );
     }
     ctr
-}
-
-/// On the host: `STORE/fukastor/containers/NAME/lower` is the image's
-/// composefs mount (an overlay with source `composefs:…`).
-fn assert_lower_is_composefs(st: &CStore, name: &str) {
-    let lower = st.container_dir(name).join("lower");
-    let m = mount_at(&lower)
-        .unwrap_or_else(|| panic!("{} is not mounted while {name} runs", lower.display()));
-    assert!(
-        m.fstype == "overlay" && m.source.starts_with("composefs:"),
-        "{}: expected the image's composefs mount (overlay, source composefs:…): {m:?}",
-        lower.display()
-    );
 }
 
 // ---------------------------------------------------------------------------
@@ -1341,7 +1342,7 @@ fn a_running_container_is_not_started_unmounted_or_removed_under_itself() {
     st.ok(["create", "busybox", "--name", "left"]);
     st.ok(["container", "mount", "left"]);
     let dir = st.container_dir("left");
-    for m in [dir.join("rootfs"), dir.join("fs"), dir.join("lower")] {
+    for m in [dir.join("rootfs"), dir.join("fs")] {
         rustix::mount::unmount(&m, rustix::mount::UnmountFlags::empty())
             .unwrap_or_else(|e| panic!("unmounting {}: {e}", m.display()));
     }
@@ -1490,7 +1491,7 @@ fn fsck_reports_and_repairs_a_damaged_container_record() {
     );
 
     // By hand, as the detail says; then the repair finishes.
-    for d in ["rootfs", "fs", "lower"] {
+    for d in ["rootfs", "fs"] {
         let path = st.container_dir("mnt").join(d);
         let out = tool("umount", [path.as_os_str()]);
         assert!(out.success(), "umount {}: {out}", path.display());
@@ -1554,16 +1555,10 @@ fn atomic_snapshot_of_a_running_container_then_rollback_and_start() {
     let rootfs = st.rootfs("snap");
     bg.wait_for_file(&rootfs.join("before"));
 
-    // While it runs: mounted, an overlay on the image's composefs mount.
+    // While it runs: mounted, its rootfs a writable composefs mount.
     assert_eq!(st.ps_row("snap").unwrap()["state"], "mounted");
     let m = mount_at(&rootfs).expect("the rootfs is mounted while the container runs");
-    assert_eq!(m.fstype, "overlay", "{m:?}");
-    assert_eq!(
-        overlay_first_lower(&m).as_deref().map(PathBuf::from),
-        Some(st.container_dir("snap").join("lower")),
-        "{m:?}"
-    );
-    assert_lower_is_composefs(&st, "snap");
+    assert_eq!(assert_writable_composefs(&st, &m), "snap");
     let state = tool("crun", ["state", "fukastor-snap"]);
     state.assert_success();
     let state = json_of(&state);

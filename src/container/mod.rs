@@ -5,10 +5,16 @@
 //!
 //! ```text
 //! STORE/fukastor/containers/<name>.json   the record: image, volume, size, mountpoint
-//! STORE/fukastor/containers/<name>/lower  the image, mounted read-only (kernel composefs)
 //! STORE/fukastor/containers/<name>/fs     the volume's ext4 (directories upper/ and work/)
-//! STORE/fukastor/containers/<name>/rootfs the overlay: the default mountpoint
+//! STORE/fukastor/containers/<name>/rootfs the root filesystem: the default mountpoint
 //! ```
+//!
+//! The root filesystem is one overlayfs ([`crate::mount::mount_writable`]):
+//! the image's EROFS (mounted detached, attached nowhere else) as its lower
+//! layer, the store's objects as its data-only layer, and `fs/upper` as its
+//! upper layer: a writable composefs mount. (Before, the image had its own
+//! read-only composefs mount at `<name>/lower` under the container's
+//! overlay; [`LEGACY_LOWER`] is still unmounted where one is found.)
 //!
 //! A container's volume is `ctr.<name>`, a clone of snapshot `formatted` of
 //! the template volume `template.ext4-<size>` (built once per size by the
@@ -22,15 +28,15 @@
 //! A crash between leaves a volume `ctr.<name>` without a record (and drops
 //! the lock); the next `create` of that name removes it first.
 //!
-//! `mount`: image at `lower` (on a thread) while the volume is attached and
+//! `mount`: the image's EROFS (on a thread) while the volume is attached and
 //! its ext4 mounted at `fs`, then the overlay at the mountpoint; the record
 //! names the mountpoint only when it is not the default `rootfs` (so
 //! mounting and unmounting there write no record). A failure undoes the
 //! steps already done, in reverse. A crash leaves some of these mounts;
 //! `container umount` (and `rm --force`) undoes whatever it finds, each
-//! step tolerating the ones already gone. `umount` unmounts the overlay,
-//! then the ext4 and the image at once, and detaches the volume once the
-//! ext4 is gone.
+//! step tolerating the ones already gone. `umount` unmounts the overlay
+//! (the image's EROFS goes with it), then the ext4, and detaches the volume
+//! once the ext4 is gone.
 //!
 //! `run --rm` mounts with [`Containers::mount_disposable`] (ext4
 //! `nobarrier,noload`) and ends with [`Containers::discard`] (the volume detached
@@ -212,7 +218,12 @@ fn call(paths: &Paths, req: &Request) -> Result<Response> {
 }
 
 /// A container's work directory tree: what a spare tree holds.
-const SPARE_TREE: [&str; 4] = ["bundle", "fs", "lower", "rootfs"];
+const SPARE_TREE: [&str; 3] = ["bundle", "fs", "rootfs"];
+
+/// Where fukastor mounted a container's image before its root filesystem
+/// became one overlay (a container mounted then may still have it):
+/// unmounted when found, and never reached into.
+const LEGACY_LOWER: &str = "lower";
 
 /// Spare work directory trees kept at most (one per `run --rm` that may
 /// overlap another).
@@ -292,8 +303,8 @@ impl Containers {
     }
 
     /// Gives a container that has no work directory `work` a spare tree
-    /// (`bundle`, `fs`, `lower`, `rootfs`, all empty), if one is kept: one
-    /// rename instead of five `mkdir`s, each of which allocates a block
+    /// (`bundle`, `fs`, `rootfs`, all empty), if one is kept: one
+    /// rename instead of four `mkdir`s, each of which allocates a block
     /// (about 1 ms apiece on this project's CI hosts' ext4; their `rmdir`
     /// frees it again, a discard each). Any failure leaves the `mkdir`s to
     /// the caller; two runs racing for one spare both try the next one.
@@ -317,7 +328,7 @@ impl Containers {
     /// exactly what [`Containers::reuse_spare_tree`] hands out once
     /// `bundle/config.json` is gone: a directory holding the four
     /// directories (none a symlink; the caller made sure none is a mount),
-    /// `fs`, `lower` and `rootfs` empty, nothing in `bundle` but that file.
+    /// `fs` and `rootfs` empty, nothing in `bundle` but that file.
     /// Returns false (and changes nothing but `config.json`) otherwise, or
     /// when [`MAX_SPARE_TREES`] are kept already; the caller
     /// then removes `work`.
@@ -381,6 +392,7 @@ impl Containers {
     fn retire_work_dir(&self, work: &Path) {
         let mounted = std::iter::once(work.to_path_buf())
             .chain(SPARE_TREE.iter().map(|d| work.join(d)))
+            .chain(std::iter::once(work.join(LEGACY_LOWER)))
             .find(|d| crate::mount::is_mount_root(d));
         if let Some(m) = mounted {
             tracing::warn!(
@@ -537,7 +549,7 @@ impl Containers {
             let mut repaired = false;
             if repair {
                 let work = self.work_dir(name);
-                let mounted: Vec<String> = ["rootfs", "fs", "lower"]
+                let mounted: Vec<String> = ["rootfs", "fs", LEGACY_LOWER]
                     .iter()
                     .map(|d| work.join(d))
                     .filter(|p| crate::mount::is_mount_root(p))
@@ -808,18 +820,16 @@ impl Containers {
         }
         let work = self.work_dir(name);
         self.reuse_spare_tree(&work);
-        let (lower, fs) = (work.join("lower"), work.join("fs"));
+        let fs = work.join("fs");
         let default = work.join("rootfs");
         let target = match mountpoint {
             Some(m) => m.to_path_buf(),
             None => default.clone(),
         };
-        for d in [&lower, &fs] {
-            std::fs::create_dir_all(d).map_err(|e| StoreError::Io {
-                context: format!("creating {}", d.display()),
-                source: e,
-            })?;
-        }
+        std::fs::create_dir_all(&fs).map_err(|e| StoreError::Io {
+            context: format!("creating {}", fs.display()),
+            source: e,
+        })?;
         if mountpoint.is_none() {
             std::fs::create_dir_all(&target).map_err(|e| StoreError::Io {
                 context: format!("creating {}", target.display()),
@@ -829,22 +839,18 @@ impl Containers {
         let target = std::fs::canonicalize(&target).map_err(|e| {
             ContainerError::Mount(name.into(), format!("mountpoint {}: {e}", target.display()))
         })?;
-        // Steps, undone in reverse on failure. The image mount (here) and
-        // the attach (the volume server) need nothing from each other: the
-        // image is mounted on a thread while the volume is attached and its
-        // ext4 mounted.
+        // Steps, undone in reverse on failure. The image's EROFS (on a
+        // thread) and the volume (attached by the volume server, its ext4
+        // mounted here) need nothing from each other; then one overlay of
+        // the image over the ext4's `upper`.
         let mut undo = Undo::new(self, name);
-        let image = || -> Result<()> {
-            if crate::mount::is_mount_root(&lower) {
-                return Ok(());
-            }
+        let image = || -> Result<crate::mount::ImageLayers> {
             let _s = tracing::debug_span!("image").entered();
             let store = Store::open(&self.paths.store, LockMode::Shared)?;
             let id = crate::store::ObjectId::from_hex(&c.image_id).map_err(|_| {
                 StoreError::Damaged(format!("container {name}: bad image ID {}", c.image_id))
             })?;
-            crate::mount::mount_kernel(&store, &id, &c.image, &lower)?;
-            Ok(())
+            Ok(crate::mount::image_layers(&store, &id, &c.image)?)
         };
         let (image, volume) = std::thread::scope(|s| {
             let image = s.spawn(image);
@@ -854,13 +860,11 @@ impl Containers {
                 .unwrap_or_else(|p| std::panic::resume_unwind(p));
             (image, volume)
         });
-        undo.lower = image.is_ok();
-        image?;
+        let image = image?;
         volume?;
         {
             let _s = tracing::debug_span!("overlay").entered();
-            overlay(&lower, &fs.join("upper"), &fs.join("work"), &target)
-                .map_err(|e| ContainerError::Mount(name.into(), e))?;
+            crate::mount::mount_writable(&image, &fs.join("upper"), &fs.join("work"), &target)?;
         }
         let recorded = (target != default).then_some(target.clone());
         if c.mountpoint != recorded {
@@ -947,7 +951,7 @@ impl Containers {
         self.put(&c)
     }
 
-    /// Unmounts the image (on a thread) while it unmounts the ext4 and then
+    /// Unmounts the ext4 (and a [`LEGACY_LOWER`] image mount) and then
     /// detaches the volume (the volume server). With `discard` (the end of
     /// a `run --rm`), the volume is detached unflushed and deleted instead,
     /// and once nothing is mounted in it the container's directory `work`
@@ -959,47 +963,32 @@ impl Containers {
         work: &Path,
         discard: bool,
     ) -> Result<Option<String>> {
-        let (fs, lower) = (work.join("fs"), work.join("lower"));
-        let image = || -> Result<()> {
-            if crate::mount::is_mount_root(&lower) {
-                let _s = tracing::debug_span!("image").entered();
-                crate::mount::umount(&self.paths.store, &lower)?;
+        let (fs, lower) = (work.join("fs"), work.join(LEGACY_LOWER));
+        if crate::mount::is_mount_root(&lower) {
+            crate::mount::umount(&self.paths.store, &lower)?;
+        }
+        if crate::mount::is_mount_root(&fs) {
+            let _s = tracing::debug_span!("ext4").entered();
+            unmount(&fs).map_err(|e| ContainerError::Umount(name.into(), e))?;
+        }
+        let _s = tracing::debug_span!("detach").entered();
+        let req = if discard {
+            Request::Discard {
+                name: volume.to_string(),
             }
-            Ok(())
+        } else {
+            Request::Detach {
+                name: volume.to_string(),
+            }
         };
-        let (detached, image) = std::thread::scope(|s| {
-            let image = s.spawn(image);
-            let detached = (|| {
-                if crate::mount::is_mount_root(&fs) {
-                    let _s = tracing::debug_span!("ext4").entered();
-                    unmount(&fs).map_err(|e| ContainerError::Umount(name.into(), e))?;
-                }
-                let _s = tracing::debug_span!("detach").entered();
-                let name = volume.to_string();
-                let req = if discard {
-                    Request::Discard { name }
-                } else {
-                    Request::Detach { name }
-                };
-                match call(&self.paths, &req) {
-                    Ok(Response::Discarded { lost }) => Ok(lost),
-                    Ok(_) => Ok(None),
-                    // Not attached, or gone (a `discard` a crash cut short).
-                    Err(ContainerError::Volume(e))
-                        if e.code() == "FK0716" || e.code() == "FK0701" =>
-                    {
-                        Ok(None)
-                    }
-                    Err(e) => Err(e),
-                }
-            })();
-            let image = image
-                .join()
-                .unwrap_or_else(|p| std::panic::resume_unwind(p));
-            (detached, image)
-        });
-        let lost = detached?;
-        image?;
+        let lost = match call(&self.paths, &req) {
+            Ok(Response::Discarded { lost }) => lost,
+            Ok(_) => None,
+            // Not attached, or gone (a `discard` a crash cut short).
+            Err(ContainerError::Volume(e)) if e.code() == "FK0716" || e.code() == "FK0701" => None,
+            Err(e) => return Err(e),
+        };
+        drop(_s);
         if discard {
             let _s = tracing::debug_span!("rmdir").entered();
             self.retire_work_dir(work);
@@ -1014,7 +1003,7 @@ impl Containers {
         let work = self.work_dir(name);
         let mounted = crate::mount::is_mount_root(&self.mountpoint_of(&c))
             || crate::mount::is_mount_root(&work.join("fs"))
-            || crate::mount::is_mount_root(&work.join("lower"));
+            || crate::mount::is_mount_root(&work.join(LEGACY_LOWER));
         if mounted && !force {
             return Err(ContainerError::Mounted(name.into()));
         }
@@ -1096,7 +1085,6 @@ struct Undo<'a> {
     containers: &'a Containers,
     name: &'a str,
     armed: bool,
-    lower: bool,
     volume: Option<String>,
     fs: bool,
 }
@@ -1107,7 +1095,6 @@ impl<'a> Undo<'a> {
             containers,
             name,
             armed: true,
-            lower: false,
             volume: None,
             fs: false,
         }
@@ -1129,9 +1116,6 @@ impl Drop for Undo<'_> {
         }
         if let Some(v) = &self.volume {
             let _ = call(&self.containers.paths, &Request::Detach { name: v.clone() });
-        }
-        if self.lower {
-            let _ = crate::mount::umount(&self.containers.paths.store, &work.join("lower"));
         }
     }
 }
@@ -1161,34 +1145,6 @@ fn set_aside(path: &Path) -> std::io::Result<PathBuf> {
 fn unmount(path: &Path) -> Result<(), String> {
     rustix::mount::unmount(path, rustix::mount::UnmountFlags::empty())
         .map_err(|e| format!("{}: {e}", path.display()))
-}
-
-/// Mounts overlayfs at `target` through the new mount API (paths are
-/// passed one by one, so no escaping of ',' or ':' is needed).
-fn overlay(lower: &Path, upper: &Path, work: &Path, target: &Path) -> Result<(), String> {
-    use rustix::mount::{
-        FsMountFlags, FsOpenFlags, MountAttrFlags, MoveMountFlags, fsconfig_create,
-        fsconfig_set_string, fsmount, fsopen, move_mount,
-    };
-    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| format!("fsopen: {e}"))?;
-    let set = |k: &str, v: &Path| {
-        fsconfig_set_string(&fs, k, v).map_err(|e| format!("overlay {k}={}: {e}", v.display()))
-    };
-    set("lowerdir+", lower)?;
-    set("upperdir", upper)?;
-    set("workdir", work)?;
-    fsconfig_set_string(&fs, "source", "fukastor").map_err(|e| format!("overlay source: {e}"))?;
-    fsconfig_create(&fs).map_err(|e| format!("creating the overlay: {e}"))?;
-    let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
-        .map_err(|e| format!("fsmount: {e}"))?;
-    move_mount(
-        &mnt,
-        "",
-        rustix::fs::CWD,
-        target,
-        MoveMountFlags::MOVE_MOUNT_F_EMPTY_PATH,
-    )
-    .map_err(|e| format!("mounting at {}: {e}", target.display()))
 }
 
 /// `<image>-<6 hex digits>` from the image's name (its last path part, tag
@@ -1295,8 +1251,8 @@ mod tests {
             assert_eq!(spares(), 1, "{extra}: not kept");
         }
         let w = tree("sym");
-        std::fs::remove_dir(w.join("lower")).unwrap();
-        std::os::unix::fs::symlink("/", w.join("lower")).unwrap();
+        std::fs::remove_dir(w.join("fs")).unwrap();
+        std::os::unix::fs::symlink("/", w.join("fs")).unwrap();
         cs.retire_work_dir(&w);
         assert!(!w.exists() && spares() == 1, "a symlink in the tree");
 

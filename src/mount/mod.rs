@@ -147,16 +147,7 @@ pub fn mount_kernel(
     }
     let canonical = fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
     refuse_taken(store.root(), &canonical)?;
-    let image_path = store.root().join("images").join(id.to_hex());
-    let image: OwnedFd =
-        rustix::fs::open(&image_path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
-            .map_err(|e| StoreError::Damaged(format!("image {}: {e}", id.to_hex())))?;
-    let objects: OwnedFd = rustix::fs::open(
-        store.objects_dir(),
-        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::PATH,
-        Mode::empty(),
-    )
-    .map_err(|e| StoreError::Damaged(format!("objects directory: {e}")))?;
+    let (image_path, image, objects) = open_image(store, id)?;
     let name = format!("{label}@{}", store.root().display());
     let mnt = composefs_fsmount(
         image,
@@ -192,6 +183,102 @@ pub fn mount_kernel(
         MountError::Kernel(e.to_string())
     })?;
     Ok(())
+}
+
+/// Image `id`'s EROFS file (its path and an open file) and the store's
+/// objects directory (`O_PATH`), what a composefs mount is made of.
+fn open_image(store: &Store, id: &ObjectId) -> Result<(PathBuf, OwnedFd, OwnedFd), MountError> {
+    let image_path = store.root().join("images").join(id.to_hex());
+    let image: OwnedFd =
+        rustix::fs::open(&image_path, OFlags::RDONLY | OFlags::CLOEXEC, Mode::empty())
+            .map_err(|e| StoreError::Damaged(format!("image {}: {e}", id.to_hex())))?;
+    let objects: OwnedFd = rustix::fs::open(
+        store.objects_dir(),
+        OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC | OFlags::PATH,
+        Mode::empty(),
+    )
+    .map_err(|e| StoreError::Damaged(format!("objects directory: {e}")))?;
+    Ok((image_path, image, objects))
+}
+
+/// What a writable mount of an image through the kernel is made of
+/// ([`mount_writable`]): the image's EROFS, mounted but attached nowhere
+/// (it lives as long as an overlay uses it), and the store's objects
+/// directory.
+#[derive(Debug)]
+pub struct ImageLayers {
+    erofs: OwnedFd,
+    objects: OwnedFd,
+    /// The overlay's source: `composefs:<label>@<store root>`.
+    source: String,
+}
+
+/// Mounts image `id`'s EROFS (detached) for [`mount_writable`].
+pub fn image_layers(store: &Store, id: &ObjectId, label: &str) -> Result<ImageLayers, MountError> {
+    if store.is_filtered(id) {
+        return Err(MountError::Filtered(label.to_string()));
+    }
+    let (_, image, objects) = open_image(store, id)?;
+    let erofs = composefs::mount::erofs_mount(image).map_err(|e| match e.raw_os_error() {
+        Some(libc::EPERM) => MountError::NotPrivileged(label.to_string()),
+        _ => MountError::Kernel(format!("EROFS of image {label}: {e}")),
+    })?;
+    Ok(ImageLayers {
+        erofs,
+        objects,
+        source: format!("composefs:{label}@{}", store.root().display()),
+    })
+}
+
+/// Mounts an image **writable** at `target` through the kernel: one
+/// overlayfs (what `composefs_fsmount` makes, with an upper layer) of the
+/// image's EROFS (`layers`), the store's objects as its data-only layer
+/// (`metacopy=on`, `redirect_dir=on`), and `upper` and `work`
+/// (directories on one filesystem) as its upper and work directories. A
+/// container's root filesystem: one mount where a read-only composefs
+/// mount under an overlay would be two. Not tracked (the container's record
+/// says where it is).
+pub fn mount_writable(
+    layers: &ImageLayers,
+    upper: &Path,
+    work: &Path,
+    target: &Path,
+) -> Result<(), MountError> {
+    use rustix::mount::{
+        FsMountFlags, FsOpenFlags, MountAttrFlags, fsconfig_create, fsconfig_set_fd,
+        fsconfig_set_string, fsmount, fsopen,
+    };
+    let failed =
+        |what: &str, e: rustix::io::Errno| MountError::Kernel(format!("overlay {what}: {e}"));
+    let dir = |p: &Path| {
+        rustix::fs::open(
+            p,
+            OFlags::RDONLY | OFlags::DIRECTORY | OFlags::CLOEXEC,
+            Mode::empty(),
+        )
+        .map_err(|e| failed(&p.display().to_string(), e))
+    };
+    let (upper, work) = (dir(upper)?, dir(work)?);
+    let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| failed("fsopen", e))?;
+    for (k, v) in [
+        ("source", layers.source.as_str()),
+        ("metacopy", "on"),
+        ("redirect_dir", "on"),
+    ] {
+        fsconfig_set_string(&fs, k, v).map_err(|e| failed(k, e))?;
+    }
+    for (k, fd) in [
+        ("upperdir", upper.as_fd()),
+        ("workdir", work.as_fd()),
+        ("lowerdir+", layers.erofs.as_fd()),
+        ("datadir+", layers.objects.as_fd()),
+    ] {
+        fsconfig_set_fd(&fs, k, fd).map_err(|e| failed(k, e))?;
+    }
+    fsconfig_create(&fs).map_err(|e| failed("create", e))?;
+    let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
+        .map_err(|e| failed("fsmount", e))?;
+    mount_at(mnt.as_fd(), CWD, target).map_err(|e| MountError::Kernel(e.to_string()))
 }
 
 /// Refuses mountpoint `canonical` when the mount table shows a mount of
