@@ -38,13 +38,28 @@ pub(crate) fn create(
     id: u64,
     filtered: bool,
 ) -> Result<Arc<dyn BackendFile>> {
+    let file = create_volatile(backend, id, filtered)?;
+    let ctx = || format!("creating layer {}", layer_path(id).display());
+    file.sync().map_err(io_err(ctx()))?;
+    backend.sync_dir("layers".as_ref()).map_err(io_err(ctx()))?;
+    Ok(file)
+}
+
+/// Creates an empty layer file like [`create`], without making it durable:
+/// the head of an ephemeral volume, whose metadata is never synced either.
+/// A crash of the machine can leave it torn or empty, or take it away; no
+/// durable metadata names it, so it is garbage then (`Pool::reclaim`
+/// goes by file names, not headers).
+pub(crate) fn create_volatile(
+    backend: &dyn Backend,
+    id: u64,
+    filtered: bool,
+) -> Result<Arc<dyn BackendFile>> {
     let path = layer_path(id);
     let ctx = || format!("creating layer {}", path.display());
     let file = backend.create(&path).map_err(io_err(ctx()))?;
     file.write_at(&LayerHeader { id, filtered }.encode(), 0)
         .map_err(io_err(ctx()))?;
-    file.sync().map_err(io_err(ctx()))?;
-    backend.sync_dir("layers".as_ref()).map_err(io_err(ctx()))?;
     Ok(file)
 }
 

@@ -19,7 +19,8 @@
 //! operations), pinned like compaction's output; the next operation takes
 //! it instead of creating a file, two syncs fewer on its path. A spare is a
 //! layer no metadata names: after a crash or once the pool is closed it is
-//! garbage, which reclaim removes.
+//! garbage, which reclaim removes. An ephemeral clone takes no spare: its
+//! head is made without syncs, as its metadata is written.
 //!
 //! A pool opened on a directory keeps the scripts of its filtered volumes
 //! in `POOL/filters/<sha256>.lua` ([`crate::filter::save_scripts`] puts
@@ -429,7 +430,25 @@ impl Pool {
                 volume: volume.to_string(),
                 snapshot: snapshot.to_string(),
             })?;
-        let (id, _) = st.new_head(self.backend(), src.filtered())?;
+        // An ephemeral volume's head needs no syncs (nor the spare, which
+        // is made durable for the volumes that need it): its metadata is
+        // never synced, so after a crash of the machine nothing names it.
+        let id = if ephemeral {
+            let id = st.new_layer_id(self.backend())?;
+            layer::create_volatile(self.backend(), id, src.filtered())?;
+            id
+        } else {
+            st.new_head(self.backend(), src.filtered())?.0
+        };
+        // The source's layers may include an ephemeral volume's heads, made
+        // without syncs: their names are made durable before durable
+        // metadata names them. (Another layer's creation since would have
+        // done it too; this does not depend on that.)
+        if !ephemeral && meta::is_ephemeral(self.backend(), volume)? {
+            self.backend()
+                .sync_dir(LAYERS.as_ref())
+                .map_err(io_err("syncing layers"))?;
+        }
         let mut layers = snap.layers.clone();
         layers.push(id);
         let m = VolumeMeta {

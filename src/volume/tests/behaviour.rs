@@ -207,11 +207,7 @@ fn opening_a_headless_volume_survives_a_crash_at_each_step() {
             }
         }
         drop(pool);
-        mem.crash(if k % 2 == 0 {
-            CrashMode::DropUnsynced
-        } else {
-            CrashMode::Random
-        });
+        mem.crash(CrashMode::alternate(k));
         let pool = Pool::with_backend(Arc::new(mem.clone())).unwrap();
         let v = pool.open_volume("v").unwrap();
         assert_eq!(read(&v, 0, BS), block(1), "k={k}");
@@ -667,14 +663,32 @@ fn snapshot_with_the_index_written_in_the_background() {
 }
 
 /// An ephemeral clone (a `run --rm` container's volume) is a volume like
-/// any other, whose creation, metadata updates and deletion sync nothing.
+/// any other, whose creation, metadata updates and deletion sync nothing:
+/// its head is made without syncs, and a spare head made ahead is left for
+/// the durable volumes that need one.
 #[test]
 fn an_ephemeral_clone_syncs_nothing() {
     let (mem, pool) = snapshotted(31, "t");
+    let c = cost(&mem, || pool.clone_ephemeral("t", "s", "x").unwrap());
+    assert_eq!(c.syncs, 0, "no spare made: {c:?}");
     pool.want_spare(false);
     pool.make_spares().unwrap();
+    let spare = *layer_files(&mem).iter().max().unwrap();
     let c = cost(&mem, || pool.clone_ephemeral("t", "s", "e").unwrap());
     assert_eq!(c.syncs, 0, "{c:?}");
+    pool.delete_volume("x").unwrap();
+    assert_ne!(
+        pool.open_volume("e").unwrap().stats().layers.last(),
+        Some(&spare),
+        "the ephemeral clone took the spare"
+    );
+    let c = cost(&mem, || pool.clone_snapshot("t", "s", "d").unwrap());
+    assert_eq!(
+        pool.open_volume("d").unwrap().stats().layers.last(),
+        Some(&spare),
+        "the durable clone did not get the spare: {c:?}"
+    );
+    pool.delete_volume("d").unwrap();
     assert_eq!(pool.volumes().unwrap(), ["e", "t"]);
     let e = pool.open_volume("e").unwrap();
     assert_eq!(read(&e, 0, BS), block(1));
@@ -729,6 +743,35 @@ fn an_ephemeral_clone_is_gone_after_a_crash() {
         );
     }
     assert!(leftovers > 0, "some crash kept the ephemeral file's name");
+}
+
+/// A durable clone of a snapshot of an ephemeral volume survives a crash of
+/// the machine with its data: the layers it shares with the ephemeral
+/// volume include that volume's head, made without syncs, and the clone
+/// makes their names durable before its metadata names them.
+#[test]
+fn a_durable_clone_of_an_ephemeral_volume_survives_a_crash() {
+    for seed in 0..8 {
+        let (mem, pool) = snapshotted(70 + seed, "t");
+        pool.clone_ephemeral("t", "s", "e").unwrap();
+        let e = pool.open_volume("e").unwrap();
+        e.write_at(BS, &block(4)).unwrap();
+        e.snapshot("es").unwrap();
+        e.close().unwrap();
+        pool.clone_snapshot("e", "es", "d").unwrap();
+        drop(pool);
+        mem.crash(CrashMode::alternate(seed));
+        let pool = Pool::with_backend(Arc::new(mem.clone())).unwrap();
+        assert_eq!(pool.volumes().unwrap(), ["d", "t"], "seed {seed}");
+        let d = pool
+            .open_volume("d")
+            .unwrap_or_else(|e| panic!("seed {seed}: {e}"));
+        assert_eq!(
+            read(&d, 0, 2 * BS),
+            [block(1), block(4)].concat(),
+            "seed {seed}"
+        );
+    }
 }
 
 /// A spare head made ahead ([`Pool::make_spares`]) is what the next

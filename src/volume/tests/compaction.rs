@@ -376,11 +376,7 @@ fn a_crash_during_compaction_leaves_one_stack_or_the_other() {
         mem.fail_after(k);
         let res = v.compact();
         drop(v);
-        mem.crash(if k % 2 == 0 {
-            CrashMode::Random
-        } else {
-            CrashMode::DropUnsynced
-        });
+        mem.crash(CrashMode::alternate(k + 1));
         let pool = Pool::with_backend(Arc::new(mem.clone())).unwrap();
         let v = pool.open_volume("v").unwrap();
         assert_eq!(read(&v, 0, MIB), want, "k={k} ({res:?})");

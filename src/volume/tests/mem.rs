@@ -35,6 +35,18 @@ pub(crate) enum CrashMode {
     Random,
 }
 
+impl CrashMode {
+    /// One mode or the other by the parity of `n`: a loop over `n` tries
+    /// both (`DropUnsynced` for even `n`).
+    pub(crate) fn alternate(n: u64) -> CrashMode {
+        if n.is_multiple_of(2) {
+            CrashMode::DropUnsynced
+        } else {
+            CrashMode::Random
+        }
+    }
+}
+
 /// Operation counts.
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 pub(crate) struct Counts {
