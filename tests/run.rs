@@ -11,7 +11,7 @@
 //!   with a config set by `umoci config`.
 //! - Inside the container, `/proc/self/mountinfo` shows that its root is a
 //!   writable composefs mount of the store: an overlay with source
-//!   `composefs:IMAGE@STORE`, the store's `objects` as its data-only layer
+//!   `fukastor-container:NAME@STORE`, the store's `objects` as its data-only layer
 //!   (`datadir+=`, `metacopy=on`) and `STORE/fukastor/containers/NAME/fs/upper`
 //!   (the volume's ext4) as its upper layer; on the host the same mount is at
 //!   the container's `rootfs`.
@@ -259,16 +259,19 @@ fn overlay_option<'a>(m: &'a MountEntry, key: &str) -> Option<&'a str> {
 
 /// Checks that mount `m` is a container's root filesystem as fukastor makes
 /// it: a writable composefs mount of store `st` (overlay, source
-/// `composefs:IMAGE@STORE`, the store's objects as data-only layer, with
-/// metacopy) whose upper layer is `STORE/fukastor/containers/NAME/fs/upper`;
-/// returns that NAME.
+/// `fukastor-container:NAME@STORE`, the store's objects as data-only layer,
+/// with metacopy) whose upper layer is
+/// `STORE/fukastor/containers/NAME/fs/upper`; returns that NAME.
 fn assert_writable_composefs(st: &CStore, m: &MountEntry) -> String {
     assert_eq!(m.fstype, "overlay", "not an overlay: {m:?}");
     let store = st.path().display().to_string();
-    assert!(
-        m.source.starts_with("composefs:") && m.source.ends_with(&format!("@{store}")),
-        "the overlay's source is not composefs:IMAGE@{store}: {m:?}"
-    );
+    let named = m
+        .source
+        .strip_prefix("fukastor-container:")
+        .and_then(|s| s.strip_suffix(&format!("@{store}")))
+        .unwrap_or_else(|| {
+            panic!("the overlay's source is not fukastor-container:NAME@{store}: {m:?}")
+        });
     assert_eq!(
         overlay_option(m, "datadir+="),
         Some(format!("{store}/objects").as_str()),
@@ -278,13 +281,14 @@ fn assert_writable_composefs(st: &CStore, m: &MountEntry) -> String {
     let containers = format!("{store}/fukastor/containers/");
     let upper = overlay_option(m, "upperdir=")
         .unwrap_or_else(|| panic!("the overlay has no upper layer: {m:?}"));
-    upper
+    let ctr = upper
         .strip_prefix(&containers)
         .and_then(|rest| rest.strip_suffix("/fs/upper"))
         .unwrap_or_else(|| {
             panic!("the overlay's upper layer is {upper}, not {containers}NAME/fs/upper: {m:?}")
-        })
-        .to_owned()
+        });
+    assert_eq!(ctr, named, "the source names another container: {m:?}");
+    ctr.to_owned()
 }
 
 /// Loop devices whose backing file is in the store.
@@ -1559,6 +1563,12 @@ fn atomic_snapshot_of_a_running_container_then_rollback_and_start() {
     assert_eq!(st.ps_row("snap").unwrap()["state"], "mounted");
     let m = mount_at(&rootfs).expect("the rootfs is mounted while the container runs");
     assert_eq!(assert_writable_composefs(&st, &m), "snap");
+    // `mounts` lists image mounts, not containers' (`ps` does).
+    let mounts = st.ok(["--json", "mounts"]);
+    assert!(
+        !mounts.stdout_str().contains(&rootfs.display().to_string()),
+        "`mounts` lists the container's rootfs: {mounts}"
+    );
     let state = tool("crun", ["state", "fukastor-snap"]);
     state.assert_success();
     let state = json_of(&state);

@@ -12,7 +12,9 @@
 //! The root filesystem is one overlayfs ([`crate::mount::mount_writable`]):
 //! the image's EROFS (mounted detached, attached nowhere else) as its lower
 //! layer, the store's objects as its data-only layer, and `fs/upper` as its
-//! upper layer: a writable composefs mount. (Before, the image had its own
+//! upper layer: a writable composefs mount, with the source
+//! `fukastor-container:<name>@<store>` (`mounts` lists only image mounts).
+//! (Before, the image had its own
 //! read-only composefs mount at `<name>/lower` under the container's
 //! overlay; [`LEGACY_LOWER`] is still unmounted where one is found.)
 //!
@@ -864,7 +866,16 @@ impl Containers {
         volume?;
         {
             let _s = tracing::debug_span!("overlay").entered();
-            crate::mount::mount_writable(&image, &fs.join("upper"), &fs.join("work"), &target)?;
+            // Not `composefs:…`: `mounts` and `umount` are for image mounts;
+            // `ps` and `container umount` for this.
+            let source = format!("fukastor-container:{name}@{}", self.paths.store.display());
+            crate::mount::mount_writable(
+                &image,
+                &source,
+                &fs.join("upper"),
+                &fs.join("work"),
+                &target,
+            )?;
         }
         let recorded = (target != default).then_some(target.clone());
         if c.mountpoint != recorded {

@@ -209,8 +209,6 @@ fn open_image(store: &Store, id: &ObjectId) -> Result<(PathBuf, OwnedFd, OwnedFd
 pub struct ImageLayers {
     erofs: OwnedFd,
     objects: OwnedFd,
-    /// The overlay's source: `composefs:<label>@<store root>`.
-    source: String,
 }
 
 /// Mounts image `id`'s EROFS (detached) for [`mount_writable`].
@@ -223,11 +221,7 @@ pub fn image_layers(store: &Store, id: &ObjectId, label: &str) -> Result<ImageLa
         Some(libc::EPERM) => MountError::NotPrivileged(label.to_string()),
         _ => MountError::Kernel(format!("EROFS of image {label}: {e}")),
     })?;
-    Ok(ImageLayers {
-        erofs,
-        objects,
-        source: format!("composefs:{label}@{}", store.root().display()),
-    })
+    Ok(ImageLayers { erofs, objects })
 }
 
 /// Mounts an image **writable** at `target` through the kernel: one
@@ -237,9 +231,11 @@ pub fn image_layers(store: &Store, id: &ObjectId, label: &str) -> Result<ImageLa
 /// (directories on one filesystem) as its upper and work directories. A
 /// container's root filesystem: one mount where a read-only composefs
 /// mount under an overlay would be two. Not tracked (the container's record
-/// says where it is).
+/// says where it is); `source` should not start with `composefs:`, which
+/// names the image mounts that [`list`] shows.
 pub fn mount_writable(
     layers: &ImageLayers,
+    source: &str,
     upper: &Path,
     work: &Path,
     target: &Path,
@@ -261,7 +257,7 @@ pub fn mount_writable(
     let (upper, work) = (dir(upper)?, dir(work)?);
     let fs = fsopen("overlay", FsOpenFlags::FSOPEN_CLOEXEC).map_err(|e| failed("fsopen", e))?;
     for (k, v) in [
-        ("source", layers.source.as_str()),
+        ("source", source),
         ("metacopy", "on"),
         ("redirect_dir", "on"),
     ] {
