@@ -526,7 +526,7 @@ impl CStore {
                 .into_iter()
                 .filter_map(|r| {
                     let name = r["name"].as_str()?.to_owned();
-                    Some((name, r["state"] == "mounted"))
+                    Some((name, r["state"] != "stopped"))
                 })
                 .map(|(name, mounted)| {
                     if mounted {
@@ -1560,7 +1560,7 @@ fn atomic_snapshot_of_a_running_container_then_rollback_and_start() {
     bg.wait_for_file(&rootfs.join("before"));
 
     // While it runs: mounted, its rootfs a writable composefs mount.
-    assert_eq!(st.ps_row("snap").unwrap()["state"], "mounted");
+    assert_eq!(st.ps_row("snap").unwrap()["state"], "running");
     let m = mount_at(&rootfs).expect("the rootfs is mounted while the container runs");
     assert_eq!(assert_writable_composefs(&st, &m), "snap");
     // `mounts` lists image mounts, not containers' (`ps` does).

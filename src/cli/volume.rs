@@ -416,7 +416,13 @@ pub fn rm(cli: &Cli, names: &[String], force: bool) -> CliResult {
 
 /// Runs `ps`.
 pub fn ps(out: &mut impl Write, cli: &Cli) -> CliResult {
-    let entries = Containers::new(&store_root(cli)).entries()?;
+    let mut entries = Containers::new(&store_root(cli)).entries()?;
+    // A mounted container that crun runs (`run`, `start`) is `running`.
+    for e in entries.iter_mut().filter(|e| e.state == "mounted") {
+        if crate::runtime::is_running(&e.name) {
+            e.state = "running".into();
+        }
+    }
     if cli.json {
         return writeln!(
             out,

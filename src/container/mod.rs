@@ -176,7 +176,8 @@ pub struct ContainerEntry {
     pub image_id: String,
     /// Volume name.
     pub volume: String,
-    /// `mounted` or `stopped`.
+    /// `mounted` or `stopped` (`ps` says `running` for a mounted
+    /// container that crun runs).
     pub state: String,
     /// The mounted root filesystem.
     pub rootfs: Option<PathBuf>,
