@@ -372,6 +372,45 @@ fn usage_errors_have_codes() {
         .to_string();
     let v: serde_json::Value = serde_json::from_str(&first).unwrap();
     assert_eq!(v["error"]["code"], "FK0110");
+
+    // The environment: an empty FUKASTOR_STORE is unset (not a usage
+    // error); FUKASTOR_JSON takes the usual switch spellings.
+    let env_run = |vars: &[(&str, &str)], args: &[&str]| {
+        let mut c = Command::new(env!("CARGO_BIN_EXE_fukastor"));
+        c.env_remove("FUKASTOR_STORE").env_remove("FUKASTOR_JSON");
+        for (k, v) in vars {
+            c.env(k, v);
+        }
+        c.args(args).output().unwrap()
+    };
+    let o = env_run(&[("FUKASTOR_STORE", "")], &["--json", "mounts"]);
+    assert!(o.status.success(), "FUKASTOR_STORE= : {o:?}");
+    let store_s = store.to_str().unwrap();
+    for (value, json) in [
+        ("", false),
+        ("0", false),
+        ("no", false),
+        ("OFF", false),
+        ("1", true),
+        ("true", true),
+        ("yes", true),
+    ] {
+        let o = env_run(
+            &[("FUKASTOR_STORE", store_s), ("FUKASTOR_JSON", value)],
+            &["inspect", "nope"],
+        );
+        let first = String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        assert_eq!(
+            serde_json::from_str::<serde_json::Value>(&first).is_ok(),
+            json,
+            "FUKASTOR_JSON={value:?}: {o:?}"
+        );
+        assert!(first.contains("FK0110"), "FUKASTOR_JSON={value:?}: {o:?}");
+    }
 }
 
 /// `fukastor demo`, the README's first command, runs every step and

@@ -24,11 +24,13 @@ use crate::store::{ImageName, LockMode, ObjectId, Store, StoreError};
 #[derive(Debug, Parser)]
 #[command(name = "fukastor", version, about, max_term_width = 100)]
 pub struct Cli {
-    /// The store directory [default: /var/lib/fukastor for root, $XDG_DATA_HOME/fukastor otherwise].
-    #[arg(long, global = true, env = "FUKASTOR_STORE", value_name = "DIR")]
+    /// The store directory [env: FUKASTOR_STORE, unless empty] [default:
+    /// /var/lib/fukastor for root, $XDG_DATA_HOME/fukastor otherwise].
+    #[arg(long, global = true, value_name = "DIR")]
     pub store: Option<PathBuf>,
-    /// Print machine-readable JSON (listings, reports and errors).
-    #[arg(long, global = true, env = "FUKASTOR_JSON")]
+    /// Print machine-readable JSON (listings, reports and errors) [env:
+    /// FUKASTOR_JSON: empty, 0, false, no, off or n is off, anything else on].
+    #[arg(long, global = true)]
     pub json: bool,
     /// Print less: no progress, only IDs.
     #[arg(short, long, global = true, conflicts_with = "verbose")]
@@ -255,13 +257,14 @@ pub type CliResult<T = ()> = Result<T, CliError>;
 
 /// Runs the command line; returns the exit status.
 pub fn main() -> i32 {
-    let cli = match Cli::try_parse() {
+    let mut cli = match Cli::try_parse() {
         Ok(c) => c,
         Err(e) => {
             let _ = e.print();
             return if e.use_stderr() { 2 } else { 0 };
         }
     };
+    cli.json |= env_on("FUKASTOR_JSON");
     let level = match (cli.quiet, cli.verbose) {
         (true, _) => "error",
         (_, 0) => "warn",
@@ -333,7 +336,26 @@ pub fn main() -> i32 {
 
 /// Where the store is.
 fn store_root(cli: &Cli) -> PathBuf {
-    cli.store.clone().unwrap_or_else(Store::default_root)
+    cli.store
+        .clone()
+        .or_else(|| env_set("FUKASTOR_STORE").map(PathBuf::from))
+        .unwrap_or_else(Store::default_root)
+}
+
+/// Environment variable `name` when it is set and not empty (an empty
+/// setting, `FUKASTOR_STORE=`, is taken as unset, as shells and most tools
+/// do).
+fn env_set(name: &str) -> Option<std::ffi::OsString> {
+    std::env::var_os(name).filter(|v| !v.is_empty())
+}
+
+/// Whether environment variable `name` turns a switch on: set to anything
+/// but empty, `0`, `false`, `no`, `off` or `n` (any case).
+fn env_on(name: &str) -> bool {
+    env_set(name).is_some_and(|v| {
+        let v = v.to_string_lossy().to_ascii_lowercase();
+        !["0", "false", "no", "off", "n"].contains(&v.as_str())
+    })
 }
 
 fn open(cli: &Cli, mode: LockMode) -> CliResult<Store> {
