@@ -1257,7 +1257,23 @@ fn rmi_refuses_an_image_a_container_or_a_mount_uses() {
         "FK0113",
         "rmi of the image of a stopped container",
     );
+    // Its name moved to another image (`tag`): the container's image has
+    // none, and `fsck` and `gc` agree that it is kept (before, `fsck`
+    // counted it as garbage `gc` would remove).
+    let tiny = scratch_dir("fukastor-test-tiny-");
+    std::fs::write(tiny.path().join("f"), b"tiny").unwrap();
+    st.ok(["pull", &format!("dir:{}", tiny.path().display()), "tiny:1"]);
+    st.ok(["tag", "tiny:1", "busybox"]);
+    let fsck = json_of(&st.ok(["--json", "fsck"]));
+    assert_eq!(fsck["garbage"]["unnamed_images"], 0, "{fsck}");
+    let gc = json_of(&st.ok(["--json", "gc"]));
+    assert_eq!(gc["images"], 0, "gc removed the container's image: {gc}");
     st.ok(["rm", "user"]);
+    let fsck = json_of(&st.ok(["--json", "fsck"]));
+    assert_eq!(fsck["garbage"]["unnamed_images"], 1, "{fsck}");
+    st.ok(["gc"]);
+    st.ok(["rmi", "busybox", "tiny:1"]);
+    st.pull_named(&fixtures().oci("busybox"), "busybox");
 
     let mnt = scratch_dir("fukastor-test-mnt-");
     st.ok([

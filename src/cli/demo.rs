@@ -602,7 +602,7 @@ fn run_in(out: &mut impl Write, base: &Path) -> CliResult {
     }
     let report = s.time("fsck the store (every object's digest recomputed)", || {
         let store = Store::open(&store_dir, LockMode::Exclusive)?;
-        Ok(store.fsck(false)?)
+        Ok(store.fsck(false, &[])?)
     })?;
     writeln!(
         s.out,

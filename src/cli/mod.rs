@@ -594,8 +594,11 @@ fn run(cli: &Cli) -> CliResult {
                 LockMode::Shared
             };
             let store = open(cli, mode)?;
-            let mut report = store.fsck(*repair)?;
             let containers = crate::container::Containers::new(store.root());
+            // A damaged container record is fsck's to report below, not a
+            // reason to stop: its image then counts as unused.
+            let keep = images_in_use(&store, &containers).unwrap_or_default();
+            let mut report = store.fsck(*repair, &keep)?;
             let (problems, checked) = containers.check_records(*repair)?;
             report.containers = checked;
             report.add(problems);
@@ -615,10 +618,6 @@ fn run(cli: &Cli) -> CliResult {
         }
         Command::Gc { dry_run } => {
             let store = open(cli, LockMode::Exclusive)?;
-            let mut in_use: Vec<String> = crate::mount::track::mounted(&store)
-                .into_iter()
-                .map(|t| t.id)
-                .collect();
             let containers = crate::container::Containers::new(store.root());
             if !*dry_run {
                 let n = containers.remove_stale_records()?;
@@ -626,12 +625,7 @@ fn run(cli: &Cli) -> CliResult {
                     tracing::info!("removed {n} records of disposable containers of earlier boots");
                 }
             }
-            in_use.extend(containers.image_ids()?);
-            let keep: Vec<_> = in_use
-                .iter()
-                .filter_map(|h| crate::store::ObjectId::from_hex(h).ok())
-                .collect();
-            let report = store.gc(*dry_run, &keep)?;
+            let report = store.gc(*dry_run, &images_in_use(&store, &containers)?)?;
             if !*dry_run {
                 let n = crate::oci::prune_layer_cache(&store)?;
                 tracing::info!("dropped {n} cached layers no image uses");
@@ -751,6 +745,23 @@ fn rmi(
 
 /// The containers and live mounts that use image `id`, as "container NAME"
 /// and "the mount at PATH".
+/// The images that live mounts and containers use: `gc` keeps them, and
+/// `fsck` does not count them as garbage when they have no name.
+fn images_in_use(
+    store: &Store,
+    containers: &crate::container::Containers,
+) -> CliResult<Vec<ObjectId>> {
+    let mut in_use: Vec<String> = crate::mount::track::mounted(store)
+        .into_iter()
+        .map(|t| t.id)
+        .collect();
+    in_use.extend(containers.image_ids()?);
+    Ok(in_use
+        .iter()
+        .filter_map(|h| ObjectId::from_hex(h).ok())
+        .collect())
+}
+
 fn image_users(store: &Store, id: &ObjectId) -> CliResult<Vec<String>> {
     let hex = id.to_hex();
     let mut users: Vec<String> = crate::container::Containers::new(store.root())

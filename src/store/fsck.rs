@@ -74,7 +74,7 @@ pub struct Garbage {
     pub temp_files: u64,
 }
 
-pub(super) fn run(store: &Store, repair: bool) -> Result<FsckReport> {
+pub(super) fn run(store: &Store, repair: bool, keep: &[ObjectId]) -> Result<FsckReport> {
     let mut r = FsckReport::default();
     let root = store.root();
     let problem = |r: &mut FsckReport, kind, detail: String, repaired| {
@@ -268,7 +268,8 @@ pub(super) fn run(store: &Store, repair: bool) -> Result<FsckReport> {
 
     // 4. Unnamed images: garbage, or names to restore.
     for id in &good_images {
-        if named.contains(id) {
+        // An image a container or a mount uses is kept by `gc` too.
+        if named.contains(id) || keep.contains(id) {
             continue;
         }
         let names = records.get(id).cloned().unwrap_or_default();

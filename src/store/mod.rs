@@ -538,9 +538,11 @@ impl Store {
         Ok(())
     }
 
-    /// Checks the store. See [`fsck`].
-    pub fn fsck(&self, repair: bool) -> Result<FsckReport> {
-        fsck::run(self, repair)
+    /// Checks the store; images in `keep` (those containers and mounts
+    /// use, which [`Store::gc`] keeps) are not garbage without a name. See
+    /// [`fsck`].
+    pub fn fsck(&self, repair: bool, keep: &[ObjectId]) -> Result<FsckReport> {
+        fsck::run(self, repair, keep)
     }
 
     /// Collects garbage, keeping the images in `keep` (mounted ones) as if

@@ -75,7 +75,7 @@ fn a_dropped_staging_leaves_nothing() {
             .count(),
         0
     );
-    let r = s.fsck(false).unwrap();
+    let r = s.fsck(false, &[]).unwrap();
     assert!(r.clean && r.objects == 0, "{r:?}");
 }
 
@@ -138,7 +138,7 @@ fn crash_leftovers_are_garbage_not_problems() {
     // One killed while staging.
     fs::create_dir_all(s.root().join("fukastor/staging/123-456")).unwrap();
     fs::write(s.root().join("fukastor/staging/123-456/partial-0"), b"x").unwrap();
-    let r = s.fsck(false).unwrap();
+    let r = s.fsck(false, &[]).unwrap();
     assert!(r.clean, "{r:?}");
     assert_eq!((r.garbage.unnamed_images, r.garbage.staging_dirs), (1, 1));
     // A mounted image is kept although it has no name.
@@ -149,7 +149,7 @@ fn crash_leftovers_are_garbage_not_problems() {
     assert_eq!((g.images, g.staging_dirs), (1, 0));
     assert!(!s.has_object(&orphan_obj) && !s.has_object(&unnamed));
     assert!(s.has_object(&named));
-    let r = s.fsck(false).unwrap();
+    let r = s.fsck(false, &[]).unwrap();
     assert!(
         r.clean && r.garbage.objects == 0 && r.garbage.staging_dirs == 0,
         "{r:?}"
@@ -164,7 +164,7 @@ fn corruption_is_a_problem_and_repair_drops_the_image() {
     let mut data = fs::read(&path).unwrap();
     data[100] ^= 1;
     fs::write(&path, data).unwrap();
-    let r = s.fsck(false).unwrap();
+    let r = s.fsck(false, &[]).unwrap();
     assert!(!r.clean);
     let kinds: Vec<_> = r.problems.iter().map(|p| p.kind).collect();
     assert!(
@@ -173,11 +173,11 @@ fn corruption_is_a_problem_and_repair_drops_the_image() {
     );
     drop(s);
     let s = Store::open(&_d.path().join("s"), LockMode::Exclusive).unwrap();
-    let r = s.fsck(true).unwrap();
+    let r = s.fsck(true, &[]).unwrap();
     assert!(r.clean, "{r:?}");
     assert!(s.resolve("victim").is_err());
     assert!(!s.root().join("images").join(id.to_hex()).exists());
-    assert!(s.fsck(false).unwrap().clean);
+    assert!(s.fsck(false, &[]).unwrap().clean);
 }
 
 #[test]
@@ -185,9 +185,9 @@ fn repair_restores_a_lost_name_from_the_record() {
     let (_d, s) = store();
     let (id, _) = image(&s, &[6u8; 100], Some("lost:1"));
     fs::remove_file(s.root().join("images/refs/lost:1")).unwrap();
-    let r = s.fsck(false).unwrap();
+    let r = s.fsck(false, &[]).unwrap();
     assert_eq!(r.garbage.unnamed_images, 1);
-    let r = s.fsck(true).unwrap();
+    let r = s.fsck(true, &[]).unwrap();
     assert!(r.clean && r.garbage.unnamed_images == 0, "{r:?}");
     assert_eq!(s.resolve("lost:1").unwrap().0, id);
 }
