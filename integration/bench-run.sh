@@ -73,6 +73,15 @@
 #   descendants count. The harness's wakeup is in no phase (the totals of
 #   part "run" hold it). Medians. Needs tracefs (/sys/kernel/tracing).
 #
+# Part "cpu" (--cpu N; off by default): how busy the machine is during runs.
+#   Blocks of N back-to-back runs (no pause) of one kind, in the order floor,
+#   fukastor, floor, fukastor; for each block the wall time per run and the
+#   CPU time the whole machine spent per run (all processes and kernel
+#   threads: the busy fields of /proc/stat, user to steal, in clock ticks, so
+#   take N >= 40 for a tick's error to stay under 0.25 ms). Busy / wall is how
+#   many CPUs were in use on average: near 1, the runs are one chain of work
+#   that waits for nothing, and only less work makes them faster.
+#
 # Part "disk": $CONTAINERS stopped containers of TAG, two ways:
 #   created  fukastor create TAG --name cI          podman create --name cI IMG true
 #   ran      fukastor run --name rI TAG -- true     podman run --name rI --network none IMG true
@@ -90,7 +99,7 @@
 # like-for-like podman column), both on medians.
 #
 # Usage: integration/bench-run.sh [--runs N] [--containers N] [--image TAG]
-#                                 [--kinds "COLUMN..."] [--pause S] [--phases N]
+#                                 [--kinds "COLUMN..."] [--pause S] [--phases N] [--cpu N]
 #                                 [--no-install] [--keep]
 #   --runs        rounds of part "run" (default 20)
 #   --containers  containers of part "disk" (default 20; 0 skips it)
@@ -98,6 +107,7 @@
 #   --kinds       columns of part "run" (default: all six above)
 #   --pause       seconds of idle before each timed run of part "run" (default 0.1)
 #   --phases      pairs of part "phases" (default 0: skipped)
+#   --cpu         runs per block of part "cpu" (default 0: skipped)
 #   --no-install  install nothing, build nothing
 #   --keep        keep $WORK's stores after the run
 # Environment:
@@ -131,6 +141,7 @@ INSTALL=1
 KEEP=0
 PAUSE=0.1
 PHASES=0
+CPU_RUNS=0
 
 while (($#)); do
     case $1 in
@@ -140,6 +151,7 @@ while (($#)); do
     --kinds) KINDS=$2; shift 2 ;;
     --pause) PAUSE=$2; shift 2 ;;
     --phases) PHASES=$2; shift 2 ;;
+    --cpu) CPU_RUNS=$2; shift 2 ;;
     --no-install) INSTALL=0; shift ;;
     --keep) KEEP=1; shift ;;
     -h | --help) sed -n '3,/^$/{s/^# \{0,1\}//;p}' "$0"; exit 0 ;;
@@ -150,6 +162,7 @@ done
 [[ $CONTAINERS =~ ^[0-9]+$ ]] || bench_die "--containers wants a number"
 [[ $PAUSE =~ ^[0-9]+(\.[0-9]+)?$ ]] || bench_die "--pause wants a number of seconds"
 [[ $PHASES =~ ^[0-9]+$ ]] || bench_die "--phases wants a number"
+[[ $CPU_RUNS =~ ^[0-9]+$ ]] || bench_die "--cpu wants a number"
 TRACEFS=/sys/kernel/tracing
 if ((PHASES > 0)) && [[ ! -e $TRACEFS/instances ]]; then
     bench_die "--phases needs tracefs at $TRACEFS (mount -t tracefs nodev $TRACEFS)"
@@ -432,6 +445,38 @@ if ((PHASES > 0)); then
     done
 fi
 
+# --- part "cpu" -------------------------------------------------------------------
+
+# busy_ticks: clock ticks all CPUs have spent busy since boot (/proc/stat).
+busy_ticks() {
+    local _cpu user nice system _idle _iowait irq softirq steal _rest
+    read -r _cpu user nice system _idle _iowait irq softirq steal _rest </proc/stat
+    echo $((user + nice + system + irq + softirq + steal))
+}
+
+declare -a CPU_ROWS=()
+if ((CPU_RUNS > 0)); then
+    bench_say "part cpu: blocks of $CPU_RUNS back-to-back runs: floor fukastor floor fukastor"
+    HZ=$(getconf CLK_TCK)
+    for k in floor fukastor floor fukastor; do
+        b0=$(busy_ticks)
+        t0=$(date +%s%N)
+        for ((r = 1; r <= CPU_RUNS; r++)); do
+            if [[ $k == floor ]]; then
+                crun run --bundle "$FLOOR_BUNDLE" "$FLOOR_ID" >>"$BENCH_LOG" 2>&1 || bench_die "crun run failed (see $BENCH_LOG)"
+            else
+                F run --rm --name bench-run "$IMAGE" -- true >>"$BENCH_LOG" 2>&1 || bench_die "fukastor run failed (see $BENCH_LOG)"
+            fi
+        done
+        t1=$(date +%s%N)
+        b1=$(busy_ticks)
+        wall_us=$(((t1 - t0) / 1000 / CPU_RUNS))
+        busy_us=$(((b1 - b0) * 1000000 / HZ / CPU_RUNS))
+        CPU_ROWS+=("$k $wall_us $busy_us")
+        printf 'cpu\t%s\t%s\t%s\n' "$k" "$wall_us" "$busy_us" >>"$RESULTS"
+    done
+fi
+
 # --- part "disk" ------------------------------------------------------------------
 
 du_b() {
@@ -537,6 +582,16 @@ if ((PHASES > 0)); then
     done
     echo
     echo "before crun: from the harness's marker to crun's exec (fukastor: its start, create, mount, config.json); crun: crun's exec to its exit; after crun: to the exit of fukastor's last thread (unmount, removal); exit: from that exit to the harness's SIGCHLD (the kernel tearing the process down). Medians of each column."
+fi
+if ((CPU_RUNS > 0)); then
+    echo
+    echo "## bench-run: how busy the machine is ($CPU_RUNS back-to-back runs per block; /proc/stat)"
+    echo
+    printf '| block | wall per run | CPU busy per run (all CPUs) | CPUs in use (busy / wall) |\n|---|--:|--:|--:|\n'
+    for row in "${CPU_ROWS[@]}"; do
+        read -r k w b <<<"$row"
+        printf '| %s | %s | %s | %s |\n' "$(title "$k")" "$(bench_ms "$w")" "$(bench_ms "$b")" "$(awk -v b="$b" -v w="$w" 'BEGIN { printf "%.2f", b / w }')"
+    done
 fi
 if ((CONTAINERS > 0)); then
     echo
