@@ -441,10 +441,17 @@ impl Pool {
             st.new_head(self.backend(), src.filtered())?.0
         };
         // The source's layers may include an ephemeral volume's heads, made
-        // without syncs: their names are made durable before durable
-        // metadata names them. (Another layer's creation since would have
-        // done it too; this does not depend on that.)
+        // without syncs (one sealed with nothing written was never synced
+        // at all): they and their names are made durable before durable
+        // metadata names them.
         if !ephemeral && meta::is_ephemeral(self.backend(), volume)? {
+            for id in &snap.layers {
+                let path = layer_path(*id);
+                self.backend()
+                    .open(&path, false)
+                    .and_then(|f| f.sync())
+                    .map_err(io_err(format!("syncing {}", path.display())))?;
+            }
             self.backend()
                 .sync_dir(LAYERS.as_ref())
                 .map_err(io_err("syncing layers"))?;
