@@ -1268,12 +1268,20 @@ fn rmi_refuses_an_image_a_container_or_a_mount_uses() {
     assert_eq!(fsck["garbage"]["unnamed_images"], 0, "{fsck}");
     let gc = json_of(&st.ok(["--json", "gc"]));
     assert_eq!(gc["images"], 0, "gc removed the container's image: {gc}");
+    // The name free again, `fsck --repair` gives it back from the image's
+    // record, in use or not.
+    st.ok(["rmi", "busybox"]);
+    st.ok(["fsck", "--repair"]);
+    let named = json_array(&st.ok(["--json", "images"]))
+        .iter()
+        .any(|i| i["id"] == id.as_str() && i["name"] == "busybox:latest");
+    assert!(
+        named,
+        "fsck --repair did not restore busybox: {}",
+        st.ok(["images"])
+    );
     st.ok(["rm", "user"]);
-    let fsck = json_of(&st.ok(["--json", "fsck"]));
-    assert_eq!(fsck["garbage"]["unnamed_images"], 1, "{fsck}");
-    st.ok(["gc"]);
-    st.ok(["rmi", "busybox", "tiny:1"]);
-    st.pull_named(&fixtures().oci("busybox"), "busybox");
+    st.ok(["rmi", "tiny:1"]);
 
     let mnt = scratch_dir("fukastor-test-mnt-");
     st.ok([
@@ -1456,6 +1464,24 @@ fn fsck_reports_and_repairs_a_damaged_container_record() {
     let ps = st.run(["ps"]);
     assert_coded_error(&ps, "FK0104", "ps with a damaged record");
     assert!(ps.stderr.contains("fukastor fsck"), "{ps}");
+
+    // The containers' image loses its name (to another image): fsck still
+    // counts it as in use, through the record that can be read.
+    let id = json_array(&st.ok(["--json", "images"]))[0]["id"]
+        .as_str()
+        .unwrap()
+        .to_owned();
+    let tiny = scratch_dir("fukastor-test-tiny-");
+    std::fs::write(tiny.path().join("f"), b"tiny").unwrap();
+    st.ok(["pull", &format!("dir:{}", tiny.path().display()), "tiny:1"]);
+    st.ok(["tag", "tiny:1", "busybox"]);
+    let fsck = st.run(["--json", "fsck"]);
+    assert_eq!(
+        json_of(&fsck)["garbage"]["unnamed_images"],
+        0,
+        "an image a readable record uses: {fsck}"
+    );
+    st.ok(["tag", &id[..12], "busybox"]);
 
     let fsck = st.run(["--json", "fsck"]);
     assert_coded_error(&fsck, "FK0500", "fsck with damaged records");
@@ -2632,6 +2658,23 @@ fn a_container_mount_whose_record_cannot_be_written_leaves_nothing_mounted() {
     assert!(mount_at(&mp).is_none(), "{mp:?} left mounted: {run}");
     drop(frozen);
     st.assert_nothing_left_but(&["c"], "container mount with an unwritable record");
+    // A mountpoint the overlay cannot go on (a file): FK0754, naming it,
+    // and nothing left mounted either.
+    let file = scratch.path().join("file");
+    std::fs::write(&file, b"").unwrap();
+    let run = st.run([
+        OsStr::new("container"),
+        OsStr::new("mount"),
+        OsStr::new("c"),
+        file.as_os_str(),
+    ]);
+    assert_coded_error(&run, "FK0754", "container mount on a file");
+    assert!(
+        run.stderr
+            .contains(&format!("mounting at {}", file.display())),
+        "{run}"
+    );
+    st.assert_nothing_left_but(&["c"], "container mount on a file");
     st.ok([
         OsStr::new("container"),
         OsStr::new("mount"),

@@ -29,7 +29,7 @@ pub struct Cli {
     #[arg(long, global = true, value_name = "DIR")]
     pub store: Option<PathBuf>,
     /// Print machine-readable JSON (listings, reports and errors) [env:
-    /// FUKASTOR_JSON: empty, 0, false, no, off or n is off, anything else on].
+    /// FUKASTOR_JSON: empty, 0, false, f, no, n or off is off, anything else on].
     #[arg(long, global = true)]
     pub json: bool,
     /// Print less: no progress, only IDs.
@@ -350,11 +350,11 @@ fn env_set(name: &str) -> Option<std::ffi::OsString> {
 }
 
 /// Whether environment variable `name` turns a switch on: set to anything
-/// but empty, `0`, `false`, `no`, `off` or `n` (any case).
+/// but empty, `0`, `false`, `f`, `no`, `n` or `off` (any case).
 fn env_on(name: &str) -> bool {
     env_set(name).is_some_and(|v| {
         let v = v.to_string_lossy().to_ascii_lowercase();
-        !["0", "false", "no", "off", "n"].contains(&v.as_str())
+        !["0", "false", "f", "no", "n", "off"].contains(&v.as_str())
     })
 }
 
@@ -596,8 +596,8 @@ fn run(cli: &Cli) -> CliResult {
             let store = open(cli, mode)?;
             let containers = crate::container::Containers::new(store.root());
             // A damaged container record is fsck's to report below, not a
-            // reason to stop: its image then counts as unused.
-            let keep = images_in_use(&store, &containers).unwrap_or_default();
+            // reason to stop: only its image then counts as unused.
+            let keep = images_in_use(&store, &containers, true)?;
             let mut report = store.fsck(*repair, &keep)?;
             let (problems, checked) = containers.check_records(*repair)?;
             report.containers = checked;
@@ -625,7 +625,7 @@ fn run(cli: &Cli) -> CliResult {
                     tracing::info!("removed {n} records of disposable containers of earlier boots");
                 }
             }
-            let report = store.gc(*dry_run, &images_in_use(&store, &containers)?)?;
+            let report = store.gc(*dry_run, &images_in_use(&store, &containers, false)?)?;
             if !*dry_run {
                 let n = crate::oci::prune_layer_cache(&store)?;
                 tracing::info!("dropped {n} cached layers no image uses");
@@ -743,25 +743,32 @@ fn rmi(
     Ok(())
 }
 
-/// The containers and live mounts that use image `id`, as "container NAME"
-/// and "the mount at PATH".
 /// The images that live mounts and containers use: `gc` keeps them, and
-/// `fsck` does not count them as garbage when they have no name.
+/// `fsck` does not count them as garbage when they have no name. With
+/// `lenient`, a container record that cannot be read is skipped (fsck
+/// reports it) instead of failing.
 fn images_in_use(
     store: &Store,
     containers: &crate::container::Containers,
+    lenient: bool,
 ) -> CliResult<Vec<ObjectId>> {
     let mut in_use: Vec<String> = crate::mount::track::mounted(store)
         .into_iter()
         .map(|t| t.id)
         .collect();
-    in_use.extend(containers.image_ids()?);
+    if lenient {
+        in_use.extend(containers.readable_image_ids());
+    } else {
+        in_use.extend(containers.image_ids()?);
+    }
     Ok(in_use
         .iter()
         .filter_map(|h| ObjectId::from_hex(h).ok())
         .collect())
 }
 
+/// The containers and live mounts that use image `id`, as "container NAME"
+/// and "the mount at PATH".
 fn image_users(store: &Store, id: &ObjectId) -> CliResult<Vec<String>> {
     let hex = id.to_hex();
     let mut users: Vec<String> = crate::container::Containers::new(store.root())

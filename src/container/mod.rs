@@ -329,7 +329,7 @@ impl Containers {
 
     /// Keeps container work directory `work` as a spare tree when it is
     /// exactly what [`Containers::reuse_spare_tree`] hands out once
-    /// `bundle/config.json` is gone: a directory holding the four
+    /// `bundle/config.json` is gone: a directory holding the three
     /// directories (none a symlink; the caller made sure none is a mount),
     /// `fs` and `rootfs` empty, nothing in `bundle` but that file.
     /// Returns false (and changes nothing but `config.json`) otherwise, or
@@ -656,6 +656,16 @@ impl Containers {
         Ok(self.list()?.into_iter().map(|c| c.image_id).collect())
     }
 
+    /// [`Containers::image_ids`] of the records that can be read (the
+    /// others are skipped: `fsck`, which reports them).
+    pub fn readable_image_ids(&self) -> Vec<String> {
+        self.record_names()
+            .iter()
+            .filter_map(|n| self.get(n).ok())
+            .map(|c| c.image_id)
+            .collect()
+    }
+
     /// Creates container `name` (or a generated name) from `image`.
     pub fn create(&self, image: &str, name: Option<&str>, size: u64) -> Result<Container> {
         self.create_as(image, name, size, false)
@@ -876,7 +886,8 @@ impl Containers {
                 &fs.join("upper"),
                 &fs.join("work"),
                 &target,
-            )?;
+            )
+            .map_err(|e| ContainerError::Mount(name.into(), e))?;
         }
         let recorded = (target != default).then_some(target.clone());
         if c.mountpoint != recorded {

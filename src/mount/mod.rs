@@ -156,15 +156,7 @@ pub fn mount_kernel(
         VerityRequirement::Disabled,
         &MountOptions::default(),
     )
-    .map_err(|e| match e.raw_os_error() {
-        Some(libc::EPERM) => MountError::NotPrivileged(label.to_string()),
-        // ENOTBLK also comes from kernels without file-backed EROFS
-        // (before 6.12): only a store on tmpfs is told to move.
-        Some(libc::ENOTBLK) if fs_type_of(&image_path) == "tmpfs" => {
-            MountError::StoreFs("tmpfs".into(), e.to_string())
-        }
-        _ => MountError::Kernel(e.to_string()),
-    })?;
+    .map_err(|e| kernel_refused(e, label, &image_path))?;
     // Tracked before it is attached: a store too full for the tracking
     // file then leaves no mount behind (the detached mount goes with `mnt`).
     track::record(
@@ -216,12 +208,24 @@ pub fn image_layers(store: &Store, id: &ObjectId, label: &str) -> Result<ImageLa
     if store.is_filtered(id) {
         return Err(MountError::Filtered(label.to_string()));
     }
-    let (_, image, objects) = open_image(store, id)?;
-    let erofs = composefs::mount::erofs_mount(image).map_err(|e| match e.raw_os_error() {
-        Some(libc::EPERM) => MountError::NotPrivileged(label.to_string()),
-        _ => MountError::Kernel(format!("EROFS of image {label}: {e}")),
-    })?;
+    let (image_path, image, objects) = open_image(store, id)?;
+    let erofs =
+        composefs::mount::erofs_mount(image).map_err(|e| kernel_refused(e, label, &image_path))?;
     Ok(ImageLayers { erofs, objects })
+}
+
+/// The error for the kernel refusing to mount image `label` (EROFS file
+/// `image_path`).
+fn kernel_refused(e: std::io::Error, label: &str, image_path: &Path) -> MountError {
+    match e.raw_os_error() {
+        Some(libc::EPERM) => MountError::NotPrivileged(label.to_string()),
+        // ENOTBLK also comes from kernels without file-backed EROFS
+        // (before 6.12): only a store on tmpfs is told to move.
+        Some(libc::ENOTBLK) if fs_type_of(image_path) == "tmpfs" => {
+            MountError::StoreFs("tmpfs".into(), e.to_string())
+        }
+        _ => MountError::Kernel(e.to_string()),
+    }
 }
 
 /// Mounts an image **writable** at `target` through the kernel: one
@@ -239,13 +243,12 @@ pub fn mount_writable(
     upper: &Path,
     work: &Path,
     target: &Path,
-) -> Result<(), MountError> {
+) -> Result<(), String> {
     use rustix::mount::{
         FsMountFlags, FsOpenFlags, MountAttrFlags, fsconfig_create, fsconfig_set_fd,
         fsconfig_set_string, fsmount, fsopen,
     };
-    let failed =
-        |what: &str, e: rustix::io::Errno| MountError::Kernel(format!("overlay {what}: {e}"));
+    let failed = |what: &str, e: rustix::io::Errno| format!("overlay {what}: {e}");
     let dir = |p: &Path| {
         rustix::fs::open(
             p,
@@ -274,7 +277,7 @@ pub fn mount_writable(
     fsconfig_create(&fs).map_err(|e| failed("create", e))?;
     let mnt = fsmount(&fs, FsMountFlags::FSMOUNT_CLOEXEC, MountAttrFlags::empty())
         .map_err(|e| failed("fsmount", e))?;
-    mount_at(mnt.as_fd(), CWD, target).map_err(|e| MountError::Kernel(e.to_string()))
+    mount_at(mnt.as_fd(), CWD, target).map_err(|e| format!("mounting at {}: {e}", target.display()))
 }
 
 /// Refuses mountpoint `canonical` when the mount table shows a mount of

@@ -268,8 +268,7 @@ pub(super) fn run(store: &Store, repair: bool, keep: &[ObjectId]) -> Result<Fsck
 
     // 4. Unnamed images: garbage, or names to restore.
     for id in &good_images {
-        // An image a container or a mount uses is kept by `gc` too.
-        if named.contains(id) || keep.contains(id) {
+        if named.contains(id) {
             continue;
         }
         let names = records.get(id).cloned().unwrap_or_default();
@@ -284,7 +283,8 @@ pub(super) fn run(store: &Store, repair: bool, keep: &[ObjectId]) -> Result<Fsck
                 }
             }
         }
-        if !restored {
+        // An image a container or a mount uses is kept by `gc` too.
+        if !restored && !keep.contains(id) {
             r.garbage.unnamed_images += 1;
         }
     }
