@@ -1611,6 +1611,13 @@ fn atomic_snapshot_of_a_running_container_then_rollback_and_start() {
         !mounts.stdout_str().contains(&rootfs.display().to_string()),
         "`mounts` lists the container's rootfs: {mounts}"
     );
+    let run = st.run([OsStr::new("umount"), rootfs.as_os_str()]);
+    assert_coded_error(&run, "FK0303", "umount of a container's rootfs");
+    assert!(
+        run.stderr.contains("fukastor container umount snap"),
+        "the hint should name `container umount`: {run}"
+    );
+    assert!(mount_at(&rootfs).is_some(), "umount took the rootfs: {run}");
     let state = tool("crun", ["state", "fukastor-snap"]);
     state.assert_success();
     let state = json_of(&state);

@@ -42,7 +42,7 @@ pub enum MountError {
     Kernel(String),
     /// Not ours.
     #[error("{0} is not a fukastor mount")]
-    NotOurs(String),
+    NotOurs(String, Option<String>),
     /// Unmount failed.
     #[error("cannot unmount {0}: {1}")]
     Umount(String, String),
@@ -72,7 +72,7 @@ impl Coded for MountError {
             MountError::NotPrivileged(_) => "FK0300",
             MountError::Mountpoint(..) => "FK0301",
             MountError::Kernel(_) => "FK0302",
-            MountError::NotOurs(_) => "FK0303",
+            MountError::NotOurs(..) => "FK0303",
             MountError::Umount(..) => "FK0304",
             MountError::Server(_) => "FK0305",
             MountError::Filtered(_) => "FK0306",
@@ -89,7 +89,10 @@ impl Coded for MountError {
             MountError::Kernel(_) => {
                 "the kernel needs file-backed EROFS and overlayfs with data-only lowers (Linux 6.12+); check `dmesg`".into()
             }
-            MountError::NotOurs(_) => "list mounts with `findmnt -t overlay`".into(),
+            MountError::NotOurs(_, Some(c)) => format!(
+                "it is container {c}'s root filesystem: `fukastor container umount {c}`"
+            ),
+            MountError::NotOurs(_, None) => "list mounts with `findmnt -t overlay`".into(),
             MountError::Umount(..) => "close files and shells using the mount, then try again".into(),
             MountError::Server(_) => "check that /dev/fuse exists and fuse3 (fusermount3) is installed; see the log above".into(),
             MountError::Filtered(_) => {
@@ -451,7 +454,18 @@ pub fn umount(store_root: &Path, mountpoint: &Path) -> Result<(), MountError> {
         .map_err(|e| MountError::Mountpoint(shown.clone(), e.to_string()))?;
     let Some(entry) = list().into_iter().find(|m| m.mountpoint == canonical) else {
         track::forget(store_root, &canonical);
-        return Err(MountError::NotOurs(shown));
+        // A container's root filesystem (`fukastor-container:NAME@STORE`)
+        // is the container commands' to unmount.
+        let root = fs::canonicalize(store_root).unwrap_or_else(|_| store_root.to_path_buf());
+        let ours = format!("@{}", root.display());
+        let container = table()
+            .into_iter()
+            .filter(|m| m.mountpoint == canonical)
+            .find_map(|m| {
+                let name = m.source.strip_prefix("fukastor-container:")?;
+                Some(name.strip_suffix(ours.as_str())?.to_string())
+            });
+        return Err(MountError::NotOurs(shown, container));
     };
     if entry.fstype.starts_with("fuse") {
         if let Some(pid) = track::read(store_root, &canonical)
