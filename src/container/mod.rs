@@ -877,12 +877,9 @@ impl Containers {
         volume?;
         {
             let _s = tracing::debug_span!("overlay").entered();
-            // Not `composefs:…`: `mounts` and `umount` are for image mounts;
-            // `ps` and `container umount` for this.
-            let source = format!("fukastor-container:{name}@{}", self.paths.store.display());
             crate::mount::mount_writable(
                 &image,
-                &source,
+                &crate::mount::container_source(name, &self.paths.store),
                 &fs.join("upper"),
                 &fs.join("work"),
                 &target,

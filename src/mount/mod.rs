@@ -231,6 +231,22 @@ fn kernel_refused(e: std::io::Error, label: &str, image_path: &Path) -> MountErr
     }
 }
 
+/// The source of container `name`'s root filesystem in the store at
+/// (canonical) `store_root`: `fukastor-container:NAME@STORE`. Not
+/// `composefs:…`, which names the image mounts that [`list`] shows, so that
+/// `mounts` and `umount` leave it to `ps` and `container umount`.
+pub fn container_source(name: &str, store_root: &Path) -> String {
+    format!("fukastor-container:{name}@{}", store_root.display())
+}
+
+/// The container whose root filesystem has mount source `source`
+/// ([`container_source`]) in the store at `store_root`.
+fn container_of_source<'a>(source: &'a str, store_root: &Path) -> Option<&'a str> {
+    source
+        .strip_prefix("fukastor-container:")?
+        .strip_suffix(&format!("@{}", store_root.display()))
+}
+
 /// Mounts an image **writable** at `target` through the kernel: one
 /// overlayfs (what `composefs_fsmount` makes, with an upper layer) of the
 /// image's EROFS (`layers`), the store's objects as its data-only layer
@@ -238,8 +254,10 @@ fn kernel_refused(e: std::io::Error, label: &str, image_path: &Path) -> MountErr
 /// (directories on one filesystem) as its upper and work directories. A
 /// container's root filesystem: one mount where a read-only composefs
 /// mount under an overlay would be two. Not tracked (the container's record
-/// says where it is); `source` should not start with `composefs:`, which
-/// names the image mounts that [`list`] shows.
+/// says where it is); `source` is a [`container_source`]. Not
+/// `composefs_fsmount` itself, which mounts the EROFS too (a container's
+/// is mounted on a thread while its volume is attached) and always names
+/// its mount `composefs:…`.
 pub fn mount_writable(
     layers: &ImageLayers,
     source: &str,
@@ -454,17 +472,13 @@ pub fn umount(store_root: &Path, mountpoint: &Path) -> Result<(), MountError> {
         .map_err(|e| MountError::Mountpoint(shown.clone(), e.to_string()))?;
     let Some(entry) = list().into_iter().find(|m| m.mountpoint == canonical) else {
         track::forget(store_root, &canonical);
-        // A container's root filesystem (`fukastor-container:NAME@STORE`)
-        // is the container commands' to unmount.
+        // A container's root filesystem is the container commands' to
+        // unmount.
         let root = fs::canonicalize(store_root).unwrap_or_else(|_| store_root.to_path_buf());
-        let ours = format!("@{}", root.display());
         let container = table()
             .into_iter()
             .filter(|m| m.mountpoint == canonical)
-            .find_map(|m| {
-                let name = m.source.strip_prefix("fukastor-container:")?;
-                Some(name.strip_suffix(ours.as_str())?.to_string())
-            });
+            .find_map(|m| container_of_source(&m.source, &root).map(str::to_string));
         return Err(MountError::NotOurs(shown, container));
     };
     if entry.fstype.starts_with("fuse") {
