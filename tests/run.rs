@@ -1113,6 +1113,65 @@ fn run_honours_the_image_config_and_its_overrides() {
 // 3. Without --rm: ps, start
 // ---------------------------------------------------------------------------
 
+/// Containers are clones of an ext4 template made with `inline_data` (so
+/// the `work/work` directory overlayfs deletes and makes again at every
+/// mount needs no block), and a store that still has the template an older
+/// fukastor built (`template.ext4-SIZE`) gets the current one
+/// (`template.ext4-inline-SIZE`) and loses the old one.
+#[test]
+fn containers_are_clones_of_an_inline_data_template() {
+    let _serial = serial();
+    require_containers();
+    require_tool("dumpe2fs", "e2fsprogs");
+    let st = CStore::with_image("busybox");
+    let size = 256u64 << 20;
+    let legacy = format!("template.ext4-{size}");
+    st.ok(["volume", "create", &legacy, "--size", "64M"]);
+    st.ok(["create", "busybox", "--name", "c", "--size", "256M"]);
+    let names: Vec<String> = st
+        .volumes()
+        .iter()
+        .filter_map(|v| v["name"].as_str().map(str::to_owned))
+        .collect();
+    assert!(
+        names.contains(&format!("template.ext4-inline-{size}")),
+        "no current template: {names:?}"
+    );
+    assert!(
+        !names.contains(&legacy),
+        "the old template is still there: {names:?}"
+    );
+
+    st.ok(["container", "mount", "c"]);
+    let fs = st.container_dir("c").join("fs");
+    let ext4 = mount_at(&fs).unwrap_or_else(|| panic!("nothing mounted at {}", fs.display()));
+    assert_eq!(ext4.fstype, "ext4", "{ext4:?}");
+    let dump = tool("dumpe2fs", ["-h", ext4.source.as_str()]);
+    assert!(dump.status.success(), "{dump}");
+    let features = dump
+        .stdout_str()
+        .lines()
+        .find_map(|l| l.strip_prefix("Filesystem features:").map(str::to_owned))
+        .unwrap_or_else(|| panic!("dumpe2fs printed no features: {dump}"));
+    assert!(
+        features.split_whitespace().any(|f| f == "inline_data"),
+        "the container's ext4 lacks inline_data: {features}"
+    );
+    // overlayfs took it as its upper: the container's writes land there.
+    let rootfs = st.rootfs("c");
+    std::fs::create_dir(rootfs.join("newdir")).expect("mkdir in the container");
+    std::fs::write(rootfs.join("newdir/f"), b"x").expect("write in the container");
+    assert_eq!(
+        std::fs::read(fs.join("upper/newdir/f")).ok().as_deref(),
+        Some(&b"x"[..]),
+        "the write is not in the ext4 upper"
+    );
+    st.ok(["container", "umount", "c"]);
+    st.ok(["rm", "c"]);
+    st.assert_nothing_left("after rm");
+    st.assert_fsck_clean();
+}
+
 #[test]
 fn run_without_rm_keeps_the_container_and_start_runs_it_again() {
     let _serial = serial();

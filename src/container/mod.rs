@@ -19,7 +19,7 @@
 //! overlay; [`LEGACY_LOWER`] is still unmounted where one is found.)
 //!
 //! A container's volume is `ctr.<name>`, a clone of snapshot `formatted` of
-//! the template volume `template.ext4-<size>` (built once per size by the
+//! the template volume `template.ext4-inline-<size>` (built once per size by the
 //! volume server: `mkfs.ext4` happens once, never per container).
 //!
 //! # Steps and what a crash leaves
@@ -195,7 +195,18 @@ pub fn volume_of(name: &str) -> String {
     format!("ctr.{name}")
 }
 
+/// The template volume containers of `size` bytes are cloned from. The
+/// name changes with the template's format: a store made by an older
+/// fukastor builds the current one on its next `create`, and its
+/// containers keep the blocks of the one they were cloned from.
 fn template_of(size: u64) -> String {
+    format!("template.ext4-inline-{size}")
+}
+
+/// The template of `size` bytes before it had `inline_data` (until
+/// 2026-12-03): removed once the current one is built. Containers cloned
+/// from it keep its layers (a pool frees only what no volume uses).
+fn legacy_template_of(size: u64) -> String {
     format!("template.ext4-{size}")
 }
 
@@ -767,6 +778,12 @@ impl Containers {
                             size,
                         },
                     )?;
+                    // Best effort: a legacy template left behind costs
+                    // a few MiB of disk, never correctness.
+                    let legacy = legacy_template_of(size);
+                    if let Err(e) = self.remove_volume(&legacy) {
+                        tracing::debug!("keeping {legacy}: {e}");
+                    }
                 }
                 Err(e) => return Err(e),
             }
