@@ -1447,6 +1447,70 @@ fn a_running_container_is_not_started_unmounted_or_removed_under_itself() {
     st.assert_fsck_clean();
 }
 
+/// Runs `fukastor --store STORE ARGS` `n` times at once.
+fn at_once(st: &CStore, n: usize, args: &[&str]) -> Vec<std::process::Output> {
+    std::thread::scope(|s| {
+        let spawned: Vec<_> = (0..n)
+            .map(|_| {
+                let mut cmd = st.command();
+                cmd.args(args);
+                s.spawn(move || cmd.output().expect("run fukastor"))
+            })
+            .collect();
+        spawned.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Each output's status and stderr, for an assertion's message.
+fn report(outputs: &[std::process::Output]) -> Vec<String> {
+    outputs
+        .iter()
+        .map(|o| format!("{}: {}", o.status, String::from_utf8_lossy(&o.stderr)))
+        .collect()
+}
+
+/// `container mount`s of one container at once all succeed and print the
+/// same mountpoint, and `container umount`s at once all succeed and leave
+/// it unmounted: each takes the container's lock. Before, one mount won,
+/// another failed with FK0754 (EBUSY) and its undo took the ext4 from under
+/// the winner's overlay, after which `container umount` failed with FK0717
+/// and `rm` with FK0753; a second umount at once failed with FK0717.
+#[test]
+fn concurrent_mounts_and_umounts_of_one_container_agree() {
+    let _serial = serial();
+    require_containers();
+    let st = CStore::with_image("busybox");
+    st.ok(["create", "busybox", "--name", "c"]);
+    let rootfs = st.rootfs("c").display().to_string();
+    let fs = st.container_dir("c").join("fs");
+    for round in 0..4 {
+        let mounts = at_once(&st, 3, &["container", "mount", "c"]);
+        assert!(
+            mounts
+                .iter()
+                .all(|o| o.status.success() && String::from_utf8_lossy(&o.stdout).trim() == rootfs),
+            "round {round}: every mount must print {rootfs}: {:#?}",
+            report(&mounts)
+        );
+        assert_eq!(st.ps_row("c").unwrap()["state"], "mounted", "round {round}");
+        assert!(
+            mount_at(&fs).is_some_and(|m| m.fstype == "ext4"),
+            "round {round}: the container's ext4 is not mounted at {}",
+            fs.display()
+        );
+        let umounts = at_once(&st, 2, &["container", "umount", "c"]);
+        assert!(
+            umounts.iter().all(|o| o.status.success()),
+            "round {round}: {:#?}",
+            report(&umounts)
+        );
+        assert_eq!(st.ps_row("c").unwrap()["state"], "stopped", "round {round}");
+    }
+    st.ok(["rm", "c"]);
+    st.assert_nothing_left("after the concurrent mounts");
+    st.assert_fsck_clean();
+}
+
 /// Creates of one name at once: exactly one succeeds, the others get
 /// FK0751, and one volume is left for the one record. Before, a create that
 /// found the name's volume but not yet its record took it for a crash's
@@ -1459,21 +1523,9 @@ fn concurrent_creates_of_one_name_make_one_container() {
     st.ok(["create", "busybox", "--name", "warm"]);
     for round in 0..5 {
         let name = format!("same{round}");
-        let outputs: Vec<std::process::Output> = std::thread::scope(|s| {
-            let spawned: Vec<_> = (0..4)
-                .map(|_| {
-                    let mut cmd = st.command();
-                    cmd.args(["create", "busybox", "--name", &name]);
-                    s.spawn(move || cmd.output().expect("run fukastor create"))
-                })
-                .collect();
-            spawned.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+        let outputs = at_once(&st, 4, &["create", "busybox", "--name", &name]);
         let won = outputs.iter().filter(|o| o.status.success()).count();
-        let report: Vec<String> = outputs
-            .iter()
-            .map(|o| format!("{}: {}", o.status, String::from_utf8_lossy(&o.stderr)))
-            .collect();
+        let report = report(&outputs);
         assert_eq!(
             won, 1,
             "round {round}: {won} creates of {name} succeeded: {report:#?}"

@@ -310,6 +310,39 @@ impl Containers {
         self.dir.join(name)
     }
 
+    /// Takes container `name`'s lock: an exclusive `flock` on its work
+    /// directory `work`, held until the file returned is dropped (or its
+    /// holder dies). `container mount`, `container umount`, `rm` and the
+    /// end of `run --rm` each take it, so that two of them never interleave
+    /// their steps: two mounts racing used to both mount the ext4, and the
+    /// loser's undo took it from under the winner's overlay. `None` when
+    /// `work` does not exist (nothing of the container is mounted). A
+    /// directory retired while its lock was awaited (`rm`, the end of `run
+    /// --rm`) is noticed and the path looked up again.
+    fn lock(&self, name: &str, work: &Path) -> Result<Option<std::fs::File>> {
+        let io = |e: std::io::Error| StoreError::Io {
+            context: format!("locking container {name}"),
+            source: e,
+        };
+        loop {
+            let dir = match std::fs::File::open(work) {
+                Ok(f) => f,
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) => return Err(io(e).into()),
+            };
+            rustix::fs::flock(&dir, rustix::fs::FlockOperation::LockExclusive)
+                .map_err(|e| io(e.into()))?;
+            let held = rustix::fs::fstat(&dir).map_err(|e| io(e.into()))?;
+            match rustix::fs::stat(work) {
+                Ok(now) if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino) => {
+                    return Ok(Some(dir));
+                }
+                Ok(_) | Err(rustix::io::Errno::NOENT) => continue,
+                Err(e) => return Err(io(e.into()).into()),
+            }
+        }
+    }
+
     /// Where emptied work directory trees wait to be reused
     /// (`containers/.spare/`; no container name starts with a dot).
     fn spare_dir(&self) -> PathBuf {
@@ -860,6 +893,13 @@ impl Containers {
             context: format!("creating {}", fs.display()),
             source: e,
         })?;
+        let _lock = self.lock(name, &work)?;
+        // Mounted while the lock was awaited: as above.
+        c = self.get(name)?;
+        let current = self.mountpoint_of(&c);
+        if crate::mount::is_mount_root(&current) {
+            return Ok(current);
+        }
         if mountpoint.is_none() {
             std::fs::create_dir_all(&target).map_err(|e| StoreError::Io {
                 context: format!("creating {}", target.display()),
@@ -973,8 +1013,9 @@ impl Containers {
     /// Unmounts container `name`: overlay, ext4, volume, image, each one
     /// that is there.
     pub fn umount(&self, name: &str) -> Result<()> {
-        let mut c = self.get(name)?;
         let work = self.work_dir(name);
+        let _lock = self.lock(name, &work)?;
+        let mut c = self.get(name)?;
         let mp = self.mountpoint_of(&c);
         if crate::mount::is_mount_root(&mp) {
             let _s = tracing::debug_span!("overlay").entered();
@@ -1036,8 +1077,9 @@ impl Containers {
     /// Removes container `name` and its volume. A mounted container is
     /// refused unless `force`, which unmounts it first.
     pub fn remove(&self, name: &str, force: bool) -> Result<()> {
-        let c = self.get(name)?;
         let work = self.work_dir(name);
+        let _lock = self.lock(name, &work)?;
+        let c = self.get(name)?;
         let mounted = crate::mount::is_mount_root(&self.mountpoint_of(&c))
             || crate::mount::is_mount_root(&work.join("fs"))
             || crate::mount::is_mount_root(&work.join(LEGACY_LOWER));
@@ -1047,7 +1089,7 @@ impl Containers {
         // What the end of `run --rm` does: whatever is left of its mounts
         // goes (a volume left attached by an unmount cut short included),
         // and the volume is detached and deleted in one request, unflushed.
-        self.discard(name).map(drop)
+        self.discard_locked(name, &c, &work).map(drop)
     }
 
     /// Deletes volume `volume` (the volume server), if it is there.
@@ -1085,15 +1127,21 @@ impl Containers {
     /// store's filesystem full, an I/O error), if it had: the container's
     /// processes may not have seen the failure.
     pub fn discard(&self, name: &str) -> Result<Option<String>> {
-        let c = self.get(name)?;
         let work = self.work_dir(name);
-        let mp = self.mountpoint_of(&c);
+        let _lock = self.lock(name, &work)?;
+        let c = self.get(name)?;
+        self.discard_locked(name, &c, &work)
+    }
+
+    /// [`Containers::discard`] of container `c`, its lock held.
+    fn discard_locked(&self, name: &str, c: &Container, work: &Path) -> Result<Option<String>> {
+        let mp = self.mountpoint_of(c);
         if crate::mount::is_mount_root(&mp) {
             let _s = tracing::debug_span!("overlay").entered();
             unmount(&mp).map_err(|e| ContainerError::Umount(name.into(), e))?;
         }
-        let lost = self.teardown(name, &c.volume, &work, true)?;
-        self.forget(name, &work)?;
+        let lost = self.teardown(name, &c.volume, work, true)?;
+        self.forget(name, work)?;
         Ok(lost)
     }
 
