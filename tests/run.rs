@@ -1125,9 +1125,15 @@ fn containers_are_clones_of_an_inline_data_template() {
     require_tool("dumpe2fs", "e2fsprogs");
     let st = CStore::with_image("busybox");
     let size = 256u64 << 20;
+    // What an older fukastor left: a template volume with its snapshot
+    // `formatted`; and a volume a user named like a template, without it.
     let legacy = format!("template.ext4-{size}");
     st.ok(["volume", "create", &legacy, "--size", "64M"]);
+    st.ok(["snapshot", "create", &legacy, "--name", "formatted"]);
+    let not_a_template = format!("template.ext4-{}", 128u64 << 20);
+    st.ok(["volume", "create", &not_a_template, "--size", "64M"]);
     st.ok(["create", "busybox", "--name", "c", "--size", "256M"]);
+    st.ok(["create", "busybox", "--name", "d", "--size", "128M"]);
     let names: Vec<String> = st
         .volumes()
         .iter()
@@ -1141,6 +1147,12 @@ fn containers_are_clones_of_an_inline_data_template() {
         !names.contains(&legacy),
         "the old template is still there: {names:?}"
     );
+    assert!(
+        names.contains(&not_a_template),
+        "a volume without the template's snapshot was removed: {names:?}"
+    );
+    st.ok(["rm", "d"]);
+    st.ok(["volume", "rm", &not_a_template]);
 
     st.ok(["container", "mount", "c"]);
     let fs = st.container_dir("c").join("fs");
@@ -1507,6 +1519,50 @@ fn concurrent_mounts_and_umounts_of_one_container_agree() {
         assert_eq!(st.ps_row("c").unwrap()["state"], "stopped", "round {round}");
     }
     st.ok(["rm", "c"]);
+    // A mount and an rm of a never-mounted container at once: either the
+    // mount wins and the rm is refused (FK0753), or the rm wins and the
+    // mount finds no container (FK0750); never both, never a mounted
+    // container without a record.
+    for round in 0..4 {
+        let name = format!("r{round}");
+        st.ok(["create", "busybox", "--name", &name]);
+        let outputs: Vec<std::process::Output> = std::thread::scope(|s| {
+            let spawn = |args: &[&str]| {
+                let mut cmd = st.command();
+                cmd.args(args);
+                s.spawn(move || cmd.output().expect("run fukastor"))
+            };
+            let m = spawn(&["container", "mount", &name]);
+            let r = spawn(&["rm", &name]);
+            vec![m.join().unwrap(), r.join().unwrap()]
+        });
+        let err = |o: &std::process::Output| String::from_utf8_lossy(&o.stderr).into_owned();
+        match (outputs[0].status.success(), outputs[1].status.success()) {
+            (true, false) => {
+                assert!(
+                    err(&outputs[1]).contains("error[FK0753]"),
+                    "{:#?}",
+                    report(&outputs)
+                );
+                assert_eq!(st.ps_row(&name).unwrap()["state"], "mounted");
+                st.ok(["rm", "--force", &name]);
+            }
+            (false, true) => {
+                assert!(
+                    err(&outputs[0]).contains("error[FK0750]"),
+                    "{:#?}",
+                    report(&outputs)
+                );
+                assert!(st.ps_row(&name).is_none(), "round {round}");
+            }
+            _ => panic!("round {round}: {:#?}", report(&outputs)),
+        }
+        assert!(
+            !st.container_dir(&name).exists(),
+            "round {round}: {} is left",
+            st.container_dir(&name).display()
+        );
+    }
     st.assert_nothing_left("after the concurrent mounts");
     st.assert_fsck_clean();
 }

@@ -311,34 +311,63 @@ impl Containers {
     }
 
     /// Takes container `name`'s lock: an exclusive `flock` on its work
-    /// directory `work`, held until the file returned is dropped (or its
-    /// holder dies). `container mount`, `container umount`, `rm` and the
-    /// end of `run --rm` each take it, so that two of them never interleave
-    /// their steps: two mounts racing used to both mount the ext4, and the
-    /// loser's undo took it from under the winner's overlay. `None` when
-    /// `work` does not exist (nothing of the container is mounted). A
-    /// directory retired while its lock was awaited (`rm`, the end of `run
-    /// --rm`) is noticed and the path looked up again.
-    fn lock(&self, name: &str, work: &Path) -> Result<Option<std::fs::File>> {
+    /// directory `work` (made when missing), held until the file returned
+    /// is dropped (or its holder dies); waited for as long as the store
+    /// lock (`FUKASTOR_LOCK_TIMEOUT`, then FK0102). `container mount`,
+    /// `container umount`, `rm` and the end of `run --rm` each take it
+    /// once they know the name is a container's, and look at the container
+    /// again once they hold it, so that two of them never interleave their
+    /// steps: two mounts racing used to both mount the ext4, and the loser's
+    /// undo took it from under the winner's overlay. A directory retired
+    /// while its lock was awaited (`rm`, the end of `run --rm`) is noticed
+    /// and made again.
+    fn lock(&self, name: &str, work: &Path) -> Result<std::fs::File> {
         let io = |e: std::io::Error| StoreError::Io {
             context: format!("locking container {name}"),
             source: e,
         };
         loop {
+            match std::fs::create_dir(work) {
+                Ok(()) => {}
+                Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
+                Err(e) => return Err(io(e).into()),
+            }
             let dir = match std::fs::File::open(work) {
                 Ok(f) => f,
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(None),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
                 Err(e) => return Err(io(e).into()),
             };
-            rustix::fs::flock(&dir, rustix::fs::FlockOperation::LockExclusive)
-                .map_err(|e| io(e.into()))?;
+            crate::store::flock_timed(
+                &dir,
+                LockMode::Exclusive,
+                &format!("container {name}'s lock"),
+            )?;
             let held = rustix::fs::fstat(&dir).map_err(|e| io(e.into()))?;
             match rustix::fs::stat(work) {
                 Ok(now) if (now.st_dev, now.st_ino) == (held.st_dev, held.st_ino) => {
-                    return Ok(Some(dir));
+                    return Ok(dir);
                 }
                 Ok(_) | Err(rustix::io::Errno::NOENT) => continue,
                 Err(e) => return Err(io(e.into()).into()),
+            }
+        }
+    }
+
+    /// Container `name`'s record, read again once its lock
+    /// ([`Containers::lock`]) is held, and the lock. A container removed
+    /// while the lock was awaited is [`ContainerError::NotFound`], and the
+    /// work directory the lock made for it is retired.
+    fn get_locked(&self, name: &str) -> Result<(std::fs::File, Container)> {
+        self.get(name)?;
+        let work = self.work_dir(name);
+        let lock = self.lock(name, &work)?;
+        match self.get(name) {
+            Ok(c) => Ok((lock, c)),
+            Err(e) => {
+                if matches!(e, ContainerError::NotFound(_)) {
+                    self.retire_work_dir(&work);
+                }
+                Err(e)
             }
         }
     }
@@ -811,12 +840,7 @@ impl Containers {
                             size,
                         },
                     )?;
-                    // Best effort: a legacy template left behind costs
-                    // a few MiB of disk, never correctness.
-                    let legacy = legacy_template_of(size);
-                    if let Err(e) = self.remove_volume(&legacy) {
-                        tracing::debug!("keeping {legacy}: {e}");
-                    }
+                    self.remove_legacy_template(size);
                 }
                 Err(e) => return Err(e),
             }
@@ -837,6 +861,26 @@ impl Containers {
         };
         self.write_record(&c, record)?;
         Ok(c)
+    }
+
+    /// Removes the template of `size` bytes an older fukastor built
+    /// ([`legacy_template_of`]), if that volume is one (it has the snapshot
+    /// [`TEMPLATE_SNAPSHOT`]: a volume a user named so is left alone). Best
+    /// effort: a legacy template left behind costs a few MiB of disk, never
+    /// correctness.
+    fn remove_legacy_template(&self, size: u64) {
+        let legacy = legacy_template_of(size);
+        let req = Request::Snapshots {
+            volume: legacy.clone(),
+        };
+        let is_template = matches!(
+            call(&self.paths, &req),
+            Ok(Response::Snapshots { snapshots })
+                if snapshots.iter().any(|s| s.name == TEMPLATE_SNAPSHOT)
+        );
+        if is_template && let Err(e) = self.remove_volume(&legacy) {
+            tracing::debug!("keeping {legacy}: {e}");
+        }
     }
 
     /// Where container `c`'s root filesystem is mounted when it is: the
@@ -893,9 +937,9 @@ impl Containers {
             context: format!("creating {}", fs.display()),
             source: e,
         })?;
-        let _lock = self.lock(name, &work)?;
-        // Mounted while the lock was awaited: as above.
-        c = self.get(name)?;
+        // Removed, or mounted, while the lock was awaited.
+        let (_lock, again) = self.get_locked(name)?;
+        c = again;
         let current = self.mountpoint_of(&c);
         if crate::mount::is_mount_root(&current) {
             return Ok(current);
@@ -1013,9 +1057,8 @@ impl Containers {
     /// Unmounts container `name`: overlay, ext4, volume, image, each one
     /// that is there.
     pub fn umount(&self, name: &str) -> Result<()> {
+        let (_lock, mut c) = self.get_locked(name)?;
         let work = self.work_dir(name);
-        let _lock = self.lock(name, &work)?;
-        let mut c = self.get(name)?;
         let mp = self.mountpoint_of(&c);
         if crate::mount::is_mount_root(&mp) {
             let _s = tracing::debug_span!("overlay").entered();
@@ -1077,9 +1120,8 @@ impl Containers {
     /// Removes container `name` and its volume. A mounted container is
     /// refused unless `force`, which unmounts it first.
     pub fn remove(&self, name: &str, force: bool) -> Result<()> {
+        let (_lock, c) = self.get_locked(name)?;
         let work = self.work_dir(name);
-        let _lock = self.lock(name, &work)?;
-        let c = self.get(name)?;
         let mounted = crate::mount::is_mount_root(&self.mountpoint_of(&c))
             || crate::mount::is_mount_root(&work.join("fs"))
             || crate::mount::is_mount_root(&work.join(LEGACY_LOWER));
@@ -1127,9 +1169,8 @@ impl Containers {
     /// store's filesystem full, an I/O error), if it had: the container's
     /// processes may not have seen the failure.
     pub fn discard(&self, name: &str) -> Result<Option<String>> {
+        let (_lock, c) = self.get_locked(name)?;
         let work = self.work_dir(name);
-        let _lock = self.lock(name, &work)?;
-        let c = self.get(name)?;
         self.discard_locked(name, &c, &work)
     }
 

@@ -62,31 +62,39 @@ impl StoreLock {
             .write(true)
             .open(path)
             .map_err(io_err("opening the store lock"))?;
-        let op = match mode {
-            LockMode::Shared => FlockOperation::NonBlockingLockShared,
-            LockMode::Exclusive => FlockOperation::NonBlockingLockExclusive,
-        };
-        let start = Instant::now();
-        let limit = timeout();
-        let mut said = false;
-        loop {
-            match flock(&file, op) {
-                Ok(()) => return Ok(StoreLock { _file: file }),
-                Err(rustix::io::Errno::WOULDBLOCK) => {
-                    if start.elapsed() >= limit {
-                        return Err(StoreError::Busy(format!(
-                            "another process held the lock for {}s",
-                            limit.as_secs()
-                        )));
-                    }
-                    if !said {
-                        tracing::info!("waiting for the store lock");
-                        said = true;
-                    }
-                    std::thread::sleep(Duration::from_millis(50));
+        flock_timed(&file, mode, "the store lock")?;
+        Ok(StoreLock { _file: file })
+    }
+}
+
+/// Takes `flock` `mode` on `file`, waiting for it as for the store lock
+/// (up to `FUKASTOR_LOCK_TIMEOUT`, then [`StoreError::Busy`], FK0102);
+/// `what` names the lock in messages.
+pub(crate) fn flock_timed(file: &fs::File, mode: LockMode, what: &str) -> Result<()> {
+    let op = match mode {
+        LockMode::Shared => FlockOperation::NonBlockingLockShared,
+        LockMode::Exclusive => FlockOperation::NonBlockingLockExclusive,
+    };
+    let start = Instant::now();
+    let limit = timeout();
+    let mut said = false;
+    loop {
+        match flock(file, op) {
+            Ok(()) => return Ok(()),
+            Err(rustix::io::Errno::WOULDBLOCK) => {
+                if start.elapsed() >= limit {
+                    return Err(StoreError::Busy(format!(
+                        "another process held {what} for {}s",
+                        limit.as_secs()
+                    )));
                 }
-                Err(e) => return Err(io_err("taking the store lock")(e.into())),
+                if !said {
+                    tracing::info!("waiting for {what}");
+                    said = true;
+                }
+                std::thread::sleep(Duration::from_millis(50));
             }
+            Err(e) => return Err(io_err(format!("taking {what}"))(e.into())),
         }
     }
 }

@@ -39,6 +39,7 @@ mod tests;
 pub use filtered::{FilterInfo, Objects, filtered_image_id};
 pub use fsck::{FsckReport, Problem};
 pub use gc::GcReport;
+pub(crate) use lock::flock_timed;
 pub use lock::{LockMode, set_default_timeout as set_default_lock_timeout};
 pub use names::ImageName;
 pub use objects::{ObjectWriter, Staging};

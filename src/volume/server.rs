@@ -1210,7 +1210,10 @@ impl Ctx {
         // half the time on a loop device; docs/benchmarks.md).
         let out = Command::new("mkfs.ext4")
             .args(["-q", "-F", "-b", "4096", "-m", "0", "-L", "fukastor"])
-            .args(["-O", "inline_data"])
+            // 256-byte inodes: inline data needs room in them, and
+            // e2fsprogs before 1.46.4 gave filesystems under 512 MiB
+            // 128-byte ones (mke2fs then refuses inline_data).
+            .args(["-O", "inline_data", "-I", "256"])
             .args(["-E", "lazy_journal_init=1,discard", "-d"])
             .arg(&seed)
             .arg(&img)
