@@ -321,6 +321,11 @@ fn open_if_exists(
 
 /// Reads a volume's metadata; [`VolumeError::NotFound`] when it has none.
 pub(crate) fn read(backend: &dyn Backend, name: &str) -> Result<VolumeMeta> {
+    Ok(read_kind(backend, name)?.0)
+}
+
+/// [`read`], and whether the volume is ephemeral.
+pub(crate) fn read_kind(backend: &dyn Backend, name: &str) -> Result<(VolumeMeta, bool)> {
     let Some((p, kind, file)) = locate(backend, name, false)? else {
         return Err(VolumeError::NotFound(name.to_string()));
     };
@@ -366,7 +371,7 @@ pub(crate) fn read(backend: &dyn Backend, name: &str) -> Result<VolumeMeta> {
             p.display()
         )));
     }
-    Ok(m)
+    Ok((m, kind == Kind::Ephemeral))
 }
 
 /// The layers referenced by metadata other than volume `name`'s own stack

@@ -345,13 +345,24 @@ impl Volume {
             if st.open.contains(name) {
                 return Err(VolumeError::Busy(name.to_string()));
             }
-            let mut m = meta::read(&*shared.backend, name)?;
+            let (mut m, ephemeral) = meta::read_kind(&*shared.backend, name)?;
             if m.headless {
                 // Rolled back while closed: the head comes now.
                 super::pool::give_head(&*shared.backend, &mut st, &mut m)?;
                 meta::write(&*shared.backend, name, &m)?;
             }
-            let others = sharing(&*shared.backend, name, &m);
+            // Which sealed layers are shared takes every volume's metadata
+            // (2.2 ms of each attach with 300 volumes in the pool). An
+            // ephemeral volume (a `run --rm` container's, deleted when it
+            // ends) counts them all as shared instead: that only keeps its
+            // sealed layers out of the garbage figures that start the
+            // server's compaction; a compaction, or the deletion of one of
+            // its snapshots, counts them exactly.
+            let others = if ephemeral {
+                m.layers.iter().copied().collect()
+            } else {
+                sharing(&*shared.backend, name, &m)
+            };
             st.open.insert(name.to_string());
             (m, others)
         };
