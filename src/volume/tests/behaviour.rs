@@ -373,6 +373,41 @@ fn reclaim_removes_exactly_the_unreferenced_layers() {
     assert_eq!(layer_files(&mem).len(), before.len() + 1);
 }
 
+/// A clone outlives the volume it was cloned from (what a container does
+/// when `create` removes the template of an older fukastor): deleting the
+/// origin and reclaiming frees only the origin's own head, and the clone,
+/// durable or ephemeral, reads what the snapshot held, before and after
+/// it is reopened.
+#[test]
+fn a_clone_outlives_its_origin() {
+    let (mem, pool) = mem_pool(4);
+    pool.create_volume("t", &VolumeOptions::new(MIB)).unwrap();
+    let t = pool.open_volume("t").unwrap();
+    t.write_at(0, &block(7)).unwrap();
+    t.snapshot("formatted").unwrap();
+    t.write_at(BS, &block(8)).unwrap();
+    t.flush().unwrap();
+    drop(t);
+    pool.clone_snapshot("t", "formatted", "durable").unwrap();
+    pool.clone_ephemeral("t", "formatted", "ephemeral").unwrap();
+    let before = layer_files(&mem).len();
+    pool.delete_volume("t").unwrap();
+    assert_eq!(pool.reclaim().unwrap().layers, 1, "only t's head is garbage");
+    assert_eq!(layer_files(&mem).len(), before - 1);
+    for name in ["durable", "ephemeral"] {
+        let v = pool.open_volume(name).unwrap();
+        assert_eq!(read(&v, 0, BS), block(7), "{name}");
+        assert_eq!(read(&v, BS, BS), vec![0u8; BS as usize], "{name}");
+        v.write_at(BS, &block(9)).unwrap();
+        v.flush().unwrap();
+        drop(v);
+        let v = pool.open_volume(name).unwrap();
+        assert_eq!(read(&v, 0, BS), block(7), "{name} reopened");
+        assert_eq!(read(&v, BS, BS), block(9), "{name} reopened");
+    }
+    assert_eq!(pool.reclaim().unwrap().layers, 0);
+}
+
 /// Writes after the last flush are cut off when the volume reopens, and
 /// the head continues right after its last commit.
 #[test]
