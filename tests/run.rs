@@ -2557,18 +2557,50 @@ impl Drop for SmallFs {
 }
 
 impl CStore {
-    /// Waits (up to 15 s) for the volume server to exit: it frees the
-    /// layers of deleted volumes on a thread, and stops 2 s after the last
-    /// detach.
+    /// Waits (up to 15 s) for the volume server's process to exit: it
+    /// frees the layers of deleted volumes on a thread, stops 2 s after the
+    /// last detach, and removes `server.json` first, before its last
+    /// reclaim (which may free space: a test that fills the store after
+    /// that must wait for the process itself).
     fn wait_server_gone(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
-        while let Some(pid) = self.server_pid().filter(|p| process_alive(*p)) {
+        while let Some(pid) = self
+            .server_processes()
+            .into_iter()
+            .find(|p| process_alive(*p))
+        {
             assert!(
                 Instant::now() < deadline,
                 "volume server {pid} still running 15 s after the last detach"
             );
             std::thread::sleep(Duration::from_millis(100));
         }
+    }
+
+    /// Processes `fukastor --store STORE volume-serve` of this store (found
+    /// in /proc: `server.json` goes before the process does).
+    fn server_processes(&self) -> Vec<u32> {
+        let Ok(dir) = std::fs::read_dir("/proc") else {
+            return vec![];
+        };
+        dir.flatten()
+            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+            .filter(|pid| {
+                let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                    return false;
+                };
+                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+                args.contains(&&b"volume-serve"[..])
+                    && args.windows(2).any(|w| {
+                        w[0] == b"--store"
+                            && Path::new(OsStr::from_bytes(w[1]))
+                                .canonicalize()
+                                .ok()
+                                .as_deref()
+                                == Some(self.root.as_path())
+                    })
+            })
+            .collect()
     }
 
     /// A store on `fs`.

@@ -311,7 +311,7 @@ impl Containers {
     }
 
     /// Takes container `name`'s lock: an exclusive `flock` on its work
-    /// directory `work` (made when missing), held until the file returned
+    /// directory `work` (a spare tree or a new directory when missing), held until the file returned
     /// is dropped (or its holder dies); waited for as long as the store
     /// lock (`FUKASTOR_LOCK_TIMEOUT`, then FK0102). `container mount`,
     /// `container umount`, `rm` and the end of `run --rm` each take it
@@ -327,6 +327,10 @@ impl Containers {
             source: e,
         };
         loop {
+            // A spare tree when one is kept (what a mount needs), else an
+            // empty directory; never renamed over one that exists, which
+            // would move the lock away from the path.
+            self.reuse_spare_tree(work);
             match std::fs::create_dir(work) {
                 Ok(()) => {}
                 Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => {}
@@ -394,7 +398,21 @@ impl Containers {
         for e in entries.flatten() {
             // Only a directory (never a symlink: the container's mounts
             // would follow it).
-            if e.file_type().is_ok_and(|t| t.is_dir()) && std::fs::rename(e.path(), work).is_ok() {
+            // RENAME_NOREPLACE: a directory made meanwhile (another
+            // command's, maybe locked already) is never replaced.
+            if e.file_type().is_ok_and(|t| t.is_dir())
+                && rustix::fs::renameat_with(
+                    rustix::fs::CWD,
+                    e.path(),
+                    rustix::fs::CWD,
+                    work,
+                    rustix::fs::RenameFlags::NOREPLACE,
+                )
+                .is_ok()
+            {
+                return;
+            }
+            if work.symlink_metadata().is_ok() {
                 return;
             }
         }
@@ -925,8 +943,14 @@ impl Containers {
         if crate::mount::is_mount_root(&current) {
             return Ok(current);
         }
+        // Removed, or mounted, while the lock was awaited.
+        let (_lock, again) = self.get_locked(name)?;
+        c = again;
+        let current = self.mountpoint_of(&c);
+        if crate::mount::is_mount_root(&current) {
+            return Ok(current);
+        }
         let work = self.work_dir(name);
-        self.reuse_spare_tree(&work);
         let fs = work.join("fs");
         let default = work.join("rootfs");
         let target = match mountpoint {
@@ -937,13 +961,6 @@ impl Containers {
             context: format!("creating {}", fs.display()),
             source: e,
         })?;
-        // Removed, or mounted, while the lock was awaited.
-        let (_lock, again) = self.get_locked(name)?;
-        c = again;
-        let current = self.mountpoint_of(&c);
-        if crate::mount::is_mount_root(&current) {
-            return Ok(current);
-        }
         if mountpoint.is_none() {
             std::fs::create_dir_all(&target).map_err(|e| StoreError::Io {
                 context: format!("creating {}", target.display()),
@@ -1074,9 +1091,8 @@ impl Containers {
 
     /// Unmounts the ext4 (and a [`LEGACY_LOWER`] image mount) and then
     /// detaches the volume (the volume server). With `discard` (the end of
-    /// a `run --rm`), the volume is detached unflushed and deleted instead,
-    /// and once nothing is mounted in it the container's directory `work`
-    /// is retired (kept as a spare tree or removed).
+    /// a `run --rm`, `rm`), the volume is detached unflushed and deleted
+    /// instead ([`Containers::forget`] then removes the record and `work`).
     fn teardown(
         &self,
         name: &str,
@@ -1110,10 +1126,6 @@ impl Containers {
             Err(e) => return Err(e),
         };
         drop(_s);
-        if discard {
-            let _s = tracing::debug_span!("rmdir").entered();
-            self.retire_work_dir(work);
-        }
         Ok(lost)
     }
 
@@ -1146,18 +1158,23 @@ impl Containers {
         }
     }
 
-    /// Removes container `name`'s directory and then its record.
+    /// Removes container `name`'s record and then its directory `work`
+    /// (its lock held): in this order, a command that got the lock on a
+    /// directory made after the old one was retired finds no record and
+    /// retires that one too ([`Containers::get_locked`]), instead of
+    /// mounting a container whose volume is gone. A crash between leaves
+    /// the directory, which the next container of that name reuses.
     fn forget(&self, name: &str, work: &Path) -> Result<()> {
+        if let Some(path) = self.locate(name) {
+            std::fs::remove_file(path).map_err(|e| StoreError::Io {
+                context: format!("removing container {name}"),
+                source: e,
+            })?;
+        }
         if work.symlink_metadata().is_ok() {
+            let _s = tracing::debug_span!("rmdir").entered();
             self.retire_work_dir(work);
         }
-        let Some(path) = self.locate(name) else {
-            return Ok(());
-        };
-        std::fs::remove_file(path).map_err(|e| StoreError::Io {
-            context: format!("removing container {name}"),
-            source: e,
-        })?;
         Ok(())
     }
 

@@ -392,7 +392,11 @@ fn a_clone_outlives_its_origin() {
     pool.clone_ephemeral("t", "formatted", "ephemeral").unwrap();
     let before = layer_files(&mem).len();
     pool.delete_volume("t").unwrap();
-    assert_eq!(pool.reclaim().unwrap().layers, 1, "only t's head is garbage");
+    assert_eq!(
+        pool.reclaim().unwrap().layers,
+        1,
+        "only t's head is garbage"
+    );
     assert_eq!(layer_files(&mem).len(), before - 1);
     for name in ["durable", "ephemeral"] {
         let v = pool.open_volume(name).unwrap();
