@@ -1281,6 +1281,50 @@ fn a_mountpoint_holding_our_mount_is_refused_and_its_mount_stays_tracked() {
     assert_eq!(mounts_at(k.path()), 1);
 }
 
+/// Mounts of one image at one mountpoint at once, kernel and FUSE mixed:
+/// exactly one succeeds, the others are refused with FK0308, and one mount
+/// is there, which `umount` removes. Before, two could both succeed,
+/// stacked on each other, and `umount` took only the top one.
+#[test]
+fn mounts_at_once_on_one_mountpoint_make_one_mount() {
+    require_fuse();
+    let store = store_with("busybox");
+    let mnt = scratch_dir("fukastor-test-mnt-");
+    let canonical = mnt.path().canonicalize().unwrap();
+    for round in 0..4 {
+        let modes = [Mode::Kernel, Mode::Fuse, Mode::Kernel, Mode::Passthrough];
+        let results: Vec<(Mounted, Run)> = std::thread::scope(|s| {
+            let spawned: Vec<_> = modes
+                .iter()
+                .map(|&mode| {
+                    let (store, mp) = (store.path(), canonical.as_path());
+                    s.spawn(move || try_mount(store, None, "busybox", mp, mode))
+                })
+                .collect();
+            spawned.into_iter().map(|h| h.join().unwrap()).collect()
+        });
+        let report: Vec<String> = results.iter().map(|(_, r)| r.to_string()).collect();
+        let won = results.iter().filter(|(_, r)| r.success()).count();
+        assert_eq!(won, 1, "round {round}: {report:#?}");
+        assert!(
+            results
+                .iter()
+                .filter(|(_, r)| !r.success())
+                .all(|(_, r)| r.stderr.contains("error[FK0308]")),
+            "round {round}: {report:#?}"
+        );
+        assert_eq!(mounts_at(&canonical), 1, "round {round}: {report:#?}");
+        for (mut m, r) in results {
+            if r.success() {
+                umount_and_stats(m, None);
+            } else {
+                m.active = false;
+            }
+        }
+        assert_eq!(mounts_at(&canonical), 0, "round {round}: left mounted");
+    }
+}
+
 #[test]
 fn lifecycle_sigkill_leaves_a_dead_mount_that_umount_cleans() {
     require_fuse();

@@ -589,9 +589,13 @@ impl CStore {
             eprintln!("cleanup: losetup -d {}", dev.display());
             let _ = tool("losetup", [OsStr::new("-d"), dev.as_os_str()]);
         }
-        if let Some(pid) = self.server_pid()
-            && is_fukastor_process(pid)
-        {
+        // The process, not `server.json`: the server removes that first and
+        // then still reclaims and unmounts its FUSE export.
+        let servers = self.server_processes();
+        for pid in servers.into_iter().chain(self.server_pid()) {
+            if !is_fukastor_process(pid) {
+                continue;
+            }
             let deadline = Instant::now() + Duration::from_secs(10);
             while process_alive(pid) && Instant::now() < deadline {
                 std::thread::sleep(Duration::from_millis(50));
@@ -2586,6 +2590,12 @@ impl CStore {
         dir.flatten()
             .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
             .filter(|pid| {
+                // The program first: reading another process's `cmdline`
+                // takes its memory map's lock, which a stuck process may
+                // hold (`/proc/PID/exe` does not).
+                if !is_fukastor_process(*pid) {
+                    return false;
+                }
                 let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
                     return false;
                 };

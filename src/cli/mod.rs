@@ -516,6 +516,8 @@ fn run(cli: &Cli) -> CliResult {
             let (id, name) = store.resolve(image)?;
             let label = name.map_or_else(|| id.to_hex()[..12].to_string(), |n| n.to_string());
             let filtered = store.is_filtered(&id);
+            // Held until the mount is in place (a FUSE server's too).
+            let _mountpoint = crate::mount::lock_mountpoint(mountpoint)?;
             let want_kernel =
                 *kernel || (fuse.is_none() && !filtered && rustix::process::geteuid().is_root());
             let mut how = String::from("kernel: EROFS + overlayfs");

@@ -301,6 +301,27 @@ pub fn mount_writable(
     mount_at(mnt.as_fd(), CWD, target).map_err(|e| format!("mounting at {}: {e}", target.display()))
 }
 
+/// Takes an exclusive `flock` on directory `mountpoint`, held until the
+/// file returned is dropped: `mount` holds it from its check that nothing
+/// of the store is mounted there ([`refuse_taken`]) until its mount is in
+/// place (a FUSE server's included), so that of two mounts at once on one
+/// mountpoint one is refused with FK0308 instead of both stacking there
+/// (the second would hide the first, and `umount` would take only one). A
+/// command that opens the path once the first mount is in place locks that
+/// mount's root instead and is refused by the check all the same. `None`
+/// when the path cannot be opened (the mount step then says why).
+pub(crate) fn lock_mountpoint(mountpoint: &Path) -> Result<Option<fs::File>, MountError> {
+    let Ok(dir) = fs::File::open(mountpoint) else {
+        return Ok(None);
+    };
+    crate::store::flock_timed(
+        &dir,
+        crate::store::LockMode::Exclusive,
+        &format!("the lock of mountpoint {}", mountpoint.display()),
+    )?;
+    Ok(Some(dir))
+}
+
 /// Refuses mountpoint `canonical` when the mount table shows a mount of
 /// this store there and a tracking file names it: a mount over it would
 /// replace its tracking file, and `mounts` and `umount` would lose the one

@@ -631,7 +631,7 @@ impl Coalesced {
             st.running = true;
         }
         let me = self.clone();
-        std::thread::spawn(move || {
+        let spawned = std::thread::Builder::new().spawn(move || {
             loop {
                 let start = Instant::now();
                 // A panic must not leave `running` set: no job would run again.
@@ -658,6 +658,14 @@ impl Coalesced {
                 st.again = false;
             }
         });
+        if let Err(e) = spawned {
+            // No thread (the system's limit): the next request tries again,
+            // and `close` must not wait for a run that never starts.
+            tracing::warn!("starting a reclaim thread: {e}");
+            let mut st = super::lock(&self.state);
+            st.running = false;
+            self.wake.notify_all();
+        }
     }
 
     /// Ends it: no run starts after this, a pause ends at once, and a run
@@ -859,9 +867,10 @@ impl Ctx {
             };
             jobs.insert(name.to_string(), job);
         }
-        let (jobs, pool, name) = (
+        let (jobs, pool, reclaims, name) = (
             served.compactions.clone(),
             self.pool.clone(),
+            served.reclaims.clone(),
             name.to_string(),
         );
         std::thread::spawn(move || {
@@ -900,11 +909,15 @@ impl Ctx {
             for w in waiters {
                 send(&w, &reply);
             }
+            // Through the coalesced reclaims, which the server closes
+            // before it lets the pool go (this thread may outlive the
+            // compaction's entry in `jobs`, which is all the server waits
+            // for).
             if matches!(&r, Ok(rep) if rep.layer.is_some()) {
-                match pool.reclaim() {
+                reclaims.request(move || match pool.reclaim() {
                     Ok(r) => tracing::info!("reclaimed {} layers, {} bytes", r.layers, r.bytes),
                     Err(e) => tracing::warn!("reclaiming space: {e}"),
-                }
+                });
             }
         });
     }
