@@ -381,6 +381,16 @@ impl Pool {
         Volume::open(self.shared.clone(), name)
     }
 
+    /// [`Pool::open_volume`] without reading every other volume's metadata
+    /// (2.2 ms with 300 volumes): all its sealed layers count as shared,
+    /// which leaves them out of its garbage figures (nothing else: a
+    /// compaction counts them exactly first) until
+    /// [`Volume::refresh_sharing`] counts them. The volume server's attach
+    /// uses it and counts them on a thread afterwards.
+    pub fn open_volume_deferred(&self, name: &str) -> Result<Volume> {
+        Volume::open_with(self.shared.clone(), name, false)
+    }
+
     /// The names of all volumes, sorted.
     pub fn volumes(&self) -> Result<Vec<String>> {
         Ok(meta::list(self.backend())?.0)

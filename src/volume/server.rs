@@ -1082,18 +1082,19 @@ impl Ctx {
                 if let Some(device) = self.device(name) {
                     return Ok(Response::Device { device });
                 }
-                let volume = match self.compacting_volume(name) {
-                    Some(v) => v,
+                let (volume, deferred) = match self.compacting_volume(name) {
+                    Some(v) => (v, false),
                     None => {
                         let _s = tracing::debug_span!("open").entered();
-                        Arc::new(self.open_detached(name)?)
+                        let v = self.once_closed(name, || self.pool.open_volume_deferred(name))?;
+                        (Arc::new(v), true)
                     }
                 };
                 if let Err(e) = served.mount(&self.paths) {
                     let _ = volume.flush();
                     return Err(e);
                 }
-                served.disks.insert(name, volume);
+                served.disks.insert(name, volume.clone());
                 let file = self.paths.mnt.join(name);
                 let attached = {
                     let _s = tracing::debug_span!("loop").entered();
@@ -1103,6 +1104,19 @@ impl Ctx {
                     Ok(device) => {
                         super::lock(&served.devices).insert(name.clone(), device.clone());
                         tracing::info!("attached {name} as {device}");
+                        // Opened without reading every volume's metadata:
+                        // a durable volume's garbage figures (which start
+                        // the server's compaction) are made exact after the
+                        // answer. An ephemeral one's are left as they are
+                        // (deleted at the end of its run).
+                        if deferred && !self.pool.is_ephemeral(name).unwrap_or(true) {
+                            let v = volume.clone();
+                            std::thread::spawn(move || {
+                                if let Err(e) = v.refresh_sharing() {
+                                    tracing::debug!("volume {:?}: {e}", v.name());
+                                }
+                            });
+                        }
                         Ok(Response::Device { device })
                     }
                     Err(e) => {

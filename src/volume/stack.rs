@@ -340,6 +340,12 @@ fn sharing(backend: &dyn Backend, name: &str, m: &VolumeMeta) -> BTreeSet<u64> {
 
 impl Volume {
     pub(crate) fn open(shared: Arc<Shared>, name: &str) -> Result<Volume> {
+        Self::open_with(shared, name, true)
+    }
+
+    /// [`Volume::open`]; with `exact` false, every sealed layer counts as
+    /// shared (see [`Pool::open_volume_deferred`]).
+    pub(crate) fn open_with(shared: Arc<Shared>, name: &str, exact: bool) -> Result<Volume> {
         let (m, others) = {
             let mut st = lock(&shared.state);
             if st.open.contains(name) {
@@ -358,7 +364,7 @@ impl Volume {
             // sealed layers out of the garbage figures that start the
             // server's compaction; a compaction, or the deletion of one of
             // its snapshots, counts them exactly.
-            let others = if ephemeral {
+            let others = if ephemeral || !exact {
                 m.layers.iter().copied().collect()
             } else {
                 sharing(&*shared.backend, name, &m)
@@ -870,7 +876,7 @@ impl Volume {
 
     /// Reads every metadata file (under the pool's lock) and marks which
     /// sealed layers are shared.
-    fn refresh_sharing(&self) -> Result<()> {
+    pub fn refresh_sharing(&self) -> Result<()> {
         let _st = lock(&self.reg.shared.state);
         let m = meta::read(self.backend(), self.name())?;
         let others = meta::shared_layers(self.backend(), self.name(), &m)?;

@@ -373,6 +373,40 @@ fn reclaim_removes_exactly_the_unreferenced_layers() {
     assert_eq!(layer_files(&mem).len(), before.len() + 1);
 }
 
+/// A volume opened deferred ([`Pool::open_volume_deferred`], the volume
+/// server's attach) counts its sealed layers as shared, so its garbage
+/// figures leave them out, until `refresh_sharing` counts them: then they
+/// are what an exact open says. Reads are the same either way.
+#[test]
+fn a_deferred_open_counts_sealed_layers_after_a_refresh() {
+    let (_mem, pool) = mem_pool(4);
+    pool.create_volume("v", &VolumeOptions::new(MIB)).unwrap();
+    let v = pool.open_volume("v").unwrap();
+    v.write_at(0, &block(1)).unwrap();
+    v.snapshot("s").unwrap();
+    v.write_at(0, &block(2)).unwrap(); // block(1)'s record is garbage now
+    v.flush().unwrap();
+    v.delete_snapshot("s").unwrap(); // its layer is v's own again
+    drop(v);
+    let exact = pool.open_volume("v").unwrap().stats();
+    assert!(exact.garbage_bytes > 0, "{exact:?}");
+    let v = pool.open_volume_deferred("v").unwrap();
+    assert_eq!(read(&v, 0, BS), block(2));
+    let deferred = v.stats();
+    assert!(
+        deferred.garbage_bytes < exact.garbage_bytes,
+        "{deferred:?} vs {exact:?}"
+    );
+    assert!(
+        deferred.own_bytes < exact.own_bytes,
+        "{deferred:?} vs {exact:?}"
+    );
+    v.refresh_sharing().unwrap();
+    let refreshed = v.stats();
+    assert_eq!(refreshed.garbage_bytes, exact.garbage_bytes);
+    assert_eq!(refreshed.own_bytes, exact.own_bytes);
+}
+
 /// A clone outlives the volume it was cloned from (what a container does
 /// when `create` removes the template of an older fukastor): deleting the
 /// origin and reclaiming frees only the origin's own head, and the clone,
