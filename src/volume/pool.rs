@@ -387,7 +387,7 @@ impl Pool {
     /// compaction counts them exactly first) until
     /// [`Volume::refresh_sharing`] counts them. The volume server's attach
     /// uses it and counts them on a thread afterwards.
-    pub fn open_volume_deferred(&self, name: &str) -> Result<Volume> {
+    pub(crate) fn open_volume_deferred(&self, name: &str) -> Result<Volume> {
         Volume::open_with(self.shared.clone(), name, false)
     }
 

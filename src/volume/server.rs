@@ -1109,10 +1109,14 @@ impl Ctx {
                         // the server's compaction) are made exact after the
                         // answer. An ephemeral one's are left as they are
                         // (deleted at the end of its run).
+                        // (Weak: a detach meanwhile is not held up; no
+                        // thread, the figures just stay as they are.)
                         if deferred && !self.pool.is_ephemeral(name).unwrap_or(true) {
-                            let v = volume.clone();
-                            std::thread::spawn(move || {
-                                if let Err(e) = v.refresh_sharing() {
+                            let weak = Arc::downgrade(&volume);
+                            let _ = std::thread::Builder::new().spawn(move || {
+                                if let Some(v) = weak.upgrade()
+                                    && let Err(e) = v.refresh_sharing()
+                                {
                                     tracing::debug!("volume {:?}: {e}", v.name());
                                 }
                             });

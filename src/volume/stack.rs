@@ -77,9 +77,10 @@ pub struct VolumeStats {
     /// Bytes of the layers only this volume uses (its head, and sealed
     /// layers that no snapshot and no other volume references): what
     /// [`Volume::compact`] may rewrite. Which layers those are is learnt
-    /// when the volume opens, snapshots, rolls back, deletes a snapshot or
-    /// compacts; until then a layer another volume stopped using still
-    /// counts as shared.
+    /// when the volume opens (not for an ephemeral volume, nor one opened
+    /// deferred, until [`Volume::refresh_sharing`]), snapshots, rolls back,
+    /// deletes a snapshot or compacts; until then a layer another volume
+    /// stopped using still counts as shared.
     pub own_bytes: u64,
     /// Bytes of those layers holding no live block: write records whose
     /// block was written again or discarded since. What compaction frees
@@ -360,10 +361,12 @@ impl Volume {
             // Which sealed layers are shared takes every volume's metadata
             // (2.2 ms of each attach with 300 volumes in the pool). An
             // ephemeral volume (a `run --rm` container's, deleted when it
-            // ends) counts them all as shared instead: that only keeps its
-            // sealed layers out of the garbage figures that start the
-            // server's compaction; a compaction, or the deletion of one of
-            // its snapshots, counts them exactly.
+            // ends), and one opened deferred (`exact` false: the volume
+            // server's attach, which counts them on a thread afterwards),
+            // count them all as shared instead: that only keeps its sealed
+            // layers out of the garbage figures that start the server's
+            // compaction; a compaction, `refresh_sharing` or the deletion
+            // of one of its snapshots counts them exactly.
             let others = if ephemeral || !exact {
                 m.layers.iter().copied().collect()
             } else {
@@ -876,7 +879,7 @@ impl Volume {
 
     /// Reads every metadata file (under the pool's lock) and marks which
     /// sealed layers are shared.
-    pub fn refresh_sharing(&self) -> Result<()> {
+    pub(crate) fn refresh_sharing(&self) -> Result<()> {
         let _st = lock(&self.reg.shared.state);
         let m = meta::read(self.backend(), self.name())?;
         let others = meta::shared_layers(self.backend(), self.name(), &m)?;
