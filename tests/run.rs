@@ -2564,8 +2564,9 @@ impl CStore {
     /// Waits (up to 15 s) for the volume server's process to exit: it
     /// frees the layers of deleted volumes on a thread, stops 2 s after the
     /// last detach, and removes `server.json` first, before its last
-    /// reclaim (which may free space: a test that fills the store after
-    /// that must wait for the process itself).
+    /// reclaim and the deletion of its spare head layers (which free
+    /// space: a test that fills the store after that must wait for the
+    /// process itself).
     fn wait_server_gone(&self) {
         let deadline = Instant::now() + Duration::from_secs(15);
         while let Some(pid) = self

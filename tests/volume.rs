@@ -1067,6 +1067,49 @@ fn volume_lifecycle_attach_detach_rm_and_refusals() {
     st.assert_fsck_clean();
 }
 
+/// The layer files (`N.data`) in the store's pool, sorted.
+fn layer_files(st: &VStore) -> Vec<String> {
+    let dir = st.path().join("fukastor/pool/layers");
+    let mut names: Vec<String> = std::fs::read_dir(&dir)
+        .unwrap_or_else(|e| panic!("listing {}: {e}", dir.display()))
+        .map(|e| {
+            e.expect("a layers entry")
+                .file_name()
+                .to_string_lossy()
+                .into_owned()
+        })
+        .filter(|n| n.ends_with(".data"))
+        .collect();
+    names.sort();
+    names
+}
+
+/// A volume server deletes its spare head layers when it stops: a store
+/// without a running server holds no layer that no volume names, so a
+/// full disk gets back at once what it can (no later server's start frees
+/// a block and lets a command that should fail succeed).
+#[test]
+fn a_stopped_volume_server_leaves_no_spare_head_behind() {
+    let _serial = serial();
+    require_volumes();
+    let st = VStore::new();
+    st.ok(["volume", "create", "v", "--size", "16M"]);
+    assert_eq!(layer_files(&st).len(), 1, "a new volume: its head");
+    attach(&st, "v");
+    // Takes the server's spare as the new head; the server makes another.
+    st.ok(["snapshot", "create", "v", "--name", "s"]);
+    detach(&st, "v");
+    st.assert_server_exits("after detach");
+    let layers = layer_files(&st);
+    assert_eq!(
+        layers.len(),
+        2,
+        "v names two layers (snapshot s and its head); a stopped server left more: {layers:?}"
+    );
+    st.ok(["volume", "rm", "v"]);
+    st.assert_fsck_clean();
+}
+
 #[test]
 fn volume_create_with_base_reads_the_base() {
     let _serial = serial();

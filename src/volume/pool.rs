@@ -18,8 +18,9 @@
 //! ahead of time (the volume server does, on a thread, after each of those
 //! operations), pinned like compaction's output; the next operation takes
 //! it instead of creating a file, two syncs fewer on its path. A spare is a
-//! layer no metadata names: after a crash or once the pool is closed it is
-//! garbage, which reclaim removes. An ephemeral clone takes no spare: its
+//! layer no metadata names: the pool's owner deletes it before it lets the
+//! pool go ([`Pool::drop_spares`]); after a crash it is garbage, which
+//! reclaim removes. An ephemeral clone takes no spare: its
 //! head is made without syncs, as its metadata is written.
 //!
 //! A pool opened on a directory keeps the scripts of its filtered volumes
@@ -137,6 +138,15 @@ struct Spare {
     making: bool,
     /// Heads of this kind were needed: [`Pool::make_spares`] keeps one.
     wanted: bool,
+}
+
+impl Spare {
+    /// No spare of this kind any more: one being made is deleted by its
+    /// maker ([`Pool::make_spares`] sees `wanted` cleared).
+    fn forget(&mut self) -> Option<u64> {
+        self.wanted = false;
+        self.ready.take().map(|(id, _)| id)
+    }
 }
 
 impl PoolState {
@@ -306,13 +316,34 @@ impl Pool {
             let mut st = lock(&self.shared.state);
             st.spares[k].making = false;
             match made {
-                Ok(file) => st.spares[k].ready = Some((id, file)),
+                Ok(file) if st.spares[k].wanted => st.spares[k].ready = Some((id, file)),
+                Ok(_) => {
+                    // Dropped meanwhile ([`Pool::drop_spares`]): the lock
+                    // is still held, so no operation can have taken it.
+                    st.pinned.remove(&id);
+                    remove_layer_file(self.backend(), id)?;
+                }
                 Err(e) => {
                     // Garbage for reclaim.
                     st.pinned.remove(&id);
                     return Err(e);
                 }
             }
+        }
+        Ok(())
+    }
+
+    /// Deletes the spare head layers (and makes no more until a head is
+    /// needed again): the pool's owner calls it before it lets the pool
+    /// go, so that a store whose volume server has stopped holds no
+    /// garbage — what a full disk has is all it gets back.
+    pub fn drop_spares(&self) -> Result<()> {
+        let mut st = lock(&self.shared.state);
+        let ids: Vec<u64> = st.spares.iter_mut().filter_map(Spare::forget).collect();
+        for id in ids {
+            st.pinned.remove(&id);
+            // Under the lock: no operation can take it meanwhile.
+            remove_layer_file(self.backend(), id)?;
         }
         Ok(())
     }
@@ -644,6 +675,16 @@ fn referenced_layers(backend: &dyn Backend) -> Result<(BTreeSet<u64>, Vec<PathBu
 
 /// The IDs of the layer data files present (`<id>.data`), and of the
 /// index files present (`<id>.index`).
+/// Deletes spare head layer `id`'s file (a spare never has an index).
+fn remove_layer_file(backend: &dyn Backend, id: u64) -> Result<()> {
+    let path = layer_path(id);
+    match backend.remove(&path) {
+        Ok(()) => Ok(()),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        Err(e) => Err(io_err(format!("removing {}", path.display()))(e)),
+    }
+}
+
 fn layer_files(backend: &dyn Backend) -> Result<(BTreeSet<u64>, BTreeSet<u64>)> {
     let names = backend
         .list(Path::new(LAYERS))

@@ -1560,6 +1560,11 @@ pub fn serve(paths: &Paths) -> Result<()> {
             Err(e) => tracing::warn!("reclaiming space: {e}"),
         }
     }
+    // Spare heads are garbage once the pool is let go: delete them now,
+    // not at the next server's start (a full disk gets them back at once).
+    if let Err(e) = ctx.pool.drop_spares() {
+        tracing::warn!("deleting the spare head layers: {e}");
+    }
     drop(listener);
     drop(ctx);
     drop(lock);

@@ -892,6 +892,41 @@ fn spare_heads_save_two_syncs_and_are_garbage_only_once_closed() {
     assert_eq!(read(&v, 0, BS), block(1));
 }
 
+/// [`Pool::drop_spares`] deletes a ready spare at once (reclaim then finds
+/// nothing), and the next head needed is created on the way and makes the
+/// pool keep a spare again.
+#[test]
+fn dropped_spares_leave_no_layer_behind() {
+    let (mem, pool) = mem_pool(12);
+    pool.create_volume("v", &VolumeOptions::new(16 * MIB))
+        .unwrap();
+    let v = pool.open_volume("v").unwrap();
+    let named = layer_files(&mem);
+    pool.want_spare(false);
+    pool.make_spares().unwrap();
+    assert_eq!(layer_files(&mem).len(), named.len() + 1, "a spare was made");
+    pool.drop_spares().unwrap();
+    assert_eq!(layer_files(&mem), named, "the spare is gone");
+    pool.make_spares().unwrap();
+    assert_eq!(layer_files(&mem), named, "no spare is wanted after a drop");
+    v.write_at(0, &block(3)).unwrap();
+    v.snapshot("a").unwrap();
+    let named = layer_files(&mem);
+    pool.make_spares().unwrap();
+    assert_eq!(
+        layer_files(&mem).len(),
+        named.len() + 1,
+        "a head was needed again"
+    );
+    pool.drop_spares().unwrap();
+    assert_eq!(
+        pool.reclaim().unwrap().layers,
+        0,
+        "nothing left for reclaim"
+    );
+    assert_eq!(read(&v, 0, BS), block(3));
+}
+
 /// The generation in slot `i` of a two-slot metadata file, if its magic is
 /// there (the CRC is the reader's business).
 fn slot_generation(file: &[u8], i: usize) -> Option<u64> {
