@@ -30,7 +30,7 @@
 use std::collections::BTreeSet;
 use std::fmt;
 use std::path::{Path, PathBuf};
-use std::sync::{Arc, Mutex};
+use std::sync::{Arc, Condvar, Mutex};
 
 use super::backend::{Backend, BackendFile, StdBackend};
 use super::format::{BLOCK_SIZE, BS, FORMAT, FORMAT_FILTERED};
@@ -111,6 +111,8 @@ pub(crate) struct Shared {
     pub filters: Option<PathBuf>,
     /// The pool's lock: held for every metadata change and layer creation.
     pub state: Mutex<PoolState>,
+    /// Signalled when [`Pool::make_spares`] ends making a spare.
+    spare_made: Condvar,
 }
 
 /// What the pool's lock protects.
@@ -141,8 +143,8 @@ struct Spare {
 }
 
 impl Spare {
-    /// No spare of this kind any more: one being made is deleted by its
-    /// maker ([`Pool::make_spares`] sees `wanted` cleared).
+    /// No spare of this kind any more (none is being made: see
+    /// [`Pool::drop_spares`]); the ID of the one that was ready.
     fn forget(&mut self) -> Option<u64> {
         self.wanted = false;
         self.ready.take().map(|(id, _)| id)
@@ -280,6 +282,7 @@ impl Pool {
                 backend,
                 filters,
                 state: Mutex::new(state),
+                spare_made: Condvar::new(),
             }),
         })
     }
@@ -315,14 +318,9 @@ impl Pool {
             let made = layer::create(self.backend(), id, filtered);
             let mut st = lock(&self.shared.state);
             st.spares[k].making = false;
+            self.shared.spare_made.notify_all();
             match made {
-                Ok(file) if st.spares[k].wanted => st.spares[k].ready = Some((id, file)),
-                Ok(_) => {
-                    // Dropped meanwhile ([`Pool::drop_spares`]): the lock
-                    // is still held, so no operation can have taken it.
-                    st.pinned.remove(&id);
-                    remove_layer_file(self.backend(), id)?;
-                }
+                Ok(file) => st.spares[k].ready = Some((id, file)),
                 Err(e) => {
                     // Garbage for reclaim.
                     st.pinned.remove(&id);
@@ -333,19 +331,33 @@ impl Pool {
         Ok(())
     }
 
-    /// Deletes the spare head layers (and makes no more until a head is
-    /// needed again): the pool's owner calls it before it lets the pool
+    /// Deletes the spare head layers, after waiting for one being made
+    /// (and makes no more until a head is needed again): the pool's owner
+    /// calls it when no operation runs any more, before it lets the pool
     /// go, so that a store whose volume server has stopped holds no
-    /// garbage — what a full disk has is all it gets back.
+    /// garbage — what a full disk has is all it gets back — and no spare
+    /// is still being written once another process owns the pool (it
+    /// could pick the same ID). Tries every spare; the first error is
+    /// returned (what was not deleted is garbage for reclaim).
     pub fn drop_spares(&self) -> Result<()> {
         let mut st = lock(&self.shared.state);
+        while st.spares.iter().any(|s| s.making) {
+            st = self
+                .shared
+                .spare_made
+                .wait(st)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
         let ids: Vec<u64> = st.spares.iter_mut().filter_map(Spare::forget).collect();
+        let mut first = Ok(());
         for id in ids {
             st.pinned.remove(&id);
             // Under the lock: no operation can take it meanwhile.
-            remove_layer_file(self.backend(), id)?;
+            if let Err(e) = remove_layer_file(self.backend(), id) {
+                first = first.and(Err(e));
+            }
         }
-        Ok(())
+        first
     }
 
     /// Where the scripts of filtered volumes are kept (`POOL/filters` for
@@ -673,8 +685,6 @@ fn referenced_layers(backend: &dyn Backend) -> Result<(BTreeSet<u64>, Vec<PathBu
     Ok((live, stale))
 }
 
-/// The IDs of the layer data files present (`<id>.data`), and of the
-/// index files present (`<id>.index`).
 /// Deletes spare head layer `id`'s file (a spare never has an index).
 fn remove_layer_file(backend: &dyn Backend, id: u64) -> Result<()> {
     let path = layer_path(id);
@@ -685,6 +695,8 @@ fn remove_layer_file(backend: &dyn Backend, id: u64) -> Result<()> {
     }
 }
 
+/// The IDs of the layer data files present (`<id>.data`), and of the
+/// index files present (`<id>.index`).
 fn layer_files(backend: &dyn Backend) -> Result<(BTreeSet<u64>, BTreeSet<u64>)> {
     let names = backend
         .list(Path::new(LAYERS))

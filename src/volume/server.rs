@@ -1469,11 +1469,26 @@ pub fn serve(paths: &Paths) -> Result<()> {
             reclaims: Default::default(),
         }),
     };
-    // Free what earlier crashes, rollbacks and removals left, and have a
-    // spare head ready for the first snapshot or rollback.
+    let served = serve_with(&ctx, paths);
+    if served.is_err() {
+        // A failed start: what it made is this server's (it holds the lock).
+        let _ = std::fs::remove_file(paths.socket());
+        let _ = std::fs::remove_file(paths.record());
+    }
+    // However serving ended (a failed start too), nothing of this server
+    // may run, or be left half made, once the pool's lock is let go.
+    let_the_pool_go(&ctx);
+    drop(ctx);
+    drop(lock);
+    tracing::info!("volume server {} stopped", std::process::id());
+    served
+}
+
+/// Serves requests until told to stop or idle (the pool's lock held by
+/// the caller), then stops taking them.
+fn serve_with(ctx: &Ctx, paths: &Paths) -> Result<()> {
+    // Free what earlier crashes, rollbacks and removals left.
     ctx.reclaim_later();
-    ctx.pool.want_spare(false);
-    ctx.spares_later();
     let listener = bind(paths).map_err(super::io_err("binding the control socket"))?;
     listener
         .set_nonblocking(true)
@@ -1496,6 +1511,12 @@ pub fn serve(paths: &Paths) -> Result<()> {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(|e| VolumeError::Server(format!("installing signal handlers: {e}")))?;
     }
+    // A spare head ready for the first snapshot or rollback: only now,
+    // when no early return skips its deletion at the end (a spare left by
+    // a server that failed to start on a full disk would give the next
+    // server's reclaim a block to free).
+    ctx.pool.want_spare(false);
+    ctx.spares_later();
 
     let mut idle_since = Instant::now();
     let mut checked = Instant::now();
@@ -1510,7 +1531,7 @@ pub fn serve(paths: &Paths) -> Result<()> {
         };
         let _ = rustix::event::poll(&mut fds, Some(&timeout));
         while let Ok((stream, _)) = listener.accept() {
-            handle(&ctx, stream, false);
+            handle(ctx, stream, false);
             idle_since = Instant::now();
         }
         if stop.swap(false, Ordering::Relaxed) {
@@ -1547,11 +1568,16 @@ pub fn serve(paths: &Paths) -> Result<()> {
     let _ = std::fs::remove_file(paths.socket());
     let _ = std::fs::remove_file(paths.record());
     while let Ok((stream, _)) = listener.accept() {
-        handle(&ctx, stream, true);
+        handle(ctx, stream, true);
     }
-    // No reclaim may run once the pool's lock is let go: the next owner
-    // may have made a layer its metadata does not name yet (a spare head).
-    // What a request left for a coalesced reclaim is done now.
+    Ok(())
+}
+
+/// What a server does after its last request, before it lets the pool's
+/// lock go. No reclaim may run after that: the next owner may have made a
+/// layer its metadata does not name yet (a spare head), so what a request
+/// left for a coalesced reclaim is done now.
+fn let_the_pool_go(ctx: &Ctx) {
     if let Some(s) = &ctx.served
         && s.reclaims.close()
     {
@@ -1560,16 +1586,12 @@ pub fn serve(paths: &Paths) -> Result<()> {
             Err(e) => tracing::warn!("reclaiming space: {e}"),
         }
     }
-    // Spare heads are garbage once the pool is let go: delete them now,
-    // not at the next server's start (a full disk gets them back at once).
+    // Spare heads are garbage once the pool is let go: delete them now
+    // (one being made is waited for), not at the next server's start (a
+    // full disk gets them back at once).
     if let Err(e) = ctx.pool.drop_spares() {
         tracing::warn!("deleting the spare head layers: {e}");
     }
-    drop(listener);
-    drop(ctx);
-    drop(lock);
-    tracing::info!("volume server {} stopped", std::process::id());
-    Ok(())
 }
 
 /// Maps every page of this program's file into the server's page tables

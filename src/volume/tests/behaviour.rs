@@ -927,6 +927,101 @@ fn dropped_spares_leave_no_layer_behind() {
     assert_eq!(read(&v, 0, BS), block(3));
 }
 
+/// A backend whose directory syncs wait, while it is armed, until the
+/// test lets them go: a spare being made stops inside [`layer::create`].
+#[derive(Debug)]
+struct HeldSyncs {
+    mem: Mem,
+    /// Armed: a sync says it arrived on `arrived` and waits on `go`.
+    armed: std::sync::Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+}
+
+impl crate::volume::backend::Backend for HeldSyncs {
+    fn open(
+        &self,
+        path: &std::path::Path,
+        writable: bool,
+    ) -> std::io::Result<Arc<dyn crate::volume::backend::BackendFile>> {
+        self.mem.open(path, writable)
+    }
+    fn create(
+        &self,
+        path: &std::path::Path,
+    ) -> std::io::Result<Arc<dyn crate::volume::backend::BackendFile>> {
+        self.mem.create(path)
+    }
+    fn rename(&self, from: &std::path::Path, to: &std::path::Path) -> std::io::Result<()> {
+        self.mem.rename(from, to)
+    }
+    fn remove(&self, path: &std::path::Path) -> std::io::Result<()> {
+        self.mem.remove(path)
+    }
+    fn list(&self, dir: &std::path::Path) -> std::io::Result<Vec<String>> {
+        self.mem.list(dir)
+    }
+    fn create_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        self.mem.create_dir(dir)
+    }
+    fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        let armed = self.armed.lock().unwrap().take();
+        if let Some((arrived, go)) = armed {
+            arrived.send(()).unwrap();
+            go.recv().unwrap();
+        }
+        self.mem.sync_dir(dir)
+    }
+}
+
+/// [`Pool::drop_spares`] waits for a spare being made and deletes it too:
+/// no spare is left, or still being written, once the pool's owner lets
+/// the pool go.
+#[test]
+fn dropping_spares_waits_for_one_being_made() {
+    use std::sync::mpsc::{RecvTimeoutError, channel};
+    use std::time::Duration;
+    let mem = Mem::new(13);
+    let backend = Arc::new(HeldSyncs {
+        mem: mem.clone(),
+        armed: std::sync::Mutex::new(None),
+    });
+    let pool = Pool::with_backend(backend.clone()).unwrap();
+    pool.create_volume("v", &VolumeOptions::new(16 * MIB))
+        .unwrap();
+    let named = layer_files(&mem);
+    let (arrived_tx, arrived) = channel();
+    let (go, go_rx) = channel();
+    *backend.armed.lock().unwrap() = Some((arrived_tx, go_rx));
+    let maker = {
+        let pool = pool.clone();
+        std::thread::spawn(move || pool.make_spares())
+    };
+    arrived.recv().unwrap();
+    let (dropped_tx, dropped) = channel();
+    let dropper = {
+        let pool = pool.clone();
+        std::thread::spawn(move || dropped_tx.send(pool.drop_spares()).unwrap())
+    };
+    // Not a timing assertion: had the drop ended before the spare was
+    // made, the spare would be left below.
+    match dropped.recv_timeout(Duration::from_millis(100)) {
+        Err(RecvTimeoutError::Timeout) => {}
+        other => eprintln!("drop_spares ended while a spare was being made: {other:?}"),
+    }
+    go.send(()).unwrap();
+    maker.join().unwrap().unwrap();
+    dropper.join().unwrap();
+    assert_eq!(
+        layer_files(&mem),
+        named,
+        "a spare made while dropping was left"
+    );
+    assert_eq!(
+        pool.reclaim().unwrap().layers,
+        0,
+        "nothing left for reclaim"
+    );
+}
+
 /// The generation in slot `i` of a two-slot metadata file, if its magic is
 /// there (the CRC is the reader's business).
 fn slot_generation(file: &[u8], i: usize) -> Option<u64> {
