@@ -362,7 +362,11 @@ impl Containers {
     /// while the lock was awaited is [`ContainerError::NotFound`], and the
     /// work directory the lock made for it is retired.
     fn get_locked(&self, name: &str) -> Result<(std::fs::File, Container)> {
-        self.get(name)?;
+        // A valid name with a record (read once, below), before any path
+        // is made from it.
+        if check_name(name).is_err() || self.locate(name).is_none() {
+            return Err(ContainerError::NotFound(name.to_string()));
+        }
         let work = self.work_dir(name);
         let lock = self.lock(name, &work)?;
         match self.get(name) {
@@ -938,14 +942,8 @@ impl Containers {
         mountpoint: Option<&Path>,
         disposable: bool,
     ) -> Result<PathBuf> {
-        let mut c = self.get(name)?;
-        let current = self.mountpoint_of(&c);
-        if crate::mount::is_mount_root(&current) {
-            return Ok(current);
-        }
-        // Removed, or mounted, while the lock was awaited.
-        let (_lock, again) = self.get_locked(name)?;
-        c = again;
+        // Mounted already (also while the lock was awaited): where it is.
+        let (_lock, mut c) = self.get_locked(name)?;
         let current = self.mountpoint_of(&c);
         if crate::mount::is_mount_root(&current) {
             return Ok(current);

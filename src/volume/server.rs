@@ -1111,7 +1111,7 @@ impl Ctx {
                         // (deleted at the end of its run).
                         // (Weak: a detach meanwhile is not held up; no
                         // thread, the figures just stay as they are.)
-                        if deferred && !self.pool.is_ephemeral(name).unwrap_or(true) {
+                        if deferred && !volume.is_ephemeral() {
                             let weak = Arc::downgrade(&volume);
                             let _ = std::thread::Builder::new().spawn(move || {
                                 if let Some(v) = weak.upgrade()

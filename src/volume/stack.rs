@@ -60,6 +60,9 @@ pub struct Volume {
     cancel: AtomicBool,
     /// The filter chain of a filtered volume, built when it opened.
     chain: Option<Chain>,
+    /// Ephemeral ([`Pool::clone_ephemeral`]), as its metadata said when it
+    /// opened.
+    ephemeral: bool,
 }
 
 /// Figures about an open volume.
@@ -347,7 +350,7 @@ impl Volume {
     /// [`Volume::open`]; with `exact` false, every sealed layer counts as
     /// shared (see [`Pool::open_volume_deferred`]).
     pub(crate) fn open_with(shared: Arc<Shared>, name: &str, exact: bool) -> Result<Volume> {
-        let (m, others) = {
+        let (m, others, ephemeral) = {
             let mut st = lock(&shared.state);
             if st.open.contains(name) {
                 return Err(VolumeError::Busy(name.to_string()));
@@ -373,7 +376,7 @@ impl Volume {
                 sharing(&*shared.backend, name, &m)
             };
             st.open.insert(name.to_string());
-            (m, others)
+            (m, others, ephemeral)
         };
         let reg = Registration {
             shared,
@@ -411,7 +414,13 @@ impl Volume {
             compacting: Mutex::new(()),
             cancel: AtomicBool::new(false),
             chain,
+            ephemeral,
         })
+    }
+
+    /// Whether the volume is ephemeral ([`Pool::clone_ephemeral`]).
+    pub fn is_ephemeral(&self) -> bool {
+        self.ephemeral
     }
 
     /// The volume's name.
