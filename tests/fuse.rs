@@ -1281,6 +1281,36 @@ fn a_mountpoint_holding_our_mount_is_refused_and_its_mount_stays_tracked() {
     assert_eq!(mounts_at(k.path()), 1);
 }
 
+/// `mount busybox MP` in each of `modes`, all at once.
+fn mounts_at_once(store: &Path, mp: &Path, modes: &[Mode]) -> Vec<(Mounted, Run)> {
+    std::thread::scope(|s| {
+        let spawned: Vec<_> = modes
+            .iter()
+            .map(|&mode| s.spawn(move || try_mount(store, None, "busybox", mp, mode)))
+            .collect();
+        spawned.into_iter().map(|h| h.join().unwrap()).collect()
+    })
+}
+
+/// Asserts that every failed mount of `results` was refused with FK0308,
+/// then unmounts the ones that succeeded.
+fn refused_or_unmounted(results: Vec<(Mounted, Run)>, context: &str, report: &[String]) {
+    assert!(
+        results
+            .iter()
+            .filter(|(_, r)| !r.success())
+            .all(|(_, r)| r.stderr.contains("error[FK0308]")),
+        "{context}: {report:#?}"
+    );
+    for (mut m, r) in results {
+        if r.success() {
+            umount_and_stats(m, None);
+        } else {
+            m.active = false;
+        }
+    }
+}
+
 /// Mounts of one image at one mountpoint at once, kernel and FUSE mixed:
 /// exactly one succeeds, the others are refused with FK0308, and one mount
 /// is there, which `umount` removes. Before, two could both succeed,
@@ -1293,34 +1323,12 @@ fn mounts_at_once_on_one_mountpoint_make_one_mount() {
     let canonical = mnt.path().canonicalize().unwrap();
     for round in 0..4 {
         let modes = [Mode::Kernel, Mode::Fuse, Mode::Kernel, Mode::Passthrough];
-        let results: Vec<(Mounted, Run)> = std::thread::scope(|s| {
-            let spawned: Vec<_> = modes
-                .iter()
-                .map(|&mode| {
-                    let (store, mp) = (store.path(), canonical.as_path());
-                    s.spawn(move || try_mount(store, None, "busybox", mp, mode))
-                })
-                .collect();
-            spawned.into_iter().map(|h| h.join().unwrap()).collect()
-        });
+        let results = mounts_at_once(store.path(), &canonical, &modes);
         let report: Vec<String> = results.iter().map(|(_, r)| r.to_string()).collect();
         let won = results.iter().filter(|(_, r)| r.success()).count();
         assert_eq!(won, 1, "round {round}: {report:#?}");
-        assert!(
-            results
-                .iter()
-                .filter(|(_, r)| !r.success())
-                .all(|(_, r)| r.stderr.contains("error[FK0308]")),
-            "round {round}: {report:#?}"
-        );
         assert_eq!(mounts_at(&canonical), 1, "round {round}: {report:#?}");
-        for (mut m, r) in results {
-            if r.success() {
-                umount_and_stats(m, None);
-            } else {
-                m.active = false;
-            }
-        }
+        refused_or_unmounted(results, &format!("round {round}"), &report);
         assert_eq!(mounts_at(&canonical), 0, "round {round}: left mounted");
     }
 }
@@ -1395,6 +1403,24 @@ struct Foreground {
     mp: PathBuf,
 }
 
+impl Foreground {
+    /// Starts `fuse-serve busybox MP` with its stderr in `log_path`.
+    fn start(store: &Path, mp: &Path, log_path: &Path) -> Self {
+        let log = File::create(log_path).expect("create the stderr file");
+        let mut cmd = fk(store, None);
+        cmd.arg("fuse-serve")
+            .arg("busybox")
+            .arg(mp)
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(log);
+        Foreground {
+            child: cmd.spawn().expect("start fuse-serve"),
+            mp: mp.to_owned(),
+        }
+    }
+}
+
 impl Drop for Foreground {
     fn drop(&mut self) {
         if self.child.try_wait().ok().flatten().is_none() {
@@ -1420,19 +1446,7 @@ fn lifecycle_foreground_server_answers_ctrl_c() {
     let mp = std::fs::canonicalize(mnt.path()).unwrap();
     let logs = scratch_dir("fukastor-test-log-");
     let log_path = logs.path().join("fuse-serve.stderr");
-    let log = File::create(&log_path).expect("create the stderr file");
-    let mut cmd = fk(store.path(), None);
-    cmd.arg("fuse-serve")
-        .arg("busybox")
-        .arg(&mp)
-        .stdin(Stdio::null())
-        .stdout(Stdio::null())
-        .stderr(log);
-    let child = cmd.spawn().expect("start fuse-serve");
-    let mut fg = Foreground {
-        child,
-        mp: mp.clone(),
-    };
+    let mut fg = Foreground::start(store.path(), &mp, &log_path);
     let pid = fg.child.id();
     let deadline = Instant::now() + Duration::from_secs(60);
     while mounts_row(store.path(), None, &mp).is_none_or(|r| r["pid"].as_u64() != Some(pid.into()))
@@ -1471,6 +1485,81 @@ fn lifecycle_foreground_server_answers_ctrl_c() {
         "fuse-serve stderr:\n{text}"
     );
     assert!(!tracking_file(store.path(), &mp, "json").exists());
+}
+
+/// A foreground `fuse-serve` and two `mount`s at once on one mountpoint:
+/// exactly one of the three gets it (the server is refused with FK0308 and
+/// exits, or it mounts and both `mount`s are refused), never two stacked.
+#[test]
+fn fuse_serve_in_the_foreground_and_mounts_at_once_make_one_mount() {
+    require_fuse();
+    let store = store_with("busybox");
+    let mnt = scratch_dir("fukastor-test-mnt-");
+    let mp = std::fs::canonicalize(mnt.path()).unwrap();
+    let logs = scratch_dir("fukastor-test-log-");
+    for round in 0..6 {
+        let log_path = logs.path().join(format!("fuse-serve-{round}.stderr"));
+        let mut fg = Foreground::start(store.path(), &mp, &log_path);
+        let pid = fg.child.id();
+        // Alternate which mode races it.
+        let modes = if round % 2 == 0 {
+            [Mode::Kernel, Mode::Fuse]
+        } else {
+            [Mode::Fuse, Mode::Kernel]
+        };
+        let results = mounts_at_once(store.path(), &mp, &modes);
+        let mut report: Vec<String> = results.iter().map(|(_, r)| r.to_string()).collect();
+        // The server: exited (refused), or serving at `mp`.
+        let deadline = Instant::now() + Duration::from_secs(60);
+        let exited = loop {
+            if let Some(status) = fg.child.try_wait().unwrap() {
+                break Some(status);
+            }
+            if mounts_row(store.path(), None, &mp)
+                .is_some_and(|r| r["pid"].as_u64() == Some(pid.into()))
+            {
+                break None;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "round {round}: fuse-serve neither exited nor mounted within 60 s"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        };
+        let text = strip_ansi(&std::fs::read_to_string(&log_path).unwrap_or_default());
+        report.push(format!("fuse-serve: {exited:?}\n{text}"));
+        let won =
+            results.iter().filter(|(_, r)| r.success()).count() + usize::from(exited.is_none());
+        assert_eq!(won, 1, "round {round}: {report:#?}");
+        eprintln!(
+            "round {round}: {} got the mountpoint",
+            results
+                .iter()
+                .zip(modes)
+                .find(|((_, r), _)| r.success())
+                .map_or("fuse-serve".to_owned(), |(_, mode)| format!(
+                    "mount {mode:?}"
+                ))
+        );
+        if exited.is_some() {
+            assert!(text.contains("error[FK0308]"), "round {round}: {report:#?}");
+        }
+        assert_eq!(mounts_at(&mp), 1, "round {round}: {report:#?}");
+        refused_or_unmounted(results, &format!("round {round}"), &report);
+        if exited.is_none() {
+            let run = fk_run(store.path(), None, [OsStr::new("umount"), mp.as_os_str()]);
+            assert!(
+                run.success(),
+                "round {round}: umount of the foreground server's mount: {run}"
+            );
+            assert!(
+                wait_gone(pid, Duration::from_secs(10)),
+                "round {round}: fuse-serve still runs 10 s after `umount`"
+            );
+        }
+        drop(fg);
+        assert_eq!(mounts_at(&mp), 0, "round {round}: left mounted");
+    }
 }
 
 // ---------------------------------------------------------------------------

@@ -42,6 +42,9 @@ pub struct ServeOptions {
     pub passthrough: bool,
     /// Worker threads (0: one per core).
     pub threads: usize,
+    /// The caller holds the mountpoint's lock until the mount is in place
+    /// (`mount`, around [`spawn`]); otherwise [`serve`] takes it itself.
+    pub mountpoint_locked: bool,
 }
 
 impl ServeOptions {
@@ -50,6 +53,7 @@ impl ServeOptions {
         ServeOptions {
             passthrough,
             threads,
+            mountpoint_locked: false,
         }
     }
 }
@@ -77,6 +81,13 @@ pub fn serve(
     if !canonical.is_dir() {
         return Err(MountError::Mountpoint(shown, "not a directory".into()));
     }
+    // Held from the check until the mount is in place, as `mount` does:
+    // of two mounts at once here, one is refused (FK0308).
+    let mountpoint_lock = if opts.mountpoint_locked {
+        None
+    } else {
+        crate::mount::lock_mountpoint(&canonical)?
+    };
     crate::mount::refuse_taken(store.root(), &canonical)?;
     raise_nofile();
     let tree = store.image_tree(id)?;
@@ -150,6 +161,7 @@ pub fn serve(
         },
     )?;
     drop(store);
+    drop(mountpoint_lock);
 
     // Signals: unmount, which ends `run`.
     let mut unmounter = session.unmount_callable();
@@ -250,6 +262,10 @@ pub fn spawn(
         .arg(image)
         .arg(&canonical);
     cmd.arg("--threads").arg(opts.threads.to_string());
+    if opts.mountpoint_locked {
+        // The caller holds the mountpoint's lock until this returns.
+        cmd.arg("--mountpoint-locked");
+    }
     if opts.passthrough {
         cmd.arg("--passthrough");
     }
