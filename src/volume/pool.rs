@@ -131,6 +131,27 @@ pub(crate) struct PoolState {
     spares: [Spare; 2],
 }
 
+/// How long [`Pool::drop_spares`] waits for a spare being made.
+const SPARE_WAIT: std::time::Duration = std::time::Duration::from_secs(30);
+
+/// Clears a spare's `making` and wakes [`Pool::drop_spares`] when a
+/// [`Pool::make_spares`] ends without doing it itself (a panic).
+struct Making<'a> {
+    shared: &'a Shared,
+    kind: usize,
+    /// `making` was cleared by the maker.
+    done: bool,
+}
+
+impl Drop for Making<'_> {
+    fn drop(&mut self) {
+        if !self.done {
+            lock(&self.shared.state).spares[self.kind].making = false;
+            self.shared.spare_made.notify_all();
+        }
+    }
+}
+
 /// A spare head layer of one kind.
 #[derive(Debug, Default)]
 struct Spare {
@@ -315,9 +336,19 @@ impl Pool {
                 st.spares[k].making = true;
                 id
             };
+            // `making` is cleared however this ends (a panic included):
+            // [`Pool::drop_spares`] waits for it.
+            let mut making = Making {
+                shared: &self.shared,
+                kind: k,
+                done: false,
+            };
             let made = layer::create(self.backend(), id, filtered);
+            // Cleared in the same critical section that makes the spare
+            // ready: a drop in between would miss it.
             let mut st = lock(&self.shared.state);
             st.spares[k].making = false;
+            making.done = true;
             self.shared.spare_made.notify_all();
             match made {
                 Ok(file) => st.spares[k].ready = Some((id, file)),
@@ -341,12 +372,21 @@ impl Pool {
     /// returned (what was not deleted is garbage for reclaim).
     pub fn drop_spares(&self) -> Result<()> {
         let mut st = lock(&self.shared.state);
+        let deadline = std::time::Instant::now() + SPARE_WAIT;
         while st.spares.iter().any(|s| s.making) {
+            let left = deadline.saturating_duration_since(std::time::Instant::now());
+            if left.is_zero() {
+                // A write that hangs: not a reason never to stop. Its file
+                // is garbage for the next reclaim.
+                tracing::warn!("a spare head layer still being made after {SPARE_WAIT:?}");
+                break;
+            }
             st = self
                 .shared
                 .spare_made
-                .wait(st)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+                .wait_timeout(st, left)
+                .unwrap_or_else(std::sync::PoisonError::into_inner)
+                .0;
         }
         let ids: Vec<u64> = st.spares.iter_mut().filter_map(Spare::forget).collect();
         let mut first = Ok(());

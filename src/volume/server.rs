@@ -1487,8 +1487,12 @@ pub fn serve(paths: &Paths) -> Result<()> {
 /// Serves requests until told to stop or idle (the pool's lock held by
 /// the caller), then stops taking them.
 fn serve_with(ctx: &Ctx, paths: &Paths) -> Result<()> {
-    // Free what earlier crashes, rollbacks and removals left.
+    // Free what earlier crashes, rollbacks and removals left, and have a
+    // spare head ready for the first snapshot or rollback (deleted again
+    // by `let_the_pool_go` however this ends).
     ctx.reclaim_later();
+    ctx.pool.want_spare(false);
+    ctx.spares_later();
     let listener = bind(paths).map_err(super::io_err("binding the control socket"))?;
     listener
         .set_nonblocking(true)
@@ -1511,12 +1515,6 @@ fn serve_with(ctx: &Ctx, paths: &Paths) -> Result<()> {
         signal_hook::flag::register(sig, stop.clone())
             .map_err(|e| VolumeError::Server(format!("installing signal handlers: {e}")))?;
     }
-    // A spare head ready for the first snapshot or rollback: only now,
-    // when no early return skips its deletion at the end (a spare left by
-    // a server that failed to start on a full disk would give the next
-    // server's reclaim a block to free).
-    ctx.pool.want_spare(false);
-    ctx.spares_later();
 
     let mut idle_since = Instant::now();
     let mut checked = Instant::now();

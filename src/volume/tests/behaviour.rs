@@ -934,6 +934,8 @@ struct HeldSyncs {
     mem: Mem,
     /// Armed: a sync says it arrived on `arrived` and waits on `go`.
     armed: std::sync::Mutex<Option<(std::sync::mpsc::Sender<()>, std::sync::mpsc::Receiver<()>)>>,
+    /// The next directory sync panics.
+    panic_next: std::sync::atomic::AtomicBool,
 }
 
 impl crate::volume::backend::Backend for HeldSyncs {
@@ -963,6 +965,12 @@ impl crate::volume::backend::Backend for HeldSyncs {
         self.mem.create_dir(dir)
     }
     fn sync_dir(&self, dir: &std::path::Path) -> std::io::Result<()> {
+        if self
+            .panic_next
+            .swap(false, std::sync::atomic::Ordering::Relaxed)
+        {
+            panic!("an injected panic in a directory sync");
+        }
         let armed = self.armed.lock().unwrap().take();
         if let Some((arrived, go)) = armed {
             arrived.send(()).unwrap();
@@ -972,6 +980,20 @@ impl crate::volume::backend::Backend for HeldSyncs {
     }
 }
 
+/// A pool on a [`HeldSyncs`] backend, with a volume `v`.
+fn held_pool(seed: u64) -> (Mem, Arc<HeldSyncs>, Pool) {
+    let mem = Mem::new(seed);
+    let backend = Arc::new(HeldSyncs {
+        mem: mem.clone(),
+        armed: std::sync::Mutex::new(None),
+        panic_next: Default::default(),
+    });
+    let pool = Pool::with_backend(backend.clone()).unwrap();
+    pool.create_volume("v", &VolumeOptions::new(16 * MIB))
+        .unwrap();
+    (mem, backend, pool)
+}
+
 /// [`Pool::drop_spares`] waits for a spare being made and deletes it too:
 /// no spare is left, or still being written, once the pool's owner lets
 /// the pool go.
@@ -979,14 +1001,7 @@ impl crate::volume::backend::Backend for HeldSyncs {
 fn dropping_spares_waits_for_one_being_made() {
     use std::sync::mpsc::{RecvTimeoutError, channel};
     use std::time::Duration;
-    let mem = Mem::new(13);
-    let backend = Arc::new(HeldSyncs {
-        mem: mem.clone(),
-        armed: std::sync::Mutex::new(None),
-    });
-    let pool = Pool::with_backend(backend.clone()).unwrap();
-    pool.create_volume("v", &VolumeOptions::new(16 * MIB))
-        .unwrap();
+    let (mem, backend, pool) = held_pool(13);
     let named = layer_files(&mem);
     let (arrived_tx, arrived) = channel();
     let (go, go_rx) = channel();
@@ -1003,12 +1018,21 @@ fn dropping_spares_waits_for_one_being_made() {
     };
     // Not a timing assertion: had the drop ended before the spare was
     // made, the spare would be left below.
-    match dropped.recv_timeout(Duration::from_millis(100)) {
-        Err(RecvTimeoutError::Timeout) => {}
-        other => eprintln!("drop_spares ended while a spare was being made: {other:?}"),
-    }
+    let early = match dropped.recv_timeout(Duration::from_millis(100)) {
+        Err(RecvTimeoutError::Timeout) => None,
+        other => {
+            eprintln!("drop_spares ended while a spare was being made: {other:?}");
+            other.ok()
+        }
+    };
     go.send(()).unwrap();
     maker.join().unwrap().unwrap();
+    let result = early.unwrap_or_else(|| {
+        dropped
+            .recv_timeout(Duration::from_secs(30))
+            .expect("drop_spares still waits once the spare is made")
+    });
+    result.unwrap();
     dropper.join().unwrap();
     assert_eq!(
         layer_files(&mem),
@@ -1020,6 +1044,31 @@ fn dropping_spares_waits_for_one_being_made() {
         0,
         "nothing left for reclaim"
     );
+}
+
+/// A spare whose making panicked does not keep [`Pool::drop_spares`]
+/// waiting (for its 30 s limit): the maker's guard says it ended.
+#[test]
+fn a_panicking_spare_maker_does_not_hold_up_dropping_spares() {
+    use std::time::Duration;
+    let (_, backend, pool) = held_pool(14);
+    backend
+        .panic_next
+        .store(true, std::sync::atomic::Ordering::Relaxed);
+    let maker = {
+        let pool = pool.clone();
+        std::thread::spawn(move || pool.make_spares())
+    };
+    assert!(maker.join().is_err(), "the injected panic");
+    let (tx, rx) = std::sync::mpsc::channel();
+    let dropper = {
+        let pool = pool.clone();
+        std::thread::spawn(move || tx.send(pool.drop_spares()).unwrap())
+    };
+    rx.recv_timeout(Duration::from_secs(10))
+        .expect("drop_spares waits for a maker that panicked")
+        .unwrap();
+    dropper.join().unwrap();
 }
 
 /// The generation in slot `i` of a two-slot metadata file, if its magic is
