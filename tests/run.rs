@@ -1236,6 +1236,14 @@ fn run_without_rm_keeps_the_container_and_start_runs_it_again() {
     assert_eq!(st.ps_row("keep").unwrap()["state"], "stopped");
     let run = st.run(["start", "keep"]);
     assert_exit(&run, 13, "second start");
+    // Mounted before `start`: still mounted after it (start unmounts only
+    // what it mounted itself).
+    st.ok(["container", "mount", "keep"]);
+    let run = st.run(["start", "keep"]);
+    assert_exit(&run, 14, "start of a mounted container");
+    assert_eq!(st.ps_row("keep").unwrap()["state"], "mounted");
+    st.ok(["container", "umount", "keep"]);
+    assert_eq!(st.ps_row("keep").unwrap()["state"], "stopped");
 
     // A container made by `create` has no bundle; unknown containers fail.
     st.ok(["create", "busybox", "--name", "plain"]);

@@ -247,16 +247,12 @@ pub fn start(store_root: &Path, name: &str) -> Result<i32> {
     which_crun()?;
     let warmer = cgroup::Warmer::start();
     let containers = Containers::new(store_root);
-    containers.get(name)?;
+    let was_mounted = containers.mounted_at(name)?.is_some();
     refuse_running(name)?;
     let bundle = bundle_dir(store_root, name);
     if !bundle.join("config.json").is_file() {
         return Err(RuntimeError::NoBundle(name.to_string()));
     }
-    let was_mounted = containers
-        .entries()?
-        .iter()
-        .any(|e| e.name == name && e.state == "mounted");
     let rootfs = containers.mount(name, None)?;
     let default_rootfs = containers
         .paths()
