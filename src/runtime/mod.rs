@@ -149,7 +149,7 @@ fn bundle_dir(store_root: &Path, name: &str) -> PathBuf {
 /// `fukastor run`: returns the container's exit status.
 pub fn run(store_root: &Path, image: &str, opts: &RunOptions) -> Result<i32> {
     let _span = tracing::debug_span!("run").entered();
-    which_crun()?;
+    let crun = which_crun()?;
     // crun's cgroup join would wait for an RCU grace period: start it now
     // (cgroup.rs).
     let warmer = cgroup::Warmer::start();
@@ -167,7 +167,7 @@ pub fn run(store_root: &Path, image: &str, opts: &RunOptions) -> Result<i32> {
             containers.create(image, opts.name.as_deref(), opts.size)?
         }
     };
-    let result = run_created(store_root, &containers, &c, opts, &warmer);
+    let result = run_created(store_root, &containers, &c, opts, &crun, &warmer);
     if opts.rm {
         let _s = tracing::debug_span!("remove").entered();
         match containers.discard(&c.name) {
@@ -186,6 +186,7 @@ fn run_created(
     containers: &Containers,
     c: &Container,
     opts: &RunOptions,
+    crun: &Path,
     warmer: &cgroup::Warmer,
 ) -> Result<i32> {
     let name = c.name.as_str();
@@ -229,7 +230,7 @@ fn run_created(
         })?;
         drop(bundle_span);
         let _s = tracing::debug_span!("crun").entered();
-        crun_run(&bundle, name, warmer)
+        crun_run(&bundle, name, crun, warmer)
     })();
     // A disposable container is unmounted by its removal (`discard`).
     if !opts.rm {
@@ -244,7 +245,7 @@ fn run_created(
 /// `fukastor start`: runs an existing container again with the bundle its
 /// `run` wrote; returns the container's exit status.
 pub fn start(store_root: &Path, name: &str) -> Result<i32> {
-    which_crun()?;
+    let crun = which_crun()?;
     let warmer = cgroup::Warmer::start();
     let containers = Containers::new(store_root);
     let was_mounted = containers.mounted_at(name)?.is_some();
@@ -266,7 +267,7 @@ pub fn start(store_root: &Path, name: &str) -> Result<i32> {
             rootfs.display()
         )))
     } else {
-        crun_run(&bundle, name, &warmer)
+        crun_run(&bundle, name, &crun, &warmer)
     };
     if !was_mounted && let Err(e) = containers.umount(name) {
         tracing::warn!("unmounting container {name}: {e}");
@@ -355,10 +356,10 @@ pub fn refuse_running(name: &str) -> Result<()> {
     Ok(())
 }
 
-/// Runs `crun run` on `bundle` with this process's stdio; returns the
-/// container's exit status (128 + N for a signal).
-fn crun_run(bundle: &Path, name: &str, warmer: &cgroup::Warmer) -> Result<i32> {
-    let crun = which_crun()?;
+/// Runs `crun run` on `bundle` with this process's stdio (`crun`: the
+/// program [`which_crun`] found); returns the container's exit status
+/// (128 + N for a signal).
+fn crun_run(bundle: &Path, name: &str, crun: &Path, warmer: &cgroup::Warmer) -> Result<i32> {
     let id = crun_id(name);
     // A container state left by a crash would make `run` refuse the ID
     // (asking crun costs ~100 ms). A running container's is not a leftover:
@@ -366,7 +367,7 @@ fn crun_run(bundle: &Path, name: &str, warmer: &cgroup::Warmer) -> Result<i32> {
     refuse_running(name)?;
     let root = crun_root();
     let _ = root.join(&id).exists()
-        && Command::new(&crun)
+        && Command::new(crun)
             .arg("--root")
             .arg(&root)
             .args(["delete", "--force", &id])
@@ -375,7 +376,7 @@ fn crun_run(bundle: &Path, name: &str, warmer: &cgroup::Warmer) -> Result<i32> {
             .status()
             .is_ok();
     warmer.crun_starts();
-    let mut child = Command::new(&crun)
+    let mut child = Command::new(crun)
         .arg("--root")
         .arg(&root)
         .arg("run")
