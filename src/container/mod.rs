@@ -905,8 +905,6 @@ impl Containers {
         }
     }
 
-    /// Where container `c`'s root filesystem is mounted when it is: the
-    /// mountpoint its record names, else its own `rootfs` directory.
     /// Where container `name` is mounted, if it is: its record only, not
     /// every container's ([`Containers::entries`] reads them all).
     pub fn mounted_at(&self, name: &str) -> Result<Option<PathBuf>> {
@@ -914,6 +912,8 @@ impl Containers {
         Ok(Some(self.mountpoint_of(&c)).filter(|m| crate::mount::is_mount_root(m)))
     }
 
+    /// Where container `c`'s root filesystem is mounted when it is: the
+    /// mountpoint its record names, else its own `rootfs` directory.
     fn mountpoint_of(&self, c: &Container) -> PathBuf {
         c.mountpoint
             .clone()

@@ -485,10 +485,12 @@ impl Pool {
         Ok(VolumeInfo::new(name, &meta::read(self.backend(), name)?))
     }
 
-    /// Whether volume `name` is ephemeral ([`Pool::clone_ephemeral`]).
-    pub fn is_ephemeral(&self, name: &str) -> Result<bool> {
+    /// [`Pool::info`], and whether the volume is ephemeral: one read of its
+    /// metadata.
+    pub fn info_and_kind(&self, name: &str) -> Result<(VolumeInfo, bool)> {
         let _st = lock(&self.shared.state);
-        meta::is_ephemeral(self.backend(), name)
+        let (m, ephemeral) = meta::read_kind(self.backend(), name)?;
+        Ok((VolumeInfo::new(name, &m), ephemeral))
     }
 
     /// Creates volume `new` from snapshot `snapshot` of volume `volume`: its

@@ -1040,7 +1040,7 @@ impl Ctx {
             Request::List => {
                 let mut volumes = Vec::new();
                 for name in self.pool.volumes()? {
-                    let info = self.pool.info(&name)?;
+                    let (info, ephemeral) = self.pool.info_and_kind(&name)?;
                     let mut ids: std::collections::BTreeSet<u64> =
                         info.layers.iter().copied().collect();
                     for s in &info.snapshots {
@@ -1055,7 +1055,7 @@ impl Ctx {
                         .map(|m| m.len())
                         .sum();
                     volumes.push(VolumeEntry {
-                        ephemeral: self.pool.is_ephemeral(&name)?,
+                        ephemeral,
                         device: self.device(&name),
                         size: info.size,
                         used,
