@@ -371,29 +371,25 @@ impl Pool {
     /// could pick the same ID). Tries every spare; the first error is
     /// returned (what was not deleted is garbage for reclaim).
     pub fn drop_spares(&self) -> Result<()> {
-        let mut st = lock(&self.shared.state);
-        let deadline = std::time::Instant::now() + SPARE_WAIT;
-        while st.spares.iter().any(|s| s.making) {
-            let left = deadline.saturating_duration_since(std::time::Instant::now());
-            if left.is_zero() {
-                // A write that hangs: not a reason never to stop. Its file
-                // is garbage for the next reclaim.
-                tracing::warn!("a spare head layer still being made after {SPARE_WAIT:?}");
-                break;
-            }
-            st = self
-                .shared
-                .spare_made
-                .wait_timeout(st, left)
-                .unwrap_or_else(std::sync::PoisonError::into_inner)
-                .0;
+        let (mut st, waited) = self
+            .shared
+            .spare_made
+            .wait_timeout_while(lock(&self.shared.state), SPARE_WAIT, |st| {
+                st.spares.iter().any(|s| s.making)
+            })
+            .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if waited.timed_out() {
+            // A write that hangs: not a reason never to stop. Its file is
+            // garbage for the next reclaim.
+            tracing::warn!("a spare head layer still being made after {SPARE_WAIT:?}");
         }
         let ids: Vec<u64> = st.spares.iter_mut().filter_map(Spare::forget).collect();
         let mut first = Ok(());
         for id in ids {
             st.pinned.remove(&id);
-            // Under the lock: no operation can take it meanwhile.
-            if let Err(e) = remove_layer_file(self.backend(), id) {
+            // Under the lock: no operation can take it meanwhile. (A
+            // spare has no index file.)
+            if let Err(e) = remove_if_present(self.backend(), &layer_path(id)) {
                 first = first.and(Err(e));
             }
         }
@@ -646,11 +642,9 @@ impl Pool {
                     .open(&path, false)
                     .and_then(|f| f.len())
                     .unwrap_or(0);
-                match self.backend().remove(&path) {
-                    Ok(()) => {}
-                    // Another reclaim got there first.
-                    Err(e) if e.kind() == std::io::ErrorKind::NotFound => continue,
-                    Err(e) => return Err(io_err(format!("removing {}", path.display()))(e)),
+                // Gone already: another reclaim got there first.
+                if !remove_if_present(self.backend(), &path)? {
+                    continue;
                 }
                 if is_data {
                     report.layers += 1;
@@ -727,12 +721,11 @@ fn referenced_layers(backend: &dyn Backend) -> Result<(BTreeSet<u64>, Vec<PathBu
     Ok((live, stale))
 }
 
-/// Deletes spare head layer `id`'s file (a spare never has an index).
-fn remove_layer_file(backend: &dyn Backend, id: u64) -> Result<()> {
-    let path = layer_path(id);
-    match backend.remove(&path) {
-        Ok(()) => Ok(()),
-        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+/// Removes the file at `path`; false if it was not there.
+fn remove_if_present(backend: &dyn Backend, path: &Path) -> Result<bool> {
+    match backend.remove(path) {
+        Ok(()) => Ok(true),
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
         Err(e) => Err(io_err(format!("removing {}", path.display()))(e)),
     }
 }

@@ -638,18 +638,12 @@ impl Coalesced {
                 if std::panic::catch_unwind(std::panic::AssertUnwindSafe(&job)).is_err() {
                     tracing::warn!("a background reclaim panicked");
                 }
-                let until = Instant::now() + (start.elapsed() * 10).min(MAX_RECLAIM_PAUSE);
-                let mut st = super::lock(&me.state);
-                while !st.closed {
-                    let Some(left) = until.checked_duration_since(Instant::now()) else {
-                        break;
-                    };
-                    st = me
-                        .wake
-                        .wait_timeout(st, left)
-                        .unwrap_or_else(|e| e.into_inner())
-                        .0;
-                }
+                let pause = (start.elapsed() * 10).min(MAX_RECLAIM_PAUSE);
+                let mut st = me
+                    .wake
+                    .wait_timeout_while(super::lock(&me.state), pause, |st| !st.closed)
+                    .unwrap_or_else(|e| e.into_inner())
+                    .0;
                 if st.closed || !st.again {
                     st.running = false;
                     me.wake.notify_all();
@@ -675,9 +669,10 @@ impl Coalesced {
         let mut st = super::lock(&self.state);
         st.closed = true;
         self.wake.notify_all();
-        while st.running {
-            st = self.wake.wait(st).unwrap_or_else(|e| e.into_inner());
-        }
+        let mut st = self
+            .wake
+            .wait_while(st, |st| st.running)
+            .unwrap_or_else(|e| e.into_inner());
         std::mem::take(&mut st.again)
     }
 }
