@@ -57,8 +57,8 @@ use std::sync::{Mutex, MutexGuard};
 use std::time::{Duration, Instant};
 
 use common::{
-    Run, Store, fixtures, fukastor_bin, require_root, require_tool, run_command,
-    run_command_with_input, scratch_dir, unescape_mountinfo,
+    Run, Store, fixtures, fukastor_bin, is_fukastor_process, require_root, require_tool,
+    run_command, run_command_with_input, scratch_dir, unescape_mountinfo, volume_server_processes,
 };
 
 static SERIAL: Mutex<()> = Mutex::new(());
@@ -373,17 +373,6 @@ fn process_alive(pid: u32) -> bool {
                 .and_then(|(_, r)| r.split_whitespace().next().map(str::to_owned))
         })
         .is_some_and(|state| state != "Z" && state != "X")
-}
-
-fn is_fukastor_process(pid: u32) -> bool {
-    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
-        return false;
-    };
-    let bin = fukastor_bin()
-        .canonicalize()
-        .unwrap_or_else(|_| fukastor_bin());
-    let exe = exe.as_os_str().as_bytes();
-    exe.strip_suffix(b" (deleted)").unwrap_or(exe) == bin.as_os_str().as_bytes()
 }
 
 // ---------------------------------------------------------------------------
@@ -2590,36 +2579,9 @@ impl CStore {
         }
     }
 
-    /// Processes `fukastor --store STORE volume-serve` of this store (found
-    /// in /proc: `server.json` goes before the process does).
+    /// This store's volume server processes (/proc, not `server.json`).
     fn server_processes(&self) -> Vec<u32> {
-        let Ok(dir) = std::fs::read_dir("/proc") else {
-            return vec![];
-        };
-        dir.flatten()
-            .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
-            .filter(|pid| {
-                // The program first: reading another process's `cmdline`
-                // takes its memory map's lock, which a stuck process may
-                // hold (`/proc/PID/exe` does not).
-                if !is_fukastor_process(*pid) {
-                    return false;
-                }
-                let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
-                    return false;
-                };
-                let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
-                args.contains(&&b"volume-serve"[..])
-                    && args.windows(2).any(|w| {
-                        w[0] == b"--store"
-                            && Path::new(OsStr::from_bytes(w[1]))
-                                .canonicalize()
-                                .ok()
-                                .as_deref()
-                                == Some(self.root.as_path())
-                    })
-            })
-            .collect()
+        volume_server_processes(&self.root)
     }
 
     /// A store on `fs`.

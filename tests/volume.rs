@@ -52,8 +52,8 @@ use std::time::{Duration, Instant};
 use sha2::{Digest, Sha256};
 
 use common::{
-    Run, Store, Tree, assert_trees_eq, fixtures, fukastor_bin, require_root, require_tool,
-    run_command, scratch_dir, unescape_mountinfo, walk,
+    Run, Store, Tree, assert_trees_eq, fixtures, is_fukastor_process, require_root, require_tool,
+    run_command, scratch_dir, unescape_mountinfo, volume_server_processes, walk,
 };
 
 /// How long `snapshot create --atomic` and `snapshot rm` may take while about
@@ -183,19 +183,6 @@ fn wait_gone(pid: u32, limit: Duration) -> bool {
         std::thread::sleep(Duration::from_millis(20));
     }
     true
-}
-
-/// Whether `pid` runs the fukastor binary under test (so that clean-up
-/// never signals a process it did not start, even after pid reuse).
-fn is_fukastor_process(pid: u32) -> bool {
-    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
-        return false;
-    };
-    let bin = fukastor_bin()
-        .canonicalize()
-        .unwrap_or_else(|_| fukastor_bin());
-    let exe = exe.as_os_str().as_bytes();
-    exe.strip_suffix(b" (deleted)").unwrap_or(exe) == bin.as_os_str().as_bytes()
 }
 
 fn kill9(pid: u32) {
@@ -431,9 +418,13 @@ impl VStore {
     /// Waits (generously) for the volume server to exit once nothing is
     /// attached, and for its mount and loop devices to be gone.
     fn assert_server_exits(&self, context: &str) {
-        if let Some(pid) = self.server_pid()
-            && is_fukastor_process(pid)
-        {
+        // The processes, not only `server.json` (which a stopping server
+        // removes before its last work).
+        let pids = volume_server_processes(&self.root);
+        for pid in pids.into_iter().chain(self.server_pid()) {
+            if !is_fukastor_process(pid) {
+                continue;
+            }
             assert!(
                 wait_gone(pid, Duration::from_secs(15)),
                 "{context}: the volume server (pid {pid}) still runs 15 s after the last \

@@ -145,6 +145,54 @@ pub fn fukastor_bin() -> PathBuf {
     PathBuf::from(env!("CARGO_BIN_EXE_fukastor"))
 }
 
+/// Whether `pid` runs the fukastor binary under test (so that clean-up
+/// never signals a process it did not start, even after pid reuse).
+pub fn is_fukastor_process(pid: u32) -> bool {
+    let Ok(exe) = std::fs::read_link(format!("/proc/{pid}/exe")) else {
+        return false;
+    };
+    let bin = fukastor_bin()
+        .canonicalize()
+        .unwrap_or_else(|_| fukastor_bin());
+    let exe = exe.as_os_str().as_bytes();
+    exe.strip_suffix(b" (deleted)").unwrap_or(exe) == bin.as_os_str().as_bytes()
+}
+
+/// The processes `fukastor --store STORE volume-serve` of the store at
+/// canonical path `store`, found in /proc: a stopping server removes
+/// `server.json` first and then still reclaims, deletes its spare head
+/// layers and unmounts its FUSE export, so a test that waits for it to be
+/// gone must look for the process itself.
+pub fn volume_server_processes(store: &Path) -> Vec<u32> {
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return vec![];
+    };
+    dir.flatten()
+        .filter_map(|e| e.file_name().to_str()?.parse::<u32>().ok())
+        .filter(|pid| {
+            // The program first: reading another process's `cmdline`
+            // takes its memory map's lock, which a stuck process may hold
+            // (`/proc/PID/exe` does not).
+            if !is_fukastor_process(*pid) {
+                return false;
+            }
+            let Ok(cmdline) = std::fs::read(format!("/proc/{pid}/cmdline")) else {
+                return false;
+            };
+            let args: Vec<&[u8]> = cmdline.split(|b| *b == 0).collect();
+            args.contains(&&b"volume-serve"[..])
+                && args.windows(2).any(|w| {
+                    w[0] == b"--store"
+                        && Path::new(OsStr::from_bytes(w[1]))
+                            .canonicalize()
+                            .ok()
+                            .as_deref()
+                            == Some(store)
+                })
+        })
+        .collect()
+}
+
 /// How long one fukastor (or helper) command may run before the test fails.
 fn command_timeout() -> Duration {
     let secs = std::env::var("FUKASTOR_TEST_TIMEOUT")
