@@ -130,10 +130,6 @@ pub enum Command {
         /// Worker threads [default: one per core].
         #[arg(long, env = "FUKASTOR_FUSE_THREADS", default_value_t = 0)]
         threads: usize,
-        /// Set by `mount --fuse`, which holds the mountpoint's lock for
-        /// the server it starts (see `mount::lock_mountpoint`).
-        #[arg(long, hide = true)]
-        mountpoint_locked: bool,
     },
     /// Unmount an image mounted by fukastor.
     Umount {
@@ -520,8 +516,6 @@ fn run(cli: &Cli) -> CliResult {
             let (id, name) = store.resolve(image)?;
             let label = name.map_or_else(|| id.to_hex()[..12].to_string(), |n| n.to_string());
             let filtered = store.is_filtered(&id);
-            // Held until the mount is in place (a FUSE server's too).
-            let mountpoint_lock = crate::mount::lock_mountpoint(mountpoint)?;
             let want_kernel =
                 *kernel || (fuse.is_none() && !filtered && rustix::process::geteuid().is_root());
             let mut how = String::from("kernel: EROFS + overlayfs");
@@ -544,9 +538,7 @@ fn run(cli: &Cli) -> CliResult {
             }
             if !done {
                 let passthrough = fuse.as_deref() == Some("passthrough");
-                let mut opts = crate::fuse::ServeOptions::new(passthrough, *threads);
-                // Held here (`mountpoint_lock` above) until the server's mount is in place.
-                opts.mountpoint_locked = mountpoint_lock.is_some();
+                let opts = crate::fuse::ServeOptions::new(passthrough, *threads);
                 let root = store.root().to_path_buf();
                 drop(store);
                 let pid = crate::fuse::spawn(&root, &id.to_hex(), mountpoint, &opts)?;
@@ -571,7 +563,6 @@ fn run(cli: &Cli) -> CliResult {
             mountpoint,
             passthrough,
             threads,
-            mountpoint_locked,
         } => {
             let store = open(cli, LockMode::Shared)?;
             let (id, name) = store.resolve(image)?;
@@ -583,8 +574,7 @@ fn run(cli: &Cli) -> CliResult {
                     .find(|(_, i)| *i == id)
                     .map_or_else(|| id.to_hex()[..12].to_string(), |(n, _)| n.to_string()),
             };
-            let mut opts = crate::fuse::ServeOptions::new(*passthrough, *threads);
-            opts.mountpoint_locked = *mountpoint_locked;
+            let opts = crate::fuse::ServeOptions::new(*passthrough, *threads);
             crate::fuse::serve(store, &id, &label, mountpoint, &opts)?;
             Ok(())
         }

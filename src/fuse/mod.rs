@@ -42,9 +42,6 @@ pub struct ServeOptions {
     pub passthrough: bool,
     /// Worker threads (0: one per core).
     pub threads: usize,
-    /// The caller holds the mountpoint's lock until the mount is in place
-    /// (`mount`, around [`spawn`]); otherwise [`serve`] takes it itself.
-    pub mountpoint_locked: bool,
 }
 
 impl ServeOptions {
@@ -53,7 +50,6 @@ impl ServeOptions {
         ServeOptions {
             passthrough,
             threads,
-            mountpoint_locked: false,
         }
     }
 }
@@ -81,13 +77,9 @@ pub fn serve(
     if !canonical.is_dir() {
         return Err(MountError::Mountpoint(shown, "not a directory".into()));
     }
-    // Held from the check until the mount is in place, as `mount` does:
-    // of two mounts at once here, one is refused (FK0308).
-    let mountpoint_lock = if opts.mountpoint_locked {
-        None
-    } else {
-        crate::mount::lock_mountpoint(&canonical)?
-    };
+    // Held from the check until the mount is in place, as `mount_kernel`
+    // does: of two mounts at once here, one is refused (FK0308).
+    let mountpoint_lock = crate::mount::lock_mountpoint(&canonical)?;
     crate::mount::refuse_taken(store.root(), &canonical)?;
     raise_nofile();
     let tree = store.image_tree(id)?;
@@ -262,10 +254,6 @@ pub fn spawn(
         .arg(image)
         .arg(&canonical);
     cmd.arg("--threads").arg(opts.threads.to_string());
-    if opts.mountpoint_locked {
-        // The caller holds the mountpoint's lock until this returns.
-        cmd.arg("--mountpoint-locked");
-    }
     if opts.passthrough {
         cmd.arg("--passthrough");
     }

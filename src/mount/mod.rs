@@ -149,6 +149,9 @@ pub fn mount_kernel(
         return Err(MountError::NotPrivileged(label.to_string()));
     }
     let canonical = fs::canonicalize(mountpoint).unwrap_or_else(|_| mountpoint.to_path_buf());
+    // Held from the check until the mount is attached (the end of this
+    // function): see `lock_mountpoint`.
+    let _mountpoint_lock = lock_mountpoint(&canonical)?;
     refuse_taken(store.root(), &canonical)?;
     let (image_path, image, objects) = open_image(store, id)?;
     let name = format!("{label}@{}", store.root().display());
@@ -302,14 +305,15 @@ pub fn mount_writable(
 }
 
 /// Takes an exclusive `flock` on directory `mountpoint`, held until the
-/// file returned is dropped: `mount` holds it from its check that nothing
-/// of the store is mounted there ([`refuse_taken`]) until its mount is in
-/// place (a FUSE server's included), so that of two mounts at once on one
-/// mountpoint one is refused with FK0308 instead of both stacking there
-/// (the second would hide the first, and `umount` would take only one). A
-/// command that opens the path once the first mount is in place locks that
-/// mount's root instead and is refused by the check all the same. `None`
-/// when the path cannot be opened (the mount step then says why).
+/// file returned is dropped: [`mount_kernel`] and the FUSE server
+/// (`fuse::serve`) each hold it from their check that nothing of the store
+/// is mounted there ([`refuse_taken`]) until their mount is in place, so
+/// that of two mounts at once on one mountpoint one is refused with FK0308
+/// instead of both stacking there (the second would hide the first, and
+/// `umount` would take only one). A process that opens the path once the
+/// first mount is in place locks that mount's root instead and is refused
+/// by the check all the same. `None` when the path cannot be opened (the
+/// mount step then says why).
 pub(crate) fn lock_mountpoint(mountpoint: &Path) -> Result<Option<fs::File>, MountError> {
     let Ok(dir) = fs::File::open(mountpoint) else {
         return Ok(None);
