@@ -905,13 +905,6 @@ impl Containers {
         }
     }
 
-    /// Where container `name` is mounted, if it is: its record only, not
-    /// every container's ([`Containers::entries`] reads them all).
-    pub fn mounted_at(&self, name: &str) -> Result<Option<PathBuf>> {
-        let c = self.get(name)?;
-        Ok(Some(self.mountpoint_of(&c)).filter(|m| crate::mount::is_mount_root(m)))
-    }
-
     /// Where container `c`'s root filesystem is mounted when it is: the
     /// mountpoint its record names, else its own `rootfs` directory.
     fn mountpoint_of(&self, c: &Container) -> PathBuf {
@@ -925,7 +918,15 @@ impl Containers {
     /// container returns where it is. The record is written only for a
     /// mountpoint other than the default.
     pub fn mount(&self, name: &str, mountpoint: Option<&Path>) -> Result<PathBuf> {
-        self.mount_with(name, mountpoint, false)
+        Ok(self.mount_with(name, mountpoint, false)?.0)
+    }
+
+    /// [`Containers::mount`] at its `rootfs`, and whether this call
+    /// mounted it (false: it was mounted already, maybe elsewhere), decided
+    /// under the container's lock. For `start`, which unmounts only what it
+    /// mounted.
+    pub fn mount_noting(&self, name: &str) -> Result<(PathBuf, bool)> {
+        self.mount_with(name, None, false)
     }
 
     /// Mounts container `name` at its `rootfs` for a run after which it is
@@ -940,7 +941,7 @@ impl Containers {
     /// crash left behind comes back empty, never torn; what its processes
     /// fsynced is not kept, as it would not have been by the removal.
     pub fn mount_disposable(&self, name: &str) -> Result<PathBuf> {
-        self.mount_with(name, None, true)
+        Ok(self.mount_with(name, None, true)?.0)
     }
 
     fn mount_with(
@@ -948,12 +949,12 @@ impl Containers {
         name: &str,
         mountpoint: Option<&Path>,
         disposable: bool,
-    ) -> Result<PathBuf> {
+    ) -> Result<(PathBuf, bool)> {
         // Mounted already (also while the lock was awaited): where it is.
         let (_lock, mut c) = self.get_locked(name)?;
         let current = self.mountpoint_of(&c);
         if crate::mount::is_mount_root(&current) {
-            return Ok(current);
+            return Ok((current, false));
         }
         let work = self.work_dir(name);
         let fs = work.join("fs");
@@ -1024,7 +1025,7 @@ impl Containers {
             }
         }
         undo.disarm();
-        Ok(target)
+        Ok((target, true))
     }
 
     /// Attaches container `c`'s volume and mounts its ext4 at `fs`

@@ -248,13 +248,13 @@ pub fn start(store_root: &Path, name: &str) -> Result<i32> {
     let crun = which_crun()?;
     let warmer = cgroup::Warmer::start();
     let containers = Containers::new(store_root);
-    let was_mounted = containers.mounted_at(name)?.is_some();
+    containers.get(name)?;
     refuse_running(name)?;
     let bundle = bundle_dir(store_root, name);
     if !bundle.join("config.json").is_file() {
         return Err(RuntimeError::NoBundle(name.to_string()));
     }
-    let rootfs = containers.mount(name, None)?;
+    let (rootfs, mounted_here) = containers.mount_noting(name)?;
     let default_rootfs = containers
         .paths()
         .store
@@ -269,7 +269,7 @@ pub fn start(store_root: &Path, name: &str) -> Result<i32> {
     } else {
         crun_run(&bundle, name, &crun, &warmer)
     };
-    if !was_mounted && let Err(e) = containers.umount(name) {
+    if mounted_here && let Err(e) = containers.umount(name) {
         tracing::warn!("unmounting container {name}: {e}");
     }
     drop(warmer);
