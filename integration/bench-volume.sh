@@ -95,6 +95,23 @@
 #   1 MiB write runs in the background (as the seq write test), and 3 s into
 #   it three TIMED `snapshot create` (1 s apart), then their TIMED `snapshot rm`.
 #
+# Part "reopen": attaching a volume that holds N GiB (N in $BENCH_SIZES) that
+#   were written without a snapshot, against binding a loop device to a plain
+#   file holding the same (what a volume's attach costs on top of that floor).
+#     fukastor  `volume create V --size N+1G`, attach, fio writes N GiB straight
+#               into the device (as `fill` above), `volume detach`, then wait
+#               until the volume server has exited (so that whatever it does
+#               after a detach is done); per run r: wait until the server has
+#               exited, `settle`, TIMED `volume attach` (cold: it starts the
+#               server too), detach, TIMED `volume attach` (warm: the server
+#               runs, the layer and index files are in the page cache), detach.
+#     losetup   a sparse file of N+1 GiB, fio writes N GiB into it; per run:
+#               `settle`, TIMED `losetup --direct-io=on --sector-size 4096 -f
+#               --show FILE` (cold), `losetup -d`, TIMED again (warm), `losetup -d`.
+#   Opening a volume replays its head's records but reads a sealed layer's
+#   index file; the volume server seals a head of 16 MiB or more when the
+#   volume is detached (docs/design.md, "A large head is sealed by itself").
+#
 # Environment (all optional):
 #   BENCH_DIR           where everything goes (default /var/tmp/fukastor-bench-volume);
 #                       the data lives in $BENCH_DIR/work, which is removed on exit
@@ -102,8 +119,8 @@
 #                       detached, loop devices removed); bench.log (every command
 #                       and its output), results.tsv (every figure of every run)
 #                       and report.txt (the tables) stay in $BENCH_DIR
-#   BENCH_PARTS         parts to run (default "snapshot container fio")
-#   BENCH_SIZES         GiB written before the snapshots (default "1 4 8")
+#   BENCH_PARTS         parts to run (default "snapshot container fio reopen")
+#   BENCH_SIZES         GiB written before the snapshots and before reopening (default "1 4 8")
 #   BENCH_RUNS          runs per size and column (default 5); medians are shown
 #   BENCH_CONTAINERS    containers in a row (default 20)
 #   BENCH_FIO_RUNS      fio rounds per phase (default $BENCH_RUNS)
@@ -135,7 +152,7 @@ esac
 
 BENCH_DIR=${BENCH_DIR:-/var/tmp/fukastor-bench-volume}
 BENCH_DIR=${BENCH_DIR%/}
-PARTS=${BENCH_PARTS:-snapshot container fio}
+PARTS=${BENCH_PARTS:-snapshot container fio reopen}
 SIZES=${BENCH_SIZES:-1 4 8}
 RUNS=${BENCH_RUNS:-5}
 NCTR=${BENCH_CONTAINERS:-20}
@@ -158,7 +175,7 @@ for s in "${SIZE_LIST[@]}"; do
     [[ $s =~ ^[1-9][0-9]*$ ]] || bench_die "BENCH_SIZES wants whole GiB, not '$s'"
 done
 for p in $PARTS; do
-    [[ $p == @(snapshot|container|fio) ]] || bench_die "unknown part '$p' in BENCH_PARTS"
+    [[ $p == @(snapshot|container|fio|reopen) ]] || bench_die "unknown part '$p' in BENCH_PARTS"
 done
 [[ $WITH_FK == [01] && $KEEP == [01] ]] || bench_die "BENCH_FUKASTOR and BENCH_KEEP take 0 or 1"
 has_part() { [[ " $PARTS " == *" $1 "* ]]; }
@@ -261,6 +278,7 @@ MAX_GIB=0
 for s in "${SIZE_LIST[@]}"; do ((s > MAX_GIB)) && MAX_GIB=$s; done
 NEED_GIB=$((FIO_MIB * (FIO_RUNS + 2) / 1024 + 2))
 if has_part snapshot && ((3 * MAX_GIB + 2 > NEED_GIB)); then NEED_GIB=$((3 * MAX_GIB + 2)); fi
+if has_part reopen && ((2 * MAX_GIB + 2 > NEED_GIB)); then NEED_GIB=$((2 * MAX_GIB + 2)); fi
 FREE_GIB=$(($(df --output=avail -B1 "$WORK" | tail -n1) >> 30))
 ((FREE_GIB >= NEED_GIB)) || bench_die "$FREE_GIB GiB free below $WORK, this run needs about $NEED_GIB GiB"
 
@@ -670,13 +688,80 @@ part_fio() {
     fi
 }
 
+# --- part 4: attaching a volume that holds data ---------------------------------------------
+
+# server_gone: wait (at most 60 s) until the store's volume server has exited.
+server_gone() {
+    local pid i
+    pid=$(jq -r '.pid // empty' "$STORE/fukastor/vserve/server.json" 2>/dev/null) || true
+    [[ $pid =~ ^[0-9]+$ ]] || return 0
+    for ((i = 0; i < 600; i++)); do
+        grep -q fukastor "/proc/$pid/cmdline" 2>/dev/null || return 0
+        sleep 0.1
+    done
+    bench_die "the volume server $pid still runs 60 s after the last detach"
+}
+
+reopen_fukastor() {
+    local n=$1 r vol=bench-reopen-${1}g us
+    bench_run_us us fk volume create "$vol" --size "$((n + 1))G"
+    bench_run_us us attach "$vol"
+    fill "$ATTACHED" $((n * 1024)) reopen fukastor "$n" 0
+    bench_run_us us fk volume detach "$vol"
+    server_gone
+    printf '\n# %s after its first detach: ' "$vol" >>"$BENCH_LOG"
+    fk --json volume ls >>"$BENCH_LOG" 2>&1 || true
+    ls -l "$STORE/fukastor/pool/layers" >>"$BENCH_LOG" 2>&1 || true
+    for ((r = 1; r <= RUNS; r++)); do
+        bench_say "reopen, $n GiB, fukastor, run $r/$RUNS (load $(cut -d' ' -f1 /proc/loadavg))"
+        server_gone # every cold attach starts the server
+        settle
+        bench_run_us us attach "$vol"
+        record reopen fukastor "$n" "$r" cold_us "$us"
+        bench_run_us us fk volume detach "$vol"
+        bench_run_us us attach "$vol"
+        record reopen fukastor "$n" "$r" warm_us "$us"
+        bench_run_us us fk volume detach "$vol"
+    done
+    server_gone
+    bench_run_us us fk volume rm "$vol"
+}
+
+BOUND=
+losetup_show() { BOUND=$(losetup --direct-io=on --sector-size 4096 -f --show "$1"); }
+
+reopen_losetup() {
+    local n=$1 r m f=$WORK/reopen.img us
+    truncate -s "$((n + 1))G" "$f"
+    fill "$f" $((n * 1024)) reopen losetup "$n" 0
+    for ((r = 1; r <= RUNS; r++)); do
+        bench_say "reopen, $n GiB, losetup, run $r/$RUNS (load $(cut -d' ' -f1 /proc/loadavg))"
+        for m in cold warm; do
+            [[ $m == cold ]] && settle
+            bench_run_us us losetup_show "$f"
+            record reopen losetup "$n" "$r" "${m}_us" "$us"
+            [[ -b $BOUND ]] || bench_die "losetup printed '$BOUND', not a loop device"
+            losetup -d "$BOUND"
+        done
+    done
+    rm -f "$f"
+}
+
+part_reopen() {
+    local n
+    for n in "${SIZE_LIST[@]}"; do
+        if ((WITH_FK)); then reopen_fukastor "$n"; fi
+        reopen_losetup "$n"
+    done
+}
+
 # --- run ----------------------------------------------------------------------------------
 
 LOAD_START=$(cut -d' ' -f1-3 /proc/loadavg)
 T_START=$(bench_now_us)
 bench_say "work directory $WORK ($(bench_fs_of "$WORK")), load $LOAD_START"
 declare -A PART_US
-for p in snapshot container fio; do
+for p in snapshot container fio reopen; do
     has_part "$p" || continue
     t0=$(bench_now_us)
     "part_$p"
@@ -726,7 +811,7 @@ report() {
     echo "tools:    fukastor $GIT_REV$( ((WITH_FK)) || echo ' (not run: BENCH_FUKASTOR=0)'); $(fio --version); $(qemu-img --version | head -n1)"
     echo "load:     $LOAD_START at start, $LOAD_END at end (loadavg 1/5/15 min)"
     printf 'time:     whole run %s s' "$(bench_secs $((T_END - T_START)))"
-    for p in snapshot container fio; do
+    for p in snapshot container fio reopen; do
         [[ -z ${PART_US[$p]:-} ]] || printf '; %s %s s' "$p" "$(bench_secs "${PART_US[$p]}")"
     done
     echo
@@ -765,6 +850,25 @@ report() {
         echo "before it and attach + mount after it are not in that row). Writes before each fukastor and"
         echo "qemu-img snapshot: N GiB; before each rollback: N GiB more (the head the rollback discards)."
         echo "cp -a: snapshot = cp -a + sync -f; rollback = rm -rf upper + cp -a back + sync -f."
+        echo
+    fi
+
+    if has_part reopen; then
+        echo "## Attaching a volume that holds data (written without a snapshot; median of $RUNS runs)"
+        echo
+        echo "| | fukastor \`volume attach\` | plain loop: \`losetup\` |"
+        echo "|---|--:|--:|"
+        for n in "${SIZE_LIST[@]}"; do
+            for m in cold warm; do
+                printf '| attach after %s GiB written, %s |' "$n" "$m"
+                for c in fukastor losetup; do printf ' %s |' "$(cell_ms "$(med reopen "$c" "$n" "${m}_us")")"; done
+                echo
+            done
+        done
+        echo
+        echo "cold: no volume server running, after sync and drop_caches; warm: right after a cold"
+        echo "attach and detach. A volume's head is replayed when it opens, a sealed layer read through"
+        echo "its index file."
         echo
     fi
 

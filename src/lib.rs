@@ -33,6 +33,21 @@ pub mod store;
 pub mod tree;
 pub mod volume;
 
+/// Raises the soft limit on open descriptors to the hard one, for the two
+/// long-lived servers: the FUSE server keeps one per object read
+/// (src/fuse/fds.rs) and one per open under passthrough; the volume server
+/// one per layer of every open volume.
+pub(crate) fn raise_nofile() {
+    use rustix::process::{Resource, getrlimit, setrlimit};
+    let mut limit = getrlimit(Resource::Nofile);
+    if limit.current < limit.maximum {
+        limit.current = limit.maximum;
+        if let Err(e) = setrlimit(Resource::Nofile, limit) {
+            tracing::debug!("raising the descriptor limit: {e}");
+        }
+    }
+}
+
 /// Test hook for crash tests: when `FUKASTOR_FAILPOINT` equals `name`, the
 /// process kills itself with SIGKILL right here. Costs one environment look-up.
 #[doc(hidden)]

@@ -1101,6 +1101,68 @@ fn a_stopped_volume_server_leaves_no_spare_head_behind() {
     st.assert_fsck_clean();
 }
 
+/// A volume's head is replayed record by record whenever the volume is
+/// opened; once it holds 16 MiB or more (and a sixteenth of the volume's
+/// own layers), the server seals it when the volume is detached, with an
+/// index file, so the next attach reads the index instead. What was written
+/// reads back the same through the sealed layer, and fsck finds the store
+/// clean.
+#[test]
+fn a_large_head_is_sealed_when_its_volume_is_detached() {
+    let _serial = serial();
+    require_volumes();
+    let st = VStore::new();
+    st.ok(["volume", "create", "v", "--size", "64M"]);
+    let meta_path = st.path().join("fukastor/pool/volumes/v.meta");
+    let layers = |what: &str| -> Vec<u64> {
+        let m = volume_meta(&meta_path);
+        serde_json::from_value(m["layers"].clone())
+            .unwrap_or_else(|e| panic!("{what}: the layers of {m}: {e}"))
+    };
+    let head = layers("created");
+    assert_eq!(head.len(), 1, "a new volume is its head");
+    let data = Rng(0x5ea1).bytes(20 * MIB as usize);
+    let dev = attach(&st, "v");
+    {
+        let f = std::fs::OpenOptions::new().write(true).open(&dev).unwrap();
+        f.write_all_at(&data, 8 * MIB).unwrap();
+        f.sync_all().unwrap();
+    }
+    detach(&st, "v");
+    // A server ends its background work on volumes before it exits.
+    st.assert_server_exits("after detach");
+    let sealed = layers("after detach");
+    assert_eq!(
+        sealed.len(),
+        2,
+        "20 MiB in the head: sealed under a new head when detached ({sealed:?})"
+    );
+    assert_eq!(sealed[0], head[0], "the old head is the sealed layer");
+    let index = st
+        .path()
+        .join(format!("fukastor/pool/layers/{}.index", head[0]));
+    assert!(index.is_file(), "the sealed head's index file is written");
+
+    let dev = attach(&st, "v");
+    let mut back = vec![0u8; data.len()];
+    std::fs::File::open(&dev)
+        .unwrap()
+        .read_exact_at(&mut back, 8 * MIB)
+        .unwrap();
+    assert!(
+        back == data,
+        "what was written reads back through the sealed layer"
+    );
+    detach(&st, "v");
+    st.assert_server_exits("after the second detach");
+    assert_eq!(
+        layers("after the second detach"),
+        sealed,
+        "a head without writes is not sealed"
+    );
+    st.assert_fsck_clean();
+}
+
 #[test]
 fn volume_create_with_base_reads_the_base() {
     let _serial = serial();

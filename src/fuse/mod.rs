@@ -81,7 +81,7 @@ pub fn serve(
     // does: of two mounts at once here, one is refused (FK0308).
     let mountpoint_lock = crate::mount::lock_mountpoint(&canonical)?;
     crate::mount::refuse_taken(store.root(), &canonical)?;
-    raise_nofile();
+    crate::raise_nofile();
     let tree = store.image_tree(id)?;
     let inodes = inodes::Inodes::new(&tree);
     drop(tree);
@@ -192,20 +192,6 @@ pub fn serve(
         counters.flushes.load(std::sync::atomic::Ordering::Relaxed),
     );
     result.map_err(|e| MountError::Server(e.to_string()))
-}
-
-/// Raises the soft limit on open descriptors to the hard one: the server
-/// keeps one per object read (src/fuse/fds.rs) and one per open under
-/// passthrough.
-fn raise_nofile() {
-    use rustix::process::{Resource, getrlimit, setrlimit};
-    let mut limit = getrlimit(Resource::Nofile);
-    if limit.current < limit.maximum {
-        limit.current = limit.maximum;
-        if let Err(e) = setrlimit(Resource::Nofile, limit) {
-            tracing::debug!("raising the descriptor limit: {e}");
-        }
-    }
 }
 
 /// Starts `fukastor fuse-serve` in its own process group and returns once

@@ -45,6 +45,15 @@
 //! attach or a snapshot uses it as it is, and a removal or rollback cancels
 //! the compaction and waits for it to let go. A server stops only once its
 //! compactions have ended.
+//!
+//! The same job runs a head sealing ([`crate::volume::Volume::seal_head`])
+//! instead, when compaction is not worth it but [`worth_sealing`] says the
+//! head is (opening a volume replays its head, not a sealed layer): at
+//! detach, and every [`COMPACT_CHECK`] for attached volumes. A compaction
+//! asked for meanwhile follows it in the same job; a removal or rollback
+//! waits for a sealing under way to end (it is short: one metadata write
+//! and an index file). Both jobs make the spare head layer they took again
+//! before they end.
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -85,6 +94,24 @@ const COMPACT_MIN_GARBAGE: u64 = 64 << 20;
 /// compaction copies no more live data than it frees).
 pub fn worth_compacting(s: &VolumeStats) -> bool {
     s.garbage_bytes > COMPACT_MIN_GARBAGE && s.garbage_bytes > s.own_bytes / 2
+}
+
+/// The least head worth sealing by itself.
+const SEAL_MIN_HEAD: u64 = 16 << 20;
+
+/// Whether a volume's head is worth sealing by itself
+/// ([`crate::volume::Volume::seal_head`]): it holds at least 16 MiB, and at
+/// least a sixteenth of what the sealed layers of the volume's stack hold
+/// (its own and those it shares with snapshots, other volumes or a
+/// template). Opening a volume replays its head (1 GiB of writes: 0.3 s
+/// with the layer in the page cache, 0.7 s from disk; docs/benchmarks.md,
+/// *Sealing a large head*) but reads only the index of a sealed layer. The
+/// sixteenth bounds the layers that sealing adds: each one grows the
+/// sealed bytes by at least 1/16, so at most 12 per doubling of what the
+/// stack holds, not one per 16 MiB written.
+pub fn worth_sealing(s: &VolumeStats) -> bool {
+    let sealed = s.layer_bytes.saturating_sub(s.head_bytes);
+    s.head_bytes >= SEAL_MIN_HEAD && s.head_bytes >= sealed / 16
 }
 
 /// Where a store keeps its pool and server files.
@@ -677,11 +704,32 @@ impl Coalesced {
     }
 }
 
-/// A background compaction: the volume (kept open by it) and the
-/// connections waiting for its result.
+/// Makes the spare head layer that sealing a head (by itself or in a
+/// compaction) may have taken: on the job's thread, before the job ends,
+/// so that a stopping server, which waits for its jobs, deletes it.
+fn remake_spare(pool: &Pool) {
+    if let Err(e) = pool.make_spares() {
+        tracing::warn!("making a spare head layer: {e}");
+    }
+}
+
+/// A background compaction or head sealing: the volume (kept open by it),
+/// what is being done, and the connections waiting for a compaction's
+/// result.
 struct CompactJob {
     volume: Arc<Volume>,
+    work: Work,
     waiters: Vec<UnixStream>,
+}
+
+/// What a [`CompactJob`] does.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+enum Work {
+    /// [`crate::volume::Volume::compact`].
+    Compact,
+    /// [`crate::volume::Volume::seal_head`]; a compaction asked for while it
+    /// runs follows it in the same job.
+    SealHead,
 }
 
 impl Served {
@@ -847,6 +895,19 @@ impl Ctx {
     /// Compacts `volume` on a background thread, unless that is under way;
     /// `waiter` gets the result. Then frees the old layers.
     fn compact_in_background(&self, name: &str, volume: Arc<Volume>, waiter: Option<UnixStream>) {
+        self.in_background(name, volume, Work::Compact, waiter);
+    }
+
+    /// Does `work` to `volume` on a background thread, unless a job for
+    /// it is under way (a compaction asked for during a head sealing is
+    /// done by that job next); `waiter` gets a compaction's result.
+    fn in_background(
+        &self,
+        name: &str,
+        volume: Arc<Volume>,
+        work: Work,
+        waiter: Option<UnixStream>,
+    ) {
         let Some(served) = &self.served else {
             return;
         };
@@ -854,10 +915,14 @@ impl Ctx {
             let mut jobs = super::lock(&served.compactions);
             if let Some(job) = jobs.get_mut(name) {
                 job.waiters.extend(waiter);
+                if work == Work::Compact {
+                    job.work = Work::Compact;
+                }
                 return;
             }
             let job = CompactJob {
                 volume: volume.clone(),
+                work,
                 waiters: waiter.into_iter().collect(),
             };
             jobs.insert(name.to_string(), job);
@@ -869,8 +934,31 @@ impl Ctx {
             name.to_string(),
         );
         std::thread::spawn(move || {
+            if work == Work::SealHead {
+                let head = volume.stats().head_bytes;
+                let started = Instant::now();
+                match volume.seal_head() {
+                    Ok(true) => tracing::info!(
+                        "sealed the head of {name} ({head} bytes), in {:.1?}",
+                        started.elapsed()
+                    ),
+                    Ok(false) => {}
+                    Err(e) => tracing::warn!("sealing the head of {name}: {e}"),
+                }
+                remake_spare(&pool);
+                // Ends the job unless a compaction was asked for meanwhile,
+                // under the lock under which one is asked for.
+                let mut jobs = super::lock(&jobs);
+                if jobs.get(&name).is_some_and(|j| j.work == Work::SealHead) {
+                    drop(volume);
+                    jobs.remove(&name);
+                    return;
+                }
+                // A compaction was asked for: it follows.
+            }
             let started = Instant::now();
             let r = volume.compact();
+            remake_spare(&pool);
             let reply = match &r {
                 Ok(rep) => {
                     if rep.layer.is_some() {
@@ -917,9 +1005,12 @@ impl Ctx {
         });
     }
 
-    /// Starts compacting attached volume `name` if its garbage is worth it.
+    /// Starts compacting volume `name` if its garbage is worth it, else
+    /// sealing its head if that is worth it (not an ephemeral volume's:
+    /// it is deleted at the end of its run).
     fn compact_if_worth(&self, name: &str, volume: Arc<Volume>) {
         let stats = volume.stats();
+        tracing::debug!("volume {name}: {stats:?}");
         if worth_compacting(&stats) {
             tracing::info!(
                 "compacting {name}: {} bytes of garbage in {} bytes of its own layers",
@@ -927,6 +1018,8 @@ impl Ctx {
                 stats.own_bytes
             );
             self.compact_in_background(name, volume, None);
+        } else if !volume.is_ephemeral() && worth_sealing(&stats) {
+            self.in_background(name, volume, Work::SealHead, None);
         }
     }
 
@@ -1444,6 +1537,7 @@ pub fn serve(paths: &Paths) -> Result<()> {
         }
         std::thread::sleep(Duration::from_millis(5));
     };
+    crate::raise_nofile();
     if let Err(e) = rustix::process::configure_io_flusher_behavior(true) {
         tracing::warn!("PR_SET_IO_FLUSHER: {e} (the server may deadlock under memory pressure)");
     }
@@ -1733,6 +1827,29 @@ mod tests {
         assert!(worth_compacting(&stats(65 << 20, 100 << 20)));
         assert!(!worth_compacting(&stats(63 << 20, 100 << 20)), "too little");
         assert!(!worth_compacting(&stats(65 << 20, 140 << 20)), "under half");
+
+        // Every layer counts, shared (snapshots, a template) or not.
+        let heads = |head_bytes, layer_bytes| VolumeStats {
+            head_bytes,
+            own_bytes: head_bytes,
+            ..stats(0, layer_bytes)
+        };
+        assert!(
+            worth_sealing(&heads(16 << 20, 16 << 20)),
+            "all data in the head"
+        );
+        assert!(
+            !worth_sealing(&heads((16 << 20) - 1, 16 << 20)),
+            "too little"
+        );
+        assert!(
+            worth_sealing(&heads(64 << 20, (64 + 1024) << 20)),
+            "a sixteenth"
+        );
+        assert!(
+            !worth_sealing(&heads(63 << 20, (63 + 1024) << 20)),
+            "under a sixteenth"
+        );
     }
 
     /// Requests made while a coalesced job runs, or in the pause after it,

@@ -615,6 +615,30 @@ impl Volume {
         Ok(())
     }
 
+    /// Seals the head, if it holds records, and writes the sealed layer's
+    /// index file: step 2 of [`Volume::compact`] alone (no layer is
+    /// rewritten, no snapshot is taken). Opening a volume replays its head
+    /// record by record (every write it holds, overwritten or not) but
+    /// reads a sealed layer's index, 20 bytes per block; so a head that
+    /// grew large is worth sealing by itself (the volume server does when
+    /// [`super::server::worth_sealing`] says so). Returns whether it sealed;
+    /// does nothing once [`Volume::cancel_compaction`] was called.
+    pub fn seal_head(&self) -> Result<bool> {
+        let _one = lock(&self.compacting);
+        if self.cancel.load(Ordering::Relaxed) {
+            return Ok(false);
+        }
+        let sealed = {
+            let mut h = self.lock_head()?;
+            if h.head.next.end <= LAYER_HEADER_LEN {
+                return Ok(false);
+            }
+            self.seal_locked(&mut h, None)?
+        };
+        self.write_index(&sealed.index());
+        Ok(true)
+    }
+
     /// Makes the volume's stack snapshot `name`'s layers plus a new empty
     /// head. Writes since the snapshot are dropped (their layer is freed by
     /// [`Pool::reclaim`]). Durable when it returns.

@@ -64,6 +64,57 @@ fn opening_reads_the_index_files_not_the_data() {
     assert_eq!(i64.bytes_written, 0, "a clean open writes nothing");
 }
 
+/// Sealing the head by itself (what the volume server does to a head that
+/// grew large): the next opening reads the sealed layer's index instead of
+/// replaying its 32 MiB of records; the content and the garbage figure are
+/// as before, no snapshot is made, and an empty head is not sealed.
+#[test]
+fn a_sealed_head_is_opened_through_its_index() {
+    let (mem, pool) = mem_pool(14);
+    pool.create_volume("v", &VolumeOptions::new(128 * MIB))
+        .unwrap();
+    let v = pool.open_volume("v").unwrap();
+    assert!(!v.seal_head().unwrap(), "an empty head stays");
+    let chunk = block(5).repeat((MIB / BS) as usize);
+    for i in 0..32 {
+        v.write_at(i * MIB, &chunk).unwrap();
+    }
+    v.write_at(BS, &block(6)).unwrap();
+    v.close().unwrap();
+    let replayed = cost(&mem, || drop(pool.open_volume("v").unwrap()));
+    assert!(
+        replayed.bytes_read > 32 * MIB,
+        "the head is replayed: {replayed:?}"
+    );
+
+    let v = pool.open_volume("v").unwrap();
+    let before = v.stats();
+    assert!(v.seal_head().unwrap());
+    let after = v.stats();
+    assert_eq!(after.layers.len(), before.layers.len() + 1);
+    assert_eq!(after.layers[..before.layers.len()], before.layers[..]);
+    assert_eq!(after.head_bytes, 32, "a new empty head");
+    assert_eq!(after.garbage_bytes, before.garbage_bytes);
+    assert_eq!(after.garbage_bytes, REC, "the block written twice");
+    assert!(!v.seal_head().unwrap(), "nothing written since");
+    assert!(v.snapshots().unwrap().is_empty());
+    v.write_at(2 * BS, &block(7)).unwrap();
+    v.close().unwrap();
+
+    let indexed = cost(&mem, || {
+        let v = pool.open_volume("v").unwrap();
+        assert_eq!(read(&v, 0, BS), block(5));
+        assert_eq!(read(&v, BS, BS), block(6));
+        assert_eq!(read(&v, 2 * BS, BS), block(7));
+        assert_eq!(read(&v, 31 * MIB, BS), block(5));
+        assert_eq!(read(&v, 32 * MIB, BS), vec![0; BS as usize]);
+    });
+    assert!(
+        indexed.bytes_read < MIB,
+        "the sealed layer's index is read, not its records: {indexed:?}"
+    );
+}
+
 /// The garbage figure follows writes, overwrites, discards and sharing,
 /// without I/O.
 #[test]

@@ -131,7 +131,7 @@ fn crash_at_every_step_of_every_operation() {
 }
 
 /// Every operation that writes.
-pub(super) const ALL_OPS: [Op; 12] = [
+pub(super) const ALL_OPS: [Op; 13] = [
     Op::Write,
     Op::Discard,
     Op::Flush,
@@ -144,6 +144,7 @@ pub(super) const ALL_OPS: [Op; 12] = [
     Op::Reclaim,
     Op::MakeSpares,
     Op::Compact,
+    Op::SealHead,
 ];
 
 /// What [`crash_at_every_step`] counted.

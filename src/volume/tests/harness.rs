@@ -80,6 +80,7 @@ pub(crate) enum Op {
     MakeSpares,
     ReadAll,
     Compact,
+    SealHead,
     DamageIndex,
 }
 
@@ -308,6 +309,7 @@ impl Harness {
             91 => Op::MakeSpares,
             92..=94 => Op::Compact,
             95 => Op::DamageIndex,
+            96 => Op::SealHead,
             _ => Op::ReadAll,
         };
         self.run(op);
@@ -338,6 +340,7 @@ impl Harness {
             Op::MakeSpares => self.make_spares(),
             Op::ReadAll => self.read_all(&name),
             Op::Compact => self.compact(&name),
+            Op::SealHead => self.seal_head(&name),
             Op::DamageIndex => self.damage_index(),
         }
     }
@@ -369,6 +372,27 @@ impl Harness {
                     snaps: t.dur.snaps.clone(),
                 };
                 self.failure("compact", e, vec![(name.into(), Some(m))]);
+            }
+        }
+    }
+
+    fn seal_head(&mut self, name: &str) {
+        self.note(format!("{name}: seal the head"));
+        let t = self.vols.get_mut(name).unwrap();
+        match t.vol.as_ref().unwrap().seal_head() {
+            // Sealing flushes first; an empty head holds nothing unflushed.
+            Ok(sealed) => {
+                if sealed {
+                    t.dur.data = t.cur.data.clone();
+                }
+                self.note(format!("  -> sealed: {sealed}"));
+            }
+            Err(e) => {
+                let m = Model {
+                    data: t.cur.data.clone(),
+                    snaps: t.dur.snaps.clone(),
+                };
+                self.failure("seal the head", e, vec![(name.into(), Some(m))]);
             }
         }
     }
