@@ -1163,6 +1163,102 @@ fn a_large_head_is_sealed_when_its_volume_is_detached() {
     st.assert_fsck_clean();
 }
 
+/// `kill -9` of the volume server at each step of sealing a head
+/// (docs/volume-format.md, the crash-table row "seal a large head"):
+/// - `volume:seal:head-made`: the new head layer exists, no metadata names
+///   it: the volume is as it was (one layer), the orphan layer is reclaimed
+///   by the next server, and the next detach seals the head after all;
+/// - `volume:seal:sealed`: the metadata names the sealed head and a new
+///   one, the index file is not written: the volume has two layers, the
+///   sealed one is replayed once when next opened and its index written then.
+///
+/// In both, what was written and fsynced reads back the same, nothing of the
+/// dead server stays mounted, and fsck finds the store clean.
+#[test]
+fn kill_9_while_sealing_a_head_loses_nothing() {
+    let _serial = serial();
+    require_volumes();
+    for fp in ["volume:seal:head-made", "volume:seal:sealed"] {
+        let st = VStore::new();
+        st.ok(["volume", "create", "v", "--size", "64M"]);
+        let meta_path = st.path().join("fukastor/pool/volumes/v.meta");
+        let layers = |what: &str| -> Vec<u64> {
+            let m = volume_meta(&meta_path);
+            serde_json::from_value(m["layers"].clone())
+                .unwrap_or_else(|e| panic!("{fp}, {what}: the layers of {m}: {e}"))
+        };
+        let head = layers("created");
+        // The server this attach starts inherits the failpoint.
+        let mut cmd = st.store.command();
+        cmd.env("FUKASTOR_FAILPOINT", fp)
+            .args(["volume", "attach", "v"]);
+        let run = run_command(cmd);
+        run.assert_success();
+        let dev = PathBuf::from(run.stdout_str().trim());
+        let server = st.live_server();
+        let data = Rng(0xdead).bytes(20 * MIB as usize);
+        {
+            let f = std::fs::OpenOptions::new().write(true).open(&dev).unwrap();
+            f.write_all_at(&data, 4 * MIB).unwrap();
+            f.sync_all().unwrap();
+        }
+        detach(&st, "v");
+        assert!(
+            wait_gone(server, Duration::from_secs(15)),
+            "{fp}: the server sealing the head must die at the failpoint"
+        );
+        let after_crash = layers("after the crash");
+        if fp == "volume:seal:head-made" {
+            assert_eq!(
+                after_crash, head,
+                "{fp}: no metadata names the new head yet"
+            );
+        } else {
+            assert_eq!(
+                after_crash.len(),
+                2,
+                "{fp}: the head is sealed under a new one"
+            );
+            assert_eq!(after_crash[0], head[0]);
+            let index = st
+                .path()
+                .join(format!("fukastor/pool/layers/{}.index", head[0]));
+            assert!(
+                !index.exists(),
+                "{fp}: the crash came before the index file"
+            );
+        }
+
+        // A new server (without the failpoint) clears the dead one's mount.
+        let dev = attach(&st, "v");
+        let mut back = vec![0u8; data.len()];
+        std::fs::File::open(&dev)
+            .unwrap()
+            .read_exact_at(&mut back, 4 * MIB)
+            .unwrap();
+        assert!(back == data, "{fp}: what was fsynced reads back the same");
+        detach(&st, "v");
+        st.assert_server_exits(&format!("{fp}: after the second detach"));
+        let end = layers("at the end");
+        assert_eq!(end.len(), 2, "{fp}: the head sealed (again, or already)");
+        assert_eq!(end[0], head[0]);
+        assert!(
+            st.path()
+                .join(format!("fukastor/pool/layers/{}.index", head[0]))
+                .is_file(),
+            "{fp}: the sealed layer's index file is written in the end"
+        );
+        let mut named: Vec<String> = end.iter().map(|id| format!("{id}.data")).collect();
+        named.sort();
+        assert_eq!(
+            layer_files(&st),
+            named,
+            "{fp}: nothing but the volume's layers is left (the orphan head reclaimed)"
+        );
+        st.assert_fsck_clean();
+    }
+}
+
 #[test]
 fn volume_create_with_base_reads_the_base() {
     let _serial = serial();

@@ -635,6 +635,7 @@ impl Volume {
             }
             self.seal_locked(&mut h, None)?
         };
+        crate::failpoint("volume:seal:sealed");
         self.write_index(&sealed.index());
         Ok(true)
     }
@@ -1005,6 +1006,7 @@ impl Volume {
             )));
         }
         let (id, file) = st.new_head(self.backend(), self.chain.is_some())?;
+        crate::failpoint("volume:seal:head-made");
         if let Some(name) = snapshot {
             let layers = m.layers.clone();
             m.snapshots.push(SnapshotMeta {
