@@ -1930,12 +1930,11 @@ mod tests {
     /// FUSE request thread that still holds it (here a thread that keeps a
     /// reference for 200 ms), and give up after 2 s with FK0714, which
     /// says the volume is still open.
-    #[test]
-    fn requests_on_a_detached_volume_wait_for_a_request_thread_to_let_go() {
-        let dir = tempfile::tempdir().unwrap();
-        let paths = Paths::new(dir.path());
+    /// A server's context on a new pool in `dir`, nothing mounted.
+    fn served_ctx(dir: &Path) -> Ctx {
+        let paths = Paths::new(dir);
         std::fs::create_dir_all(&paths.pool).unwrap();
-        let ctx = Ctx {
+        Ctx {
             pool: Pool::open(&paths.pool).unwrap(),
             paths,
             served: Some(Served {
@@ -1945,7 +1944,62 @@ mod tests {
                 compactions: Default::default(),
                 reclaims: Default::default(),
             }),
-        };
+        }
+    }
+
+    /// A compaction asked for (with a connection waiting for its answer)
+    /// right after a head sealing started on the same volume is done and
+    /// answered, whether it finds the sealing still running (it follows it
+    /// in the same job) or already ended (a job of its own); the job ends,
+    /// the head is sealed and the garbage freed.
+    #[test]
+    fn a_compaction_asked_for_during_a_head_sealing_is_done_and_answered() {
+        for round in 0..8 {
+            let dir = tempfile::tempdir().unwrap();
+            let ctx = served_ctx(dir.path());
+            ctx.pool
+                .create_volume("v", &crate::volume::VolumeOptions::new(64 << 20))
+                .unwrap();
+            let v = Arc::new(ctx.pool.open_volume("v").unwrap());
+            let mib = vec![round as u8 + 1; 1 << 20];
+            for i in 0..20 {
+                v.write_at(i << 20, &mib).unwrap();
+            }
+            v.write_at(0, &mib).unwrap(); // 1 MiB of garbage
+            let head = v.stats().layers.len();
+            ctx.in_background("v", v.clone(), Work::SealHead, None);
+            let (ours, theirs) = UnixStream::pair().unwrap();
+            ctx.compact_in_background("v", v.clone(), Some(theirs));
+            ours.set_read_timeout(Some(Duration::from_secs(60)))
+                .unwrap();
+            let mut line = String::new();
+            BufReader::new(&ours).read_line(&mut line).unwrap();
+            let answer: serde_json::Value = serde_json::from_str(&line).unwrap();
+            assert_eq!(answer["reply"], "compacted", "round {round}: {line}");
+            let start = Instant::now();
+            while ctx.compactions() > 0 {
+                assert!(
+                    start.elapsed() < Duration::from_secs(30),
+                    "the job never ended"
+                );
+                std::thread::sleep(Duration::from_millis(5));
+            }
+            let s = v.stats();
+            assert!(
+                s.layers.len() > head,
+                "round {round}: the head was sealed: {s:?}"
+            );
+            assert_eq!(s.garbage_bytes, 0, "round {round}: compacted: {s:?}");
+            let mut back = vec![0u8; 1 << 20];
+            v.read_at(19 << 20, &mut back).unwrap();
+            assert!(back == mib, "round {round}: the data is unchanged");
+        }
+    }
+
+    #[test]
+    fn requests_on_a_detached_volume_wait_for_a_request_thread_to_let_go() {
+        let dir = tempfile::tempdir().unwrap();
+        let ctx = served_ctx(dir.path());
         ctx.pool
             .create_volume("v", &crate::volume::VolumeOptions::new(1 << 20))
             .unwrap();
