@@ -713,6 +713,34 @@ fn remake_spare(pool: &Pool) {
     }
 }
 
+/// Ends a background job whose thread panicked (a bug) before it ended the
+/// job itself: removes its entry, so that nothing waits for it forever
+/// (`stop_compaction`, and with it a removal, a rollback or the server's
+/// stop), and answers its waiters with an error. Disarmed by the thread
+/// when it removes the entry itself.
+struct JobEnd {
+    jobs: Arc<std::sync::Mutex<BTreeMap<String, CompactJob>>>,
+    name: String,
+    armed: bool,
+}
+
+impl Drop for JobEnd {
+    fn drop(&mut self) {
+        if !self.armed {
+            return;
+        }
+        let job = super::lock(&self.jobs).remove(&self.name);
+        tracing::error!("the background job on volume {:?} failed", self.name);
+        let e = VolumeError::Server(format!(
+            "the background job on volume {:?} failed (see the server log)",
+            self.name
+        ));
+        for w in job.map(|j| j.waiters).unwrap_or_default() {
+            send(&w, &error_response(&e));
+        }
+    }
+}
+
 /// A background compaction or head sealing: the volume (kept open by it),
 /// what is being done, and the connections waiting for a compaction's
 /// result.
@@ -934,6 +962,11 @@ impl Ctx {
             name.to_string(),
         );
         std::thread::spawn(move || {
+            let mut end = JobEnd {
+                jobs: jobs.clone(),
+                name: name.clone(),
+                armed: true,
+            };
             if work == Work::SealHead {
                 let head = volume.stats().head_bytes;
                 let started = Instant::now();
@@ -951,6 +984,7 @@ impl Ctx {
                 let mut jobs = super::lock(&jobs);
                 if jobs.get(&name).is_some_and(|j| j.work == Work::SealHead) {
                     drop(volume);
+                    end.armed = false;
                     jobs.remove(&name);
                     return;
                 }
@@ -987,6 +1021,7 @@ impl Ctx {
             let waiters = {
                 let mut jobs = super::lock(&jobs);
                 drop(volume);
+                end.armed = false;
                 jobs.remove(&name).map(|j| j.waiters).unwrap_or_default()
             };
             for w in waiters {
@@ -1947,6 +1982,30 @@ mod tests {
         }
     }
 
+    /// Starts sealing `v`'s head, asks right away for a compaction with a
+    /// connection waiting for its answer, and returns that answer once the
+    /// job has ended.
+    fn seal_then_compact(ctx: &Ctx, v: &Arc<Volume>) -> serde_json::Value {
+        ctx.in_background("v", v.clone(), Work::SealHead, None);
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ctx.compact_in_background("v", v.clone(), Some(theirs));
+        ours.set_read_timeout(Some(Duration::from_secs(20)))
+            .unwrap();
+        let mut line = String::new();
+        BufReader::new(&ours)
+            .read_line(&mut line)
+            .expect("an answer within 20 s");
+        let start = Instant::now();
+        while ctx.compactions() > 0 {
+            assert!(
+                start.elapsed() < Duration::from_secs(20),
+                "the job never ended"
+            );
+            std::thread::sleep(Duration::from_millis(5));
+        }
+        serde_json::from_str(&line).unwrap_or_else(|e| panic!("{e}: {line:?}"))
+    }
+
     /// A compaction asked for (with a connection waiting for its answer)
     /// right after a head sealing started on the same volume is done and
     /// answered, whether it finds the sealing still running (it follows it
@@ -1967,23 +2026,8 @@ mod tests {
             }
             v.write_at(0, &mib).unwrap(); // 1 MiB of garbage
             let head = v.stats().layers.len();
-            ctx.in_background("v", v.clone(), Work::SealHead, None);
-            let (ours, theirs) = UnixStream::pair().unwrap();
-            ctx.compact_in_background("v", v.clone(), Some(theirs));
-            ours.set_read_timeout(Some(Duration::from_secs(60)))
-                .unwrap();
-            let mut line = String::new();
-            BufReader::new(&ours).read_line(&mut line).unwrap();
-            let answer: serde_json::Value = serde_json::from_str(&line).unwrap();
-            assert_eq!(answer["reply"], "compacted", "round {round}: {line}");
-            let start = Instant::now();
-            while ctx.compactions() > 0 {
-                assert!(
-                    start.elapsed() < Duration::from_secs(30),
-                    "the job never ended"
-                );
-                std::thread::sleep(Duration::from_millis(5));
-            }
+            let answer = seal_then_compact(&ctx, &v);
+            assert_eq!(answer["reply"], "compacted", "round {round}: {answer}");
             let s = v.stats();
             assert!(
                 s.layers.len() > head,
@@ -1994,6 +2038,75 @@ mod tests {
             v.read_at(19 << 20, &mut back).unwrap();
             assert!(back == mib, "round {round}: the data is unchanged");
         }
+    }
+
+    /// A backend whose `create` panics once armed (a bug in a job).
+    #[derive(Debug)]
+    struct PanicOnCreate {
+        inner: crate::volume::StdBackend,
+        armed: AtomicBool,
+    }
+
+    impl crate::volume::backend::Backend for PanicOnCreate {
+        fn open(
+            &self,
+            path: &Path,
+            writable: bool,
+        ) -> std::io::Result<Arc<dyn crate::volume::backend::BackendFile>> {
+            self.inner.open(path, writable)
+        }
+        fn create(
+            &self,
+            path: &Path,
+        ) -> std::io::Result<Arc<dyn crate::volume::backend::BackendFile>> {
+            assert!(
+                !self.armed.load(Ordering::SeqCst),
+                "injected: creating {path:?}"
+            );
+            self.inner.create(path)
+        }
+        fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
+            self.inner.rename(from, to)
+        }
+        fn remove(&self, path: &Path) -> std::io::Result<()> {
+            self.inner.remove(path)
+        }
+        fn list(&self, dir: &Path) -> std::io::Result<Vec<String>> {
+            self.inner.list(dir)
+        }
+        fn create_dir(&self, dir: &Path) -> std::io::Result<()> {
+            self.inner.create_dir(dir)
+        }
+        fn sync_dir(&self, dir: &Path) -> std::io::Result<()> {
+            self.inner.sync_dir(dir)
+        }
+    }
+
+    /// A job whose thread panics (a bug: here the new head's `create`)
+    /// still ends: its entry goes, so waiting for it (what a removal, a
+    /// rollback and the server's stop do) returns, and a connection that
+    /// waits for a compaction's answer gets an error instead of nothing.
+    #[test]
+    fn a_job_whose_thread_panics_ends_and_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let mut ctx = served_ctx(dir.path());
+        let backend = Arc::new(PanicOnCreate {
+            inner: crate::volume::StdBackend::new(&ctx.paths.pool),
+            armed: AtomicBool::new(false),
+        });
+        ctx.pool = Pool::with_backend(backend.clone()).unwrap();
+        ctx.pool
+            .create_volume("v", &crate::volume::VolumeOptions::new(64 << 20))
+            .unwrap();
+        let v = Arc::new(ctx.pool.open_volume("v").unwrap());
+        for i in 0..20 {
+            v.write_at(i << 20, &[7u8; 1 << 20]).unwrap();
+        }
+        v.write_at(0, &[8u8; 1 << 20]).unwrap();
+        backend.armed.store(true, Ordering::SeqCst);
+        let answer = seal_then_compact(&ctx, &v);
+        assert_eq!(answer["reply"], "error", "{answer}");
+        ctx.stop_compaction(Some("v"));
     }
 
     #[test]
