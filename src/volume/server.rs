@@ -44,7 +44,8 @@
 //! answer comes when it is done). A volume being compacted stays open; an
 //! attach or a snapshot uses it as it is, and a removal or rollback cancels
 //! the compaction and waits for it to let go. A server stops only once its
-//! compactions have ended.
+//! compactions have ended (a job whose thread panics ends too: a guard
+//! removes it and answers its waiters with an error).
 //!
 //! The same job runs a head sealing ([`crate::volume::Volume::seal_head`])
 //! instead, when compaction is not worth it but [`worth_sealing`] says the
