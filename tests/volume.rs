@@ -1102,8 +1102,8 @@ fn a_stopped_volume_server_leaves_no_spare_head_behind() {
 }
 
 /// A volume's head is replayed record by record whenever the volume is
-/// opened; once it holds 16 MiB or more (and a sixteenth of the volume's
-/// own layers), the server seals it when the volume is detached, with an
+/// opened; once it holds 16 MiB or more (and a sixteenth of what the
+/// sealed layers of its stack hold), the server seals it when the volume is detached, with an
 /// index file, so the next attach reads the index instead. What was written
 /// reads back the same through the sealed layer, and fsck finds the store
 /// clean.

@@ -51,10 +51,11 @@
 //! instead, when compaction is not worth it but [`worth_sealing`] says the
 //! head is (opening a volume replays its head, not a sealed layer): at
 //! detach, and every [`COMPACT_CHECK`] for attached volumes. A compaction
-//! asked for meanwhile follows it in the same job; a removal or rollback
-//! waits for a sealing under way to end (it is short: one metadata write
-//! and an index file). Both jobs make the spare head layer they took again
-//! before they end.
+//! asked for meanwhile follows it in the same job, and a sealing asked for
+//! again (a detach during a check's sealing) is judged again when it ends;
+//! a removal or rollback waits for a sealing under way to end (it is
+//! short: one metadata write, an index file, and the spare head made
+//! again, which both jobs do before they end).
 
 use std::collections::BTreeMap;
 use std::io::{BufRead, BufReader, Write};
@@ -748,6 +749,8 @@ impl Drop for JobEnd {
 struct CompactJob {
     volume: Arc<Volume>,
     work: Work,
+    /// A head sealing asked for again while this one runs.
+    again: bool,
     waiters: Vec<UnixStream>,
 }
 
@@ -944,14 +947,18 @@ impl Ctx {
             let mut jobs = super::lock(&served.compactions);
             if let Some(job) = jobs.get_mut(name) {
                 job.waiters.extend(waiter);
-                if work == Work::Compact {
-                    job.work = Work::Compact;
+                match work {
+                    Work::Compact => job.work = Work::Compact,
+                    // Asked again (a detach while a 30 s check's sealing
+                    // runs): judged again once this one ends.
+                    Work::SealHead => job.again = true,
                 }
                 return;
             }
             let job = CompactJob {
                 volume: volume.clone(),
                 work,
+                again: false,
                 waiters: waiter.into_iter().collect(),
             };
             jobs.insert(name.to_string(), job);
@@ -962,34 +969,50 @@ impl Ctx {
             served.reclaims.clone(),
             name.to_string(),
         );
-        std::thread::spawn(move || {
+        let (ends, ends_name) = (jobs.clone(), name.clone());
+        let spawned = std::thread::Builder::new().spawn(move || {
             let mut end = JobEnd {
                 jobs: jobs.clone(),
                 name: name.clone(),
                 armed: true,
             };
-            if work == Work::SealHead {
-                let head = volume.stats().head_bytes;
-                let started = Instant::now();
-                match volume.seal_head() {
-                    Ok(true) => tracing::info!(
-                        "sealed the head of {name} ({head} bytes), in {:.1?}",
-                        started.elapsed()
-                    ),
-                    Ok(false) => {}
-                    Err(e) => tracing::warn!("sealing the head of {name}: {e}"),
+            // Locals, dropped before `end` if the thread panics: the volume
+            // is closed before its job's entry goes.
+            let (volume, pool, mut work) = (volume, pool, work);
+            let mut first = true;
+            while work == Work::SealHead {
+                let stats = volume.stats();
+                if first || worth_sealing(&stats) {
+                    let started = Instant::now();
+                    match volume.seal_head() {
+                        Ok(true) => tracing::info!(
+                            "sealed the head of {name} ({} bytes), in {:.1?}",
+                            stats.head_bytes,
+                            started.elapsed()
+                        ),
+                        Ok(false) => {}
+                        Err(e) => tracing::warn!("sealing the head of {name}: {e}"),
+                    }
+                    remake_spare(&pool);
                 }
-                remake_spare(&pool);
-                // Ends the job unless a compaction was asked for meanwhile,
-                // under the lock under which one is asked for.
+                first = false;
+                // Ends the job unless it was asked for again, or a
+                // compaction was, meanwhile: under the lock under which
+                // they are asked for.
                 let mut jobs = super::lock(&jobs);
-                if jobs.get(&name).is_some_and(|j| j.work == Work::SealHead) {
-                    drop(volume);
-                    end.armed = false;
-                    jobs.remove(&name);
+                let Some(job) = jobs.get_mut(&name) else {
                     return;
+                };
+                match (job.work, job.again) {
+                    (Work::Compact, _) => work = Work::Compact,
+                    (Work::SealHead, true) => job.again = false,
+                    (Work::SealHead, false) => {
+                        drop(volume);
+                        end.armed = false;
+                        jobs.remove(&name);
+                        return;
+                    }
                 }
-                // A compaction was asked for: it follows.
             }
             let started = Instant::now();
             let r = volume.compact();
@@ -1039,6 +1062,15 @@ impl Ctx {
                 });
             }
         });
+        if let Err(e) = spawned {
+            // No thread (out of resources): the job ends here, unrun.
+            let job = super::lock(&ends).remove(&ends_name);
+            let e = VolumeError::Server(format!("starting a background job on {ends_name:?}: {e}"));
+            tracing::warn!("{e}");
+            for w in job.map(|j| j.waiters).unwrap_or_default() {
+                send(&w, &error_response(&e));
+            }
+        }
     }
 
     /// Starts compacting volume `name` if its garbage is worth it, else
@@ -1962,10 +1994,6 @@ mod tests {
         assert!(!c.close());
     }
 
-    /// A server's rollback, snapshot and rm of a volume just detached wait for the
-    /// FUSE request thread that still holds it (here a thread that keeps a
-    /// reference for 200 ms), and give up after 2 s with FK0714, which
-    /// says the volume is still open.
     /// A server's context on a new pool in `dir`, nothing mounted.
     fn served_ctx(dir: &Path) -> Ctx {
         let paths = Paths::new(dir);
@@ -2110,6 +2138,10 @@ mod tests {
         ctx.stop_compaction(Some("v"));
     }
 
+    /// A server's rollback, snapshot and rm of a volume just detached wait for the
+    /// FUSE request thread that still holds it (here a thread that keeps a
+    /// reference for 200 ms), and give up after 2 s with FK0714, which
+    /// says the volume is still open.
     #[test]
     fn requests_on_a_detached_volume_wait_for_a_request_thread_to_let_go() {
         let dir = tempfile::tempdir().unwrap();

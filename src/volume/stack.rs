@@ -622,10 +622,11 @@ impl Volume {
     /// reads a sealed layer's index, 20 bytes per block; so a head that
     /// grew large is worth sealing by itself (the volume server does when
     /// [`super::server::worth_sealing`] says so). Returns whether it sealed;
-    /// does nothing once [`Volume::cancel_compaction`] was called.
+    /// does nothing (and clears the mark) when [`Volume::cancel_compaction`]
+    /// was called since the last compaction or sealing.
     pub fn seal_head(&self) -> Result<bool> {
         let _one = lock(&self.compacting);
-        if self.cancel.load(Ordering::Relaxed) {
+        if self.cancel.swap(false, Ordering::Relaxed) {
             return Ok(false);
         }
         let sealed = {
