@@ -1101,6 +1101,14 @@ fn a_stopped_volume_server_leaves_no_spare_head_behind() {
     st.assert_fsck_clean();
 }
 
+/// The layers of volume `name`'s stack, bottom to top, from its metadata
+/// file (`what` says when, for the failure message).
+fn stack_of(st: &VStore, name: &str, what: &str) -> Vec<u64> {
+    let m = volume_meta(&st.path().join(format!("fukastor/pool/volumes/{name}.meta")));
+    serde_json::from_value(m["layers"].clone())
+        .unwrap_or_else(|e| panic!("{what}: the layers of {m}: {e}"))
+}
+
 /// A volume's head is replayed record by record whenever the volume is
 /// opened; once it holds 16 MiB or more (and a sixteenth of what the
 /// sealed layers of its stack hold), the server seals it when the volume is detached, with an
@@ -1113,12 +1121,7 @@ fn a_large_head_is_sealed_when_its_volume_is_detached() {
     require_volumes();
     let st = VStore::new();
     st.ok(["volume", "create", "v", "--size", "64M"]);
-    let meta_path = st.path().join("fukastor/pool/volumes/v.meta");
-    let layers = |what: &str| -> Vec<u64> {
-        let m = volume_meta(&meta_path);
-        serde_json::from_value(m["layers"].clone())
-            .unwrap_or_else(|e| panic!("{what}: the layers of {m}: {e}"))
-    };
+    let layers = |what: &str| stack_of(&st, "v", what);
     let head = layers("created");
     assert_eq!(head.len(), 1, "a new volume is its head");
     let data = Rng(0x5ea1).bytes(20 * MIB as usize);
@@ -1181,12 +1184,7 @@ fn kill_9_while_sealing_a_head_loses_nothing() {
     for fp in ["volume:seal:head-made", "volume:seal:sealed"] {
         let st = VStore::new();
         st.ok(["volume", "create", "v", "--size", "64M"]);
-        let meta_path = st.path().join("fukastor/pool/volumes/v.meta");
-        let layers = |what: &str| -> Vec<u64> {
-            let m = volume_meta(&meta_path);
-            serde_json::from_value(m["layers"].clone())
-                .unwrap_or_else(|e| panic!("{fp}, {what}: the layers of {m}: {e}"))
-        };
+        let layers = |what: &str| stack_of(&st, "v", &format!("{fp}, {what}"));
         let head = layers("created");
         // The server this attach starts inherits the failpoint.
         let mut cmd = st.store.command();
@@ -1257,6 +1255,62 @@ fn kill_9_while_sealing_a_head_loses_nothing() {
         );
         st.assert_fsck_clean();
     }
+}
+
+/// A volume detached again while the server is still sealing its head
+/// from the detach before (held up here for 5 s after the seal by a
+/// delay point) has its new writes sealed too once that sealing ends: the
+/// second request is judged again, not dropped.
+#[test]
+fn a_detach_during_a_head_sealing_gets_its_own_sealing() {
+    let _serial = serial();
+    require_volumes();
+    let st = VStore::new();
+    st.ok(["volume", "create", "v", "--size", "64M"]);
+    let layers = |what: &str| stack_of(&st, "v", what);
+    let write = |dev: &Path, seed: u64, at: u64| {
+        let data = Rng(seed).bytes(20 * MIB as usize);
+        let f = std::fs::OpenOptions::new().write(true).open(dev).unwrap();
+        f.write_all_at(&data, at).unwrap();
+        f.sync_all().unwrap();
+        data
+    };
+    // The server this attach starts inherits the delay point.
+    let mut cmd = st.store.command();
+    cmd.env("FUKASTOR_DELAYPOINT", "volume:seal:sealed:5000")
+        .args(["volume", "attach", "v"]);
+    let run = run_command(cmd);
+    run.assert_success();
+    let first = write(&PathBuf::from(run.stdout_str().trim()), 1, 0);
+    let started = Instant::now();
+    detach(&st, "v"); // starts sealing the 20 MiB, then waits 5 s
+    let dev = attach(&st, "v");
+    let second = write(&dev, 2, 32 * MIB);
+    detach(&st, "v"); // asks for a sealing while the first one runs
+    let during = started.elapsed();
+    st.assert_server_exits("after the second detach");
+    assert!(
+        during < Duration::from_secs(5),
+        "the second detach came {during:?} after the first: not during its sealing, so this \
+         run proves nothing (a very slow machine?)"
+    );
+    let end = layers("at the end");
+    assert_eq!(
+        end.len(),
+        3,
+        "both heads of 20 MiB sealed (two sealed layers and a new head): {end:?}"
+    );
+    let dev = attach(&st, "v");
+    let f = std::fs::File::open(&dev).unwrap();
+    let mut back = vec![0u8; first.len()];
+    f.read_exact_at(&mut back, 0).unwrap();
+    assert!(back == first, "the first 20 MiB read back");
+    f.read_exact_at(&mut back, 32 * MIB).unwrap();
+    assert!(back == second, "the second 20 MiB read back");
+    drop(f);
+    detach(&st, "v");
+    st.assert_server_exits("at the end");
+    st.assert_fsck_clean();
 }
 
 #[test]

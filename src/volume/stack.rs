@@ -637,6 +637,7 @@ impl Volume {
             self.seal_locked(&mut h, None)?
         };
         crate::failpoint("volume:seal:sealed");
+        crate::delaypoint("volume:seal:sealed");
         self.write_index(&sealed.index());
         Ok(true)
     }
