@@ -477,8 +477,7 @@ impl Pool {
 
     /// What the metadata of volume `name` says.
     pub fn info(&self, name: &str) -> Result<VolumeInfo> {
-        let _st = lock(&self.shared.state);
-        Ok(VolumeInfo::new(name, &meta::read(self.backend(), name)?))
+        Ok(self.info_and_kind(name)?.0)
     }
 
     /// [`Pool::info`], and whether the volume is ephemeral: one read of its

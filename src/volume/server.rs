@@ -715,11 +715,11 @@ fn remake_spare(pool: &Pool) {
     }
 }
 
-/// Ends a background job whose thread panicked (a bug) before it ended the
-/// job itself: removes its entry, so that nothing waits for it forever
-/// (`stop_compaction`, and with it a removal, a rollback or the server's
-/// stop), and answers its waiters with an error. Disarmed by the thread
-/// when it removes the entry itself.
+/// Ends a background job whose thread panicked (a bug), or never started,
+/// before it ended the job itself: removes its entry, so that nothing
+/// waits for it forever (`stop_compaction`, and with it a removal, a
+/// rollback or the server's stop), and answers its waiters with an error.
+/// Disarmed by the thread when it removes the entry itself.
 struct JobEnd {
     jobs: Arc<std::sync::Mutex<BTreeMap<String, CompactJob>>>,
     name: String,
@@ -731,13 +731,19 @@ impl Drop for JobEnd {
         if !self.armed {
             return;
         }
-        let job = super::lock(&self.jobs).remove(&self.name);
+        // The entry's volume is let go under the lock, as the thread does.
+        let waiters = {
+            let mut jobs = super::lock(&self.jobs);
+            jobs.remove(&self.name)
+                .map(|j| j.waiters)
+                .unwrap_or_default()
+        };
         tracing::error!("the background job on volume {:?} failed", self.name);
         let e = VolumeError::Server(format!(
             "the background job on volume {:?} failed (see the server log)",
             self.name
         ));
-        for w in job.map(|j| j.waiters).unwrap_or_default() {
+        for w in waiters {
             send(&w, &error_response(&e));
         }
     }
@@ -969,20 +975,21 @@ impl Ctx {
             served.reclaims.clone(),
             name.to_string(),
         );
-        let (ends, ends_name) = (jobs.clone(), name.clone());
+        // Moved into the thread; dropped with it unrun if it cannot start.
+        let end = JobEnd {
+            jobs: jobs.clone(),
+            name: name.clone(),
+            armed: true,
+        };
         let spawned = std::thread::Builder::new().spawn(move || {
-            let mut end = JobEnd {
-                jobs: jobs.clone(),
-                name: name.clone(),
-                armed: true,
-            };
             // Locals, dropped before `end` if the thread panics: the volume
             // is closed before its job's entry goes.
+            let mut end = end;
             let (volume, pool, mut work) = (volume, pool, work);
-            let mut first = true;
             while work == Work::SealHead {
+                // Judged when asked for, and again if asked for again.
                 let stats = volume.stats();
-                if first || worth_sealing(&stats) {
+                if worth_sealing(&stats) {
                     let started = Instant::now();
                     match volume.seal_head() {
                         Ok(true) => tracing::info!(
@@ -995,14 +1002,12 @@ impl Ctx {
                     }
                     remake_spare(&pool);
                 }
-                first = false;
                 // Ends the job unless it was asked for again, or a
                 // compaction was, meanwhile: under the lock under which
                 // they are asked for.
                 let mut jobs = super::lock(&jobs);
-                let Some(job) = jobs.get_mut(&name) else {
-                    return;
-                };
+                // Only this thread removes it.
+                let job = jobs.get_mut(&name).expect("a running job's entry");
                 match (job.work, job.again) {
                     (Work::Compact, _) => work = Work::Compact,
                     (Work::SealHead, true) => job.again = false,
@@ -1063,13 +1068,8 @@ impl Ctx {
             }
         });
         if let Err(e) = spawned {
-            // No thread (out of resources): the job ends here, unrun.
-            let job = super::lock(&ends).remove(&ends_name);
-            let e = VolumeError::Server(format!("starting a background job on {ends_name:?}: {e}"));
-            tracing::warn!("{e}");
-            for w in job.map(|j| j.waiters).unwrap_or_default() {
-                send(&w, &error_response(&e));
-            }
+            // Its `JobEnd`, dropped with the closure, ended the job unrun.
+            tracing::warn!("starting a background job: {e}");
         }
     }
 
@@ -1150,11 +1150,7 @@ impl Ctx {
     fn spares_later(&self) {
         if self.served.is_some() {
             let pool = self.pool.clone();
-            std::thread::spawn(move || {
-                if let Err(e) = pool.make_spares() {
-                    tracing::warn!("making a spare head layer: {e}");
-                }
-            });
+            std::thread::spawn(move || remake_spare(&pool));
         }
     }
 
