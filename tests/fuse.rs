@@ -1328,6 +1328,25 @@ fn mounts_at_once_on_one_mountpoint_make_one_mount() {
         let won = results.iter().filter(|(_, r)| r.success()).count();
         assert_eq!(won, 1, "round {round}: {report:#?}");
         assert_eq!(mounts_at(&canonical), 1, "round {round}: {report:#?}");
+        // The FUSE winner's log is whole (no other mount truncated it),
+        // and no loser left a log of its own.
+        let logs: Vec<PathBuf> = std::fs::read_dir(store.path().join("fukastor/mounts"))
+            .unwrap()
+            .map(|e| e.unwrap().path())
+            .filter(|p| p.to_string_lossy().contains(".log"))
+            .collect();
+        assert!(
+            logs.iter()
+                .all(|p| p.extension().is_some_and(|e| e == "log")),
+            "round {round}: a mount's own log left behind: {logs:?}"
+        );
+        if results.iter().any(|(m, r)| r.success() && m.pid.is_some()) {
+            let text = std::fs::read_to_string(&logs[0]).unwrap();
+            assert!(
+                text.starts_with("# fukastor fuse-serve: "),
+                "round {round}: the winner's log lost its first line: {text:?}"
+            );
+        }
         refused_or_unmounted(results, &format!("round {round}"), &report);
         assert_eq!(mounts_at(&canonical), 0, "round {round}: left mounted");
     }

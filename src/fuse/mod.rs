@@ -209,11 +209,16 @@ pub fn spawn(
     if !canonical.is_dir() {
         return Err(MountError::Mountpoint(shown, "not a directory".into()));
     }
-    // Before the log is created: it would truncate a live server's log.
     crate::mount::refuse_taken(store_root, &canonical)?;
     let exe = std::env::current_exe()
         .map_err(|e| MountError::Server(format!("finding this program: {e}")))?;
-    let log_path = track::path_for(store_root, &canonical).with_extension("log");
+    // The server writes to a log of this command's own, named the
+    // mountpoint's log once the server has the mount: two mounts at once
+    // on one mountpoint (both pass the check above; one server wins the
+    // mountpoint's lock) never truncate each other's log, and the loser's
+    // error is read from its own.
+    let log_path = log_path(store_root, &canonical);
+    let own_log = log_path.with_extension(format!("log.{}", std::process::id()));
     if let Some(parent) = log_path.parent() {
         std::fs::create_dir_all(parent).map_err(|e| StoreError::Io {
             context: "creating fukastor/mounts".into(),
@@ -223,7 +228,7 @@ pub fn spawn(
     // A first line written here gives the log its first block, so that the
     // server's error still fits in it when the store's filesystem is full
     // (and a full store is reported here, before any server starts).
-    let log = std::fs::File::create(&log_path)
+    let log = std::fs::File::create(&own_log)
         .and_then(|mut f| {
             use std::io::Write;
             writeln!(f, "{LOG_HEADER}{image} at {}", canonical.display())?;
@@ -252,17 +257,22 @@ pub fn spawn(
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if track::read(store_root, &canonical).is_some_and(|t| t.pid == Some(pid)) {
+            if let Err(e) = std::fs::rename(&own_log, &log_path) {
+                tracing::warn!("naming the server log {}: {e}", log_path.display());
+            }
             // Reap the server when it exits, without blocking this command.
             std::thread::spawn(move || child.wait());
             return Ok(pid);
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let text = std::fs::read_to_string(&log_path).unwrap_or_default();
+            let text = std::fs::read_to_string(&own_log).unwrap_or_default();
+            let _ = std::fs::remove_file(&own_log);
             let last = crate::error::last_words(&text).unwrap_or("no output");
             return Err(MountError::Server(format!("it exited ({status}): {last}")));
         }
         if Instant::now() > deadline {
             let _ = child.kill();
+            let _ = std::fs::remove_file(&own_log);
             return Err(MountError::Server(
                 "it did not mount within 60 seconds".into(),
             ));
