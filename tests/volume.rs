@@ -1109,6 +1109,47 @@ fn stack_of(st: &VStore, name: &str, what: &str) -> Vec<u64> {
         .unwrap_or_else(|e| panic!("{what}: the layers of {m}: {e}"))
 }
 
+/// `volume attach NAME` with `key=value` in its environment, which the
+/// volume server it starts inherits (a failpoint or delay point): the
+/// device it prints.
+fn attach_with_env(st: &VStore, name: &str, key: &str, value: &str) -> PathBuf {
+    let mut cmd = st.store.command();
+    cmd.env(key, value).args(["volume", "attach", name]);
+    let run = run_command(cmd);
+    run.assert_success();
+    let dev = PathBuf::from(run.stdout_str().trim());
+    assert!(
+        dev.to_string_lossy().starts_with("/dev/loop"),
+        "attach printed {dev:?}\n{run}"
+    );
+    dev
+}
+
+/// Writes `mib` MiB made from `seed` at byte `at` of `dev` and fsyncs
+/// them; returns them.
+fn write_synced(dev: &Path, seed: u64, at: u64, mib: u64) -> Vec<u8> {
+    let data = Rng(seed).bytes((mib * MIB) as usize);
+    let f = std::fs::OpenOptions::new().write(true).open(dev).unwrap();
+    f.write_all_at(&data, at).unwrap();
+    f.sync_all().unwrap();
+    data
+}
+
+/// `len` bytes of `dev` at byte `at`.
+fn read_back(dev: &Path, at: u64, len: usize) -> Vec<u8> {
+    let mut back = vec![0u8; len];
+    std::fs::File::open(dev)
+        .unwrap()
+        .read_exact_at(&mut back, at)
+        .unwrap();
+    back
+}
+
+/// Layer `id`'s index file.
+fn index_file(st: &VStore, id: u64) -> PathBuf {
+    st.path().join(format!("fukastor/pool/layers/{id}.index"))
+}
+
 /// A volume's head is replayed record by record whenever the volume is
 /// opened; once it holds 16 MiB or more (and a sixteenth of what the
 /// sealed layers of its stack hold), the server seals it when the volume is detached, with an
@@ -1124,36 +1165,31 @@ fn a_large_head_is_sealed_when_its_volume_is_detached() {
     let layers = |what: &str| stack_of(&st, "v", what);
     let head = layers("created");
     assert_eq!(head.len(), 1, "a new volume is its head");
-    let data = Rng(0x5ea1).bytes(20 * MIB as usize);
-    let dev = attach(&st, "v");
-    {
-        let f = std::fs::OpenOptions::new().write(true).open(&dev).unwrap();
-        f.write_all_at(&data, 8 * MIB).unwrap();
-        f.sync_all().unwrap();
-    }
+    // 8 MiB: under the threshold, the head stays as it is.
+    let small = write_synced(&attach(&st, "v"), 0x5ea0, 0, 8);
     detach(&st, "v");
     // A server ends its background work on volumes before it exits.
+    st.assert_server_exits("after 8 MiB");
+    assert_eq!(layers("after 8 MiB"), head, "8 MiB in the head: not sealed");
+    // 20 MiB more: sealed.
+    let data = write_synced(&attach(&st, "v"), 0x5ea1, 8 * MIB, 20);
+    detach(&st, "v");
     st.assert_server_exits("after detach");
     let sealed = layers("after detach");
     assert_eq!(
         sealed.len(),
         2,
-        "20 MiB in the head: sealed under a new head when detached ({sealed:?})"
+        "28 MiB in the head: sealed under a new head when detached ({sealed:?})"
     );
     assert_eq!(sealed[0], head[0], "the old head is the sealed layer");
-    let index = st
-        .path()
-        .join(format!("fukastor/pool/layers/{}.index", head[0]));
-    assert!(index.is_file(), "the sealed head's index file is written");
+    assert!(
+        index_file(&st, head[0]).is_file(),
+        "the sealed head's index file is written"
+    );
 
     let dev = attach(&st, "v");
-    let mut back = vec![0u8; data.len()];
-    std::fs::File::open(&dev)
-        .unwrap()
-        .read_exact_at(&mut back, 8 * MIB)
-        .unwrap();
     assert!(
-        back == data,
+        read_back(&dev, 0, small.len()) == small && read_back(&dev, 8 * MIB, data.len()) == data,
         "what was written reads back through the sealed layer"
     );
     detach(&st, "v");
@@ -1187,19 +1223,9 @@ fn kill_9_while_sealing_a_head_loses_nothing() {
         let layers = |what: &str| stack_of(&st, "v", &format!("{fp}, {what}"));
         let head = layers("created");
         // The server this attach starts inherits the failpoint.
-        let mut cmd = st.store.command();
-        cmd.env("FUKASTOR_FAILPOINT", fp)
-            .args(["volume", "attach", "v"]);
-        let run = run_command(cmd);
-        run.assert_success();
-        let dev = PathBuf::from(run.stdout_str().trim());
+        let dev = attach_with_env(&st, "v", "FUKASTOR_FAILPOINT", fp);
         let server = st.live_server();
-        let data = Rng(0xdead).bytes(20 * MIB as usize);
-        {
-            let f = std::fs::OpenOptions::new().write(true).open(&dev).unwrap();
-            f.write_all_at(&data, 4 * MIB).unwrap();
-            f.sync_all().unwrap();
-        }
+        let data = write_synced(&dev, 0xdead, 4 * MIB, 20);
         detach(&st, "v");
         assert!(
             wait_gone(server, Duration::from_secs(15)),
@@ -1211,6 +1237,11 @@ fn kill_9_while_sealing_a_head_loses_nothing() {
                 after_crash, head,
                 "{fp}: no metadata names the new head yet"
             );
+            assert_eq!(
+                layer_files(&st).len(),
+                head.len() + 1,
+                "{fp}: the new head's file is there, unnamed (an orphan for reclaim)"
+            );
         } else {
             assert_eq!(
                 after_crash.len(),
@@ -1218,32 +1249,25 @@ fn kill_9_while_sealing_a_head_loses_nothing() {
                 "{fp}: the head is sealed under a new one"
             );
             assert_eq!(after_crash[0], head[0]);
-            let index = st
-                .path()
-                .join(format!("fukastor/pool/layers/{}.index", head[0]));
             assert!(
-                !index.exists(),
+                !index_file(&st, head[0]).exists(),
                 "{fp}: the crash came before the index file"
             );
         }
 
         // A new server (without the failpoint) clears the dead one's mount.
         let dev = attach(&st, "v");
-        let mut back = vec![0u8; data.len()];
-        std::fs::File::open(&dev)
-            .unwrap()
-            .read_exact_at(&mut back, 4 * MIB)
-            .unwrap();
-        assert!(back == data, "{fp}: what was fsynced reads back the same");
+        assert!(
+            read_back(&dev, 4 * MIB, data.len()) == data,
+            "{fp}: what was fsynced reads back the same"
+        );
         detach(&st, "v");
         st.assert_server_exits(&format!("{fp}: after the second detach"));
         let end = layers("at the end");
         assert_eq!(end.len(), 2, "{fp}: the head sealed (again, or already)");
         assert_eq!(end[0], head[0]);
         assert!(
-            st.path()
-                .join(format!("fukastor/pool/layers/{}.index", head[0]))
-                .is_file(),
+            index_file(&st, head[0]).is_file(),
             "{fp}: the sealed layer's index file is written in the end"
         );
         let mut named: Vec<String> = end.iter().map(|id| format!("{id}.data")).collect();
@@ -1268,24 +1292,13 @@ fn a_detach_during_a_head_sealing_gets_its_own_sealing() {
     let st = VStore::new();
     st.ok(["volume", "create", "v", "--size", "64M"]);
     let layers = |what: &str| stack_of(&st, "v", what);
-    let write = |dev: &Path, seed: u64, at: u64| {
-        let data = Rng(seed).bytes(20 * MIB as usize);
-        let f = std::fs::OpenOptions::new().write(true).open(dev).unwrap();
-        f.write_all_at(&data, at).unwrap();
-        f.sync_all().unwrap();
-        data
-    };
     // The server this attach starts inherits the delay point.
-    let mut cmd = st.store.command();
-    cmd.env("FUKASTOR_DELAYPOINT", "volume:seal:sealed:5000")
-        .args(["volume", "attach", "v"]);
-    let run = run_command(cmd);
-    run.assert_success();
-    let first = write(&PathBuf::from(run.stdout_str().trim()), 1, 0);
+    let dev = attach_with_env(&st, "v", "FUKASTOR_DELAYPOINT", "volume:seal:sealed:5000");
+    let first = write_synced(&dev, 1, 0, 20);
     let started = Instant::now();
     detach(&st, "v"); // starts sealing the 20 MiB, then waits 5 s
     let dev = attach(&st, "v");
-    let second = write(&dev, 2, 32 * MIB);
+    let second = write_synced(&dev, 2, 32 * MIB, 20);
     detach(&st, "v"); // asks for a sealing while the first one runs
     let during = started.elapsed();
     st.assert_server_exits("after the second detach");
@@ -1301,13 +1314,14 @@ fn a_detach_during_a_head_sealing_gets_its_own_sealing() {
         "both heads of 20 MiB sealed (two sealed layers and a new head): {end:?}"
     );
     let dev = attach(&st, "v");
-    let f = std::fs::File::open(&dev).unwrap();
-    let mut back = vec![0u8; first.len()];
-    f.read_exact_at(&mut back, 0).unwrap();
-    assert!(back == first, "the first 20 MiB read back");
-    f.read_exact_at(&mut back, 32 * MIB).unwrap();
-    assert!(back == second, "the second 20 MiB read back");
-    drop(f);
+    assert!(
+        read_back(&dev, 0, first.len()) == first,
+        "the first 20 MiB read back"
+    );
+    assert!(
+        read_back(&dev, 32 * MIB, second.len()) == second,
+        "the second 20 MiB read back"
+    );
     detach(&st, "v");
     st.assert_server_exits("at the end");
     st.assert_fsck_clean();

@@ -991,6 +991,9 @@ fn held_pool(seed: u64) -> (Mem, Arc<HeldSyncs>, Pool) {
     let pool = Pool::with_backend(backend.clone()).unwrap();
     pool.create_volume("v", &VolumeOptions::new(16 * MIB))
         .unwrap();
+    // Spares are made (what the tests hold up), whatever creating a
+    // volume asks for.
+    pool.want_spare(false);
     (mem, backend, pool)
 }
 
@@ -1010,7 +1013,9 @@ fn dropping_spares_waits_for_one_being_made() {
         let pool = pool.clone();
         std::thread::spawn(move || pool.make_spares())
     };
-    arrived.recv().unwrap();
+    arrived
+        .recv_timeout(std::time::Duration::from_secs(10))
+        .expect("the spare maker reached the held sync within 10 s");
     let (dropped_tx, dropped) = channel();
     let dropper = {
         let pool = pool.clone();
