@@ -316,6 +316,7 @@ settle() {
     if [[ -n $FK ]]; then "$FK" --version >/dev/null; fi
     qemu-img --version >/dev/null
     cp --version >/dev/null
+    losetup --version >/dev/null
 }
 
 MKFS_OPTS=(-q -F -E 'nodiscard,lazy_itable_init=0,lazy_journal_init=0')
@@ -690,16 +691,15 @@ part_fio() {
 
 # --- part 4: attaching a volume that holds data ---------------------------------------------
 
-# server_gone: wait (at most 60 s) until the store's volume server has exited.
+# server_gone: wait (at most 60 s) until no volume server of $STORE runs (its
+# process, not server.json, which a stopping server removes before its last work).
 server_gone() {
-    local pid i
-    pid=$(jq -r '.pid // empty' "$STORE/fukastor/vserve/server.json" 2>/dev/null) || true
-    [[ $pid =~ ^[0-9]+$ ]] || return 0
+    local i
     for ((i = 0; i < 600; i++)); do
-        grep -q fukastor "/proc/$pid/cmdline" 2>/dev/null || return 0
+        pgrep -f -- "--store $STORE volume-serve" >/dev/null || return 0
         sleep 0.1
     done
-    bench_die "the volume server $pid still runs 60 s after the last detach"
+    bench_die "a volume server of $STORE still runs 60 s after the last detach"
 }
 
 reopen_fukastor() {
