@@ -1425,8 +1425,14 @@ struct Foreground {
 impl Foreground {
     /// Starts `fuse-serve busybox MP` with its stderr in `log_path`.
     fn start(store: &Path, mp: &Path, log_path: &Path) -> Self {
+        Self::start_with_env(store, mp, log_path, &[])
+    }
+
+    /// [`Foreground::start`] with `env` added to its environment.
+    fn start_with_env(store: &Path, mp: &Path, log_path: &Path, env: &[(&str, &str)]) -> Self {
         let log = File::create(log_path).expect("create the stderr file");
         let mut cmd = fk(store, None);
+        cmd.envs(env.iter().copied());
         cmd.arg("fuse-serve")
             .arg("busybox")
             .arg(mp)
@@ -1504,6 +1510,50 @@ fn lifecycle_foreground_server_answers_ctrl_c() {
         "fuse-serve stderr:\n{text}"
     );
     assert!(!tracking_file(store.path(), &mp, "json").exists());
+}
+
+/// A foreground `fuse-serve` held up for 3 s between its check of the
+/// mountpoint and its mount (delay point `fuse-serve:checked`): a kernel
+/// and a FUSE `mount` started meanwhile are both refused with FK0308 once
+/// it has mounted, since it holds the mountpoint's lock all along; without
+/// the lock they would mount under it during the delay.
+#[test]
+fn a_fuse_serve_between_its_check_and_its_mount_keeps_the_mountpoint() {
+    require_fuse();
+    let store = store_with("busybox");
+    let mnt = scratch_dir("fukastor-test-mnt-");
+    let mp = std::fs::canonicalize(mnt.path()).unwrap();
+    let logs = scratch_dir("fukastor-test-log-");
+    let log_path = logs.path().join("fuse-serve.stderr");
+    let started = Instant::now();
+    let mut fg = Foreground::start_with_env(
+        store.path(),
+        &mp,
+        &log_path,
+        &[("FUKASTOR_DELAYPOINT", "fuse-serve:checked:3000")],
+    );
+    // Well inside the delay (the server reaches it within milliseconds).
+    std::thread::sleep(Duration::from_millis(1000));
+    let results = mounts_at_once(store.path(), &mp, &[Mode::Kernel, Mode::Fuse]);
+    let report: Vec<String> = results.iter().map(|(_, r)| r.to_string()).collect();
+    let pid = fg.child.id();
+    assert!(
+        mounts_row(store.path(), None, &mp).is_some_and(|r| r["pid"].as_u64() == Some(pid.into())),
+        "fuse-serve has the mountpoint: {report:#?}"
+    );
+    assert!(
+        started.elapsed() >= Duration::from_secs(3),
+        "the mounts waited for the server's lock: {report:#?}"
+    );
+    assert!(
+        results.iter().all(|(_, r)| !r.success()),
+        "both mounts refused: {report:#?}"
+    );
+    refused_or_unmounted(results, "during the delay", &report);
+    assert_eq!(mounts_at(&mp), 1, "one mount: {report:#?}");
+    signal(pid, rustix::process::Signal::INT);
+    assert!(fg.child.wait().unwrap().success(), "Ctrl-C ends fuse-serve");
+    assert_eq!(mounts_at(&mp), 0, "fuse-serve unmounted");
 }
 
 /// A foreground `fuse-serve` and two `mount`s at once on one mountpoint:

@@ -81,6 +81,7 @@ pub fn serve(
     // does: of two mounts at once here, one is refused (FK0308).
     let mountpoint_lock = crate::mount::lock_mountpoint(&canonical)?;
     crate::mount::refuse_taken(store.root(), &canonical)?;
+    crate::delaypoint("fuse-serve:checked");
     crate::raise_nofile();
     let tree = store.image_tree(id)?;
     let inodes = inodes::Inodes::new(&tree);
