@@ -359,11 +359,57 @@ fn usage_errors_have_codes() {
     fails_with(&store, &["pull", "oci:/nonexistent/layout"], "FK0201");
     fails_with(&store, &["pull", "dir:/nonexistent/dir"], "FK0220");
     fails_with(&store, &["inspect", "zzzz"], "FK0110");
-    let o = Command::new(env!("CARGO_BIN_EXE_fukastor"))
-        .arg("frobnicate")
-        .output()
-        .unwrap();
-    assert_eq!(o.status.code(), Some(2));
+    // What the argument parser refuses: exit status 2, coded like the
+    // rest (one line, a hint naming the command's help), and as JSON with
+    // --json; nothing is written (the store is not even created).
+    let unmade = t.path().join("unmade");
+    for (args, says, hint) in [
+        (
+            &["frobnicate"][..],
+            "unrecognized subcommand 'frobnicate'",
+            "see `fukastor --help`",
+        ),
+        (
+            &["run", "--size", "-3", "img"],
+            "unexpected argument '-3' found",
+            "use '-- -3'; see `fukastor run --help`",
+        ),
+        (
+            &["volume", "create"],
+            "the following required arguments were not provided: --size <SIZE>, <NAME>",
+            "see `fukastor volume create --help`",
+        ),
+        (
+            &["mounts", "--bogus"],
+            "unexpected argument '--bogus' found",
+            "see `fukastor mounts --help`",
+        ),
+    ] {
+        let o = fk(&unmade, args);
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        let lines: Vec<&str> = err.lines().collect();
+        assert_eq!(lines.len(), 2, "{args:?}: {err}");
+        assert_eq!(lines[0], format!("error[FK0501]: {says}"), "{args:?}");
+        assert!(
+            lines[1].starts_with("  hint: ") && lines[1].ends_with(hint),
+            "{args:?}: {err}"
+        );
+        let mut with_json = vec!["--json"];
+        with_json.extend_from_slice(args);
+        let o = fk(&unmade, &with_json);
+        let first = String::from_utf8_lossy(&o.stderr)
+            .lines()
+            .next()
+            .unwrap_or_default()
+            .to_string();
+        let v: serde_json::Value =
+            serde_json::from_str(&first).unwrap_or_else(|e| panic!("{args:?}: {e}: {first}"));
+        assert_eq!(v["error"]["code"], "FK0501", "{args:?}");
+        assert_eq!(v["error"]["message"], says, "{args:?}");
+        assert_eq!(o.status.code(), Some(2), "{args:?}");
+    }
+    assert!(!unmade.exists(), "a refused command line created the store");
     let o = fk(&store, &["--json", "inspect", "nope"]);
     let first = String::from_utf8_lossy(&o.stderr)
         .lines()

@@ -862,10 +862,12 @@ fn volume_lifecycle_attach_detach_rm_and_refusals() {
             let code = assert_fk07(&run, &format!("volume create --size {bad:?}"));
             assert_eq!(code, "FK0708", "size {bad:?}: {run}");
         } else if run.status.code() == Some(2) {
-            // Not a size at all: a usage error (exit 2) naming the value is
-            // as good as an FK07 error.
+            // Not a size at all: a usage error (exit 2, FK0501) naming the
+            // value is as good as an FK07 error.
             assert!(
-                run.stderr.starts_with("error: ") && run.stderr.contains(&format!("'{bad}'")),
+                run.stderr.starts_with("error[FK0501]: ")
+                    && run.stderr.contains(&format!("'{bad}'"))
+                    && run.stderr.contains("\n  hint: "),
                 "volume create --size {bad:?}: a usage error must name the value: {run}"
             );
         } else {

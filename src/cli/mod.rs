@@ -2,7 +2,8 @@
 //!
 //! This is the only module that prints. Library errors reach it typed; it
 //! prints `error[CODE]: message` and `  hint: …` on stderr (and a JSON object
-//! with `--json`), and exits 1. Usage errors exit 2 (clap).
+//! with `--json`), and exits 1. Usage errors (the argument parser's)
+//! are coded FK0501 the same way and exit 2.
 
 mod demo;
 mod output;
@@ -259,9 +260,20 @@ pub type CliResult<T = ()> = Result<T, CliError>;
 pub fn main() -> i32 {
     let mut cli = match Cli::try_parse() {
         Ok(c) => c,
-        Err(e) => {
+        // `--help`, `--version`: printed as they are.
+        Err(e) if !e.use_stderr() => {
             let _ = e.print();
-            return if e.use_stderr() { 2 } else { 0 };
+            return 0;
+        }
+        Err(e) => {
+            let e = usage_error(&e.render().to_string());
+            let json = env_on("FUKASTOR_JSON")
+                || std::env::args_os()
+                    .skip(1)
+                    .take_while(|a| a != "--")
+                    .any(|a| a == "--json");
+            print_error(&e, json);
+            return 2;
         }
     };
     cli.json |= env_on("FUKASTOR_JSON");
@@ -315,22 +327,73 @@ pub fn main() -> i32 {
     match result {
         Ok(status) => status,
         Err(e) => {
-            if cli.json {
-                let j = serde_json::json!({"error": {"code": e.code, "message": e.message, "hint": e.hint}});
-                let _ = writeln!(std::io::stderr(), "{j}");
-            }
-            // Not eprintln!, which panics when stderr cannot be written: a
-            // background server's stderr is its log, in the store, and the
-            // error may be that the store's filesystem is full.
-            let _ = writeln!(
-                std::io::stderr(),
-                "error[{}]: {}\n  hint: {}",
-                e.code,
-                e.message,
-                e.hint
-            );
+            print_error(&e, cli.json);
             1
         }
+    }
+}
+
+/// Prints error `e` on stderr: `error[CODE]: message` and `  hint: …`,
+/// after it as one JSON object with `json`.
+fn print_error(e: &CliError, json: bool) {
+    if json {
+        let j =
+            serde_json::json!({"error": {"code": e.code, "message": e.message, "hint": e.hint}});
+        let _ = writeln!(std::io::stderr(), "{j}");
+    }
+    // Not eprintln!, which panics when stderr cannot be written: a
+    // background server's stderr is its log, in the store, and the
+    // error may be that the store's filesystem is full.
+    let _ = writeln!(
+        std::io::stderr(),
+        "error[{}]: {}\n  hint: {}",
+        e.code,
+        e.message,
+        e.hint
+    );
+}
+
+/// The coded error (FK0501) for a command line the argument parser refused,
+/// from the parser's own report (`rendered`: `error: …`, maybe indented
+/// lines that belong to it, `tip:` lines, a blank line, `Usage: …`): its
+/// message on one line, its tips and where the command's help is as the
+/// hint.
+fn usage_error(rendered: &str) -> CliError {
+    let mut lines = rendered.lines();
+    let first = lines.next().unwrap_or_default();
+    let mut message = first.strip_prefix("error: ").unwrap_or(first).to_string();
+    let mut tips = Vec::new();
+    let mut command = "fukastor".to_string();
+    let mut in_message = true;
+    for line in lines {
+        let t = line.trim();
+        if t.is_empty() {
+            in_message = false;
+        } else if let Some(tip) = t.strip_prefix("tip: ") {
+            tips.push(tip.to_string());
+        } else if let Some(usage) = t.strip_prefix("Usage: ") {
+            // `fukastor volume create [OPTIONS] …`: the words before the
+            // first option or argument.
+            command = usage
+                .split(' ')
+                .take_while(|w| !w.starts_with(['[', '<', '-']))
+                .collect::<Vec<_>>()
+                .join(" ");
+        } else if in_message {
+            // "the following required arguments were not provided:" and
+            // one argument per line.
+            let sep = if message.ends_with(':') { " " } else { ", " };
+            message = format!("{message}{sep}{t}");
+        }
+    }
+    tips.push(format!("see `{command} --help`"));
+    if message.trim().is_empty() {
+        message = "the command line is malformed".into();
+    }
+    CliError {
+        code: "FK0501",
+        message,
+        hint: tips.join("; "),
     }
 }
 
@@ -797,4 +860,36 @@ fn io(e: std::io::Error) -> CliError {
         context: "writing output".into(),
         source: e,
     })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::usage_error;
+
+    #[test]
+    fn the_parsers_reports_become_one_coded_line_and_a_hint() {
+        let e = usage_error(
+            "error: the following required arguments were not provided:\n  --size <SIZE>\n  <NAME>\n\nUsage: fukastor volume create --size <SIZE> <NAME>\n\nFor more information, try '--help'.\n",
+        );
+        assert_eq!(e.code, "FK0501");
+        assert_eq!(
+            e.message,
+            "the following required arguments were not provided: --size <SIZE>, <NAME>"
+        );
+        assert_eq!(e.hint, "see `fukastor volume create --help`");
+        let e = usage_error(
+            "error: unexpected argument '-3' found\n\n  tip: to pass '-3' as a value, use '-- -3'\n\nUsage: fukastor run [OPTIONS] <IMAGE> [-- <CMD>...]\n",
+        );
+        assert_eq!(e.message, "unexpected argument '-3' found");
+        assert_eq!(
+            e.hint,
+            "to pass '-3' as a value, use '-- -3'; see `fukastor run --help`"
+        );
+        // Something unforeseen still gives a message and a hint.
+        let e = usage_error("");
+        assert_eq!(
+            (e.message.as_str(), e.hint.as_str()),
+            ("the command line is malformed", "see `fukastor --help`")
+        );
+    }
 }
