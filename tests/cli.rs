@@ -410,6 +410,25 @@ fn usage_errors_have_codes() {
         assert_eq!(o.status.code(), Some(2), "{args:?}");
     }
     assert!(!unmade.exists(), "a refused command line created the store");
+    // A command that needs an image, where no store was ever made: the
+    // image is not found (FK0110), and no store is made for it.
+    let dest = t.path().join("dest");
+    let dest = dest.to_str().unwrap();
+    for args in [
+        &["inspect", "nope"][..],
+        &["tag", "nope", "other"],
+        &["rmi", "nope"],
+        &["dump", "nope"],
+        &["restore", "nope", "/etc", dest],
+        &["export", "nope", dest],
+        &["mount", "nope", dest],
+        &["create", "nope"],
+        &["run", "--rm", "nope", "--", "true"],
+    ] {
+        fails_with(&unmade, args, "FK0110");
+        assert!(!unmade.exists(), "fukastor {args:?} made a store");
+    }
+    assert!(!Path::new(dest).exists());
     let o = fk(&store, &["--json", "inspect", "nope"]);
     let first = String::from_utf8_lossy(&o.stderr)
         .lines()

@@ -425,6 +425,12 @@ fn open(cli: &Cli, mode: LockMode) -> CliResult<Store> {
     Ok(Store::open(&store_root(cli), mode)?)
 }
 
+/// [`open`] for a command on image `image`: no store is created where
+/// there was none (the image is not found, FK0110).
+fn open_for(cli: &Cli, mode: LockMode, image: &str) -> CliResult<Store> {
+    Ok(Store::open_for_image(&store_root(cli), mode, image)?)
+}
+
 fn run(cli: &Cli) -> CliResult {
     let out = &mut std::io::stdout().lock();
     match &cli.command {
@@ -453,7 +459,7 @@ fn run(cli: &Cli) -> CliResult {
             output::images(out, cli, &store)
         }
         Command::Inspect { image } => {
-            let store = open(cli, LockMode::Shared)?;
+            let store = open_for(cli, LockMode::Shared, image)?;
             let (id, asked) = store.resolve(image)?;
             let record = store
                 .record(&id)?
@@ -475,7 +481,7 @@ fn run(cli: &Cli) -> CliResult {
             .map_err(io)
         }
         Command::Tag { image, name } => {
-            let store = open(cli, LockMode::Shared)?;
+            let store = open_for(cli, LockMode::Shared, image)?;
             let name = ImageName::parse(name)?;
             let (id, from) = store.resolve(image)?;
             let mut record = store.record(&id)?;
@@ -491,7 +497,7 @@ fn run(cli: &Cli) -> CliResult {
             Ok(())
         }
         Command::Rmi { images } => {
-            let store = open(cli, LockMode::Shared)?;
+            let store = open_for(cli, LockMode::Shared, images.first().map_or("", |i| i))?;
             // Held from the check to the removal: a `create` resolves its
             // image and writes its record under this lock, so it cannot
             // take the image in between.
@@ -517,13 +523,13 @@ fn run(cli: &Cli) -> CliResult {
             Ok(())
         }
         Command::Dump { image } => {
-            let store = open(cli, LockMode::Shared)?;
+            let store = open_for(cli, LockMode::Shared, image)?;
             let (id, _) = store.resolve(image)?;
             let tree = store.image_tree(&id)?;
             crate::tree::write_dumpfile(out, &tree).map_err(io)
         }
         Command::Restore { image, path, dest } => {
-            let store = open(cli, LockMode::Shared)?;
+            let store = open_for(cli, LockMode::Shared, image)?;
             let (id, _) = store.resolve(image)?;
             let tree = store.image_tree(&id)?;
             let rel = crate::tree::TreeBuilder::normalize(path.trim_start_matches('/').as_bytes())?;
@@ -549,7 +555,7 @@ fn run(cli: &Cli) -> CliResult {
             Ok(())
         }
         Command::Export { image, dest } => {
-            let store = open(cli, LockMode::Shared)?;
+            let store = open_for(cli, LockMode::Shared, image)?;
             let (id, name) = store.resolve(image)?;
             let name = name.map(|n| n.to_string());
             let r = crate::oci::export(&store, &id, name.as_deref(), dest)?;
@@ -575,7 +581,7 @@ fn run(cli: &Cli) -> CliResult {
             fuse,
             threads,
         } => {
-            let store = open(cli, LockMode::Shared)?;
+            let store = open_for(cli, LockMode::Shared, image)?;
             let (id, name) = store.resolve(image)?;
             let label = name.map_or_else(|| id.to_hex()[..12].to_string(), |n| n.to_string());
             let filtered = store.is_filtered(&id);
@@ -627,7 +633,7 @@ fn run(cli: &Cli) -> CliResult {
             passthrough,
             threads,
         } => {
-            let store = open(cli, LockMode::Shared)?;
+            let store = open_for(cli, LockMode::Shared, image)?;
             let (id, name) = store.resolve(image)?;
             let label = match name {
                 Some(n) => n.to_string(),

@@ -181,6 +181,21 @@ impl Store {
         PathBuf::from(home).join(".local/share/fukastor")
     }
 
+    /// Whether a store was ever made at `root`.
+    pub fn exists(root: &Path) -> bool {
+        root.join("fukastor/format").is_file()
+    }
+
+    /// [`Store::open`] for a command that needs image `image` from it:
+    /// where no store was ever made, the image is not found there
+    /// ([`StoreError::NotFound`], FK0110) and nothing is created.
+    pub fn open_for_image(root: &Path, mode: LockMode, image: &str) -> Result<Store> {
+        if !Self::exists(root) {
+            return Err(StoreError::NotFound(image.to_string()));
+        }
+        Self::open(root, mode)
+    }
+
     /// Opens the store at `root`, creating it when missing, and takes the lock
     /// in `mode`. [`Store::root`] is then the canonical path.
     pub fn open(root: &Path, mode: LockMode) -> Result<Store> {
