@@ -1512,6 +1512,73 @@ fn lifecycle_foreground_server_answers_ctrl_c() {
     assert!(!tracking_file(store.path(), &mp, "json").exists());
 }
 
+/// `mount --fuse` killed (SIGKILL) while its server is still on its way to
+/// the mount (held 2 s at delay point `fuse-serve:checked`): the server,
+/// in its own process group, mounts anyway, and its log is the
+/// mountpoint's (`mounts` finds it, whole); no log named after the killed
+/// command is left. Before, the command renamed the log once it saw the
+/// mount, and a killed one left it under `<log>.<pid>`.
+#[test]
+fn a_killed_fuse_mount_leaves_its_server_with_the_mountpoints_log() {
+    require_fuse();
+    let store = store_with("busybox");
+    let mnt = scratch_dir("fukastor-test-mnt-");
+    let mp = std::fs::canonicalize(mnt.path()).unwrap();
+    let mut cmd = fk(store.path(), None);
+    cmd.env("FUKASTOR_DELAYPOINT", "fuse-serve:checked:2000")
+        .args([
+            OsStr::new("mount"),
+            OsStr::new("--fuse"),
+            OsStr::new("busybox"),
+            mp.as_os_str(),
+        ])
+        .stdout(Stdio::null())
+        .stderr(Stdio::null());
+    let mut mount = cmd.spawn().unwrap();
+    // Well inside the delay: the server is started within milliseconds.
+    std::thread::sleep(Duration::from_millis(700));
+    assert!(
+        mount.try_wait().unwrap().is_none(),
+        "`mount --fuse` returned before its server mounted"
+    );
+    signal(mount.id(), rustix::process::Signal::KILL);
+    let _ = mount.wait();
+    let deadline = Instant::now() + Duration::from_secs(20);
+    let row = loop {
+        if let Some(r) = mounts_row(store.path(), None, &mp) {
+            break r;
+        }
+        assert!(Instant::now() < deadline, "the server never mounted");
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let log = tracking_file(store.path(), &mp, "log");
+    let text = std::fs::read_to_string(&log)
+        .unwrap_or_else(|e| panic!("the mountpoint's log {}: {e}", log.display()));
+    assert!(
+        text.starts_with("# fukastor fuse-serve: ")
+            && text
+                .lines()
+                .next()
+                .unwrap()
+                .ends_with(&format!(" at {}", mp.display())),
+        "{text:?}"
+    );
+    let logs: Vec<PathBuf> = std::fs::read_dir(store.path().join("fukastor/mounts"))
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.to_string_lossy().contains(".log"))
+        .collect();
+    assert_eq!(logs, [log], "only the mountpoint's log");
+    let run = fk_run(store.path(), None, [OsStr::new("umount"), mp.as_os_str()]);
+    assert!(run.success(), "umount: {run}");
+    let pid = row["pid"].as_u64().unwrap() as u32;
+    let deadline = Instant::now() + Duration::from_secs(20);
+    while alive(pid) && Instant::now() < deadline {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    assert!(!is_mounted(&mp));
+}
+
 /// A foreground `fuse-serve` held up for 3 s between its check of the
 /// mountpoint and its mount (delay point `fuse-serve:checked`): a kernel
 /// and a FUSE `mount` started meanwhile are both refused with FK0308 once

@@ -142,6 +142,16 @@ pub fn serve(
     } else {
         "fuse"
     };
+    // Started by `mount --fuse` ([`spawn`]): this server has the mount, so
+    // its log (the spawning command's own) becomes the mountpoint's, here
+    // rather than in that command, which may be killed before it sees the
+    // mount. Before the tracking file: whoever finds the mount finds its log.
+    if let Some(own) = std::env::var_os(OWN_LOG_ENV) {
+        let log = log_path(&store_root, &canonical);
+        if let Err(e) = std::fs::rename(&own, &log) {
+            tracing::warn!("naming the server log {}: {e}", log.display());
+        }
+    }
     track::record(
         &store_root,
         &track::Tracked {
@@ -213,8 +223,9 @@ pub fn spawn(
     crate::mount::refuse_taken(store_root, &canonical)?;
     let exe = std::env::current_exe()
         .map_err(|e| MountError::Server(format!("finding this program: {e}")))?;
-    // The server writes to a log of this command's own, named the
-    // mountpoint's log once the server has the mount: two mounts at once
+    // The server writes to a log of this command's own, which it names
+    // the mountpoint's log once it has the mount ([`serve`]; so also when
+    // this command is killed before it sees the mount): two mounts at once
     // on one mountpoint (both pass the check above; one server wins the
     // mountpoint's lock) never truncate each other's log, and the loser's
     // error is read from its own.
@@ -249,6 +260,7 @@ pub fn spawn(
     if opts.passthrough {
         cmd.arg("--passthrough");
     }
+    cmd.env(OWN_LOG_ENV, &own_log);
     cmd.stdin(Stdio::null()).stdout(Stdio::null()).stderr(log);
     std::os::unix::process::CommandExt::process_group(&mut cmd, 0);
     let mut child = cmd
@@ -258,15 +270,17 @@ pub fn spawn(
     let deadline = Instant::now() + Duration::from_secs(60);
     loop {
         if track::read(store_root, &canonical).is_some_and(|t| t.pid == Some(pid)) {
-            if let Err(e) = std::fs::rename(&own_log, &log_path) {
-                tracing::warn!("naming the server log {}: {e}", log_path.display());
-            }
+            // Its log is the mountpoint's already (the server renamed it).
             // Reap the server when it exits, without blocking this command.
             std::thread::spawn(move || child.wait());
             return Ok(pid);
         }
         if let Ok(Some(status)) = child.try_wait() {
-            let text = std::fs::read_to_string(&own_log).unwrap_or_default();
+            // Its own log, or the mountpoint's if it had the mount and
+            // renamed it before it failed.
+            let text = std::fs::read_to_string(&own_log)
+                .or_else(|_| std::fs::read_to_string(&log_path))
+                .unwrap_or_default();
             let _ = std::fs::remove_file(&own_log);
             let last = crate::error::last_words(&text).unwrap_or("no output");
             return Err(MountError::Server(format!("it exited ({status}): {last}")));
@@ -281,6 +295,11 @@ pub fn spawn(
         std::thread::sleep(Duration::from_millis(5));
     }
 }
+
+/// The variable through which [`spawn`] tells its server the path of the
+/// log it writes to, which the server names the mountpoint's log once it
+/// has the mount.
+const OWN_LOG_ENV: &str = "FUKASTOR_FUSE_SPAWN_LOG";
 
 /// How [`spawn`] starts a server's log, before the server writes to it
 /// (a `# ` line, which [`crate::error::last_words`] passes over).
