@@ -986,85 +986,103 @@ impl Ctx {
             // is closed before its job's entry goes.
             let mut end = end;
             let (volume, pool, mut work) = (volume, pool, work);
-            while work == Work::SealHead {
-                // Judged when asked for, and again if asked for again.
-                let stats = volume.stats();
-                if worth_sealing(&stats) {
-                    let started = Instant::now();
-                    match volume.seal_head() {
-                        Ok(true) => tracing::info!(
-                            "sealed the head of {name} ({} bytes), in {:.1?}",
-                            stats.head_bytes,
-                            started.elapsed()
-                        ),
-                        Ok(false) => {}
-                        Err(e) => tracing::warn!("sealing the head of {name}: {e}"),
+            loop {
+                while work == Work::SealHead {
+                    // Judged when asked for, and again if asked for again.
+                    let stats = volume.stats();
+                    if worth_sealing(&stats) {
+                        let started = Instant::now();
+                        match volume.seal_head() {
+                            Ok(true) => tracing::info!(
+                                "sealed the head of {name} ({} bytes), in {:.1?}",
+                                stats.head_bytes,
+                                started.elapsed()
+                            ),
+                            Ok(false) => {}
+                            Err(e) => tracing::warn!("sealing the head of {name}: {e}"),
+                        }
+                        remake_spare(&pool);
                     }
-                    remake_spare(&pool);
-                }
-                // Ends the job unless it was asked for again, or a
-                // compaction was, meanwhile: under the lock under which
-                // they are asked for.
-                let mut jobs = super::lock(&jobs);
-                // Only this thread removes it.
-                let job = jobs.get_mut(&name).expect("a running job's entry");
-                match (job.work, job.again) {
-                    (Work::Compact, _) => work = Work::Compact,
-                    (Work::SealHead, true) => job.again = false,
-                    (Work::SealHead, false) => {
-                        drop(volume);
-                        end.armed = false;
-                        jobs.remove(&name);
-                        return;
+                    // Ends the job unless it was asked for again, or a
+                    // compaction was, meanwhile: under the lock under which
+                    // they are asked for.
+                    let mut jobs = super::lock(&jobs);
+                    // Only this thread removes it.
+                    let job = jobs.get_mut(&name).expect("a running job's entry");
+                    match (job.work, job.again) {
+                        (Work::Compact, _) => work = Work::Compact,
+                        (Work::SealHead, true) => job.again = false,
+                        (Work::SealHead, false) => {
+                            drop(volume);
+                            end.armed = false;
+                            jobs.remove(&name);
+                            return;
+                        }
                     }
                 }
-            }
-            let started = Instant::now();
-            let r = volume.compact();
-            remake_spare(&pool);
-            let reply = match &r {
-                Ok(rep) => {
-                    if rep.layer.is_some() {
-                        tracing::info!(
-                            "compacted {name}: layers {:?} ({} bytes) replaced by layer {} ({} bytes, {} blocks); garbage {} -> {} bytes, in {:.1?}",
-                            rep.replaced,
-                            rep.bytes_before,
-                            rep.layer.unwrap_or_default(),
-                            rep.bytes_after,
-                            rep.blocks,
-                            rep.garbage_before,
-                            rep.garbage_after,
-                            started.elapsed()
-                        );
+                let started = Instant::now();
+                let r = volume.compact();
+                remake_spare(&pool);
+                let reply = match &r {
+                    Ok(rep) => {
+                        if rep.layer.is_some() {
+                            tracing::info!(
+                                "compacted {name}: layers {:?} ({} bytes) replaced by layer {} ({} bytes, {} blocks); garbage {} -> {} bytes, in {:.1?}",
+                                rep.replaced,
+                                rep.bytes_before,
+                                rep.layer.unwrap_or_default(),
+                                rep.bytes_after,
+                                rep.blocks,
+                                rep.garbage_before,
+                                rep.garbage_after,
+                                started.elapsed()
+                            );
+                        }
+                        compacted(&name, rep)
                     }
-                    compacted(&name, rep)
+                    Err(e) => {
+                        tracing::warn!("compacting {name}: {e}");
+                        error_response(e)
+                    }
+                };
+                // Through the coalesced reclaims, which the server closes
+                // before it lets the pool go (this thread may outlive the
+                // compaction's entry in `jobs`, which is all the server waits
+                // for).
+                if matches!(&r, Ok(rep) if rep.layer.is_some()) {
+                    let pool = pool.clone();
+                    reclaims.request(move || match pool.reclaim() {
+                        Ok(r) => tracing::info!("reclaimed {} layers, {} bytes", r.layers, r.bytes),
+                        Err(e) => tracing::warn!("reclaiming space: {e}"),
+                    });
                 }
-                Err(e) => {
-                    tracing::warn!("compacting {name}: {e}");
-                    error_response(e)
+                let mut jobs_now = super::lock(&jobs);
+                let job = jobs_now.get_mut(&name).expect("a running job's entry");
+                let waiters = std::mem::take(&mut job.waiters);
+                if job.again {
+                    // A sealing asked for during the compaction: judged again
+                    // (a compaction that failed before its own sealing step
+                    // sealed nothing), the compaction answered first.
+                    job.again = false;
+                    job.work = Work::SealHead;
+                    work = Work::SealHead;
+                    drop(jobs_now);
+                    for w in waiters {
+                        send(&w, &reply);
+                    }
+                    continue;
                 }
-            };
-            // Forget the job under its lock, closing the volume unless it
-            // is attached: whoever waits for the job to end then finds it
-            // closed.
-            let waiters = {
-                let mut jobs = super::lock(&jobs);
+                // Forget the job under its lock, closing the volume unless it
+                // is attached: whoever waits for the job to end then finds it
+                // closed.
                 drop(volume);
                 end.armed = false;
-                jobs.remove(&name).map(|j| j.waiters).unwrap_or_default()
-            };
-            for w in waiters {
-                send(&w, &reply);
-            }
-            // Through the coalesced reclaims, which the server closes
-            // before it lets the pool go (this thread may outlive the
-            // compaction's entry in `jobs`, which is all the server waits
-            // for).
-            if matches!(&r, Ok(rep) if rep.layer.is_some()) {
-                reclaims.request(move || match pool.reclaim() {
-                    Ok(r) => tracing::info!("reclaimed {} layers, {} bytes", r.layers, r.bytes),
-                    Err(e) => tracing::warn!("reclaiming space: {e}"),
-                });
+                jobs_now.remove(&name);
+                drop(jobs_now);
+                for w in waiters {
+                    send(&w, &reply);
+                }
+                return;
             }
         });
         if let Err(e) = spawned {
@@ -2014,10 +2032,15 @@ mod tests {
         ctx.in_background("v", v.clone(), Work::SealHead, None);
         let (ours, theirs) = UnixStream::pair().unwrap();
         ctx.compact_in_background("v", v.clone(), Some(theirs));
+        answer_and_end(ctx, &ours)
+    }
+
+    /// The answer a job sends on `ours`, once the job has ended.
+    fn answer_and_end(ctx: &Ctx, ours: &UnixStream) -> serde_json::Value {
         ours.set_read_timeout(Some(Duration::from_secs(20)))
             .unwrap();
         let mut line = String::new();
-        BufReader::new(&ours)
+        BufReader::new(ours)
             .read_line(&mut line)
             .expect("an answer within 20 s");
         let start = Instant::now();
@@ -2065,14 +2088,23 @@ mod tests {
         }
     }
 
-    /// A backend whose `create` panics once armed (a bug in a job).
-    #[derive(Debug)]
-    struct PanicOnCreate {
+    /// What [`HookedCreate`] runs before each `create`.
+    type CreateHook = Box<dyn Fn(&Path) -> std::io::Result<()> + Send + Sync>;
+
+    /// A backend whose `create` runs a test's hook first (a fault injected
+    /// there: a panic, an error, a wait).
+    struct HookedCreate {
         inner: crate::volume::StdBackend,
-        armed: AtomicBool,
+        hook: CreateHook,
     }
 
-    impl crate::volume::backend::Backend for PanicOnCreate {
+    impl std::fmt::Debug for HookedCreate {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.debug_struct("HookedCreate").finish_non_exhaustive()
+        }
+    }
+
+    impl crate::volume::backend::Backend for HookedCreate {
         fn open(
             &self,
             path: &Path,
@@ -2084,10 +2116,7 @@ mod tests {
             &self,
             path: &Path,
         ) -> std::io::Result<Arc<dyn crate::volume::backend::BackendFile>> {
-            assert!(
-                !self.armed.load(Ordering::SeqCst),
-                "injected: creating {path:?}"
-            );
+            (self.hook)(path)?;
             self.inner.create(path)
         }
         fn rename(&self, from: &Path, to: &Path) -> std::io::Result<()> {
@@ -2107,19 +2136,19 @@ mod tests {
         }
     }
 
-    /// A job whose thread panics (a bug: here the new head's `create`)
-    /// still ends: its entry goes, so waiting for it (what a removal, a
-    /// rollback and the server's stop do) returns, and a connection that
-    /// waits for a compaction's answer gets an error instead of nothing.
-    #[test]
-    fn a_job_whose_thread_panics_ends_and_answers() {
-        let dir = tempfile::tempdir().unwrap();
-        let mut ctx = served_ctx(dir.path());
-        let backend = Arc::new(PanicOnCreate {
+    /// `ctx` on a pool whose backend runs `hook` before every `create`,
+    /// with volume "v" (64 MiB) open and 20 MiB written to its head, 1 MiB
+    /// of it twice (garbage for a compaction).
+    fn hooked_ctx(
+        dir: &Path,
+        hook: impl Fn(&Path) -> std::io::Result<()> + Send + Sync + 'static,
+    ) -> (Ctx, Arc<Volume>) {
+        let mut ctx = served_ctx(dir);
+        let backend = Arc::new(HookedCreate {
             inner: crate::volume::StdBackend::new(&ctx.paths.pool),
-            armed: AtomicBool::new(false),
+            hook: Box::new(hook),
         });
-        ctx.pool = Pool::with_backend(backend.clone()).unwrap();
+        ctx.pool = Pool::with_backend(backend).unwrap();
         ctx.pool
             .create_volume("v", &crate::volume::VolumeOptions::new(64 << 20))
             .unwrap();
@@ -2128,10 +2157,71 @@ mod tests {
             v.write_at(i << 20, &[7u8; 1 << 20]).unwrap();
         }
         v.write_at(0, &[8u8; 1 << 20]).unwrap();
-        backend.armed.store(true, Ordering::SeqCst);
+        (ctx, v)
+    }
+
+    /// A job whose thread panics (a bug: here the new head's `create`)
+    /// still ends: its entry goes, so waiting for it (what a removal, a
+    /// rollback and the server's stop do) returns, and a connection that
+    /// waits for a compaction's answer gets an error instead of nothing.
+    #[test]
+    fn a_job_whose_thread_panics_ends_and_answers() {
+        let dir = tempfile::tempdir().unwrap();
+        let armed = Arc::new(AtomicBool::new(false));
+        let hook_armed = armed.clone();
+        let (ctx, v) = hooked_ctx(dir.path(), move |path| {
+            assert!(
+                !hook_armed.load(Ordering::SeqCst),
+                "injected: creating {path:?}"
+            );
+            Ok(())
+        });
+        armed.store(true, Ordering::SeqCst);
         let answer = seal_then_compact(&ctx, &v);
         assert_eq!(answer["reply"], "error", "{answer}");
         ctx.stop_compaction(Some("v"));
+    }
+
+    /// A head sealing asked for while a compaction of the same volume runs
+    /// is done after it, also when that compaction fails before its own
+    /// sealing step (here: its first `create`, held until the sealing was
+    /// asked for, fails): the compaction is answered with its error, then
+    /// the head is sealed. The sealing was dropped before.
+    #[test]
+    fn a_sealing_asked_for_during_a_failing_compaction_is_done_after_it() {
+        let dir = tempfile::tempdir().unwrap();
+        let armed = Arc::new(AtomicBool::new(false));
+        let (entered_tx, entered_rx) = std::sync::mpsc::channel::<()>();
+        let (go_tx, go_rx) = std::sync::mpsc::channel::<()>();
+        let hook = (armed.clone(), std::sync::Mutex::new((entered_tx, go_rx)));
+        let (ctx, v) = hooked_ctx(dir.path(), move |_| {
+            if !hook.0.swap(false, Ordering::SeqCst) {
+                return Ok(());
+            }
+            let chans = hook.1.lock().unwrap();
+            let _ = chans.0.send(());
+            let _ = chans.1.recv_timeout(Duration::from_secs(20));
+            Err(std::io::Error::other("injected: the compaction's create"))
+        });
+        let before = v.stats().layers.len();
+        armed.store(true, Ordering::SeqCst);
+        let (ours, theirs) = UnixStream::pair().unwrap();
+        ctx.compact_in_background("v", v.clone(), Some(theirs));
+        entered_rx
+            .recv_timeout(Duration::from_secs(20))
+            .expect("the compaction creates a file");
+        ctx.in_background("v", v.clone(), Work::SealHead, None);
+        go_tx.send(()).unwrap();
+        let answer = answer_and_end(&ctx, &ours);
+        assert_eq!(answer["reply"], "error", "the compaction failed: {answer}");
+        let s = v.stats();
+        assert!(
+            s.layers.len() > before,
+            "the head was sealed after the failed compaction: {s:?}"
+        );
+        let mut back = vec![0u8; 1 << 20];
+        v.read_at(19 << 20, &mut back).unwrap();
+        assert!(back.iter().all(|&b| b == 7), "the data is unchanged");
     }
 
     /// A server's rollback, snapshot and rm of a volume just detached wait for the
