@@ -801,6 +801,34 @@ fn run_prints_the_image_os_release_and_passes_exit_statuses_on() {
     }
     st.assert_nothing_left("after run --rm with exit statuses");
 
+    // A command the image does not have: a coded error before crun, the
+    // container removed (crun alone says "executable file not found"
+    // with status 1, after creating the container). A relative path is
+    // looked up from the working directory, a bare name in PATH.
+    for (cmd, says) in [
+        ("/nonexistent", "no file \"/nonexistent\""),
+        (
+            "nosuchcommand",
+            "no command \"nosuchcommand\" in the container's PATH (/usr/local/sbin:",
+        ),
+        ("usr/bin/nosuch", "no file \"usr/bin/nosuch\""),
+    ] {
+        let run = st.run(["run", "--rm", "--name", "nocmd", "bookworm", "--", cmd]);
+        assert_coded_error(&run, "FK0808", cmd);
+        assert!(run.stderr.contains(says), "{cmd}: {run}");
+        st.assert_nothing_left(&format!("after run --rm -- {cmd}"));
+    }
+    let run = st.run([
+        "run",
+        "--rm",
+        "--name",
+        "relcmd",
+        "bookworm",
+        "--",
+        "usr/bin/true",
+    ]);
+    assert_exit(&run, 0, "usr/bin/true, relative to the working directory /");
+
     // Signals reach the container: SIGTERM to `fukastor run` is forwarded
     // to the container's process, whose trap decides the exit status.
     // (Without forwarding, fukastor itself dies of the signal.)

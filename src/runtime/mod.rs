@@ -59,6 +59,14 @@ pub enum RuntimeError {
     /// The container runs (under another `run` or `start`).
     #[error("container {0:?} is running")]
     Running(String),
+    /// The command names no file of the image.
+    #[error("{}", missing_message(.cmd, .path))]
+    NoSuchCommand {
+        /// As given (or from the image config).
+        cmd: String,
+        /// The `PATH` a bare name was looked up in.
+        path: String,
+    },
     /// The container.
     #[error(transparent)]
     Container(#[from] ContainerError),
@@ -78,6 +86,7 @@ impl Coded for RuntimeError {
             RuntimeError::NoBundle(_) => "FK0805",
             RuntimeError::HookInput(_) => "FK0806",
             RuntimeError::Running(_) => "FK0807",
+            RuntimeError::NoSuchCommand { .. } => "FK0808",
             RuntimeError::Container(e) => e.code(),
             RuntimeError::Store(e) => e.code(),
         }
@@ -104,9 +113,21 @@ impl Coded for RuntimeError {
                 "wait for it to exit, or stop it: `crun --root {} kill fukastor-{name}`",
                 crun_root().display()
             ),
+            RuntimeError::NoSuchCommand { .. } => {
+                "give a command the image has, after `--`: an absolute path, or a name in its PATH (set with `-e PATH=…`)".into()
+            }
             RuntimeError::Container(e) => e.hint(),
             RuntimeError::Store(e) => e.hint(),
         }
+    }
+}
+
+/// [`RuntimeError::NoSuchCommand`]'s message.
+fn missing_message(cmd: &str, path: &str) -> String {
+    if cmd.contains('/') {
+        format!("the container has no file {cmd:?} to run")
+    } else {
+        format!("no command {cmd:?} in the container's PATH ({path})")
     }
 }
 
@@ -215,6 +236,9 @@ fn run_created(
         let bundle_span = tracing::debug_span!("bundle").entered();
         let image = spec::ImageProcess::from_config(&config);
         let spec = spec::build(name, &rootfs, &image, &opts.process)?;
+        if let Some((cmd, path)) = spec::missing_command(&rootfs, &spec) {
+            return Err(RuntimeError::NoSuchCommand { cmd, path });
+        }
         let bundle = bundle_dir(store_root, name);
         std::fs::create_dir_all(&bundle).map_err(|e| StoreError::Io {
             context: format!("creating {}", bundle.display()),

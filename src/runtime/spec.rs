@@ -242,6 +242,83 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<(u32, u32)> {
     Ok((uid, gid))
 }
 
+/// When the command `spec` runs names no file of the root filesystem at
+/// `rootfs` (looked up as crun does: a name with a slash as it is,
+/// relative to the working directory; a bare name in each directory of the
+/// process's `PATH`), that command and the `PATH`: crun would fail to start
+/// it with its own message and status 1, after creating the container.
+/// Symlinks resolve inside the root. A command under one of the spec's
+/// mounts (`/proc`, `/dev`, …) is not judged, nor is a file that is there
+/// but cannot be run (crun says why).
+pub fn missing_command(rootfs: &Path, spec: &Spec) -> Option<(String, String)> {
+    use rustix::fs::{Mode, OFlags, ResolveFlags};
+    let process = spec.process().as_ref()?;
+    let cmd = process.args().as_ref()?.first()?.clone();
+    let path = process
+        .env()
+        .iter()
+        .flatten()
+        .find_map(|e| e.strip_prefix("PATH="))
+        .unwrap_or_default()
+        .to_string();
+    let cwd = process.cwd().to_string_lossy().into_owned();
+    let in_cwd = |p: &str| {
+        if p.starts_with('/') {
+            p.to_string()
+        } else {
+            format!("{}/{p}", cwd.trim_end_matches('/'))
+        }
+    };
+    let candidates: Vec<String> = if cmd.contains('/') {
+        vec![in_cwd(&cmd)]
+    } else {
+        path.split(':')
+            .map(|d| in_cwd(&format!("{}/{cmd}", if d.is_empty() { "." } else { d })))
+            .collect()
+    };
+    let mounts: Vec<String> = spec
+        .mounts()
+        .iter()
+        .flatten()
+        .map(|m| {
+            m.destination()
+                .to_string_lossy()
+                .trim_end_matches('/')
+                .to_string()
+        })
+        .filter(|d| !d.is_empty())
+        .collect();
+    let root = rustix::fs::open(
+        rootfs,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()?;
+    for c in &candidates {
+        if mounts
+            .iter()
+            .any(|m| c == m || c.starts_with(&format!("{m}/")))
+        {
+            return None;
+        }
+        let found = rustix::fs::openat2(
+            &root,
+            c.as_str(),
+            OFlags::PATH | OFlags::CLOEXEC,
+            Mode::empty(),
+            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+        );
+        match found {
+            Ok(_) => return None,
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => {}
+            // Another failure (a loop of symlinks, no permission): crun's
+            // to report.
+            Err(_) => return None,
+        }
+    }
+    Some((cmd, path))
+}
+
 /// Reads a file of the container, resolving symlinks inside its root (a
 /// hostile `/etc/passwd -> /host/file` cannot reach the host). Missing or
 /// unreadable: empty.
@@ -282,6 +359,65 @@ mod tests {
         .unwrap();
         std::fs::write(d.path().join("etc/group"), "root:x:0:\nstaff:x:50:\n").unwrap();
         d
+    }
+
+    /// A spec for `args` with PATH `path`, working directory `cwd` and
+    /// the default mounts.
+    fn spec_for(args: &[&str], path: &str, cwd: &str) -> Spec {
+        let process = ProcessBuilder::default()
+            .args(args.iter().map(|a| a.to_string()).collect::<Vec<_>>())
+            .env(vec![format!("PATH={path}")])
+            .cwd(cwd)
+            .build()
+            .unwrap();
+        let mut spec = Spec::default();
+        spec.set_process(Some(process));
+        spec
+    }
+
+    #[test]
+    fn commands_are_looked_up_in_the_root_as_crun_does() {
+        let r = rootfs();
+        let root = r.path();
+        std::fs::create_dir_all(root.join("usr/bin")).unwrap();
+        std::fs::write(root.join("usr/bin/true"), "").unwrap();
+        // Merged /usr: an absolute symlink, resolved inside the root.
+        std::os::unix::fs::symlink("/usr/bin", root.join("bin")).unwrap();
+        // A symlink that leaves the root is followed inside it.
+        std::os::unix::fs::symlink("/../../../../usr/bin/true", root.join("escape")).unwrap();
+        std::os::unix::fs::symlink("/../../../../bin/sh", root.join("hostsh")).unwrap();
+        let missing = |args: &[&str], path: &str, cwd: &str| {
+            missing_command(root, &spec_for(args, path, cwd))
+        };
+        let std_path = "/usr/local/bin:/usr/bin:/bin";
+        assert_eq!(missing(&["/bin/true"], std_path, "/"), None);
+        assert_eq!(missing(&["true", "x"], std_path, "/"), None);
+        assert_eq!(missing(&["true"], "/bin", "/"), None);
+        assert_eq!(missing(&["bin/true"], std_path, "/"), None);
+        assert_eq!(missing(&["./true"], std_path, "/usr/bin"), None);
+        assert_eq!(missing(&["true"], "bin", "/usr"), None);
+        assert_eq!(missing(&["/escape"], std_path, "/"), None);
+        assert_eq!(
+            missing(&["/hostsh"], std_path, "/"),
+            Some(("/hostsh".into(), std_path.into())),
+            "the host's /bin/sh is not the container's"
+        );
+        assert_eq!(
+            missing(&["nosuch"], std_path, "/"),
+            Some(("nosuch".into(), std_path.into()))
+        );
+        assert_eq!(
+            missing(&["/usr/bin/true/x"], std_path, "/"),
+            Some(("/usr/bin/true/x".into(), std_path.into()))
+        );
+        assert_eq!(
+            missing(&["true"], "/sbin", "/"),
+            Some(("true".into(), "/sbin".into()))
+        );
+        // Under a mount of the spec (here the default /proc): not judged.
+        assert_eq!(missing(&["/proc/self/exe"], std_path, "/"), None);
+        // A file that is there but is no program: crun's to report.
+        assert_eq!(missing(&["/etc"], std_path, "/"), None);
     }
 
     #[test]
