@@ -266,7 +266,7 @@ pub fn main() -> i32 {
             return 0;
         }
         Err(e) => {
-            let e = usage_error(&e.render().to_string());
+            let e = usage_error(&e.render().to_string(), &command_path(std::env::args_os()));
             let json = env_on("FUKASTOR_JSON")
                 || std::env::args_os()
                     .skip(1)
@@ -333,6 +333,32 @@ pub fn main() -> i32 {
     }
 }
 
+/// The (sub)command a command line `args` names, for a usage error the
+/// parser reports without a usage line (a bad value): the program and the
+/// subcommand names found among the words before `--`.
+fn command_path(args: impl IntoIterator<Item = std::ffi::OsString>) -> String {
+    use clap::CommandFactory;
+    let mut args = args.into_iter();
+    let program = args
+        .next()
+        .map(PathBuf::from)
+        .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
+        .unwrap_or_else(|| "fukastor".into());
+    let mut path = vec![program];
+    let mut cmd = Cli::command();
+    for a in args {
+        let Some(a) = a.to_str() else { continue };
+        if a == "--" {
+            break;
+        }
+        if let Some(sub) = cmd.find_subcommand(a).cloned() {
+            path.push(sub.get_name().to_string());
+            cmd = sub;
+        }
+    }
+    path.join(" ")
+}
+
 /// Prints error `e` on stderr: `error[CODE]: message` and `  hint: …`,
 /// after it as one JSON object with `json`.
 fn print_error(e: &CliError, json: bool) {
@@ -357,13 +383,13 @@ fn print_error(e: &CliError, json: bool) {
 /// from the parser's own report (`rendered`: `error: …`, maybe indented
 /// lines that belong to it, `tip:` lines, a blank line, `Usage: …`): its
 /// message on one line, its tips and where the command's help is as the
-/// hint.
-fn usage_error(rendered: &str) -> CliError {
+/// hint (the command named by the report's usage line, else `command`).
+fn usage_error(rendered: &str, command: &str) -> CliError {
     let mut lines = rendered.lines();
     let first = lines.next().unwrap_or_default();
     let mut message = first.strip_prefix("error: ").unwrap_or(first).to_string();
     let mut tips = Vec::new();
-    let mut command = "fukastor".to_string();
+    let mut command = command.to_string();
     let mut in_message = true;
     for line in lines {
         let t = line.trim();
@@ -870,12 +896,13 @@ fn io(e: std::io::Error) -> CliError {
 
 #[cfg(test)]
 mod tests {
-    use super::usage_error;
+    use super::{command_path, usage_error};
 
     #[test]
     fn the_parsers_reports_become_one_coded_line_and_a_hint() {
         let e = usage_error(
             "error: the following required arguments were not provided:\n  --size <SIZE>\n  <NAME>\n\nUsage: fukastor volume create --size <SIZE> <NAME>\n\nFor more information, try '--help'.\n",
+            "fukastor",
         );
         assert_eq!(e.code, "FK0501");
         assert_eq!(
@@ -885,6 +912,7 @@ mod tests {
         assert_eq!(e.hint, "see `fukastor volume create --help`");
         let e = usage_error(
             "error: unexpected argument '-3' found\n\n  tip: to pass '-3' as a value, use '-- -3'\n\nUsage: fukastor run [OPTIONS] <IMAGE> [-- <CMD>...]\n",
+            "fukastor",
         );
         assert_eq!(e.message, "unexpected argument '-3' found");
         assert_eq!(
@@ -892,10 +920,34 @@ mod tests {
             "to pass '-3' as a value, use '-- -3'; see `fukastor run --help`"
         );
         // Something unforeseen still gives a message and a hint.
-        let e = usage_error("");
+        let e = usage_error("", "fukastor");
         assert_eq!(
             (e.message.as_str(), e.hint.as_str()),
             ("the command line is malformed", "see `fukastor --help`")
         );
+        // A bad value: no usage line, the command line names the command.
+        let e = usage_error(
+            "error: invalid value '1P' for '--size <SIZE>': \"1P\" is not a size\n\nFor more information, try '--help'.\n",
+            &command_path(
+                [
+                    "/usr/bin/fukastor",
+                    "--store",
+                    "s",
+                    "run",
+                    "--size",
+                    "1P",
+                    "img",
+                    "--",
+                    "volume",
+                ]
+                .map(Into::into),
+            ),
+        );
+        assert_eq!(e.hint, "see `fukastor run --help`");
+        assert_eq!(
+            command_path(["fk", "volume", "create", "-q", "x"].map(Into::into)),
+            "fk volume create"
+        );
+        assert_eq!(command_path(["fk", "nosuch"].map(Into::into)), "fk");
     }
 }
