@@ -409,6 +409,28 @@ fn usage_errors_have_codes() {
         assert_eq!(v["error"]["message"], says, "{args:?}");
         assert_eq!(o.status.code(), Some(2), "{args:?}");
     }
+    // No subcommand at all: the help, as a usage error; after an option,
+    // coded like the rest.
+    for args in [&[][..], &["volume"]] {
+        let o = Command::new(env!("CARGO_BIN_EXE_fukastor"))
+            .args(args)
+            .env_remove("FUKASTOR_STORE")
+            .output()
+            .unwrap();
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert_eq!(o.status.code(), Some(2), "{args:?}: {err}");
+        assert!(
+            err.contains("Usage: ") && !err.contains("error["),
+            "{args:?}: {err}"
+        );
+    }
+    let o = fk(&unmade, &[]);
+    let err = String::from_utf8_lossy(&o.stderr);
+    assert_eq!(o.status.code(), Some(2), "{err}");
+    assert!(
+        err.starts_with("error[FK0501]: 'fukastor' requires a subcommand"),
+        "{err}"
+    );
     assert!(!unmade.exists(), "a refused command line created the store");
     // A command that needs an image, where no store was ever made: the
     // image is not found (FK0110), and no store is made for it.

@@ -265,6 +265,12 @@ pub fn main() -> i32 {
             let _ = e.print();
             return 0;
         }
+        // No subcommand (`fukastor`, `fukastor volume`): the help, on
+        // stderr, as a usage error.
+        Err(e) if e.kind() == clap::error::ErrorKind::DisplayHelpOnMissingArgumentOrSubcommand => {
+            let _ = e.print();
+            return 2;
+        }
         Err(e) => {
             let e = usage_error(&e.render().to_string(), &command_path(std::env::args_os()));
             let json = env_on("FUKASTOR_JSON")
@@ -346,10 +352,31 @@ fn command_path(args: impl IntoIterator<Item = std::ffi::OsString>) -> String {
         .unwrap_or_else(|| "fukastor".into());
     let mut path = vec![program];
     let mut cmd = Cli::command();
+    let globals: Vec<clap::Arg> = cmd.get_arguments().cloned().collect();
+    // Whether option `word` (`--long` or `-s`, no `=VALUE`) of `cmd` or
+    // a global one takes the next word as its value.
+    let takes_value = |cmd: &clap::Command, word: &str| {
+        let found = |a: &&clap::Arg| match word.strip_prefix("--") {
+            Some(long) => a.get_long() == Some(long),
+            None => word.len() == 2 && a.get_short() == word.chars().nth(1),
+        };
+        cmd.get_arguments()
+            .chain(globals.iter())
+            .find(found)
+            .is_some_and(|a| a.get_action().takes_values())
+    };
+    let mut skip = false;
     for a in args {
         let Some(a) = a.to_str() else { continue };
+        if std::mem::take(&mut skip) {
+            continue;
+        }
         if a == "--" {
             break;
+        }
+        if a.starts_with('-') {
+            skip = !a.contains('=') && takes_value(&cmd, a);
+            continue;
         }
         if let Some(sub) = cmd.find_subcommand(a).cloned() {
             path.push(sub.get_name().to_string());
@@ -407,8 +434,12 @@ fn usage_error(rendered: &str, command: &str) -> CliError {
                 .join(" ");
         } else if in_message {
             // "the following required arguments were not provided:" and
-            // one argument per line.
-            let sep = if message.ends_with(':') { " " } else { ", " };
+            // one argument per line; "[possible values: …]".
+            let sep = if message.ends_with(':') || t.starts_with('[') {
+                " "
+            } else {
+                ", "
+            };
             message = format!("{message}{sep}{t}");
         }
     }
@@ -949,5 +980,27 @@ mod tests {
             "fk volume create"
         );
         assert_eq!(command_path(["fk", "nosuch"].map(Into::into)), "fk");
+        // An option's value is not a subcommand.
+        assert_eq!(
+            command_path(
+                [
+                    "fk", "--store", "images", "run", "-e", "mount", "--size", "1P", "x"
+                ]
+                .map(Into::into)
+            ),
+            "fk run"
+        );
+        assert_eq!(
+            command_path(["fk", "--store=images", "volume", "ls"].map(Into::into)),
+            "fk volume ls"
+        );
+        let e = usage_error(
+            "error: invalid value 'x' for '--fuse[=<MODE>]'\n  [possible values: plain, passthrough]\n\nFor more information, try '--help'.\n",
+            "fukastor mount",
+        );
+        assert_eq!(
+            e.message,
+            "invalid value 'x' for '--fuse[=<MODE>]' [possible values: plain, passthrough]"
+        );
     }
 }

@@ -294,29 +294,100 @@ pub fn missing_command(rootfs: &Path, spec: &Spec) -> Option<(String, String)> {
         Mode::empty(),
     )
     .ok()?;
-    for c in &candidates {
-        if mounts
+    let under_a_mount = |p: &str| {
+        let p = normalize(p);
+        mounts
             .iter()
-            .any(|m| c == m || c.starts_with(&format!("{m}/")))
-        {
-            return None;
-        }
-        let found = rustix::fs::openat2(
+            .any(|m| p == *m || p.starts_with(&format!("{m}/")))
+    };
+    let open_in_root = |p: &str, flags: OFlags| {
+        rustix::fs::openat2(
             &root,
-            c.as_str(),
-            OFlags::PATH | OFlags::CLOEXEC,
+            p,
+            flags | OFlags::PATH | OFlags::CLOEXEC,
             Mode::empty(),
             ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        );
-        match found {
+        )
+    };
+    // Whether the way to `p` (not there) goes through a symlink into one
+    // of the mounts, which are empty directories in the root filesystem
+    // until crun mounts them: its parent directory, once resolved, or its
+    // last component, a symlink, points there; a parent that is not
+    // there either is looked at the same way.
+    let leads_into_a_mount = |p: &str| {
+        let mut p = normalize(p);
+        while let Some((parent, name)) = p
+            .rsplit_once('/')
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+        {
+            let parent = if parent.is_empty() {
+                "/".to_string()
+            } else {
+                parent
+            };
+            if let Ok(dir) = open_in_root(&parent, OFlags::DIRECTORY) {
+                let resolved = in_root_path(rootfs, &dir).unwrap_or(parent);
+                if under_a_mount(&resolved) {
+                    return true;
+                }
+                return rustix::fs::readlinkat(&dir, name.as_str(), Vec::new()).is_ok_and(|t| {
+                    let t = t.to_string_lossy();
+                    under_a_mount(&if t.starts_with('/') {
+                        t.into_owned()
+                    } else {
+                        format!("{resolved}/{t}")
+                    })
+                });
+            }
+            if parent == "/" {
+                return false;
+            }
+            p = parent;
+        }
+        false
+    };
+    for c in &candidates {
+        if under_a_mount(c) {
+            return None;
+        }
+        match open_in_root(c, OFlags::empty()) {
             Ok(_) => return None,
-            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => {}
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => {
+                if leads_into_a_mount(c) {
+                    return None;
+                }
+            }
             // Another failure (a loop of symlinks, no permission): crun's
             // to report.
             Err(_) => return None,
         }
     }
     Some((cmd, path))
+}
+
+/// `p` with `.`, `..` and repeated slashes taken out (`..` stops at `/`).
+fn normalize(p: &str) -> String {
+    let mut parts: Vec<&str> = Vec::new();
+    for c in p.split('/') {
+        match c {
+            "" | "." => {}
+            ".." => {
+                parts.pop();
+            }
+            c => parts.push(c),
+        }
+    }
+    format!("/{}", parts.join("/"))
+}
+
+/// Where descriptor `fd`, opened under the root filesystem at `rootfs`,
+/// is, as a path inside it (from `/proc/self/fd`).
+fn in_root_path(rootfs: &Path, fd: &impl std::os::fd::AsFd) -> Option<String> {
+    use std::os::fd::AsRawFd;
+    let at = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())).ok()?;
+    let root = std::fs::canonicalize(rootfs).ok()?;
+    let rel = at.strip_prefix(&root).ok()?;
+    Some(format!("/{}", rel.to_string_lossy()))
 }
 
 /// Reads a file of the container, resolving symlinks inside its root (a
@@ -414,8 +485,21 @@ mod tests {
             missing(&["true"], "/sbin", "/"),
             Some(("true".into(), "/sbin".into()))
         );
-        // Under a mount of the spec (here the default /proc): not judged.
+        // Under a mount of the spec (here the default /proc): not judged,
+        // however it is spelled or reached.
         assert_eq!(missing(&["/proc/self/exe"], std_path, "/"), None);
+        assert_eq!(missing(&["//proc/self/exe"], std_path, "/"), None);
+        assert_eq!(missing(&["/usr/../proc/self/exe"], std_path, "/"), None);
+        assert_eq!(missing(&["../proc/self/exe"], std_path, "/usr"), None);
+        std::fs::create_dir(root.join("proc")).unwrap();
+        std::os::unix::fs::symlink("/proc/self", root.join("me")).unwrap();
+        std::os::unix::fs::symlink("../../proc/self/exe", root.join("usr/bin/myself")).unwrap();
+        assert_eq!(missing(&["/me/exe"], std_path, "/"), None);
+        assert_eq!(missing(&["myself"], std_path, "/"), None);
+        assert_eq!(
+            missing(&["/me/../../nosuch"], std_path, "/"),
+            Some(("/me/../../nosuch".into(), std_path.into()))
+        );
         // A file that is there but is no program: crun's to report.
         assert_eq!(missing(&["/etc"], std_path, "/"), None);
     }

@@ -181,9 +181,11 @@ impl Store {
         PathBuf::from(home).join(".local/share/fukastor")
     }
 
-    /// Whether a store was ever made at `root`.
+    /// Whether a store was ever made at `root`: false only when its format
+    /// file is not there (an error finding out, such as a directory that
+    /// cannot be searched, is left for [`Store::open`] to report).
     pub fn exists(root: &Path) -> bool {
-        root.join("fukastor/format").is_file()
+        root.join("fukastor/format").try_exists().unwrap_or(true)
     }
 
     /// [`Store::open`] for a command that needs image `image` from it:

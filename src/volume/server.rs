@@ -1059,7 +1059,10 @@ impl Ctx {
                 let mut jobs_now = super::lock(&jobs);
                 let job = jobs_now.get_mut(&name).expect("a running job's entry");
                 let waiters = std::mem::take(&mut job.waiters);
-                if job.again {
+                // A cancelled compaction (FK0721: a removal, a rollback or
+                // the server's stop waits for this job) ends the job.
+                let cancelled = matches!(&r, Err(e) if e.code() == "FK0721");
+                if job.again && !cancelled {
                     // A sealing asked for during the compaction: judged again
                     // (a compaction that failed before its own sealing step
                     // sealed nothing), the compaction answered first.
