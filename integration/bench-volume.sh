@@ -184,6 +184,9 @@ has_part() { [[ " $PARTS " == *" $1 "* ]]; }
 [[ $BENCH_DIR == /* && $BENCH_DIR != / ]] || bench_die "BENCH_DIR must be an absolute path"
 
 mkdir -p "$BENCH_DIR"
+# Canonical: the volume server runs with the canonical store path, which
+# server_gone looks for in its command line.
+BENCH_DIR=$(realpath "$BENCH_DIR")
 WORK=$BENCH_DIR/work
 STORE=$WORK/store
 MNT=$WORK/mnt
