@@ -791,9 +791,7 @@ impl Containers {
         // as a failed mkfs of the template.
         crate::volume::check_size(size)?;
         // No store there: no image either, and nothing is made.
-        if !Store::exists(&self.paths.store) {
-            return Err(StoreError::NotFound(image.to_string()).into());
-        }
+        Store::require_for_image(&self.paths.store, image)?;
         // Held until the record is written, from before the image is
         // resolved: two creates of one name (two `run --rm --name X` at
         // once) would otherwise both find no record, and the second take

@@ -172,9 +172,7 @@ pub fn run(store_root: &Path, image: &str, opts: &RunOptions) -> Result<i32> {
     let _span = tracing::debug_span!("run").entered();
     // Before the volume server is started: where no store was ever made,
     // none is made for an image that cannot be there.
-    if !Store::exists(store_root) {
-        return Err(StoreError::NotFound(image.to_string()).into());
-    }
+    Store::require_for_image(store_root, image)?;
     let crun = which_crun()?;
     // crun's cgroup join would wait for an RCU grace period: start it now
     // (cgroup.rs).

@@ -188,13 +188,21 @@ impl Store {
         root.join("fukastor/format").try_exists().unwrap_or(true)
     }
 
-    /// [`Store::open`] for a command that needs image `image` from it:
-    /// where no store was ever made, the image is not found there
-    /// ([`StoreError::NotFound`], FK0110) and nothing is created.
-    pub fn open_for_image(root: &Path, mode: LockMode, image: &str) -> Result<Store> {
-        if !Self::exists(root) {
-            return Err(StoreError::NotFound(image.to_string()));
+    /// For a command that needs image `image` from the store at `root`,
+    /// before it makes anything: where no store was ever made, the image
+    /// is not found there ([`StoreError::NotFound`], FK0110).
+    pub fn require_for_image(root: &Path, image: &str) -> Result<()> {
+        if Self::exists(root) {
+            Ok(())
+        } else {
+            Err(StoreError::NotFound(image.to_string()))
         }
+    }
+
+    /// [`Store::open`] after [`Store::require_for_image`]: nothing is
+    /// created where there was no store.
+    pub fn open_for_image(root: &Path, mode: LockMode, image: &str) -> Result<Store> {
+        Self::require_for_image(root, image)?;
         Self::open(root, mode)
     }
 
