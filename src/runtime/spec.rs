@@ -4,7 +4,10 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
+use std::os::fd::OwnedFd;
 use std::path::Path;
+
+use rustix::fs::{Mode, OFlags, ResolveFlags};
 
 use oci_spec::runtime::{
     Capability, LinuxCapabilitiesBuilder, ProcessBuilder, RootBuilder, Spec, UserBuilder,
@@ -251,7 +254,6 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<(u32, u32)> {
 /// mounts (`/proc`, `/dev`, …) is not judged, nor is a file that is there
 /// but cannot be run (crun says why).
 pub fn missing_command(rootfs: &Path, spec: &Spec) -> Option<(String, String)> {
-    use rustix::fs::{Mode, OFlags, ResolveFlags};
     let process = spec.process().as_ref()?;
     let cmd = process.args().as_ref()?.first()?.clone();
     let path = process
@@ -288,32 +290,20 @@ pub fn missing_command(rootfs: &Path, spec: &Spec) -> Option<(String, String)> {
         })
         .filter(|d| !d.is_empty())
         .collect();
-    let root = rustix::fs::open(
-        rootfs,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    )
-    .ok()?;
+    let root = open_root(rootfs)?;
     let under_a_mount = |p: &str| {
         let p = normalize(p);
         mounts
             .iter()
             .any(|m| p == *m || p.starts_with(&format!("{m}/")))
     };
-    let open_in_root = |p: &str, flags: OFlags| {
-        rustix::fs::openat2(
-            &root,
-            p,
-            flags | OFlags::PATH | OFlags::CLOEXEC,
-            Mode::empty(),
-            ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-        )
-    };
+    let open_in_root = |p: &str, flags: OFlags| open_in(&root, p, flags | OFlags::PATH);
     // Whether the way to `p` (not there) goes through a symlink into one
     // of the mounts, which are empty directories in the root filesystem
     // until crun mounts them: its parent directory, once resolved, or its
     // last component, a symlink, points there; a parent that is not
     // there either is looked at the same way.
+    let canonical_root = std::fs::canonicalize(rootfs).ok();
     let leads_into_a_mount = |p: &str| {
         let mut p = normalize(p);
         while let Some((parent, name)) = p
@@ -326,7 +316,10 @@ pub fn missing_command(rootfs: &Path, spec: &Spec) -> Option<(String, String)> {
                 parent
             };
             if let Ok(dir) = open_in_root(&parent, OFlags::DIRECTORY) {
-                let resolved = in_root_path(rootfs, &dir).unwrap_or(parent);
+                let resolved = canonical_root
+                    .as_deref()
+                    .and_then(|r| in_root_path(r, &dir))
+                    .unwrap_or(parent);
                 if under_a_mount(&resolved) {
                     return true;
                 }
@@ -352,17 +345,39 @@ pub fn missing_command(rootfs: &Path, spec: &Spec) -> Option<(String, String)> {
         }
         match open_in_root(c, OFlags::empty()) {
             Ok(_) => return None,
-            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => {
-                if leads_into_a_mount(c) {
-                    return None;
-                }
-            }
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => {}
             // Another failure (a loop of symlinks, no permission): crun's
             // to report.
             Err(_) => return None,
         }
     }
+    // Found nowhere: only now the slower look at symlinks into mounts.
+    if candidates.iter().any(|c| leads_into_a_mount(c)) {
+        return None;
+    }
     Some((cmd, path))
+}
+
+/// A descriptor of the root filesystem at `rootfs`, to resolve paths in.
+fn open_root(rootfs: &Path) -> Option<OwnedFd> {
+    rustix::fs::open(
+        rootfs,
+        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
+        Mode::empty(),
+    )
+    .ok()
+}
+
+/// Opens `rel` under `root` with `flags`, symlinks resolved inside it (a
+/// hostile `/etc/passwd -> /host/file` cannot reach the host).
+fn open_in(root: &OwnedFd, rel: &str, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+    rustix::fs::openat2(
+        root,
+        rel,
+        flags | OFlags::CLOEXEC,
+        Mode::empty(),
+        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
+    )
 }
 
 /// `p` with `.`, `..` and repeated slashes taken out (`..` stops at `/`).
@@ -380,35 +395,19 @@ fn normalize(p: &str) -> String {
     format!("/{}", parts.join("/"))
 }
 
-/// Where descriptor `fd`, opened under the root filesystem at `rootfs`,
-/// is, as a path inside it (from `/proc/self/fd`).
-fn in_root_path(rootfs: &Path, fd: &impl std::os::fd::AsFd) -> Option<String> {
+/// Where descriptor `fd`, opened under the root filesystem at (canonical)
+/// `root`, is, as a path inside it (from `/proc/self/fd`).
+fn in_root_path(root: &Path, fd: &impl std::os::fd::AsFd) -> Option<String> {
     use std::os::fd::AsRawFd;
     let at = std::fs::read_link(format!("/proc/self/fd/{}", fd.as_fd().as_raw_fd())).ok()?;
-    let root = std::fs::canonicalize(rootfs).ok()?;
-    let rel = at.strip_prefix(&root).ok()?;
+    let rel = at.strip_prefix(root).ok()?;
     Some(format!("/{}", rel.to_string_lossy()))
 }
 
-/// Reads a file of the container, resolving symlinks inside its root (a
-/// hostile `/etc/passwd -> /host/file` cannot reach the host). Missing or
-/// unreadable: empty.
+/// Reads a file of the container, resolving symlinks inside its root
+/// ([`open_in`]). Missing or unreadable: empty.
 fn read_in_root(rootfs: &Path, rel: &str) -> String {
-    use rustix::fs::{Mode, OFlags, ResolveFlags};
-    let Ok(root) = rustix::fs::open(
-        rootfs,
-        OFlags::PATH | OFlags::DIRECTORY | OFlags::CLOEXEC,
-        Mode::empty(),
-    ) else {
-        return String::new();
-    };
-    let Ok(fd) = rustix::fs::openat2(
-        &root,
-        rel,
-        OFlags::RDONLY | OFlags::CLOEXEC,
-        Mode::empty(),
-        ResolveFlags::IN_ROOT | ResolveFlags::NO_MAGICLINKS,
-    ) else {
+    let Some(Ok(fd)) = open_root(rootfs).map(|root| open_in(&root, rel, OFlags::RDONLY)) else {
         return String::new();
     };
     let mut s = String::new();
