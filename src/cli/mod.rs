@@ -272,13 +272,11 @@ pub fn main() -> i32 {
             return 2;
         }
         Err(e) => {
-            let e = usage_error(&e.render().to_string(), &command_path(std::env::args_os()));
-            let json = env_on("FUKASTOR_JSON")
-                || std::env::args_os()
-                    .skip(1)
-                    .take_while(|a| a != "--")
-                    .any(|a| a == "--json");
-            print_error(&e, json);
+            let (command, json) = refused_line(std::env::args_os());
+            print_error(
+                &usage_error(&e.render().to_string(), &command),
+                json || env_on("FUKASTOR_JSON"),
+            );
             return 2;
         }
     };
@@ -339,51 +337,32 @@ pub fn main() -> i32 {
     }
 }
 
-/// The (sub)command a command line `args` names, for a usage error the
-/// parser reports without a usage line (a bad value): the program and the
-/// subcommand names found among the words before `--`.
-fn command_path(args: impl IntoIterator<Item = std::ffi::OsString>) -> String {
+/// What a command line the parser refused (`args`) still says, parsed
+/// again leniently: the (sub)command it names (the program and the
+/// subcommands, for a report without a usage line: a bad value) and
+/// whether it asks for `--json`.
+fn refused_line(args: impl IntoIterator<Item = std::ffi::OsString>) -> (String, bool) {
     use clap::CommandFactory;
-    let mut args = args.into_iter();
+    let args: Vec<std::ffi::OsString> = args.into_iter().collect();
     let program = args
-        .next()
+        .first()
         .map(PathBuf::from)
         .and_then(|p| p.file_name().map(|n| n.to_string_lossy().into_owned()))
         .unwrap_or_else(|| "fukastor".into());
     let mut path = vec![program];
-    let mut cmd = Cli::command();
-    let globals: Vec<clap::Arg> = cmd.get_arguments().cloned().collect();
-    // Whether option `word` (`--long` or `-s`, no `=VALUE`) of `cmd` or
-    // a global one takes the next word as its value.
-    let takes_value = |cmd: &clap::Command, word: &str| {
-        let found = |a: &&clap::Arg| match word.strip_prefix("--") {
-            Some(long) => a.get_long() == Some(long),
-            None => word.len() == 2 && a.get_short() == word.chars().nth(1),
-        };
-        cmd.get_arguments()
-            .chain(globals.iter())
-            .find(found)
-            .is_some_and(|a| a.get_action().takes_values())
+    let Ok(m) = Cli::command()
+        .ignore_errors(true)
+        .try_get_matches_from(args)
+    else {
+        return (path.join(" "), false);
     };
-    let mut skip = false;
-    for a in args {
-        let Some(a) = a.to_str() else { continue };
-        if std::mem::take(&mut skip) {
-            continue;
-        }
-        if a == "--" {
-            break;
-        }
-        if a.starts_with('-') {
-            skip = !a.contains('=') && takes_value(&cmd, a);
-            continue;
-        }
-        if let Some(sub) = cmd.find_subcommand(a).cloned() {
-            path.push(sub.get_name().to_string());
-            cmd = sub;
-        }
+    let json = m.get_flag("json");
+    let mut sub = m.subcommand();
+    while let Some((name, m)) = sub {
+        path.push(name.to_string());
+        sub = m.subcommand();
     }
-    path.join(" ")
+    (path.join(" "), json)
 }
 
 /// Prints error `e` on stderr: `error[CODE]: message` and `  hint: …`,
@@ -927,7 +906,7 @@ fn io(e: std::io::Error) -> CliError {
 
 #[cfg(test)]
 mod tests {
-    use super::{command_path, usage_error};
+    use super::{refused_line, usage_error};
 
     #[test]
     fn the_parsers_reports_become_one_coded_line_and_a_hint() {
@@ -959,7 +938,7 @@ mod tests {
         // A bad value: no usage line, the command line names the command.
         let e = usage_error(
             "error: invalid value '1P' for '--size <SIZE>': \"1P\" is not a size\n\nFor more information, try '--help'.\n",
-            &command_path(
+            &refused_line(
                 [
                     "/usr/bin/fukastor",
                     "--store",
@@ -972,27 +951,30 @@ mod tests {
                     "volume",
                 ]
                 .map(Into::into),
-            ),
+            )
+            .0,
         );
         assert_eq!(e.hint, "see `fukastor run --help`");
+        let path = |args: &[&str]| refused_line(args.iter().map(Into::into));
         assert_eq!(
-            command_path(["fk", "volume", "create", "-q", "x"].map(Into::into)),
-            "fk volume create"
+            path(&["fk", "volume", "create", "-q", "x"]),
+            ("fk volume create".into(), false)
         );
-        assert_eq!(command_path(["fk", "nosuch"].map(Into::into)), "fk");
+        assert_eq!(path(&["fk", "nosuch"]), ("fk".into(), false));
+        assert_eq!(
+            path(&["fk", "mounts", "--json", "--bogus"]),
+            ("fk mounts".into(), true)
+        );
         // An option's value is not a subcommand.
         assert_eq!(
-            command_path(
-                [
-                    "fk", "--store", "images", "run", "-e", "mount", "--size", "1P", "x"
-                ]
-                .map(Into::into)
-            ),
-            "fk run"
+            path(&[
+                "fk", "--store", "images", "run", "-e", "mount", "--size", "1P", "x"
+            ]),
+            ("fk run".into(), false)
         );
         assert_eq!(
-            command_path(["fk", "--store=images", "volume", "ls"].map(Into::into)),
-            "fk volume ls"
+            path(&["fk", "--store=images", "volume", "ls", "--", "--json"]),
+            ("fk volume ls".into(), false)
         );
         let e = usage_error(
             "error: invalid value 'x' for '--fuse[=<MODE>]'\n  [possible values: plain, passthrough]\n\nFor more information, try '--help'.\n",
