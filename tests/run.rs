@@ -801,23 +801,85 @@ fn run_prints_the_image_os_release_and_passes_exit_statuses_on() {
     }
     st.assert_nothing_left("after run --rm with exit statuses");
 
-    // A command the image does not have: a coded error before crun, the
-    // container removed (crun alone says "executable file not found"
-    // with status 1, after creating the container). A relative path is
-    // looked up from the working directory, a bare name in PATH.
-    for (cmd, says) in [
-        ("/nonexistent", "no file \"/nonexistent\""),
+    // A command the image does not have (FK0808, exit status 127), or
+    // files of the image that are no program (FK0809, 126): a coded error
+    // before crun, the container removed (crun alone says "executable file
+    // not found" or "open executable: Permission denied" with status 1,
+    // which a container's own status cannot be told from, after creating
+    // the container). A relative path is looked up from the working
+    // directory, a bare name in PATH, where crun passes over what it
+    // cannot run.
+    for (env, cmd, code, status, says) in [
         (
+            "",
+            "/nonexistent",
+            "FK0808",
+            127,
+            "no file \"/nonexistent\"",
+        ),
+        (
+            "",
             "nosuchcommand",
+            "FK0808",
+            127,
             "no command \"nosuchcommand\" in the container's PATH (/usr/local/sbin:",
         ),
-        ("usr/bin/nosuch", "no file \"usr/bin/nosuch\""),
+        (
+            "",
+            "usr/bin/nosuch",
+            "FK0808",
+            127,
+            "no file \"usr/bin/nosuch\"",
+        ),
+        (
+            "",
+            "/etc/passwd",
+            "FK0809",
+            126,
+            "file \"/etc/passwd\" cannot be run: it has no execute permission",
+        ),
+        (
+            "",
+            "/etc",
+            "FK0809",
+            126,
+            "file \"/etc\" cannot be run: it is a directory",
+        ),
+        (
+            "PATH=/etc:/nowhere",
+            "passwd",
+            "FK0809",
+            126,
+            "\"passwd\" is the container's /etc/passwd, which cannot be run",
+        ),
     ] {
-        let run = st.run(["run", "--rm", "--name", "nocmd", "bookworm", "--", cmd]);
-        assert_coded_error(&run, "FK0808", cmd);
+        let mut args = vec!["run", "--rm", "--name", "nocmd"];
+        if !env.is_empty() {
+            args.extend(["-e", env]);
+        }
+        args.extend(["bookworm", "--", cmd]);
+        let run = st.run(&args);
+        assert_coded_error(&run, code, cmd);
+        assert_eq!(run.status.code(), Some(status), "{cmd}: {run}");
         assert!(run.stderr.contains(says), "{cmd}: {run}");
         st.assert_nothing_left(&format!("after run --rm -- {cmd}"));
     }
+    // A program later in PATH is run (as crun does): /etc/passwd is passed
+    // over for /usr/bin/passwd.
+    let run = st.run([
+        "run",
+        "--rm",
+        "--name",
+        "pathcmd",
+        "-e",
+        "PATH=/etc:/usr/bin",
+        "bookworm",
+        "--",
+        "passwd",
+        "--help",
+    ]);
+    assert_exit(&run, 0, "passwd --help with /etc before /usr/bin in PATH");
+    assert!(run.stdout_str().contains("Usage: passwd"), "{run}");
     let run = st.run([
         "run",
         "--rm",
@@ -943,6 +1005,13 @@ fn run_prints_the_image_os_release_and_passes_exit_statuses_on() {
         "true",
     ]);
     assert_coded_error(&run, "FK", "run of an unknown image");
+    // fukastor's own failures exit 125 (podman's convention), not a status
+    // a container could have exited with.
+    assert_eq!(
+        run.status.code(),
+        Some(125),
+        "run of an unknown image: {run}"
+    );
     let run = st.run([
         "run",
         "--rm",
@@ -1444,6 +1513,9 @@ fn a_running_container_is_not_started_unmounted_or_removed_under_itself() {
     ] {
         let run = st.run(args);
         assert_coded_error(&run, "FK0807", &format!("{args:?} of a running container"));
+        // `start` fails as `run` does (125); the other commands with 1.
+        let status = if args[0] == "start" { 125 } else { 1 };
+        assert_eq!(run.status.code(), Some(status), "{args:?}: {run}");
         assert!(
             bg.try_wait().is_none(),
             "{args:?} stopped the container:\n{}",

@@ -3,7 +3,8 @@
 //! This is the only module that prints. Library errors reach it typed; it
 //! prints `error[CODE]: message` and `  hint: …` on stderr (and a JSON object
 //! with `--json`), and exits 1. Usage errors (the argument parser's)
-//! are coded FK0501 the same way and exit 2.
+//! are coded FK0501 the same way and exit 2. `run` and `start` exit 125,
+//! 126 or 127 instead ([`run_failure_status`]), as podman does.
 
 mod demo;
 mod output;
@@ -184,7 +185,7 @@ pub enum Command {
     },
     /// List containers.
     Ps,
-    /// Run a command in a new container under crun; exits with its status.
+    /// Run a command in a new container under crun; exits with its status (125-127 when fukastor fails).
     Run {
         /// Remove the container (and its writable layer) when it exits.
         #[arg(long)]
@@ -210,7 +211,7 @@ pub enum Command {
         #[arg(last = true)]
         cmd: Vec<String>,
     },
-    /// Run an existing container again (as its `run` set it up); exits with its status.
+    /// Run an existing container again (as its `run` set it up); exits with its status (125 when fukastor fails).
     Start {
         /// The container.
         container: String,
@@ -273,11 +274,12 @@ pub fn main() -> i32 {
         }
         Err(e) => {
             let (command, json) = refused_line(std::env::args_os());
-            print_error(
-                &usage_error(&e.render().to_string(), &command),
-                json || env_on("FUKASTOR_JSON"),
-            );
-            return 2;
+            let error = usage_error(&e.render().to_string(), &command);
+            print_error(&error, json || env_on("FUKASTOR_JSON"));
+            return match command.split(' ').nth(1) {
+                Some("run" | "start") => run_failure_status(error.code),
+                _ => 2,
+            };
         }
     };
     cli.json |= env_on("FUKASTOR_JSON");
@@ -332,8 +334,24 @@ pub fn main() -> i32 {
         Ok(status) => status,
         Err(e) => {
             print_error(&e, cli.json);
-            1
+            match cli.command {
+                Command::Run { .. } | Command::Start { .. } => run_failure_status(e.code),
+                _ => 1,
+            }
         }
+    }
+}
+
+/// The exit status of a `run` or `start` that failed with error `code`,
+/// the container's own status not being known (it may not have run):
+/// podman's, so that a script can tell them from the container's own
+/// statuses: 127 when the command is not in the image (FK0808), 126 when
+/// it cannot be run (FK0809), 125 for anything else.
+fn run_failure_status(code: &str) -> i32 {
+    match code {
+        "FK0808" => 127,
+        "FK0809" => 126,
+        _ => 125,
     }
 }
 

@@ -67,6 +67,16 @@ pub enum RuntimeError {
         /// The `PATH` a bare name was looked up in.
         path: String,
     },
+    /// The command names files of the image, none of them a program.
+    #[error("{}", not_runnable_message(.cmd, .file, .why))]
+    NotRunnable {
+        /// As given (or from the image config).
+        cmd: String,
+        /// The first file found, a path in the container.
+        file: String,
+        /// Why no one can run it.
+        why: String,
+    },
     /// The container.
     #[error(transparent)]
     Container(#[from] ContainerError),
@@ -87,6 +97,7 @@ impl Coded for RuntimeError {
             RuntimeError::HookInput(_) => "FK0806",
             RuntimeError::Running(_) => "FK0807",
             RuntimeError::NoSuchCommand { .. } => "FK0808",
+            RuntimeError::NotRunnable { .. } => "FK0809",
             RuntimeError::Container(e) => e.code(),
             RuntimeError::Store(e) => e.code(),
         }
@@ -116,6 +127,9 @@ impl Coded for RuntimeError {
             RuntimeError::NoSuchCommand { .. } => {
                 "give a command the image has, after `--`: an absolute path, or a name in its PATH (set with `-e PATH=…`)".into()
             }
+            RuntimeError::NotRunnable { .. } => {
+                "give a program of the image after `--` (or make that file executable in the image)".into()
+            }
             RuntimeError::Container(e) => e.hint(),
             RuntimeError::Store(e) => e.hint(),
         }
@@ -128,6 +142,15 @@ fn missing_message(cmd: &str, path: &str) -> String {
         format!("the container has no file {cmd:?} to run")
     } else {
         format!("no command {cmd:?} in the container's PATH ({path})")
+    }
+}
+
+/// [`RuntimeError::NotRunnable`]'s message.
+fn not_runnable_message(cmd: &str, file: &str, why: &str) -> String {
+    if cmd.contains('/') {
+        format!("the container's file {cmd:?} cannot be run: {why}")
+    } else {
+        format!("{cmd:?} is the container's {file}, which cannot be run: {why}")
     }
 }
 
@@ -234,9 +257,7 @@ fn run_created(
         let bundle_span = tracing::debug_span!("bundle").entered();
         let image = spec::ImageProcess::from_config(&config);
         let spec = spec::build(name, &rootfs, &image, &opts.process)?;
-        if let Some((cmd, path)) = spec::missing_command(&rootfs, &spec) {
-            return Err(RuntimeError::NoSuchCommand { cmd, path });
-        }
+        spec::check_command(&rootfs, &spec)?;
         let bundle = bundle_dir(store_root, name);
         std::fs::create_dir_all(&bundle).map_err(|e| StoreError::Io {
             context: format!("creating {}", bundle.display()),

@@ -245,17 +245,26 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<(u32, u32)> {
     Ok((uid, gid))
 }
 
-/// When the command `spec` runs names no file of the root filesystem at
-/// `rootfs` (looked up as crun does: a name with a slash as it is,
+/// Whether the command `spec` runs can start in the root filesystem at
+/// `rootfs`, looked up as crun does: a name with a slash as it is,
 /// relative to the working directory; a bare name in each directory of the
-/// process's `PATH`), that command and the `PATH`: crun would fail to start
-/// it with its own message and status 1, after creating the container.
+/// process's `PATH`, the first program found winning (a file there that is
+/// no program is passed over). crun would fail to start it with its own
+/// message and status 1, after creating the container; this says why
+/// before: [`RuntimeError::NoSuchCommand`] when no such file exists,
+/// [`RuntimeError::NotRunnable`] when the files found are none of them a
+/// program (a directory, a file with no execute permission for anyone).
 /// Symlinks resolve inside the root. A command under one of the spec's
-/// mounts (`/proc`, `/dev`, …) is not judged, nor is a file that is there
-/// but cannot be run (crun says why).
-pub fn missing_command(rootfs: &Path, spec: &Spec) -> Option<(String, String)> {
-    let process = spec.process().as_ref()?;
-    let cmd = process.args().as_ref()?.first()?.clone();
+/// mounts (`/proc`, `/dev`, …) is not judged, nor is a file that could not
+/// be looked at (crun says why), nor one some user may execute (whether the
+/// container's user may is left to crun).
+pub fn check_command(rootfs: &Path, spec: &Spec) -> Result<()> {
+    let Some(process) = spec.process() else {
+        return Ok(());
+    };
+    let Some(cmd) = process.args().as_ref().and_then(|a| a.first()).cloned() else {
+        return Ok(());
+    };
     let path = process
         .env()
         .iter()
@@ -290,7 +299,9 @@ pub fn missing_command(rootfs: &Path, spec: &Spec) -> Option<(String, String)> {
         })
         .filter(|d| !d.is_empty())
         .collect();
-    let root = open_root(rootfs)?;
+    let Some(root) = open_root(rootfs) else {
+        return Ok(());
+    };
     let under_a_mount = |p: &str| {
         let p = normalize(p);
         mounts
@@ -339,23 +350,51 @@ pub fn missing_command(rootfs: &Path, spec: &Spec) -> Option<(String, String)> {
         }
         false
     };
+    // The first file found that is no program, and why.
+    let mut not_runnable: Option<(String, &str)> = None;
     for c in &candidates {
         if under_a_mount(c) {
-            return None;
+            return Ok(());
         }
         match open_in_root(c, OFlags::empty()) {
-            Ok(_) => return None,
+            Ok(fd) => match not_a_program(&fd) {
+                None => return Ok(()),
+                Some(why) => {
+                    not_runnable.get_or_insert((c.clone(), why));
+                }
+            },
             Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR) => {}
             // Another failure (a loop of symlinks, no permission): crun's
             // to report.
-            Err(_) => return None,
+            Err(_) => return Ok(()),
         }
     }
-    // Found nowhere: only now the slower look at symlinks into mounts.
+    // No program found: only now the slower look at symlinks into mounts.
     if candidates.iter().any(|c| leads_into_a_mount(c)) {
-        return None;
+        return Ok(());
     }
-    Some((cmd, path))
+    Err(match not_runnable {
+        Some((file, why)) => RuntimeError::NotRunnable {
+            cmd,
+            file: normalize(&file),
+            why: why.to_string(),
+        },
+        None => RuntimeError::NoSuchCommand { cmd, path },
+    })
+}
+
+/// Why the file open at `fd` (`O_PATH`, symlinks followed) can be run by
+/// no one, not even root: `execve` needs a regular file with an execute
+/// bit. `None` when someone may run it (or its type cannot be read).
+fn not_a_program(fd: &OwnedFd) -> Option<&'static str> {
+    use rustix::fs::FileType;
+    let st = rustix::fs::fstat(fd).ok()?;
+    match FileType::from_raw_mode(st.st_mode) {
+        FileType::Directory => Some("it is a directory"),
+        FileType::RegularFile if st.st_mode & 0o111 == 0 => Some("it has no execute permission"),
+        FileType::RegularFile => None,
+        _ => Some("it is not a regular file"),
+    }
 }
 
 /// A descriptor of the root filesystem at `rootfs`, to resolve paths in.
@@ -418,6 +457,7 @@ fn read_in_root(rootfs: &Path, rel: &str) -> String {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::error::Coded;
 
     fn rootfs() -> tempfile::TempDir {
         let d = tempfile::tempdir().unwrap();
@@ -450,14 +490,35 @@ mod tests {
         let r = rootfs();
         let root = r.path();
         std::fs::create_dir_all(root.join("usr/bin")).unwrap();
-        std::fs::write(root.join("usr/bin/true"), "").unwrap();
+        // A file of the root with mode `mode`.
+        let file = |path: &str, mode: u32| {
+            std::fs::write(root.join(path), "").unwrap();
+            std::fs::set_permissions(
+                root.join(path),
+                std::os::unix::fs::PermissionsExt::from_mode(mode),
+            )
+            .unwrap();
+        };
+        file("usr/bin/true", 0o755);
         // Merged /usr: an absolute symlink, resolved inside the root.
         std::os::unix::fs::symlink("/usr/bin", root.join("bin")).unwrap();
         // A symlink that leaves the root is followed inside it.
         std::os::unix::fs::symlink("/../../../../usr/bin/true", root.join("escape")).unwrap();
         std::os::unix::fs::symlink("/../../../../bin/sh", root.join("hostsh")).unwrap();
-        let missing = |args: &[&str], path: &str, cwd: &str| {
-            missing_command(root, &spec_for(args, path, cwd))
+        // What the check says: `None` (crun runs it, or is left to say
+        // why not), else the error's code and message.
+        let judged = |args: &[&str], path: &str, cwd: &str| {
+            check_command(root, &spec_for(args, path, cwd))
+                .err()
+                .map(|e| (e.code(), e.to_string()))
+        };
+        let missing = |args: &[&str], path: &str, cwd: &str| match check_command(
+            root,
+            &spec_for(args, path, cwd),
+        ) {
+            Ok(()) => None,
+            Err(RuntimeError::NoSuchCommand { cmd, path }) => Some((cmd, path)),
+            Err(e) => panic!("{args:?}: {e}"),
         };
         let std_path = "/usr/local/bin:/usr/bin:/bin";
         assert_eq!(missing(&["/bin/true"], std_path, "/"), None);
@@ -499,8 +560,82 @@ mod tests {
             missing(&["/me/../../nosuch"], std_path, "/"),
             Some(("/me/../../nosuch".into(), std_path.into()))
         );
-        // A file that is there but is no program: crun's to report.
-        assert_eq!(missing(&["/etc"], std_path, "/"), None);
+        // Files that are there but that no one can run (FK0809): crun
+        // would refuse them. In a PATH lookup, crun passes them over and
+        // runs a program found later.
+        std::fs::create_dir(root.join("usr/bin/adir")).unwrap();
+        file("usr/bin/data", 0o644);
+        file("usr/bin/true", 0o700);
+        std::fs::create_dir_all(root.join("opt/bin/true")).unwrap();
+        let cannot =
+            |args: &[&str], path: &str, cwd: &str, file: &str, why: &str| match check_command(
+                root,
+                &spec_for(args, path, cwd),
+            ) {
+                Err(RuntimeError::NotRunnable {
+                    file: f, why: w, ..
+                }) => {
+                    assert_eq!((f.as_str(), w.as_str()), (file, why), "{args:?} in {path}")
+                }
+                other => panic!("{args:?} in {path}: expected FK0809, got {other:?}"),
+            };
+        cannot(&["/etc"], std_path, "/", "/etc", "it is a directory");
+        cannot(&["../etc/"], std_path, "/usr", "/etc", "it is a directory");
+        cannot(
+            &["data"],
+            std_path,
+            "/",
+            "/usr/bin/data",
+            "it has no execute permission",
+        );
+        cannot(
+            &["adir"],
+            std_path,
+            "/",
+            "/usr/bin/adir",
+            "it is a directory",
+        );
+        cannot(
+            &["/etc/passwd"],
+            std_path,
+            "/",
+            "/etc/passwd",
+            "it has no execute permission",
+        );
+        // The first one found is named; a program later in PATH wins; an
+        // execute bit for its owner only is left to crun (it runs as root
+        // or as the owner, or crun says why).
+        cannot(
+            &["true"],
+            "/opt/bin:/sbin",
+            "/",
+            "/opt/bin/true",
+            "it is a directory",
+        );
+        assert_eq!(judged(&["true"], "/opt/bin:/usr/bin", "/"), None);
+        assert_eq!(judged(&["/bin/true"], std_path, "/"), None);
+        cannot(
+            &["passwd"],
+            "/etc:/nosuch",
+            "/",
+            "/etc/passwd",
+            "it has no execute permission",
+        );
+        // The messages say which file and why.
+        assert_eq!(
+            judged(&["data"], std_path, "/"),
+            Some((
+                "FK0809",
+                "\"data\" is the container's /usr/bin/data, which cannot be run: it has no execute permission".into()
+            ))
+        );
+        assert_eq!(
+            judged(&["/etc"], std_path, "/"),
+            Some((
+                "FK0809",
+                "the container's file \"/etc\" cannot be run: it is a directory".into()
+            ))
+        );
     }
 
     #[test]
