@@ -29,17 +29,25 @@ fn ok(store: &Path, args: &[&str]) -> String {
     String::from_utf8(o.stdout).unwrap()
 }
 
+/// The exit status of fukastor's own failure of command line `args`
+/// (options before the subcommand included): `run` and `start` exit 125
+/// (podman's convention: 1 may be their container's status), other
+/// commands `other`.
+fn failure_status(args: &[&str], other: i32) -> i32 {
+    match args.iter().find(|a| !a.starts_with('-')) {
+        Some(&"run" | &"start") => 125,
+        _ => other,
+    }
+}
+
 fn fails_with(store: &Path, args: &[&str], code: &str) {
     let o = fk(store, args);
     let err = String::from_utf8_lossy(&o.stderr);
-    // `run` and `start` exit 125 for their own failures (podman's
-    // convention: 1 may be their container's status); the rest 1.
-    let status = if matches!(args[0], "run" | "start") {
-        125
-    } else {
-        1
-    };
-    assert_eq!(o.status.code(), Some(status), "fukastor {args:?}: {err}");
+    assert_eq!(
+        o.status.code(),
+        Some(failure_status(args, 1)),
+        "fukastor {args:?}: {err}"
+    );
     assert!(
         err.contains(&format!("error[{code}]")),
         "fukastor {args:?}: expected {code}, got: {err}"
@@ -366,9 +374,10 @@ fn usage_errors_have_codes() {
     fails_with(&store, &["pull", "oci:/nonexistent/layout"], "FK0201");
     fails_with(&store, &["pull", "dir:/nonexistent/dir"], "FK0220");
     fails_with(&store, &["inspect", "zzzz"], "FK0110");
-    // What the argument parser refuses: exit status 2, coded like the
-    // rest (one line, a hint naming the command's help), and as JSON with
-    // --json; nothing is written (the store is not even created).
+    // What the argument parser refuses: exit status 2 (125 for `run` and
+    // `start`), coded like the rest (one line, a hint naming the command's
+    // help), and as JSON with --json; nothing is written (the store is not
+    // even created).
     let unmade = t.path().join("unmade");
     for (args, says, hint) in [
         (
@@ -391,10 +400,13 @@ fn usage_errors_have_codes() {
             "unexpected argument '--bogus' found",
             "see `fukastor mounts --help`",
         ),
+        (
+            &["start"],
+            "the following required arguments were not provided: <CONTAINER>",
+            "see `fukastor start --help`",
+        ),
     ] {
-        // `run` and `start` exit 125 for it, as for their other failures
-        // (a status their container could not have given).
-        let status = if args[0] == "run" { 125 } else { 2 };
+        let status = failure_status(args, 2);
         let o = fk(&unmade, args);
         let err = String::from_utf8_lossy(&o.stderr);
         assert_eq!(o.status.code(), Some(status), "{args:?}: {err}");

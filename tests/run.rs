@@ -836,7 +836,7 @@ fn run_prints_the_image_os_release_and_passes_exit_statuses_on() {
             "/etc/passwd",
             "FK0809",
             126,
-            "file \"/etc/passwd\" cannot be run: it has no execute permission",
+            "file \"/etc/passwd\" cannot be run: no execute bit is set",
         ),
         (
             "",

@@ -274,9 +274,9 @@ pub fn main() -> i32 {
         }
         Err(e) => {
             let (command, json) = refused_line(std::env::args_os());
-            let error = usage_error(&e.render().to_string(), &command);
+            let error = usage_error(&e.render().to_string(), &command.join(" "));
             print_error(&error, json || env_on("FUKASTOR_JSON"));
-            return match command.split(' ').nth(1) {
+            return match command.get(1).map(String::as_str) {
                 Some("run" | "start") => run_failure_status(error.code),
                 _ => 2,
             };
@@ -356,10 +356,10 @@ fn run_failure_status(code: &str) -> i32 {
 }
 
 /// What a command line the parser refused (`args`) still says, parsed
-/// again leniently: the (sub)command it names (the program and the
+/// again leniently: the (sub)command it names (the program's name and the
 /// subcommands, for a report without a usage line: a bad value) and
 /// whether it asks for `--json`.
-fn refused_line(args: impl IntoIterator<Item = std::ffi::OsString>) -> (String, bool) {
+fn refused_line(args: impl IntoIterator<Item = std::ffi::OsString>) -> (Vec<String>, bool) {
     use clap::CommandFactory;
     let args: Vec<std::ffi::OsString> = args.into_iter().collect();
     let program = args
@@ -372,7 +372,7 @@ fn refused_line(args: impl IntoIterator<Item = std::ffi::OsString>) -> (String, 
         .ignore_errors(true)
         .try_get_matches_from(args)
     else {
-        return (path.join(" "), false);
+        return (path, false);
     };
     let json = m.get_flag("json");
     let mut sub = m.subcommand();
@@ -380,7 +380,7 @@ fn refused_line(args: impl IntoIterator<Item = std::ffi::OsString>) -> (String, 
         path.push(name.to_string());
         sub = m.subcommand();
     }
-    (path.join(" "), json)
+    (path, json)
 }
 
 /// Prints error `e` on stderr: `error[CODE]: message` and `  hint: …`,
@@ -970,10 +970,14 @@ mod tests {
                 ]
                 .map(Into::into),
             )
-            .0,
+            .0
+            .join(" "),
         );
         assert_eq!(e.hint, "see `fukastor run --help`");
-        let path = |args: &[&str]| refused_line(args.iter().map(Into::into));
+        let path = |args: &[&str]| {
+            let (path, json) = refused_line(args.iter().map(Into::into));
+            (path.join(" "), json)
+        };
         assert_eq!(
             path(&["fk", "volume", "create", "-q", "x"]),
             ("fk volume create".into(), false)

@@ -128,7 +128,7 @@ impl Coded for RuntimeError {
                 "give a command the image has, after `--`: an absolute path, or a name in its PATH (set with `-e PATH=…`)".into()
             }
             RuntimeError::NotRunnable { .. } => {
-                "give a program of the image after `--` (or make that file executable in the image)".into()
+                "give a program of the image after `--` (a regular file with an execute bit set)".into()
             }
             RuntimeError::Container(e) => e.hint(),
             RuntimeError::Store(e) => e.hint(),

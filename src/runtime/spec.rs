@@ -252,8 +252,8 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<(u32, u32)> {
 /// no program is passed over). crun would fail to start it with its own
 /// message and status 1, after creating the container; this says why
 /// before: [`RuntimeError::NoSuchCommand`] when no such file exists,
-/// [`RuntimeError::NotRunnable`] when the files found are none of them a
-/// program (a directory, a file with no execute permission for anyone).
+/// [`RuntimeError::NotRunnable`] when none of the files found is a program
+/// (a directory, a file with no execute bit set).
 /// Symlinks resolve inside the root. A command under one of the spec's
 /// mounts (`/proc`, `/dev`, …) is not judged, nor is a file that could not
 /// be looked at (crun says why), nor one some user may execute (whether the
@@ -272,6 +272,10 @@ pub fn check_command(rootfs: &Path, spec: &Spec) -> Result<()> {
         .find_map(|e| e.strip_prefix("PATH="))
         .unwrap_or_default()
         .to_string();
+    // crun: "cannot find `` in $PATH".
+    if cmd.is_empty() {
+        return Err(RuntimeError::NoSuchCommand { cmd, path });
+    }
     let cwd = process.cwd().to_string_lossy().into_owned();
     let in_cwd = |p: &str| {
         if p.starts_with('/') {
@@ -302,61 +306,18 @@ pub fn check_command(rootfs: &Path, spec: &Spec) -> Result<()> {
     let Some(root) = open_root(rootfs) else {
         return Ok(());
     };
-    let under_a_mount = |p: &str| {
-        let p = normalize(p);
-        mounts
-            .iter()
-            .any(|m| p == *m || p.starts_with(&format!("{m}/")))
-    };
-    let open_in_root = |p: &str, flags: OFlags| open_in(&root, p, flags | OFlags::PATH);
-    // Whether the way to `p` (not there) goes through a symlink into one
-    // of the mounts, which are empty directories in the root filesystem
-    // until crun mounts them: its parent directory, once resolved, or its
-    // last component, a symlink, points there; a parent that is not
-    // there either is looked at the same way.
-    let canonical_root = std::fs::canonicalize(rootfs).ok();
-    let leads_into_a_mount = |p: &str| {
-        let mut p = normalize(p);
-        while let Some((parent, name)) = p
-            .rsplit_once('/')
-            .map(|(a, b)| (a.to_string(), b.to_string()))
-        {
-            let parent = if parent.is_empty() {
-                "/".to_string()
-            } else {
-                parent
-            };
-            if let Ok(dir) = open_in_root(&parent, OFlags::DIRECTORY) {
-                let resolved = canonical_root
-                    .as_deref()
-                    .and_then(|r| in_root_path(r, &dir))
-                    .unwrap_or(parent);
-                if under_a_mount(&resolved) {
-                    return true;
-                }
-                return rustix::fs::readlinkat(&dir, name.as_str(), Vec::new()).is_ok_and(|t| {
-                    let t = t.to_string_lossy();
-                    under_a_mount(&if t.starts_with('/') {
-                        t.into_owned()
-                    } else {
-                        format!("{resolved}/{t}")
-                    })
-                });
-            }
-            if parent == "/" {
-                return false;
-            }
-            p = parent;
-        }
-        false
+    let look = InRoot {
+        root,
+        canonical: std::fs::canonicalize(rootfs).ok(),
+        mounts,
     };
     // The first file found that is no program, and why.
     let mut not_runnable: Option<(String, &str)> = None;
     for c in &candidates {
-        if under_a_mount(c) {
+        if look.under_a_mount(c) {
             return Ok(());
         }
-        match open_in_root(c, OFlags::empty()) {
+        match look.open(c, OFlags::empty()) {
             Ok(fd) => match not_a_program(&fd) {
                 None => return Ok(()),
                 Some(why) => {
@@ -369,8 +330,10 @@ pub fn check_command(rootfs: &Path, spec: &Spec) -> Result<()> {
             Err(_) => return Ok(()),
         }
     }
-    // No program found: only now the slower look at symlinks into mounts.
-    if candidates.iter().any(|c| leads_into_a_mount(c)) {
+    // No program found: only now the slower look at symlinks into mounts
+    // (for the files found too, which crun would then not see: what is
+    // mounted there hides them).
+    if candidates.iter().any(|c| look.leads_into_a_mount(c, 0)) {
         return Ok(());
     }
     Err(match not_runnable {
@@ -383,6 +346,80 @@ pub fn check_command(rootfs: &Path, spec: &Spec) -> Result<()> {
     })
 }
 
+/// The container's root filesystem as [`check_command`] looks at it: paths
+/// resolved inside it, and the spec's mounts, which are empty directories
+/// in it until crun mounts them.
+struct InRoot {
+    root: OwnedFd,
+    /// Where the root is, symlinks resolved (to tell where a descriptor
+    /// opened in it is).
+    canonical: Option<std::path::PathBuf>,
+    /// The mounts' destinations, without a trailing slash.
+    mounts: Vec<String>,
+}
+
+impl InRoot {
+    /// The most symlinks followed in a row ([`InRoot::leads_into_a_mount`]),
+    /// the kernel's own limit.
+    const MAX_HOPS: u32 = 40;
+
+    fn under_a_mount(&self, p: &str) -> bool {
+        let p = normalize(p);
+        self.mounts
+            .iter()
+            .any(|m| p == *m || p.starts_with(&format!("{m}/")))
+    }
+
+    fn open(&self, p: &str, flags: OFlags) -> rustix::io::Result<OwnedFd> {
+        open_in(&self.root, p, flags | OFlags::PATH)
+    }
+
+    /// Where `fd`, opened in the root, is: a path in it.
+    fn where_is(&self, fd: &OwnedFd) -> Option<String> {
+        in_root_path(self.canonical.as_deref()?, fd)
+    }
+
+    /// Whether the way to `p` (not there) goes through a symlink into one
+    /// of the mounts: its parent directory, once resolved, is under one, or
+    /// its last component is a symlink whose target is, or leads there the
+    /// same way (a chain of symlinks, `hops` of them followed so far); a
+    /// parent that is not there either is looked at the same way.
+    fn leads_into_a_mount(&self, p: &str, hops: u32) -> bool {
+        let mut p = normalize(p);
+        while let Some((parent, name)) = p
+            .rsplit_once('/')
+            .map(|(a, b)| (a.to_string(), b.to_string()))
+        {
+            let parent = if parent.is_empty() {
+                "/".to_string()
+            } else {
+                parent
+            };
+            if let Ok(dir) = self.open(&parent, OFlags::DIRECTORY) {
+                let resolved = self.where_is(&dir).unwrap_or(parent);
+                if self.under_a_mount(&resolved) {
+                    return true;
+                }
+                return rustix::fs::readlinkat(&dir, name.as_str(), Vec::new()).is_ok_and(|t| {
+                    let t = t.to_string_lossy();
+                    let target = if t.starts_with('/') {
+                        t.into_owned()
+                    } else {
+                        format!("{resolved}/{t}")
+                    };
+                    self.under_a_mount(&target)
+                        || (hops < Self::MAX_HOPS && self.leads_into_a_mount(&target, hops + 1))
+                });
+            }
+            if parent == "/" {
+                return false;
+            }
+            p = parent;
+        }
+        false
+    }
+}
+
 /// Why the file open at `fd` (`O_PATH`, symlinks followed) can be run by
 /// no one, not even root: `execve` needs a regular file with an execute
 /// bit. `None` when someone may run it (or its type cannot be read).
@@ -391,7 +428,7 @@ fn not_a_program(fd: &OwnedFd) -> Option<&'static str> {
     let st = rustix::fs::fstat(fd).ok()?;
     match FileType::from_raw_mode(st.st_mode) {
         FileType::Directory => Some("it is a directory"),
-        FileType::RegularFile if st.st_mode & 0o111 == 0 => Some("it has no execute permission"),
+        FileType::RegularFile if st.st_mode & 0o111 == 0 => Some("no execute bit is set"),
         FileType::RegularFile => None,
         _ => Some("it is not a regular file"),
     }
@@ -505,17 +542,11 @@ mod tests {
         // A symlink that leaves the root is followed inside it.
         std::os::unix::fs::symlink("/../../../../usr/bin/true", root.join("escape")).unwrap();
         std::os::unix::fs::symlink("/../../../../bin/sh", root.join("hostsh")).unwrap();
-        // What the check says: `None` (crun runs it, or is left to say
-        // why not), else the error's code and message.
-        let judged = |args: &[&str], path: &str, cwd: &str| {
-            check_command(root, &spec_for(args, path, cwd))
-                .err()
-                .map(|e| (e.code(), e.to_string()))
-        };
-        let missing = |args: &[&str], path: &str, cwd: &str| match check_command(
-            root,
-            &spec_for(args, path, cwd),
-        ) {
+        // What the check says: `Ok` (crun runs it, or is left to say why
+        // not), or the error.
+        let judged =
+            |args: &[&str], path: &str, cwd: &str| check_command(root, &spec_for(args, path, cwd));
+        let missing = |args: &[&str], path: &str, cwd: &str| match judged(args, path, cwd) {
             Ok(()) => None,
             Err(RuntimeError::NoSuchCommand { cmd, path }) => Some((cmd, path)),
             Err(e) => panic!("{args:?}: {e}"),
@@ -567,18 +598,16 @@ mod tests {
         file("usr/bin/data", 0o644);
         file("usr/bin/true", 0o700);
         std::fs::create_dir_all(root.join("opt/bin/true")).unwrap();
-        let cannot =
-            |args: &[&str], path: &str, cwd: &str, file: &str, why: &str| match check_command(
-                root,
-                &spec_for(args, path, cwd),
-            ) {
-                Err(RuntimeError::NotRunnable {
-                    file: f, why: w, ..
-                }) => {
-                    assert_eq!((f.as_str(), w.as_str()), (file, why), "{args:?} in {path}")
-                }
-                other => panic!("{args:?} in {path}: expected FK0809, got {other:?}"),
-            };
+        let cannot = |args: &[&str], path: &str, cwd: &str, file: &str, why: &str| match judged(
+            args, path, cwd,
+        ) {
+            Err(RuntimeError::NotRunnable {
+                file: f, why: w, ..
+            }) => {
+                assert_eq!((f.as_str(), w.as_str()), (file, why), "{args:?} in {path}")
+            }
+            other => panic!("{args:?} in {path}: expected FK0809, got {other:?}"),
+        };
         cannot(&["/etc"], std_path, "/", "/etc", "it is a directory");
         cannot(&["../etc/"], std_path, "/usr", "/etc", "it is a directory");
         cannot(
@@ -586,7 +615,7 @@ mod tests {
             std_path,
             "/",
             "/usr/bin/data",
-            "it has no execute permission",
+            "no execute bit is set",
         );
         cannot(
             &["adir"],
@@ -600,7 +629,7 @@ mod tests {
             std_path,
             "/",
             "/etc/passwd",
-            "it has no execute permission",
+            "no execute bit is set",
         );
         // The first one found is named; a program later in PATH wins; an
         // execute bit for its owner only is left to crun (it runs as root
@@ -612,26 +641,67 @@ mod tests {
             "/opt/bin/true",
             "it is a directory",
         );
-        assert_eq!(judged(&["true"], "/opt/bin:/usr/bin", "/"), None);
-        assert_eq!(judged(&["/bin/true"], std_path, "/"), None);
+        assert!(judged(&["true"], "/opt/bin:/usr/bin", "/").is_ok());
+        assert!(judged(&["/bin/true"], std_path, "/").is_ok());
         cannot(
             &["passwd"],
             "/etc:/nosuch",
             "/",
             "/etc/passwd",
-            "it has no execute permission",
+            "no execute bit is set",
+        );
+        // An execute bit for group or others only, or with setuid: someone
+        // may run it (crun decides for the container's user); setuid alone
+        // is no execute bit.
+        for (name, mode) in [("g", 0o010), ("o", 0o001), ("suid", 0o4711)] {
+            file(&format!("usr/bin/{name}"), mode);
+            assert!(judged(&[name], std_path, "/").is_ok(), "{name} {mode:o}");
+        }
+        file("usr/bin/suidonly", 0o4644);
+        cannot(
+            &["suidonly"],
+            std_path,
+            "/",
+            "/usr/bin/suidonly",
+            "no execute bit is set",
+        );
+        // The empty command: crun finds no such program.
+        assert_eq!(
+            missing(&[""], std_path, "/"),
+            Some(("".into(), std_path.into()))
+        );
+        // A chain of symlinks into a mount (/proc here) is not judged,
+        // whether the image has nothing there or something that is no
+        // program: crun finds what is mounted there.
+        let symlink = |to: &str, at: &str| std::os::unix::fs::symlink(to, root.join(at)).unwrap();
+        std::fs::create_dir_all(root.join("etc/alternatives")).unwrap();
+        symlink("/etc/alternatives/ed", "usr/bin/editor");
+        symlink("/proc/tool/ed", "etc/alternatives/ed");
+        assert!(judged(&["editor"], std_path, "/").is_ok());
+        std::fs::create_dir_all(root.join("proc/x/ed")).unwrap();
+        symlink("/etc/alternatives/xed", "usr/bin/xeditor");
+        symlink("/proc/x/ed", "etc/alternatives/xed");
+        assert!(judged(&["xeditor"], std_path, "/").is_ok());
+        // A chain that ends outside the mounts is judged.
+        symlink("/etc/alternatives/ned", "usr/bin/neditor");
+        symlink("/opt/none", "etc/alternatives/ned");
+        assert_eq!(
+            missing(&["neditor"], std_path, "/"),
+            Some(("neditor".into(), std_path.into()))
         );
         // The messages say which file and why.
+        let message =
+            |args: &[&str]| judged(args, std_path, "/").map_err(|e| (e.code(), e.to_string()));
         assert_eq!(
-            judged(&["data"], std_path, "/"),
-            Some((
+            message(&["data"]),
+            Err((
                 "FK0809",
-                "\"data\" is the container's /usr/bin/data, which cannot be run: it has no execute permission".into()
+                "\"data\" is the container's /usr/bin/data, which cannot be run: no execute bit is set".into()
             ))
         );
         assert_eq!(
-            judged(&["/etc"], std_path, "/"),
-            Some((
+            message(&["/etc"]),
+            Err((
                 "FK0809",
                 "the container's file \"/etc\" cannot be run: it is a directory".into()
             ))
