@@ -864,6 +864,27 @@ fn run_prints_the_image_os_release_and_passes_exit_statuses_on() {
         assert!(run.stderr.contains(says), "{cmd}: {run}");
         st.assert_nothing_left(&format!("after run --rm -- {cmd}"));
     }
+    // A script whose `#!` interpreter the image does not have (FK0810,
+    // 127; crun alone says "No such file or directory" with status 1).
+    let scripts = scratch_dir("fukastor-test-script-");
+    let script = scripts.path().join("s");
+    std::fs::write(&script, "#!/nope/sh\n").unwrap();
+    std::fs::set_permissions(&script, std::os::unix::fs::PermissionsExt::from_mode(0o755)).unwrap();
+    st.ok([
+        "pull",
+        &format!("dir:{}", scripts.path().display()),
+        "scripts:1",
+    ]);
+    let run = st.run(["run", "--rm", "--name", "nointerp", "scripts:1", "--", "/s"]);
+    assert_coded_error(&run, "FK0810", "a script without its interpreter");
+    assert_eq!(run.status.code(), Some(127), "{run}");
+    assert!(
+        run.stderr
+            .contains("script \"/s\" names an interpreter it does not have: /nope/sh"),
+        "{run}"
+    );
+    st.assert_nothing_left("after run --rm of a script without its interpreter");
+    st.ok(["rmi", "scripts:1"]);
     // A program later in PATH is run (as crun does): /etc/passwd is passed
     // over for /usr/bin/passwd.
     let run = st.run([

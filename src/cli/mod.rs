@@ -344,12 +344,13 @@ pub fn main() -> i32 {
 
 /// The exit status of a `run` or `start` that failed with error `code`,
 /// the container's own status not being known (it may not have run):
-/// podman's, so that a script can tell them from the container's own
-/// statuses: 127 when the command is not in the image (FK0808), 126 when
-/// it cannot be run (FK0809), 125 for anything else.
+/// podman's, so that fukastor's own errors do not look like a container's
+/// status 1: 127 when the command or its script's interpreter is not in
+/// the image (FK0808, FK0810), 126 when it cannot be run (FK0809), 125 for
+/// anything else.
 fn run_failure_status(code: &str) -> i32 {
     match code {
-        "FK0808" => 127,
+        "FK0808" | "FK0810" => 127,
         "FK0809" => 126,
         _ => 125,
     }

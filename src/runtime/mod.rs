@@ -77,6 +77,16 @@ pub enum RuntimeError {
         /// Why no one can run it.
         why: String,
     },
+    /// The command is a script whose interpreter the image does not have.
+    #[error("{}", no_interpreter_message(.cmd, .file, .interpreter))]
+    NoInterpreter {
+        /// As given (or from the image config).
+        cmd: String,
+        /// The script, a path in the container.
+        file: String,
+        /// What its `#!` line names.
+        interpreter: String,
+    },
     /// The container.
     #[error(transparent)]
     Container(#[from] ContainerError),
@@ -98,6 +108,7 @@ impl Coded for RuntimeError {
             RuntimeError::Running(_) => "FK0807",
             RuntimeError::NoSuchCommand { .. } => "FK0808",
             RuntimeError::NotRunnable { .. } => "FK0809",
+            RuntimeError::NoInterpreter { .. } => "FK0810",
             RuntimeError::Container(e) => e.code(),
             RuntimeError::Store(e) => e.code(),
         }
@@ -130,6 +141,9 @@ impl Coded for RuntimeError {
             RuntimeError::NotRunnable { .. } => {
                 "give a program of the image after `--` (a regular file with an execute bit set)".into()
             }
+            RuntimeError::NoInterpreter { interpreter, .. } => format!(
+                "fix the script's `#!` line, or add {interpreter} to the image"
+            ),
             RuntimeError::Container(e) => e.hint(),
             RuntimeError::Store(e) => e.hint(),
         }
@@ -151,6 +165,19 @@ fn not_runnable_message(cmd: &str, file: &str, why: &str) -> String {
         format!("the container's file {cmd:?} cannot be run: {why}")
     } else {
         format!("{cmd:?} is the container's {file}, which cannot be run: {why}")
+    }
+}
+
+/// [`RuntimeError::NoInterpreter`]'s message.
+fn no_interpreter_message(cmd: &str, file: &str, interpreter: &str) -> String {
+    if cmd.contains('/') {
+        format!(
+            "the container's script {cmd:?} names an interpreter it does not have: {interpreter}"
+        )
+    } else {
+        format!(
+            "{cmd:?} is the container's script {file}, whose interpreter it does not have: {interpreter}"
+        )
     }
 }
 

@@ -257,7 +257,8 @@ pub fn resolve_user(rootfs: &Path, spec: &str) -> Result<(u32, u32)> {
 /// Symlinks resolve inside the root. A command under one of the spec's
 /// mounts (`/proc`, `/dev`, …) is not judged, nor is a file that could not
 /// be looked at (crun says why), nor one some user may execute (whether the
-/// container's user may is left to crun).
+/// container's user may is left to crun). A script whose `#!` interpreter
+/// is not there is [`RuntimeError::NoInterpreter`].
 pub fn check_command(rootfs: &Path, spec: &Spec) -> Result<()> {
     let Some(process) = spec.process() else {
         return Ok(());
@@ -319,7 +320,7 @@ pub fn check_command(rootfs: &Path, spec: &Spec) -> Result<()> {
         }
         match look.open(c, OFlags::empty()) {
             Ok(fd) => match not_a_program(&fd) {
-                None => return Ok(()),
+                None => return look.check_interpreter(&cmd, c),
                 Some(why) => {
                     not_runnable.get_or_insert((c.clone(), why));
                 }
@@ -372,6 +373,49 @@ impl InRoot {
 
     fn open(&self, p: &str, flags: OFlags) -> rustix::io::Result<OwnedFd> {
         open_in(&self.root, p, flags | OFlags::PATH)
+    }
+
+    /// For program `file` (what command `cmd` found), a script whose `#!`
+    /// line names an interpreter (an absolute path) that is not there:
+    /// [`RuntimeError::NoInterpreter`] (crun: "No such file or directory"
+    /// from `execve`, status 1). Anything else, a binary's own loader
+    /// included, is left to crun; so is a file reached through a mount.
+    fn check_interpreter(&self, cmd: &str, file: &str) -> Result<()> {
+        if self.leads_into_a_mount(file, 0) {
+            return Ok(());
+        }
+        let Ok(fd) = open_in(&self.root, file, OFlags::RDONLY | OFlags::NONBLOCK) else {
+            return Ok(());
+        };
+        // The kernel reads at most this much of the `#!` line.
+        let mut head = [0u8; 256];
+        let n = rustix::io::read(&fd, &mut head).unwrap_or(0);
+        let Some(line) = head[..n].strip_prefix(b"#!") else {
+            return Ok(());
+        };
+        let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
+        let Some(Ok(interpreter)) = line
+            .split(|&b| b == b' ' || b == b'\t')
+            .find(|w| !w.is_empty())
+            .map(std::str::from_utf8)
+        else {
+            return Ok(());
+        };
+        if !interpreter.starts_with('/') || self.under_a_mount(interpreter) {
+            return Ok(());
+        }
+        match self.open(interpreter, OFlags::empty()) {
+            Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR)
+                if !self.leads_into_a_mount(interpreter, 0) =>
+            {
+                Err(RuntimeError::NoInterpreter {
+                    cmd: cmd.to_string(),
+                    file: normalize(file),
+                    interpreter: interpreter.to_string(),
+                })
+            }
+            _ => Ok(()),
+        }
     }
 
     /// Where `fd`, opened in the root, is: a path in it.
@@ -689,6 +733,37 @@ mod tests {
             missing(&["neditor"], std_path, "/"),
             Some(("neditor".into(), std_path.into()))
         );
+        // Scripts: a `#!` interpreter that is not there is FK0810; one that
+        // is there (through symlinks, after blanks, with arguments), under
+        // a mount, relative or unreadable is not judged.
+        let script = |path: &str, text: &str| {
+            file(path, 0o755);
+            std::fs::write(root.join(path), text).unwrap();
+        };
+        script("usr/bin/nosh", "#!/nope/sh -e\necho\n");
+        script("usr/bin/oksh", "#! \t/bin/true -x\n");
+        script("usr/bin/procsh", "#!/proc/self/exe\n");
+        script("usr/bin/relsh", "#!nope/sh\n");
+        script("usr/bin/bare", "#!\n");
+        script("usr/bin/viasym", "#!/usr/bin/editor\n");
+        match judged(&["nosh"], std_path, "/") {
+            Err(RuntimeError::NoInterpreter {
+                cmd,
+                file,
+                interpreter,
+            }) => assert_eq!(
+                (cmd.as_str(), file.as_str(), interpreter.as_str()),
+                ("nosh", "/usr/bin/nosh", "/nope/sh")
+            ),
+            other => panic!("nosh: expected FK0810, got {other:?}"),
+        }
+        assert!(matches!(
+            judged(&["/bin/nosh"], std_path, "/"),
+            Err(RuntimeError::NoInterpreter { .. })
+        ));
+        for ok in ["oksh", "procsh", "relsh", "bare", "viasym"] {
+            assert!(judged(&[ok], std_path, "/").is_ok(), "{ok}");
+        }
         // The messages say which file and why.
         let message =
             |args: &[&str]| judged(args, std_path, "/").map_err(|e| (e.code(), e.to_string()));
@@ -704,6 +779,13 @@ mod tests {
             Err((
                 "FK0809",
                 "the container's file \"/etc\" cannot be run: it is a directory".into()
+            ))
+        );
+        assert_eq!(
+            message(&["nosh"]),
+            Err((
+                "FK0810",
+                "\"nosh\" is the container's script /usr/bin/nosh, whose interpreter it does not have: /nope/sh".into()
             ))
         );
     }
