@@ -393,6 +393,10 @@ impl InRoot {
         let Some(line) = head[..n].strip_prefix(b"#!") else {
             return Ok(());
         };
+        // A line longer than that is the kernel's to refuse (`ENOEXEC`).
+        if n == head.len() && !line.contains(&b'\n') {
+            return Ok(());
+        }
         let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
         let Some(Ok(interpreter)) = line
             .split(|&b| b == b' ' || b == b'\t')
@@ -735,7 +739,8 @@ mod tests {
         );
         // Scripts: a `#!` interpreter that is not there is FK0810; one that
         // is there (through symlinks, after blanks, with arguments), under
-        // a mount, relative or unreadable is not judged.
+        // a mount, relative, or on a line longer than the kernel reads is
+        // not judged.
         let script = |path: &str, text: &str| {
             file(path, 0o755);
             std::fs::write(root.join(path), text).unwrap();
@@ -746,6 +751,7 @@ mod tests {
         script("usr/bin/relsh", "#!nope/sh\n");
         script("usr/bin/bare", "#!\n");
         script("usr/bin/viasym", "#!/usr/bin/editor\n");
+        script("usr/bin/long", &format!("#!/nope/{}", "x".repeat(300)));
         match judged(&["nosh"], std_path, "/") {
             Err(RuntimeError::NoInterpreter {
                 cmd,
@@ -761,7 +767,7 @@ mod tests {
             judged(&["/bin/nosh"], std_path, "/"),
             Err(RuntimeError::NoInterpreter { .. })
         ));
-        for ok in ["oksh", "procsh", "relsh", "bare", "viasym"] {
+        for ok in ["oksh", "procsh", "relsh", "bare", "viasym", "long"] {
             assert!(judged(&[ok], std_path, "/").is_ok(), "{ok}");
         }
         // The messages say which file and why.
