@@ -880,7 +880,7 @@ fn run_prints_the_image_os_release_and_passes_exit_statuses_on() {
     assert_eq!(run.status.code(), Some(127), "{run}");
     assert!(
         run.stderr
-            .contains("script \"/s\" names an interpreter it does not have: /nope/sh"),
+            .contains("script \"/s\" names an interpreter it does not have: \"/nope/sh\""),
         "{run}"
     );
     st.assert_nothing_left("after run --rm of a script without its interpreter");

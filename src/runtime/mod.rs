@@ -141,9 +141,13 @@ impl Coded for RuntimeError {
             RuntimeError::NotRunnable { .. } => {
                 "give a program of the image after `--` (a regular file with an execute bit set)".into()
             }
-            RuntimeError::NoInterpreter { interpreter, .. } => format!(
-                "fix the script's `#!` line, or add {interpreter} to the image"
-            ),
+            RuntimeError::NoInterpreter { interpreter, .. } => {
+                if interpreter.ends_with('\r') {
+                    "the script has DOS (CRLF) line ends, and the kernel keeps the CR in the interpreter's name: convert it to LF line ends".into()
+                } else {
+                    format!("fix the script's `#!` line, or add {interpreter} to the image")
+                }
+            }
             RuntimeError::Container(e) => e.hint(),
             RuntimeError::Store(e) => e.hint(),
         }
@@ -172,11 +176,11 @@ fn not_runnable_message(cmd: &str, file: &str, why: &str) -> String {
 fn no_interpreter_message(cmd: &str, file: &str, interpreter: &str) -> String {
     if cmd.contains('/') {
         format!(
-            "the container's script {cmd:?} names an interpreter it does not have: {interpreter}"
+            "the container's script {cmd:?} names an interpreter it does not have: {interpreter:?}"
         )
     } else {
         format!(
-            "{cmd:?} is the container's script {file}, whose interpreter it does not have: {interpreter}"
+            "{cmd:?} is the container's script {file}, whose interpreter it does not have: {interpreter:?}"
         )
     }
 }

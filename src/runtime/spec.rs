@@ -320,7 +320,7 @@ pub fn check_command(rootfs: &Path, spec: &Spec) -> Result<()> {
         }
         match look.open(c, OFlags::empty()) {
             Ok(fd) => match not_a_program(&fd) {
-                None => return look.check_interpreter(&cmd, c),
+                None => return look.check_interpreter(&cmd, c, &fd),
                 Some(why) => {
                     not_runnable.get_or_insert((c.clone(), why));
                 }
@@ -375,34 +375,53 @@ impl InRoot {
         open_in(&self.root, p, flags | OFlags::PATH)
     }
 
-    /// For program `file` (what command `cmd` found), a script whose `#!`
-    /// line names an interpreter (an absolute path) that is not there:
-    /// [`RuntimeError::NoInterpreter`] (crun: "No such file or directory"
-    /// from `execve`, status 1). Anything else, a binary's own loader
-    /// included, is left to crun; so is a file reached through a mount.
-    fn check_interpreter(&self, cmd: &str, file: &str) -> Result<()> {
-        if self.leads_into_a_mount(file, 0) {
-            return Ok(());
-        }
-        let Ok(fd) = open_in(&self.root, file, OFlags::RDONLY | OFlags::NONBLOCK) else {
+    /// For program `file` (what command `cmd` found, open at `found`, an
+    /// `O_PATH` descriptor of a regular file), a script whose `#!` line
+    /// names an interpreter (an absolute path) that is not there, as the
+    /// kernel reads the line (at most 256 bytes; the name ends at a blank,
+    /// a NUL or the line's end): [`RuntimeError::NoInterpreter`] (crun: "No
+    /// such file or directory" from `execve`, status 1). Anything else, a
+    /// binary's own loader included, is left to crun; so is a script or an
+    /// interpreter reached through a mount.
+    fn check_interpreter(&self, cmd: &str, file: &str, found: &OwnedFd) -> Result<()> {
+        // The file itself, not whatever is at its path by now: a device
+        // or a FIFO swapped in is not opened.
+        let Ok(fd) = rustix::fs::open(
+            format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(found)),
+            OFlags::RDONLY | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC,
+            Mode::empty(),
+        ) else {
             return Ok(());
         };
-        // The kernel reads at most this much of the `#!` line.
-        let mut head = [0u8; 256];
-        let n = rustix::io::read(&fd, &mut head).unwrap_or(0);
-        let Some(line) = head[..n].strip_prefix(b"#!") else {
-            return Ok(());
-        };
-        // A line longer than that is the kernel's to refuse (`ENOEXEC`).
-        if n == head.len() && !line.contains(&b'\n') {
+        if !rustix::fs::fstat(&fd)
+            .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file())
+        {
             return Ok(());
         }
+        // What the kernel reads of the `#!` line.
+        let mut head = Vec::with_capacity(256);
+        if std::fs::File::from(fd)
+            .take(256)
+            .read_to_end(&mut head)
+            .is_err()
+        {
+            return Ok(());
+        }
+        let Some(line) = head.strip_prefix(b"#!") else {
+            return Ok(());
+        };
         let line = line.split(|&b| b == b'\n').next().unwrap_or_default();
-        let Some(Ok(interpreter)) = line
-            .split(|&b| b == b' ' || b == b'\t')
-            .find(|w| !w.is_empty())
-            .map(std::str::from_utf8)
-        else {
+        let line = line.trim_ascii_start();
+        let end = line
+            .iter()
+            .position(|&b| matches!(b, b' ' | b'\t' | b'\0'))
+            .unwrap_or(line.len());
+        // A name cut off by the 256 bytes is the kernel's to refuse
+        // (`ENOEXEC`).
+        if end == line.len() && head.len() == 256 && !head.contains(&b'\n') {
+            return Ok(());
+        }
+        let Ok(interpreter) = std::str::from_utf8(&line[..end]) else {
             return Ok(());
         };
         if !interpreter.starts_with('/') || self.under_a_mount(interpreter) {
@@ -410,7 +429,9 @@ impl InRoot {
         }
         match self.open(interpreter, OFlags::empty()) {
             Err(rustix::io::Errno::NOENT | rustix::io::Errno::NOTDIR)
-                if !self.leads_into_a_mount(interpreter, 0) =>
+                // The slower looks only now, before saying so.
+                if !self.leads_into_a_mount(interpreter, 0)
+                    && !self.leads_into_a_mount(file, 0) =>
             {
                 Err(RuntimeError::NoInterpreter {
                     cmd: cmd.to_string(),
@@ -737,10 +758,13 @@ mod tests {
             missing(&["neditor"], std_path, "/"),
             Some(("neditor".into(), std_path.into()))
         );
-        // Scripts: a `#!` interpreter that is not there is FK0810; one that
-        // is there (through symlinks, after blanks, with arguments), under
-        // a mount, relative, or on a line longer than the kernel reads is
-        // not judged.
+        // Scripts: a `#!` interpreter that is not there is FK0810 (also
+        // a dangling symlink, a name the kernel ends at a NUL, one with
+        // the CR of a DOS line end, which the kernel keeps, and a complete
+        // name on a line longer than the kernel reads); one that is there
+        // (through the /bin symlink, after blanks, with arguments), under a
+        // mount or through symlinks into one, relative, or cut off by the
+        // kernel's 256 bytes is not judged.
         let script = |path: &str, text: &str| {
             file(path, 0o755);
             std::fs::write(root.join(path), text).unwrap();
@@ -752,6 +776,31 @@ mod tests {
         script("usr/bin/bare", "#!\n");
         script("usr/bin/viasym", "#!/usr/bin/editor\n");
         script("usr/bin/long", &format!("#!/nope/{}", "x".repeat(300)));
+        script(
+            "usr/bin/longargs",
+            &format!("#!/nope/sh {}", "x".repeat(300)),
+        );
+        script("usr/bin/crlf", "#!/bin/true\r\n");
+        script("usr/bin/nul", "#!/nope/sh\0/bin/true\n");
+        symlink("/nowhere", "usr/bin/dangling");
+        script("usr/bin/todangling", "#!/usr/bin/dangling\n");
+        for (name, interp) in [
+            ("longargs", "/nope/sh"),
+            ("crlf", "/bin/true\r"),
+            ("nul", "/nope/sh"),
+            ("todangling", "/usr/bin/dangling"),
+        ] {
+            match judged(&[name], std_path, "/") {
+                Err(RuntimeError::NoInterpreter { interpreter, .. }) => {
+                    assert_eq!(interpreter, interp, "{name}")
+                }
+                other => panic!("{name}: expected FK0810, got {other:?}"),
+            }
+        }
+        // The CR is shown escaped, and the hint says what it is.
+        let crlf = judged(&["crlf"], std_path, "/").unwrap_err();
+        assert!(crlf.to_string().ends_with(r#""/bin/true\r""#), "{crlf}");
+        assert!(crlf.hint().contains("CRLF"), "{}", crlf.hint());
         match judged(&["nosh"], std_path, "/") {
             Err(RuntimeError::NoInterpreter {
                 cmd,
@@ -791,7 +840,7 @@ mod tests {
             message(&["nosh"]),
             Err((
                 "FK0810",
-                "\"nosh\" is the container's script /usr/bin/nosh, whose interpreter it does not have: /nope/sh".into()
+                "\"nosh\" is the container's script /usr/bin/nosh, whose interpreter it does not have: \"/nope/sh\"".into()
             ))
         );
     }
