@@ -233,6 +233,22 @@ pub enum VolumeError {
     /// Building an ext4 template volume failed.
     #[error("cannot build the ext4 template: {0}")]
     Template(String),
+    /// The running volume server did not understand a request, or its
+    /// answer could not be read: another build of fukastor runs it (one
+    /// started before an upgrade, kept running by attached volumes).
+    #[error("{}", other_server_message(.pid, .what, .detail, .replaced))]
+    OtherServer {
+        /// The server's pid (the socket's peer), when known.
+        pid: Option<i32>,
+        /// "did not understand this command's request", or "gave an answer
+        /// this command cannot read".
+        what: &'static str,
+        /// What was wrong.
+        detail: String,
+        /// Whether the server's executable was deleted since it started
+        /// (`/proc/PID/exe` names a deleted file): replaced by an upgrade.
+        replaced: bool,
+    },
     /// A compaction gave up before it changed anything.
     #[error("compaction of volume {volume:?} gave up: {reason}")]
     Abandoned {
@@ -271,11 +287,22 @@ pub enum VolumeError {
 
 /// Every code of this module, to give a code received from the server back
 /// its static form.
-const CODES: [&str; 33] = [
+/// [`VolumeError::OtherServer`]'s message.
+fn other_server_message(pid: &Option<i32>, what: &str, detail: &str, replaced: &bool) -> String {
+    let pid = pid.map_or_else(|| "?".to_string(), |p| p.to_string());
+    let replaced = if *replaced {
+        "; it runs a fukastor binary that has since been replaced"
+    } else {
+        ""
+    };
+    format!("the volume server (pid {pid}) {what}: {detail}{replaced}")
+}
+
+const CODES: [&str; 34] = [
     "FK0700", "FK0701", "FK0702", "FK0703", "FK0704", "FK0705", "FK0706", "FK0707", "FK0708",
     "FK0709", "FK0710", "FK0711", "FK0712", "FK0713", "FK0714", "FK0715", "FK0716", "FK0717",
-    "FK0718", "FK0719", "FK0720", "FK0721", "FK0722", "FK0900", "FK0901", "FK0902", "FK0903",
-    "FK0904", "FK0905", "FK0906", "FK0907", "FK0908", "FK0909",
+    "FK0718", "FK0719", "FK0720", "FK0721", "FK0722", "FK0723", "FK0900", "FK0901", "FK0902",
+    "FK0903", "FK0904", "FK0905", "FK0906", "FK0907", "FK0908", "FK0909",
 ];
 
 impl Coded for VolumeError {
@@ -305,6 +332,7 @@ impl Coded for VolumeError {
             VolumeError::Abandoned { .. } => "FK0721",
             VolumeError::Filter(e) => e.code(),
             VolumeError::FilterOutput { .. } => "FK0722",
+            VolumeError::OtherServer { .. } => "FK0723",
             VolumeError::Remote { code, .. } => CODES
                 .iter()
                 .find(|c| **c == code.as_str())
@@ -361,6 +389,18 @@ impl Coded for VolumeError {
                 "mount the volume's filesystem (or snapshot without --atomic); if a filesystem stayed frozen, `fsfreeze --unfreeze` it".into()
             }
             VolumeError::Template(_) => "install e2fsprogs (mkfs.ext4) and check free space".into(),
+            VolumeError::OtherServer { pid, .. } => match pid {
+                Some(pid) => format!(
+                    "it exits 2 s after its last volume is detached: unmount the containers \
+                     and volumes it serves (`fukastor ps`, `fukastor volume ls`), then retry; \
+                     if those commands are refused the same way, run them with the binary \
+                     that started it, /proc/{pid}/exe"
+                ),
+                None => "it exits 2 s after its last volume is detached: unmount the \
+                         containers and volumes it serves (`fukastor ps`, `fukastor volume ls`), \
+                         then retry"
+                    .into(),
+            },
             VolumeError::Abandoned { .. } => {
                 "nothing changed; run it again (a snapshot or rollback while it runs, or a \
                  cancellation, makes compaction give up)"

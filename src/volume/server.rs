@@ -381,22 +381,50 @@ pub fn call(paths: &Paths, req: &Request) -> Result<Response> {
     let mut spawns = 0;
     loop {
         match connect(paths) {
-            Ok(stream) => match exchange(stream, req) {
-                Ok(Response::Retry) => {}
-                Ok(Response::Error {
-                    code,
-                    message,
-                    hint,
-                }) => {
-                    return Err(VolumeError::Remote {
+            Ok(stream) => {
+                let peer = rustix::net::sockopt::socket_peercred(&stream).ok();
+                let other_server = |what, detail| {
+                    let pid = peer.map(|c| c.pid.as_raw_nonzero().get());
+                    VolumeError::OtherServer {
+                        pid,
+                        what,
+                        detail,
+                        replaced: pid.is_some_and(executable_replaced),
+                    }
+                };
+                match exchange(stream, req) {
+                    Ok(Response::Retry) => {}
+                    // What a server of another build says of a request it
+                    // does not know (`handle`).
+                    Ok(Response::Error { message, .. }) if message.starts_with(MALFORMED) => {
+                        return Err(other_server(
+                            "did not understand this command's request",
+                            message,
+                        ));
+                    }
+                    Ok(Response::Error {
                         code,
                         message,
                         hint,
-                    });
+                    }) => {
+                        return Err(VolumeError::Remote {
+                            code,
+                            message,
+                            hint,
+                        });
+                    }
+                    Ok(r) => return Ok(r),
+                    // An answer that is not one: asking again would get
+                    // the same (for a minute, `WAIT`).
+                    Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        return Err(other_server(
+                            "gave an answer this command cannot read",
+                            e.to_string(),
+                        ));
+                    }
+                    Err(e) => tracing::debug!("server connection: {e}"),
                 }
-                Ok(r) => return Ok(r),
-                Err(e) => tracing::debug!("server connection: {e}"),
-            },
+            }
             Err(e) => {
                 tracing::debug!("no server: {e}");
                 if req.needs_server() {
@@ -478,7 +506,29 @@ fn exchange(stream: UnixStream, req: &Request) -> std::io::Result<Response> {
             "the server closed the connection without answering",
         ));
     }
-    serde_json::from_str(&answer).map_err(std::io::Error::other)
+    // A line cut off (the server died while writing it) is asked again; a
+    // whole line that is not an answer is not (`InvalidData`, below).
+    if !answer.ends_with('\n') {
+        return Err(std::io::Error::new(
+            std::io::ErrorKind::UnexpectedEof,
+            "the server's answer was cut off",
+        ));
+    }
+    serde_json::from_str(&answer).map_err(|e| {
+        let shown: String = answer.trim_end().chars().take(200).collect();
+        std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e}: {shown:?}"))
+    })
+}
+
+/// How the volume server's error for a request it cannot parse begins
+/// (`volume server: a malformed request: …`): a server of another build.
+const MALFORMED: &str = "volume server: a malformed request";
+
+/// Whether process `pid`'s executable has been deleted since it started
+/// (an upgrade replaced it): `/proc/PID/exe` then ends in ` (deleted)`.
+fn executable_replaced(pid: i32) -> bool {
+    std::fs::read_link(format!("/proc/{pid}/exe"))
+        .is_ok_and(|p| p.to_string_lossy().ends_with(" (deleted)"))
 }
 
 /// Takes the pool lock without waiting: `None` when another process holds it.
@@ -2280,5 +2330,90 @@ mod tests {
         assert_eq!(e.code(), "FK0714", "{e}");
         assert!(e.to_string().contains("still open"), "{e}");
         assert!(started.elapsed() >= Duration::from_secs(2), "gave up early");
+    }
+
+    /// A server of another build (here a fake one on the store's socket)
+    /// that does not know a request, or answers what this build cannot
+    /// read: one coded error at once (FK0723, naming its pid), not a
+    /// minute of retries or "a malformed request" alone.
+    #[test]
+    fn a_server_of_another_build_is_named_as_such() {
+        let dir = tempfile::tempdir().unwrap();
+        let paths = Paths::new(dir.path());
+        std::fs::create_dir_all(&paths.dir).unwrap();
+        let unknown = error_response(&VolumeError::Server(
+            "a malformed request: unknown variant `detach2`".into(),
+        ));
+        for (answer, says) in [
+            (
+                serde_json::to_string(&unknown).unwrap(),
+                "did not understand this command's request: volume server: a malformed request",
+            ),
+            (
+                r#"{"reply":"something new"}"#.to_string(),
+                "gave an answer this command cannot read",
+            ),
+            (
+                "\u{1}not json".to_string(),
+                "gave an answer this command cannot read",
+            ),
+        ] {
+            let listener = UnixListener::bind(paths.socket()).unwrap();
+            let server = std::thread::spawn(move || {
+                let (stream, _) = listener.accept().unwrap();
+                let mut line = String::new();
+                BufReader::new(&stream).read_line(&mut line).unwrap();
+                (&stream)
+                    .write_all(format!("{answer}\n").as_bytes())
+                    .unwrap();
+                line
+            });
+            let started = Instant::now();
+            let e = call(&paths, &Request::Detach { name: "v".into() }).unwrap_err();
+            assert!(server.join().unwrap().contains("\"op\":\"detach\""));
+            assert!(started.elapsed() < Duration::from_secs(5), "retried: {e}");
+            assert_eq!(e.code(), "FK0723", "{e}");
+            let me = std::process::id();
+            assert!(
+                e.to_string()
+                    .starts_with(&format!("the volume server (pid {me}) {says}")),
+                "{e}"
+            );
+            assert!(!e.to_string().contains("replaced"), "{e}");
+            assert!(
+                e.hint().contains(&format!("/proc/{me}/exe")),
+                "{}",
+                e.hint()
+            );
+            std::fs::remove_file(paths.socket()).unwrap();
+        }
+        // A server whose binary was replaced (deleted) since it started is
+        // said to be one.
+        let bin = dir.path().join("sleep-copy");
+        std::fs::copy("/bin/sleep", &bin).unwrap();
+        let mut child = Command::new(&bin).arg("10").spawn().unwrap();
+        std::fs::remove_file(&bin).unwrap();
+        let pid = child.id() as i32;
+        let (replaced, mine) = (
+            executable_replaced(pid),
+            executable_replaced(std::process::id() as i32),
+        );
+        let _ = child.kill();
+        let _ = child.wait();
+        assert!(replaced && !mine, "{replaced} {mine}");
+        // What a real server answers to a request it does not know is
+        // what the check above looks for.
+        let other = tempfile::tempdir().unwrap();
+        let ctx = served_ctx(other.path());
+        let (a, b) = UnixStream::pair().unwrap();
+        (&a).write_all(b"{\"op\":\"from-a-newer-build\"}\n")
+            .unwrap();
+        handle(&ctx, b, false);
+        let mut line = String::new();
+        BufReader::new(&a).read_line(&mut line).unwrap();
+        match serde_json::from_str::<Response>(&line).unwrap() {
+            Response::Error { message, .. } => assert!(message.starts_with(MALFORMED), "{line}"),
+            _ => panic!("{line}"),
+        }
     }
 }
