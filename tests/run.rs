@@ -1352,6 +1352,24 @@ fn run_without_rm_keeps_the_container_and_start_runs_it_again() {
     st.ok(["container", "umount", "keep"]);
     assert_eq!(st.ps_row("keep").unwrap()["state"], "stopped");
 
+    // A container that deleted its own command: `start` says so as `run`
+    // does (FK0808, 127), before crun, and leaves it unmounted.
+    let run = st.run([
+        "run",
+        "--name",
+        "selfrm",
+        "busybox",
+        "--",
+        "/bin/sh",
+        "-c",
+        "rm /bin/sh",
+    ]);
+    assert_exit(&run, 0, "run of a container that deletes its command");
+    let run = st.run(["start", "selfrm"]);
+    assert_coded_error(&run, "FK0808", "start of a container without its command");
+    assert_eq!(run.status.code(), Some(127), "{run}");
+    assert_eq!(st.ps_row("selfrm").unwrap()["state"], "stopped");
+
     // A container made by `create` has no bundle; unknown containers fail.
     st.ok(["create", "busybox", "--name", "plain"]);
     assert_coded_error(
@@ -1389,7 +1407,7 @@ fn run_without_rm_keeps_the_container_and_start_runs_it_again() {
         "the leftover volume must be replaced by a clone of the template: {size:?} vs {template:?}"
     );
 
-    st.ok(["rm", "keep", "plain", "leftover"]);
+    st.ok(["rm", "keep", "plain", "leftover", "selfrm"]);
     st.assert_nothing_left("after rm");
     st.assert_fsck_clean();
 }

@@ -346,7 +346,12 @@ pub fn start(store_root: &Path, name: &str) -> Result<i32> {
             rootfs.display()
         )))
     } else {
-        crun_run(&bundle, name, &crun, &warmer)
+        // The command may have gone since `run` (the container deleted
+        // it): said as `run` says it, before crun.
+        oci_spec::runtime::Spec::load(bundle.join("config.json"))
+            .map_err(|e| RuntimeError::Config(format!("reading {name}'s bundle: {e}")))
+            .and_then(|spec| spec::check_command(&rootfs, &spec))
+            .and_then(|()| crun_run(&bundle, name, &crun, &warmer))
     };
     if mounted_here && let Err(e) = containers.umount(name) {
         tracing::warn!("unmounting container {name}: {e}");
