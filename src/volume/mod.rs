@@ -285,8 +285,6 @@ pub enum VolumeError {
     },
 }
 
-/// Every code of this module, to give a code received from the server back
-/// its static form.
 /// [`VolumeError::OtherServer`]'s message.
 fn other_server_message(pid: &Option<i32>, what: &str, detail: &str, replaced: &bool) -> String {
     let pid = pid.map_or_else(|| "?".to_string(), |p| p.to_string());
@@ -298,6 +296,8 @@ fn other_server_message(pid: &Option<i32>, what: &str, detail: &str, replaced: &
     format!("the volume server (pid {pid}) {what}: {detail}{replaced}")
 }
 
+/// Every code of this module, to give a code received from the server back
+/// its static form.
 const CODES: [&str; 34] = [
     "FK0700", "FK0701", "FK0702", "FK0703", "FK0704", "FK0705", "FK0706", "FK0707", "FK0708",
     "FK0709", "FK0710", "FK0711", "FK0712", "FK0713", "FK0714", "FK0715", "FK0716", "FK0717",
@@ -389,18 +389,18 @@ impl Coded for VolumeError {
                 "mount the volume's filesystem (or snapshot without --atomic); if a filesystem stayed frozen, `fsfreeze --unfreeze` it".into()
             }
             VolumeError::Template(_) => "install e2fsprogs (mkfs.ext4) and check free space".into(),
-            VolumeError::OtherServer { pid, .. } => match pid {
-                Some(pid) => format!(
-                    "it exits 2 s after its last volume is detached: unmount the containers \
-                     and volumes it serves (`fukastor ps`, `fukastor volume ls`), then retry; \
-                     if those commands are refused the same way, run them with the binary \
-                     that started it, /proc/{pid}/exe"
-                ),
-                None => "it exits 2 s after its last volume is detached: unmount the \
-                         containers and volumes it serves (`fukastor ps`, `fukastor volume ls`), \
-                         then retry"
-                    .into(),
-            },
+            VolumeError::OtherServer { pid, .. } => {
+                let first = "it exits once nothing is attached and it has been idle for 2 s: \
+                     unmount the containers it serves (`fukastor container umount NAME`) and \
+                     detach its volumes (`fukastor volume detach NAME`), then retry";
+                match pid {
+                    Some(pid) => format!(
+                        "{first}; if those are refused the same way, run them with the binary \
+                         that started it, /proc/{pid}/exe"
+                    ),
+                    None => first.into(),
+                }
+            }
             VolumeError::Abandoned { .. } => {
                 "nothing changed; run it again (a snapshot or rollback while it runs, or a \
                  cancellation, makes compaction give up)"

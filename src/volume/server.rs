@@ -382,21 +382,23 @@ pub fn call(paths: &Paths, req: &Request) -> Result<Response> {
     loop {
         match connect(paths) {
             Ok(stream) => {
-                let peer = rustix::net::sockopt::socket_peercred(&stream).ok();
-                let other_server = |what, detail| {
-                    let pid = peer.map(|c| c.pid.as_raw_nonzero().get());
-                    VolumeError::OtherServer {
-                        pid,
-                        what,
-                        detail,
-                        replaced: pid.is_some_and(executable_replaced),
-                    }
+                let pid = peer_pid(&stream);
+                // Another build, unless the server runs this very binary
+                // (then it is a bug here, said as the server said it).
+                let other_build = !pid.is_some_and(same_executable);
+                let other_server = |what, detail| VolumeError::OtherServer {
+                    pid,
+                    what,
+                    detail,
+                    replaced: pid.is_some_and(executable_replaced),
                 };
                 match exchange(stream, req) {
                     Ok(Response::Retry) => {}
                     // What a server of another build says of a request it
                     // does not know (`handle`).
-                    Ok(Response::Error { message, .. }) if message.starts_with(MALFORMED) => {
+                    Ok(Response::Error { code, message, .. })
+                        if other_build && code == "FK0714" && message.starts_with(MALFORMED) =>
+                    {
                         return Err(other_server(
                             "did not understand this command's request",
                             message,
@@ -417,6 +419,9 @@ pub fn call(paths: &Paths, req: &Request) -> Result<Response> {
                     // An answer that is not one: asking again would get
                     // the same (for a minute, `WAIT`).
                     Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
+                        if !other_build {
+                            return Err(VolumeError::Server(e.to_string()));
+                        }
                         return Err(other_server(
                             "gave an answer this command cannot read",
                             e.to_string(),
@@ -498,8 +503,8 @@ fn exchange(stream: UnixStream, req: &Request) -> std::io::Result<Response> {
     line.push(b'\n');
     (&stream).write_all(&line)?;
     stream.shutdown(std::net::Shutdown::Write)?;
-    let mut answer = String::new();
-    BufReader::new(&stream).read_line(&mut answer)?;
+    let mut answer = Vec::new();
+    BufReader::new(&stream).read_until(b'\n', &mut answer)?;
     if answer.is_empty() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
@@ -508,16 +513,59 @@ fn exchange(stream: UnixStream, req: &Request) -> std::io::Result<Response> {
     }
     // A line cut off (the server died while writing it) is asked again; a
     // whole line that is not an answer is not (`InvalidData`, below).
-    if !answer.ends_with('\n') {
+    if !answer.ends_with(b"\n") {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
             "the server's answer was cut off",
         ));
     }
-    serde_json::from_str(&answer).map_err(|e| {
-        let shown: String = answer.trim_end().chars().take(200).collect();
+    serde_json::from_slice(&answer).map_err(|e| {
+        let shown: String = String::from_utf8_lossy(&answer)
+            .trim_end()
+            .chars()
+            .take(200)
+            .collect();
         std::io::Error::new(std::io::ErrorKind::InvalidData, format!("{e}: {shown:?}"))
     })
+}
+
+/// The pid of the process at the other end of `stream` (`SO_PEERCRED`);
+/// `None` when it is not visible from this process's pid namespace (0).
+fn peer_pid(stream: &UnixStream) -> Option<i32> {
+    let mut cred = libc::ucred {
+        pid: 0,
+        uid: 0,
+        gid: 0,
+    };
+    let mut len = std::mem::size_of::<libc::ucred>() as libc::socklen_t;
+    // SAFETY: `cred` and `len` are valid for writes and `len` is the size
+    // of `cred`, as SO_PEERCRED requires; the kernel writes at most `len`
+    // bytes. (rustix's `socket_peercred` would make a zero pid, which the
+    // kernel gives for a peer in another pid namespace, into a `Pid`.)
+    #[allow(unsafe_code)]
+    let r = unsafe {
+        libc::getsockopt(
+            stream.as_raw_fd(),
+            libc::SOL_SOCKET,
+            libc::SO_PEERCRED,
+            (&mut cred as *mut libc::ucred).cast(),
+            &mut len,
+        )
+    };
+    (r == 0 && cred.pid > 0).then_some(cred.pid)
+}
+
+/// Whether process `pid` runs the same executable file as this one (the
+/// same inode, deleted or not).
+fn same_executable(pid: i32) -> bool {
+    #[cfg(test)]
+    if tests::PRETEND_OTHER_BUILD.with(std::cell::Cell::get) {
+        return false;
+    }
+    use std::os::unix::fs::MetadataExt;
+    let id = |p: String| std::fs::metadata(p).ok().map(|m| (m.dev(), m.ino()));
+    let theirs = id(format!("/proc/{pid}/exe"));
+    theirs.is_some() && theirs == id("/proc/self/exe".to_string())
 }
 
 /// How the volume server's error for a request it cannot parse begins
@@ -2332,10 +2380,20 @@ mod tests {
         assert!(started.elapsed() >= Duration::from_secs(2), "gave up early");
     }
 
-    /// A server of another build (here a fake one on the store's socket)
-    /// that does not know a request, or answers what this build cannot
-    /// read: one coded error at once (FK0723, naming its pid), not a
-    /// minute of retries or "a malformed request" alone.
+    thread_local! {
+        /// Makes [`same_executable`] say no in this thread: the fake
+        /// servers of [`a_server_of_another_build_is_named_as_such`] run in
+        /// the test's own process.
+        pub(super) static PRETEND_OTHER_BUILD: std::cell::Cell<bool> =
+            const { std::cell::Cell::new(false) };
+    }
+
+    /// A server of another build (here a fake one on the store's socket,
+    /// answering every connection the same) that does not know a request,
+    /// or answers what this build cannot read: one coded error at once
+    /// (FK0723, naming its pid) after one connection, not "a malformed
+    /// request" alone or a minute of asking again. The same answers from
+    /// a server of this very binary keep their codes (a bug here).
     #[test]
     fn a_server_of_another_build_is_named_as_such() {
         let dir = tempfile::tempdir().unwrap();
@@ -2344,63 +2402,102 @@ mod tests {
         let unknown = error_response(&VolumeError::Server(
             "a malformed request: unknown variant `detach2`".into(),
         ));
-        for (answer, says) in [
-            (
-                serde_json::to_string(&unknown).unwrap(),
-                "did not understand this command's request: volume server: a malformed request",
-            ),
-            (
-                r#"{"reply":"something new"}"#.to_string(),
-                "gave an answer this command cannot read",
-            ),
-            (
-                "\u{1}not json".to_string(),
-                "gave an answer this command cannot read",
-            ),
-        ] {
-            let listener = UnixListener::bind(paths.socket()).unwrap();
-            let server = std::thread::spawn(move || {
-                let (stream, _) = listener.accept().unwrap();
-                let mut line = String::new();
-                BufReader::new(&stream).read_line(&mut line).unwrap();
-                (&stream)
-                    .write_all(format!("{answer}\n").as_bytes())
-                    .unwrap();
-                line
-            });
-            let started = Instant::now();
-            let e = call(&paths, &Request::Detach { name: "v".into() }).unwrap_err();
-            assert!(server.join().unwrap().contains("\"op\":\"detach\""));
-            assert!(started.elapsed() < Duration::from_secs(5), "retried: {e}");
-            assert_eq!(e.code(), "FK0723", "{e}");
-            let me = std::process::id();
-            assert!(
-                e.to_string()
-                    .starts_with(&format!("the volume server (pid {me}) {says}")),
-                "{e}"
-            );
-            assert!(!e.to_string().contains("replaced"), "{e}");
-            assert!(
-                e.hint().contains(&format!("/proc/{me}/exe")),
-                "{}",
-                e.hint()
-            );
-            std::fs::remove_file(paths.socket()).unwrap();
+        let me = std::process::id();
+        for other in [true, false] {
+            PRETEND_OTHER_BUILD.with(|c| c.set(other));
+            for (answer, says, same_build_code) in [
+                (
+                    serde_json::to_string(&unknown).unwrap(),
+                    "did not understand this command's request: volume server: a malformed request",
+                    "FK0714",
+                ),
+                (
+                    r#"{"reply":"something new"}"#.to_string(),
+                    "gave an answer this command cannot read",
+                    "FK0714",
+                ),
+                (
+                    "\u{1}not json \u{e9}".to_string(),
+                    "gave an answer this command cannot read",
+                    "FK0714",
+                ),
+            ] {
+                let listener = UnixListener::bind(paths.socket()).unwrap();
+                listener.set_nonblocking(true).unwrap();
+                let stop = Arc::new(AtomicBool::new(false));
+                let server = std::thread::spawn({
+                    let stop = stop.clone();
+                    move || {
+                        let mut lines = Vec::new();
+                        while !stop.load(Ordering::SeqCst) {
+                            let Ok((stream, _)) = listener.accept() else {
+                                std::thread::sleep(Duration::from_millis(2));
+                                continue;
+                            };
+                            stream.set_nonblocking(false).unwrap();
+                            let mut line = String::new();
+                            BufReader::new(&stream).read_line(&mut line).unwrap();
+                            let _ = (&stream).write_all(format!("{answer}\n").as_bytes());
+                            lines.push(line);
+                        }
+                        lines
+                    }
+                });
+                let started = Instant::now();
+                let e = call(&paths, &Request::Detach { name: "v".into() }).unwrap_err();
+                stop.store(true, Ordering::SeqCst);
+                let lines = server.join().unwrap();
+                assert_eq!(lines.len(), 1, "asked again: {e}");
+                assert!(lines[0].contains("\"op\":\"detach\""), "{lines:?}");
+                assert!(started.elapsed() < Duration::from_secs(5), "{e}");
+                if !other {
+                    assert_eq!(e.code(), same_build_code, "{e}");
+                    std::fs::remove_file(paths.socket()).unwrap();
+                    continue;
+                }
+                assert_eq!(e.code(), "FK0723", "{e}");
+                assert!(
+                    e.to_string()
+                        .starts_with(&format!("the volume server (pid {me}) {says}")),
+                    "{e}"
+                );
+                assert!(
+                    e.hint().contains(&format!("/proc/{me}/exe")),
+                    "{}",
+                    e.hint()
+                );
+                std::fs::remove_file(paths.socket()).unwrap();
+            }
         }
+        PRETEND_OTHER_BUILD.with(|c| c.set(false));
         // A server whose binary was replaced (deleted) since it started is
-        // said to be one.
+        // said to be one; one whose binary is there is not.
         let bin = dir.path().join("sleep-copy");
         std::fs::copy("/bin/sleep", &bin).unwrap();
-        let mut child = Command::new(&bin).arg("10").spawn().unwrap();
+        let spawn = |program: &Path| {
+            // ETXTBSY while another test thread's fork still holds the
+            // copy open for writing: try again.
+            for _ in 0..50 {
+                match Command::new(program).arg("10").spawn() {
+                    Err(e) if e.raw_os_error() == Some(libc::ETXTBSY) => {
+                        std::thread::sleep(Duration::from_millis(20))
+                    }
+                    r => return r.unwrap(),
+                }
+            }
+            panic!("{} stayed busy", program.display())
+        };
+        let mut copy = spawn(&bin);
         std::fs::remove_file(&bin).unwrap();
-        let pid = child.id() as i32;
-        let (replaced, mine) = (
-            executable_replaced(pid),
-            executable_replaced(std::process::id() as i32),
-        );
-        let _ = child.kill();
-        let _ = child.wait();
-        assert!(replaced && !mine, "{replaced} {mine}");
+        let mut plain = spawn(Path::new("/bin/sleep"));
+        let replaced = executable_replaced(copy.id() as i32);
+        let kept = executable_replaced(plain.id() as i32);
+        let same = same_executable(plain.id() as i32);
+        for c in [&mut copy, &mut plain] {
+            let _ = c.kill();
+            let _ = c.wait();
+        }
+        assert!(replaced && !kept && !same, "{replaced} {kept} {same}");
         // What a real server answers to a request it does not know is
         // what the check above looks for.
         let other = tempfile::tempdir().unwrap();
@@ -2412,7 +2509,9 @@ mod tests {
         let mut line = String::new();
         BufReader::new(&a).read_line(&mut line).unwrap();
         match serde_json::from_str::<Response>(&line).unwrap() {
-            Response::Error { message, .. } => assert!(message.starts_with(MALFORMED), "{line}"),
+            Response::Error { code, message, .. } => {
+                assert!(code == "FK0714" && message.starts_with(MALFORMED), "{line}")
+            }
             _ => panic!("{line}"),
         }
     }
