@@ -161,9 +161,12 @@ impl Paths {
     }
 }
 
-/// A request to the pool's owner.
+/// A request to the pool's owner. A field this build does not know is
+/// refused, not ignored: a request of a later build that needs it gets "a
+/// malformed request" (which that build's command reports as FK0723)
+/// instead of being carried out without it.
 #[derive(Debug, Clone, Serialize, Deserialize)]
-#[serde(tag = "op", rename_all = "kebab-case")]
+#[serde(tag = "op", rename_all = "kebab-case", deny_unknown_fields)]
 pub enum Request {
     /// `volume create`.
     Create {
@@ -2498,21 +2501,36 @@ mod tests {
             let _ = c.wait();
         }
         assert!(replaced && !kept && !same, "{replaced} {kept} {same}");
-        // What a real server answers to a request it does not know is
-        // what the check above looks for.
+        // What a real server answers to a request it does not know, or
+        // to one with a field it does not know (not ignored: a later
+        // build's request that needs it must not be done without it), is
+        // what the check above looks for; the requests it knows still
+        // parse, optional fields left out included.
         let other = tempfile::tempdir().unwrap();
         let ctx = served_ctx(other.path());
-        let (a, b) = UnixStream::pair().unwrap();
-        (&a).write_all(b"{\"op\":\"from-a-newer-build\"}\n")
-            .unwrap();
-        handle(&ctx, b, false);
-        let mut line = String::new();
-        BufReader::new(&a).read_line(&mut line).unwrap();
-        match serde_json::from_str::<Response>(&line).unwrap() {
-            Response::Error { code, message, .. } => {
-                assert!(code == "FK0714" && message.starts_with(MALFORMED), "{line}")
+        for request in [
+            r#"{"op":"from-a-newer-build"}"#,
+            r#"{"op":"detach","name":"v","from_a_newer_build":true}"#,
+        ] {
+            let (a, b) = UnixStream::pair().unwrap();
+            (&a).write_all(format!("{request}\n").as_bytes()).unwrap();
+            handle(&ctx, b, false);
+            let mut line = String::new();
+            BufReader::new(&a).read_line(&mut line).unwrap();
+            match serde_json::from_str::<Response>(&line).unwrap() {
+                Response::Error { code, message, .. } => assert!(
+                    code == "FK0714" && message.starts_with(MALFORMED),
+                    "{request}: {line}"
+                ),
+                _ => panic!("{request}: {line}"),
             }
-            _ => panic!("{line}"),
+        }
+        for known in [
+            Request::Detach { name: "v".into() },
+            Request::Compact { name: "v".into() },
+        ] {
+            let line = serde_json::to_string(&known).unwrap();
+            serde_json::from_str::<Request>(&line).unwrap_or_else(|e| panic!("{line}: {e}"));
         }
     }
 }
