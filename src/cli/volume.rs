@@ -173,7 +173,7 @@ pub fn volume(out: &mut impl Write, cli: &Cli, cmd: &VolumeCommand) -> CliResult
             Ok(())
         }
         VolumeCommand::Ls => {
-            let Response::Volumes { volumes } = server::call(&paths, &Request::List)? else {
+            let Response::Volumes { volumes } = server::call(&paths, &Request::List {})? else {
                 return Err(unexpected());
             };
             if cli.json {

@@ -182,8 +182,9 @@ pub enum Request {
         #[serde(default, skip_serializing_if = "Option::is_none")]
         filters: Option<String>,
     },
-    /// `volume ls`.
-    List,
+    /// `volume ls`. (A struct variant, though empty: serde denies unknown
+    /// fields only to those.)
+    List {},
     /// `volume rm`.
     Remove {
         /// Name.
@@ -385,50 +386,51 @@ pub fn call(paths: &Paths, req: &Request) -> Result<Response> {
     loop {
         match connect(paths) {
             Ok(stream) => {
-                let pid = peer_pid(&stream);
-                // Another build, unless the server runs this very binary
-                // (then it is a bug here, said as the server said it).
-                let other_build = !pid.is_some_and(same_executable);
-                let other_server = |what, detail| VolumeError::OtherServer {
-                    pid,
-                    what,
-                    detail,
-                    replaced: pid.is_some_and(executable_replaced),
+                // Only when an answer looks like another build's: the
+                // server's pid, and whether it runs another binary than
+                // this one (if not, it is a bug here, said as the server
+                // said it).
+                let other_server = |what, detail| {
+                    let pid = peer_pid(&stream);
+                    (!pid.is_some_and(same_executable)).then(|| VolumeError::OtherServer {
+                        pid,
+                        what,
+                        detail,
+                        replaced: pid.is_some_and(executable_replaced),
+                    })
                 };
-                match exchange(stream, req) {
+                match exchange(&stream, req) {
                     Ok(Response::Retry) => {}
-                    // What a server of another build says of a request it
-                    // does not know (`handle`).
-                    Ok(Response::Error { code, message, .. })
-                        if other_build && code == "FK0714" && message.starts_with(MALFORMED) =>
-                    {
-                        return Err(other_server(
-                            "did not understand this command's request",
-                            message,
-                        ));
-                    }
                     Ok(Response::Error {
                         code,
                         message,
                         hint,
                     }) => {
-                        return Err(VolumeError::Remote {
+                        // What a server of another build says of a request
+                        // it does not know (`handle`).
+                        let other = (code == "FK0714" && is_malformed_request(&message))
+                            .then(|| {
+                                other_server(
+                                    "did not understand this command's request",
+                                    message.clone(),
+                                )
+                            })
+                            .flatten();
+                        return Err(other.unwrap_or(VolumeError::Remote {
                             code,
                             message,
                             hint,
-                        });
+                        }));
                     }
                     Ok(r) => return Ok(r),
                     // An answer that is not one: asking again would get
                     // the same (for a minute, `WAIT`).
                     Err(e) if e.kind() == std::io::ErrorKind::InvalidData => {
-                        if !other_build {
-                            return Err(VolumeError::Server(e.to_string()));
-                        }
                         return Err(other_server(
                             "gave an answer this command cannot read",
                             e.to_string(),
-                        ));
+                        )
+                        .unwrap_or_else(|| VolumeError::Server(e.to_string())));
                     }
                     Err(e) => tracing::debug!("server connection: {e}"),
                 }
@@ -501,13 +503,13 @@ fn bind(paths: &Paths) -> std::io::Result<UnixListener> {
     UnixListener::bind(format!("/proc/self/fd/{}/control.sock", dir.as_raw_fd()))
 }
 
-fn exchange(stream: UnixStream, req: &Request) -> std::io::Result<Response> {
+fn exchange(stream: &UnixStream, req: &Request) -> std::io::Result<Response> {
     let mut line = serde_json::to_vec(req).map_err(std::io::Error::other)?;
     line.push(b'\n');
-    (&stream).write_all(&line)?;
+    (&*stream).write_all(&line)?;
     stream.shutdown(std::net::Shutdown::Write)?;
     let mut answer = Vec::new();
-    BufReader::new(&stream).read_until(b'\n', &mut answer)?;
+    BufReader::new(stream).read_until(b'\n', &mut answer)?;
     if answer.is_empty() {
         return Err(std::io::Error::new(
             std::io::ErrorKind::UnexpectedEof,
@@ -571,9 +573,18 @@ fn same_executable(pid: i32) -> bool {
     theirs.is_some() && theirs == id("/proc/self/exe".to_string())
 }
 
-/// How the volume server's error for a request it cannot parse begins
-/// (`volume server: a malformed request: …`): a server of another build.
-const MALFORMED: &str = "volume server: a malformed request";
+/// What the volume server says of a request it cannot parse (after
+/// `volume server: `, [`VolumeError::Server`]'s prefix): wire text, which
+/// servers of earlier builds send too, so a command can tell that it talks
+/// to another build.
+const MALFORMED_REQUEST: &str = "a malformed request";
+
+/// Whether `message`, a server's error, is [`MALFORMED_REQUEST`]'s.
+fn is_malformed_request(message: &str) -> bool {
+    message
+        .strip_prefix("volume server: ")
+        .is_some_and(|m| m.starts_with(MALFORMED_REQUEST))
+}
 
 /// Whether process `pid`'s executable has been deleted since it started
 /// (an upgrade replaced it): `/proc/PID/exe` then ends in ` (deleted)`.
@@ -1160,9 +1171,11 @@ impl Ctx {
                 let mut jobs_now = super::lock(&jobs);
                 let job = jobs_now.get_mut(&name).expect("a running job's entry");
                 let waiters = std::mem::take(&mut job.waiters);
-                // A cancelled compaction (FK0721: a removal, a rollback or
-                // the server's stop waits for this job) ends the job.
-                let cancelled = matches!(&r, Err(e) if e.code() == "FK0721");
+                // A compaction that gave up (FK0721) ends the job: it was
+                // cancelled (a removal, a rollback or the server's stop
+                // waits for this job), or a snapshot changed the stack, and
+                // a snapshot seals the head itself.
+                let cancelled = matches!(&r, Err(VolumeError::Abandoned { .. }));
                 if job.again && !cancelled {
                     // A sealing asked for during the compaction: judged again
                     // (a compaction that failed before its own sealing step
@@ -1311,7 +1324,7 @@ impl Ctx {
                 self.pool.create_volume(name, &opts)?;
                 Ok(Response::Ok)
             }
-            Request::List => {
+            Request::List {} => {
                 let mut volumes = Vec::new();
                 for name in self.pool.volumes()? {
                     let (info, ephemeral) = self.pool.info_and_kind(&name)?;
@@ -1938,7 +1951,7 @@ fn handle(ctx: &Ctx, stream: UnixStream, stopping: bool) {
         _ if stopping => Response::Retry,
         Err(e) => error_response(&VolumeError::Server(format!("reading a request: {e}"))),
         Ok(_) => match serde_json::from_str::<Request>(&line) {
-            Err(e) => error_response(&VolumeError::Server(format!("a malformed request: {e}"))),
+            Err(e) => error_response(&VolumeError::Server(format!("{MALFORMED_REQUEST}: {e}"))),
             Ok(Request::Compact { name }) if ctx.served.is_some() => {
                 // The compaction's thread answers when it is done.
                 tracing::debug!("request compact {name:?}");
@@ -2511,6 +2524,7 @@ mod tests {
         for request in [
             r#"{"op":"from-a-newer-build"}"#,
             r#"{"op":"detach","name":"v","from_a_newer_build":true}"#,
+            r#"{"op":"list","from_a_newer_build":true}"#,
         ] {
             let (a, b) = UnixStream::pair().unwrap();
             (&a).write_all(format!("{request}\n").as_bytes()).unwrap();
@@ -2519,7 +2533,7 @@ mod tests {
             BufReader::new(&a).read_line(&mut line).unwrap();
             match serde_json::from_str::<Response>(&line).unwrap() {
                 Response::Error { code, message, .. } => assert!(
-                    code == "FK0714" && message.starts_with(MALFORMED),
+                    code == "FK0714" && is_malformed_request(&message),
                     "{request}: {line}"
                 ),
                 _ => panic!("{request}: {line}"),
