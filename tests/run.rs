@@ -911,6 +911,36 @@ fn run_prints_the_image_os_release_and_passes_exit_statuses_on() {
         "usr/bin/true",
     ]);
     assert_exit(&run, 0, "usr/bin/true, relative to the working directory /");
+    // Relative to the working directory, not to the root.
+    let run = st.run([
+        "run",
+        "--rm",
+        "--name",
+        "relcmd",
+        "--workdir",
+        "/usr",
+        "bookworm",
+        "--",
+        "bin/true",
+    ]);
+    assert_exit(&run, 0, "bin/true from the working directory /usr");
+    let run = st.run([
+        "run",
+        "--rm",
+        "--name",
+        "relcmd",
+        "--workdir",
+        "/tmp",
+        "bookworm",
+        "--",
+        "usr/bin/true",
+    ]);
+    assert_coded_error(
+        &run,
+        "FK0808",
+        "usr/bin/true from the working directory /tmp",
+    );
+    assert_eq!(run.status.code(), Some(127), "{run}");
 
     // Signals reach the container: SIGTERM to `fukastor run` is forwarded
     // to the container's process, whose trap decides the exit status.

@@ -211,7 +211,7 @@ pub enum Command {
         #[arg(last = true)]
         cmd: Vec<String>,
     },
-    /// Run an existing container again (as its `run` set it up); exits with its status (125 when fukastor fails).
+    /// Run an existing container again (as its `run` set it up); exits with its status (125-127 when fukastor fails).
     Start {
         /// The container.
         container: String,

@@ -4,7 +4,7 @@
 
 use std::collections::BTreeMap;
 use std::io::Read;
-use std::os::fd::OwnedFd;
+use std::os::fd::{AsRawFd, OwnedFd};
 use std::path::Path;
 
 use rustix::fs::{Mode, OFlags, ResolveFlags};
@@ -307,11 +307,7 @@ pub fn check_command(rootfs: &Path, spec: &Spec) -> Result<()> {
     let Some(root) = open_root(rootfs) else {
         return Ok(());
     };
-    let look = InRoot {
-        root,
-        canonical: std::fs::canonicalize(rootfs).ok(),
-        mounts,
-    };
+    let look = InRoot { root, mounts };
     // The first file found that is no program, and why.
     let mut not_runnable: Option<(String, &str)> = None;
     for c in &candidates {
@@ -352,9 +348,6 @@ pub fn check_command(rootfs: &Path, spec: &Spec) -> Result<()> {
 /// in it until crun mounts them.
 struct InRoot {
     root: OwnedFd,
-    /// Where the root is, symlinks resolved (to tell where a descriptor
-    /// opened in it is).
-    canonical: Option<std::path::PathBuf>,
     /// The mounts' destinations, without a trailing slash.
     mounts: Vec<String>,
 }
@@ -366,9 +359,10 @@ impl InRoot {
 
     fn under_a_mount(&self, p: &str) -> bool {
         let p = normalize(p);
-        self.mounts
-            .iter()
-            .any(|m| p == *m || p.starts_with(&format!("{m}/")))
+        self.mounts.iter().any(|m| {
+            p.strip_prefix(m.as_str())
+                .is_some_and(|r| r.is_empty() || r.starts_with('/'))
+        })
     }
 
     fn open(&self, p: &str, flags: OFlags) -> rustix::io::Result<OwnedFd> {
@@ -384,8 +378,8 @@ impl InRoot {
     /// binary's own loader included, is left to crun; so is a script or an
     /// interpreter reached through a mount.
     fn check_interpreter(&self, cmd: &str, file: &str, found: &OwnedFd) -> Result<()> {
-        // The file itself, not whatever is at its path by now: a device
-        // or a FIFO swapped in is not opened.
+        // The file itself (a regular file: `not_a_program`), not whatever
+        // is at its path by now.
         let Ok(fd) = rustix::fs::open(
             format!("/proc/self/fd/{}", std::os::fd::AsRawFd::as_raw_fd(found)),
             OFlags::RDONLY | OFlags::NOCTTY | OFlags::NONBLOCK | OFlags::CLOEXEC,
@@ -393,11 +387,6 @@ impl InRoot {
         ) else {
             return Ok(());
         };
-        if !rustix::fs::fstat(&fd)
-            .is_ok_and(|st| rustix::fs::FileType::from_raw_mode(st.st_mode).is_file())
-        {
-            return Ok(());
-        }
         // What the kernel reads of the `#!` line.
         let mut head = Vec::with_capacity(256);
         if std::fs::File::from(fd)
@@ -445,7 +434,10 @@ impl InRoot {
 
     /// Where `fd`, opened in the root, is: a path in it.
     fn where_is(&self, fd: &OwnedFd) -> Option<String> {
-        in_root_path(self.canonical.as_deref()?, fd)
+        // Where the root is, symlinks resolved: asked only here (the slow
+        // path), not on every run.
+        let root = std::fs::read_link(format!("/proc/self/fd/{}", self.root.as_raw_fd())).ok()?;
+        in_root_path(&root, fd)
     }
 
     /// Whether the way to `p` (not there) goes through a symlink into one
