@@ -1577,10 +1577,10 @@ fn a_killed_fuse_mount_leaves_its_server_with_the_mountpoints_log() {
     let run = fk_run(store.path(), None, [OsStr::new("umount"), mp.as_os_str()]);
     assert!(run.success(), "umount: {run}");
     let pid = row["pid"].as_u64().unwrap() as u32;
-    let deadline = Instant::now() + Duration::from_secs(20);
-    while alive(pid) && Instant::now() < deadline {
-        std::thread::sleep(Duration::from_millis(50));
-    }
+    assert!(
+        wait_gone(pid, Duration::from_secs(20)),
+        "server {pid} outlived umount"
+    );
     assert!(!is_mounted(&mp));
 }
 
